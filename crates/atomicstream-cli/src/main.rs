@@ -1,0 +1,2 @@
+//! The atomicstream command-line tool.
+fn main() {}

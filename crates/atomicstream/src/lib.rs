@@ -1,0 +1,1 @@
+//! `atomicstream`: see the workspace README.

@@ -1,0 +1,1 @@
+//! `x402-payer`: see the workspace README.

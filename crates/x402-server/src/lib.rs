@@ -1,0 +1,1 @@
+//! `x402-server`: see the workspace README.

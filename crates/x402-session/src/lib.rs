@@ -1,0 +1,1 @@
+//! `x402-session`: see the workspace README.

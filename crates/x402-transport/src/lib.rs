@@ -1,0 +1,1 @@
+//! `x402-transport`: see the workspace README.

@@ -1,0 +1,29 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod address;
+pub mod error;
+pub mod message;
+pub mod network;
+pub mod schema;
+pub mod uint;
+pub mod version;
+pub mod x402;
+
+pub use address::{Address, B65, B256, FixedBytes, Nonce, keccak256};
+pub use error::{Error, IntegerError, Result};
+pub use message::{
+    ClientMessage, CloseCode, ErrorBody, Event, Hello, MAX_FRAME_BYTES, RenewResponse,
+    ServerMessage,
+};
+pub use network::{KnownAsset, Network, known_asset, known_assets, usdc};
+pub use schema::{PaymentDetails, Pricing, Schema, StreamInfo};
+pub use uint::{Amount, U256};
+pub use version::{EndpointKind, PathVersion, UrlContext};
+pub use x402::{
+    Authorization, Eip712Extra, ExactEvmPayload, FacilitatorRequest, PaymentPayload,
+    PaymentPayloadV1, PaymentPayloadV2, PaymentRequiredV1, PaymentRequiredV2, PaymentRequirements,
+    PaymentRequirementsV1, PaymentRequirementsV2, PreservedRequirement, ReasonFamily, Requirement,
+    ResourceInfo, SchemePayload, SettleResponse, SupportedKind, SupportedResponse, VerifyResponse,
+};
