@@ -1,1 +1,19 @@
-//! `x402-payer`: see the workspace README.
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod eip712;
+mod error;
+mod payer;
+mod policy;
+mod signer;
+pub mod verify;
+
+pub use error::{BudgetScope, Error, PolicyError, Result, SignatureError};
+pub use payer::{
+    Clock, EvmExactPayer, FixedClock, Offer, OsRandom, Payer, RandomSource, SeededRandom,
+    SystemClock, VALID_AFTER_SKEW, domain_for,
+};
+pub use policy::{Approver, Budget, DEFAULT_MAX_TIMEOUT_SECONDS, Held, Reservation, SpendPolicy};
+pub use signer::{DigestSigner, LocalSigner, address_of, recover};
+pub use verify::{VerifyFailure, verify_exact};

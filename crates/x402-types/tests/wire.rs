@@ -1,4 +1,5 @@
 //! Every wire example of the spec, parsed and written.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use x402_types::*;
 
