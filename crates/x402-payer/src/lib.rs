@@ -11,9 +11,10 @@ pub mod verify;
 
 pub use error::{BudgetScope, Error, PolicyError, Result, SignatureError};
 pub use payer::{
-    Clock, EvmExactPayer, FixedClock, Offer, OsRandom, Payer, RandomSource, SeededRandom,
-    SystemClock, VALID_AFTER_SKEW, domain_for,
+    Clock, EvmExactPayer, FixedClock, OsRandom, Payer, RandomSource, SeededRandom, SystemClock,
+    VALID_AFTER_SKEW, domain_for,
 };
 pub use policy::{Approver, Budget, DEFAULT_MAX_TIMEOUT_SECONDS, Held, Reservation, SpendPolicy};
 pub use signer::{DigestSigner, LocalSigner, address_of, recover};
 pub use verify::{VerifyFailure, verify_exact};
+pub use x402_types::Offer;

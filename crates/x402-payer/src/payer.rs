@@ -4,68 +4,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use x402_types::{
-    Address, Authorization, ExactEvmPayload, FixedBytes, Network, PathVersion, PaymentPayload,
-    PaymentPayloadV1, PaymentPayloadV2, PaymentRequirementsV1, PreservedRequirement, Requirement,
-    ResourceInfo, SchemePayload, U256, known_asset,
+    Address, Authorization, ExactEvmPayload, FixedBytes, Network, Offer, PaymentPayload,
+    PaymentPayloadV1, PaymentPayloadV2, Requirement, SchemePayload, U256, known_asset,
 };
 
 use crate::eip712::{Domain, digest};
 use crate::error::{Error, Result};
 use crate::signer::DigestSigner;
-
-/// What a server asks to be paid, in the wire form of its version.
-///
-/// v2 keeps the requirement byte for byte so the payload's `accepted` echoes it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Offer {
-    /// An x402 v1 requirement.
-    V1(PaymentRequirementsV1),
-    /// An x402 v2 requirement and its resource.
-    V2 {
-        /// The requirement, preserved.
-        accepted: PreservedRequirement,
-        /// The resource, echoed in the payload.
-        resource: Option<ResourceInfo>,
-    },
-}
-
-impl Offer {
-    /// The wire version.
-    pub fn version(&self) -> PathVersion {
-        match self {
-            Offer::V1(_) => PathVersion::V1,
-            Offer::V2 { .. } => PathVersion::V2,
-        }
-    }
-
-    /// The version-independent requirement.
-    pub fn requirement(&self) -> Requirement {
-        match self {
-            Offer::V1(r) => r.into(),
-            Offer::V2 { accepted, .. } => accepted.get().into(),
-        }
-    }
-
-    /// Builds the offer of a version from a version-independent requirement.
-    pub fn from_requirement(
-        version: PathVersion,
-        req: &Requirement,
-        resource_url: &str,
-        description: &str,
-    ) -> Self {
-        match version {
-            PathVersion::V1 => Offer::V1(req.to_v1(resource_url, description)),
-            PathVersion::V2 => Offer::V2 {
-                accepted: PreservedRequirement::new(req.to_v2()),
-                resource: Some(ResourceInfo {
-                    url: resource_url.into(),
-                    description: Some(description.into()),
-                    mime_type: Some("application/json".into()),
-                }),
-            },
-        }
-    }
-}
 
 /// Turns payment requirements into signed x402 payloads.
 ///

@@ -1,1 +1,17 @@
-//! `x402-session`: see the workspace README.
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client;
+mod error;
+mod rng;
+pub mod server;
+
+pub use client::{
+    ClientConfig, ClientEvent, ClientSession, ClientStats, ConnId, EndReason, HttpResponse, Method,
+    ReconnectPolicy, RequestId, Transmit, TransportFailure, default_renew_margin,
+};
+pub use error::UsageError;
+pub use server::{
+    PaymentKey, PaymentStart, Refusal, ServerConfig, ServerSession, ServerTransmit, TokenCheck,
+};

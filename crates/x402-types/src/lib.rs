@@ -22,7 +22,7 @@ pub use schema::{PaymentDetails, Pricing, Schema, StreamInfo};
 pub use uint::{Amount, U256};
 pub use version::{EndpointKind, PathVersion, UrlContext};
 pub use x402::{
-    Authorization, Eip712Extra, ExactEvmPayload, FacilitatorRequest, PaymentPayload,
+    Authorization, Eip712Extra, ExactEvmPayload, FacilitatorRequest, Offer, PaymentPayload,
     PaymentPayloadV1, PaymentPayloadV2, PaymentRequiredV1, PaymentRequiredV2, PaymentRequirements,
     PaymentRequirementsV1, PaymentRequirementsV2, PreservedRequirement, ReasonFamily, Requirement,
     ResourceInfo, SchemePayload, SettleResponse, SupportedKind, SupportedResponse, VerifyResponse,

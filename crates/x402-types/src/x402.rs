@@ -756,3 +756,57 @@ impl ReasonFamily {
         }
     }
 }
+
+/// What a server asks to be paid, in the wire form of its version.
+///
+/// v2 keeps the requirement byte for byte so the payload's `accepted` echoes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Offer {
+    /// An x402 v1 requirement.
+    V1(PaymentRequirementsV1),
+    /// An x402 v2 requirement and its resource.
+    V2 {
+        /// The requirement, preserved.
+        accepted: PreservedRequirement,
+        /// The resource, echoed in the payload.
+        resource: Option<ResourceInfo>,
+    },
+}
+
+impl Offer {
+    /// The wire version.
+    pub fn version(&self) -> PathVersion {
+        match self {
+            Offer::V1(_) => PathVersion::V1,
+            Offer::V2 { .. } => PathVersion::V2,
+        }
+    }
+
+    /// The version-independent requirement.
+    pub fn requirement(&self) -> Requirement {
+        match self {
+            Offer::V1(r) => r.into(),
+            Offer::V2 { accepted, .. } => accepted.get().into(),
+        }
+    }
+
+    /// Builds the offer of a version from a version-independent requirement.
+    pub fn from_requirement(
+        version: PathVersion,
+        req: &Requirement,
+        resource_url: &str,
+        description: &str,
+    ) -> Self {
+        match version {
+            PathVersion::V1 => Offer::V1(req.to_v1(resource_url, description)),
+            PathVersion::V2 => Offer::V2 {
+                accepted: PreservedRequirement::new(req.to_v2()),
+                resource: Some(ResourceInfo {
+                    url: resource_url.into(),
+                    description: Some(description.into()),
+                    mime_type: Some("application/json".into()),
+                }),
+            },
+        }
+    }
+}
