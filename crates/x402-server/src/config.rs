@@ -1,0 +1,360 @@
+//! Server configuration: TOML file plus flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use x402_types::{Address, Amount, Network, usdc};
+
+use crate::error::ConfigError;
+
+/// Where payments are verified and settled.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum FacilitatorConfig {
+    /// In-process verifier and ledger: payments are verified but NOT settled on chain.
+    #[default]
+    Embedded,
+    /// A remote x402 facilitator (`/verify`, `/settle`, `/supported`).
+    Http {
+        /// Its base URL.
+        url: String,
+    },
+}
+
+/// Where a stream's events come from.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum SourceConfig {
+    /// Synthetic market data: trades and quotes.
+    Synthetic {
+        /// Events per second.
+        #[serde(default = "default_rate")]
+        rate: f64,
+        /// Symbol.
+        #[serde(default = "default_symbol")]
+        symbol: String,
+        /// Payload padding in bytes (benchmarks).
+        #[serde(default)]
+        pad: usize,
+    },
+    /// Replay of a JSON Lines file.
+    Replay {
+        /// The file.
+        file: PathBuf,
+        /// Events per second.
+        #[serde(default = "default_rate")]
+        rate: f64,
+        /// Start over at the end.
+        #[serde(default)]
+        looping: bool,
+    },
+    /// Events published by the embedding program through [`crate::Publisher`].
+    Api,
+}
+
+fn default_rate() -> f64 {
+    10.0
+}
+fn default_symbol() -> String {
+    "BTC-USD".into()
+}
+
+/// One stream for sale.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct StreamConfig {
+    /// Id used in URLs.
+    pub id: String,
+    /// Title.
+    #[serde(default)]
+    pub title: String,
+    /// Description.
+    #[serde(default)]
+    pub description: String,
+    /// Price per minute in display units of the asset (`"0.01"`).
+    pub price_per_minute: String,
+    /// Seconds one payment buys.
+    #[serde(default = "default_slice")]
+    pub slice_seconds: u64,
+    /// Network (`base-sepolia` or `eip155:84532`).
+    #[serde(default = "default_network")]
+    pub network: String,
+    /// Token contract; defaults to USDC on the network.
+    #[serde(default)]
+    pub asset: Option<String>,
+    /// Recipient.
+    pub pay_to: String,
+    /// Validity window asked of payments (also the unpaid quote lifetime).
+    #[serde(default = "default_timeout")]
+    pub max_timeout_seconds: u64,
+    /// Event source.
+    pub source: SourceConfig,
+}
+
+fn default_slice() -> u64 {
+    300
+}
+fn default_network() -> String {
+    "base-sepolia".into()
+}
+fn default_timeout() -> u64 {
+    60
+}
+
+/// Limits that keep the server alive under abuse.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Largest accepted client frame (1 MiB; larger closes with 1009).
+    pub max_frame_bytes: usize,
+    /// Events a connection may fall behind the live stream before it is
+    /// served from the replay buffer instead (slow-consumer policy).
+    pub send_queue: usize,
+    /// Most sessions held.
+    pub max_sessions: usize,
+    /// Most simultaneous sockets per client IP.
+    pub max_connections_per_ip: usize,
+    /// Replay buffer per stream.
+    pub replay_buffer: usize,
+    /// Seconds a socket write may block before the connection is dropped.
+    pub write_timeout_secs: u64,
+    /// Seconds allowed to send a request's headers (slowloris defence).
+    pub header_timeout_secs: u64,
+    /// Seconds a facilitator call may take.
+    pub facilitator_timeout_secs: u64,
+    /// Slices that may be paid ahead.
+    pub horizon_slices: u64,
+    /// Seconds a paid-out session stays renewable.
+    pub session_linger_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: x402_types::MAX_FRAME_BYTES,
+            send_queue: 256,
+            max_sessions: 100_000,
+            max_connections_per_ip: 64,
+            replay_buffer: 1024,
+            write_timeout_secs: 10,
+            header_timeout_secs: 10,
+            facilitator_timeout_secs: 10,
+            horizon_slices: 2,
+            session_linger_secs: 600,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Config {
+    /// Listen address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Public HTTP base URL; defaults to `http://{listen}`.
+    #[serde(default)]
+    pub public_http: Option<String>,
+    /// Public WebSocket base URL; defaults to `ws://{listen}`.
+    #[serde(default)]
+    pub public_ws: Option<String>,
+    /// Token secret (hex or text); `X402_SERVER_SECRET` overrides; random if absent.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Facilitator.
+    #[serde(default)]
+    pub facilitator: FacilitatorConfig,
+    /// Streams.
+    #[serde(default)]
+    pub streams: Vec<StreamConfig>,
+    /// Limits.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4021))
+}
+
+/// The development payTo address of the demo catalog (the public test key's address).
+pub const DEV_PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+
+impl Config {
+    /// Parses TOML.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Reads a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io(format!("{}: {e}", path.display())))?;
+        Self::from_toml(&text)
+    }
+
+    /// The demo catalog: synthetic market data on base-sepolia USDC.
+    pub fn demo(listen: SocketAddr) -> Config {
+        let stream = |id: &str, title: &str, symbol: &str, rate: f64, slice: u64| StreamConfig {
+            id: id.into(),
+            title: title.into(),
+            description: format!("Synthetic {symbol} trades and quotes, {rate} events/s"),
+            price_per_minute: "0.01".into(),
+            slice_seconds: slice,
+            network: "base-sepolia".into(),
+            asset: None,
+            pay_to: DEV_PAY_TO.into(),
+            max_timeout_seconds: 60,
+            source: SourceConfig::Synthetic { rate, symbol: symbol.into(), pad: 0 },
+        };
+        Config {
+            listen,
+            public_http: None,
+            public_ws: None,
+            secret: None,
+            facilitator: FacilitatorConfig::Embedded,
+            streams: vec![
+                stream("btc-usd", "BTC/USD market data", "BTC-USD", 10.0, 300),
+                stream("eth-usd", "ETH/USD market data", "ETH-USD", 10.0, 300),
+                stream("demo-fast", "Demo stream with 4-second slices", "BTC-USD", 20.0, 4),
+            ],
+            limits: Limits::default(),
+        }
+    }
+
+    /// Checks every stream.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.streams {
+            if !seen.insert(&s.id) {
+                return Err(ConfigError::Invalid(format!("duplicate stream id {}", s.id)));
+            }
+            s.resolve()?;
+        }
+        Ok(())
+    }
+}
+
+/// A stream's payment terms, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Terms {
+    /// Network.
+    pub network: Network,
+    /// Asset contract.
+    pub asset: Address,
+    /// Decimals.
+    pub decimals: u8,
+    /// Currency symbol.
+    pub symbol: String,
+    /// EIP-712 domain name/version.
+    pub eip712: Option<(String, String)>,
+    /// Recipient.
+    pub pay_to: Address,
+    /// Price per minute (atomic).
+    pub per_minute: Amount,
+    /// Price per slice (atomic).
+    pub per_slice: Amount,
+}
+
+impl StreamConfig {
+    /// Resolves network, asset and prices.
+    pub fn resolve(&self) -> Result<Terms, ConfigError> {
+        let bad = |m: String| ConfigError::Invalid(format!("stream {}: {m}", self.id));
+        if self.id.is_empty() || !self.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(bad("id must be [A-Za-z0-9_-]+".into()));
+        }
+        if self.slice_seconds == 0 {
+            return Err(bad("slice_seconds must be > 0".into()));
+        }
+        let network: Network = self.network.parse().map_err(|e| bad(format!("{e}")))?;
+        let known = usdc(&network);
+        let asset: Address = match &self.asset {
+            Some(a) => a.parse().map_err(|e| bad(format!("asset: {e}")))?,
+            None => known.as_ref().map(|k| k.address).ok_or_else(|| bad("no asset and no known USDC on this network".into()))?,
+        };
+        let k = x402_types::known_asset(&network, &asset);
+        let decimals = k.as_ref().map_or(6, |k| k.decimals);
+        let pay_to: Address = self.pay_to.parse().map_err(|e| bad(format!("pay_to: {e}")))?;
+        let per_minute = Amount::from_display(&self.price_per_minute, decimals).map_err(|e| bad(format!("price: {e}")))?;
+        let per_slice = per_minute
+            .atomic()
+            .checked_mul_u64(self.slice_seconds)
+            .and_then(|v| v.div_rem_u64(60))
+            .map(|(q, _)| Amount(q))
+            .ok_or_else(|| bad("price overflow".into()))?;
+        if per_slice.atomic().is_zero() {
+            return Err(bad("price per slice rounds to zero".into()));
+        }
+        Ok(Terms {
+            network,
+            asset,
+            decimals,
+            symbol: k.as_ref().map_or("TOKEN", |k| k.symbol).to_string(),
+            eip712: k.map(|k| (k.eip712_name.to_string(), k.eip712_version.to_string())),
+            pay_to,
+            per_minute,
+            per_slice,
+        })
+    }
+}
+
+impl Limits {
+    /// Write timeout.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_config_file() {
+        let c = Config::from_toml(
+            r#"
+listen = "127.0.0.1:0"
+public_http = "https://x402.example.com"
+secret = "s3cret"
+[facilitator]
+kind = "http"
+url = "https://facilitator.example.com"
+[[streams]]
+id = "btc"
+title = "BTC"
+price_per_minute = "0.012"
+slice_seconds = 300
+network = "eip155:84532"
+pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+source = { kind = "synthetic", rate = 5 }
+[limits]
+max_sessions = 10
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_sessions, 10);
+        assert_eq!(c.limits.replay_buffer, 1024);
+        let t = c.streams[0].resolve().unwrap();
+        assert_eq!(t.per_minute, Amount::from(12_000));
+        assert_eq!(t.per_slice, Amount::from(60_000));
+        assert_eq!(t.eip712, Some(("USDC".into(), "2".into())));
+    }
+
+    #[test]
+    fn refuses_bad_streams() {
+        let base = Config::demo(default_listen());
+        let mut c = base.clone();
+        c.streams[0].price_per_minute = "-1".into();
+        assert!(c.validate().is_err());
+        let mut c = base.clone();
+        c.streams[0].network = "mars".into();
+        assert!(c.validate().is_err());
+        let mut c = base.clone();
+        c.streams[1].id = c.streams[0].id.clone();
+        assert!(c.validate().is_err());
+        let mut c = base;
+        c.streams[0].id = "../x".into();
+        assert!(c.validate().is_err());
+        assert!(Config::from_toml("listen = 5").is_err());
+    }
+}

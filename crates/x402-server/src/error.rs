@@ -1,0 +1,74 @@
+//! Errors of the server crate and the HTTP error answers.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+/// A configuration problem.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config: {0}")]
+    Io(String),
+    /// The TOML did not parse.
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// A value is invalid.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Errors of running the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Could not bind or serve.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A refused HTTP request: status and `{"error", "message", "accepts"?}`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// Status.
+    pub status: StatusCode,
+    /// Code.
+    pub code: &'static str,
+    /// Text.
+    pub message: String,
+    /// Fresh requirements (402).
+    pub accepts: Option<Vec<Value>>,
+    /// x402 version of `accepts`.
+    pub x402_version: Option<u8>,
+    /// `PAYMENT-REQUIRED` header (v2 402).
+    pub payment_required: Option<String>,
+}
+
+impl ApiError {
+    /// A plain error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), accepts: None, x402_version: None, payment_required: None }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = x402_types::ErrorBody {
+            error: self.code.into(),
+            message: self.message,
+            accepts: self.accepts,
+            x402_version: self.x402_version,
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(h) = self.payment_required
+            && let Ok(v) = HeaderValue::from_str(&h)
+        {
+            resp.headers_mut().insert(x402_types::x402::headers::PAYMENT_REQUIRED, v);
+        }
+        resp
+    }
+}

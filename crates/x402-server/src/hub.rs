@@ -1,0 +1,263 @@
+//! Streams: sequence counter, bounded replay buffer, live fan-out, and event sources.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+use x402_types::{Event, ServerMessage};
+
+/// One published event, already encoded as its socket frame.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Sequence number.
+    pub seq: u64,
+    /// The `event` message JSON.
+    pub text: Arc<str>,
+}
+
+struct Buffer {
+    next_seq: u64,
+    frames: VecDeque<Frame>,
+    cap: usize,
+}
+
+/// A stream's events: the replay buffer and the live channel.
+pub struct Hub {
+    buf: Mutex<Buffer>,
+    live: broadcast::Sender<Frame>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("next_seq", &self.next_seq()).finish_non_exhaustive()
+    }
+}
+
+/// Where a connection must start reading.
+#[derive(Debug, Clone)]
+pub struct Catchup {
+    /// Buffered frames from the requested point.
+    pub frames: Vec<Frame>,
+    /// Events that were requested but already evicted.
+    pub lost: u64,
+    /// The seq after the last returned frame.
+    pub next: u64,
+}
+
+impl Hub {
+    /// A hub with a replay buffer of `cap` events and a live channel of `queue` events.
+    pub fn new(cap: usize, queue: usize) -> Arc<Hub> {
+        let (live, _) = broadcast::channel(queue.max(1));
+        Arc::new(Hub { buf: Mutex::new(Buffer { next_seq: 0, frames: VecDeque::with_capacity(cap), cap: cap.max(1) }), live })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buffer> {
+        self.buf.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes an event; returns its seq.
+    pub fn publish(&self, data: &Value) -> u64 {
+        let raw = serde_json::value::to_raw_value(data).unwrap_or_else(|_| {
+            serde_json::value::RawValue::from_string("null".into()).unwrap_or_else(|_| unreachable!())
+        });
+        self.publish_raw(raw)
+    }
+
+    /// Publishes pre-encoded JSON.
+    pub fn publish_raw(&self, data: Box<serde_json::value::RawValue>) -> u64 {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut b = self.lock();
+        let seq = b.next_seq;
+        b.next_seq += 1;
+        let text: Arc<str> = ServerMessage::Event(Event { seq, data, ts: Some(ts) }).to_json().into();
+        let frame = Frame { seq, text };
+        if b.frames.len() >= b.cap {
+            b.frames.pop_front();
+        }
+        b.frames.push_back(frame.clone());
+        // Sent under the lock so live order equals seq order.
+        let _ = self.live.send(frame);
+        seq
+    }
+
+    /// The seq the next event will get.
+    pub fn next_seq(&self) -> u64 {
+        self.lock().next_seq
+    }
+
+    /// Subscribes to live frames.
+    pub fn subscribe(&self) -> broadcast::Receiver<Frame> {
+        self.live.subscribe()
+    }
+
+    /// Buffered frames from `from` on, and how many before them were evicted.
+    pub fn catch_up(&self, from: u64) -> Catchup {
+        let b = self.lock();
+        let oldest = b.frames.front().map_or(b.next_seq, |f| f.seq);
+        let start = from.min(b.next_seq);
+        let lost = oldest.saturating_sub(start);
+        let frames: Vec<Frame> = b.frames.iter().filter(|f| f.seq >= start).cloned().collect();
+        Catchup { frames, lost, next: b.next_seq }
+    }
+}
+
+/// Publishes events into a stream from the embedding program.
+///
+/// ```
+/// # let hub = x402_server::Hub::new(16, 16);
+/// let publisher = x402_server::Publisher::new(hub);
+/// let seq = publisher.publish(&serde_json::json!({"price": 101.5}));
+/// assert_eq!(seq, 0);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Publisher(Arc<Hub>);
+
+impl Publisher {
+    /// For a hub.
+    pub fn new(hub: Arc<Hub>) -> Self {
+        Publisher(hub)
+    }
+
+    /// Publishes one JSON event; returns its seq.
+    pub fn publish(&self, data: &Value) -> u64 {
+        self.0.publish(data)
+    }
+}
+
+/// Deterministic synthetic market data (random walk), alternating trades and quotes.
+#[derive(Debug, Clone)]
+pub struct Synthetic {
+    symbol: String,
+    price: f64,
+    state: u64,
+    n: u64,
+    pad: String,
+}
+
+impl Synthetic {
+    /// For a symbol, with a seed and padding bytes.
+    pub fn new(symbol: &str, seed: u64, pad: usize) -> Self {
+        Synthetic { symbol: symbol.into(), price: 100.0, state: seed, n: 0, pad: "x".repeat(pad) }
+    }
+
+    fn next_f64(&mut self) -> f64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The next event.
+    pub fn next_event(&mut self) -> Value {
+        self.n += 1;
+        let step = (self.next_f64() - 0.5) * 0.002;
+        self.price = (self.price * (1.0 + step)).max(0.01);
+        let px = (self.price * 100.0).round() / 100.0;
+        let mut v = if self.n % 2 == 0 {
+            let spread = 0.01 + (self.next_f64() * 0.05 * 100.0).round() / 100.0;
+            serde_json::json!({"type": "quote", "symbol": self.symbol, "bid": px, "ask": ((px + spread) * 100.0).round() / 100.0})
+        } else {
+            let size = ((self.next_f64() * 2.0) * 10_000.0).round() / 10_000.0;
+            let side = if self.next_f64() < 0.5 { "buy" } else { "sell" };
+            serde_json::json!({"type": "trade", "symbol": self.symbol, "price": px, "size": size, "side": side})
+        };
+        if !self.pad.is_empty()
+            && let Value::Object(m) = &mut v
+        {
+            m.insert("pad".into(), Value::String(self.pad.clone()));
+        }
+        v
+    }
+}
+
+fn interval(rate: f64) -> Duration {
+    Duration::from_secs_f64(1.0 / rate.clamp(0.001, 100_000.0))
+}
+
+/// Runs a synthetic source until the hub is dropped.
+pub async fn run_synthetic(hub: std::sync::Weak<Hub>, symbol: String, rate: f64, pad: usize) {
+    let mut source = Synthetic::new(&symbol, 402, pad);
+    let mut tick = tokio::time::interval(interval(rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let Some(h) = hub.upgrade() else { return };
+        h.publish(&source.next_event());
+    }
+}
+
+/// Runs a JSON Lines replay until the file ends (or forever when looping).
+pub async fn run_replay(hub: std::sync::Weak<Hub>, path: std::path::PathBuf, rate: f64, looping: bool) {
+    let text = match tokio::fs::read_to_string(&path).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "replay source cannot read its file");
+            return;
+        }
+    };
+    let events: Vec<Box<serde_json::value::RawValue>> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .filter_map(|(i, l)| match serde_json::from_str(l) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), line = i + 1, error = %e, "skipping invalid JSON line");
+                None
+            }
+        })
+        .collect();
+    if events.is_empty() {
+        tracing::warn!(file = %path.display(), "replay file has no events");
+        return;
+    }
+    let mut tick = tokio::time::interval(interval(rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        for e in &events {
+            tick.tick().await;
+            let Some(h) = hub.upgrade() else { return };
+            h.publish_raw(e.clone());
+        }
+        if !looping {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffer_evicts_and_reports_loss() {
+        let hub = Hub::new(4, 8);
+        for i in 0..10 {
+            assert_eq!(hub.publish(&serde_json::json!({"i": i})), i);
+        }
+        let c = hub.catch_up(3);
+        assert_eq!(c.lost, 3); // 3, 4, 5 evicted
+        assert_eq!(c.frames.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![6, 7, 8, 9]);
+        let c = hub.catch_up(8);
+        assert_eq!((c.lost, c.frames.len(), c.next), (0, 2, 10));
+        let c = hub.catch_up(99);
+        assert_eq!((c.lost, c.frames.len()), (0, 0));
+    }
+
+    #[test]
+    fn synthetic_events_are_valid_market_data() {
+        let mut g = Synthetic::new("BTC-USD", 1, 0);
+        let a = g.next_event();
+        let b = g.next_event();
+        assert_eq!(a["type"], "trade");
+        assert_eq!(b["type"], "quote");
+        assert!(b["ask"].as_f64().unwrap() > b["bid"].as_f64().unwrap());
+    }
+}
