@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::ws::{
+    CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,11 +18,14 @@ use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
-use x402_session::{ConnId, PaymentStart, Refusal, ServerConfig as SessionConfig, ServerSession, ServerTransmit};
+use x402_session::{
+    ConnId, PaymentStart, Refusal, ServerConfig as SessionConfig, ServerSession, ServerTransmit,
+};
 use x402_types::x402::{PaymentRequiredV2, ResourceInfo, encode_header};
 use x402_types::{
-    ClientMessage, CloseCode, FacilitatorRequest, PathVersion, PaymentPayload, PaymentRequirements, PaymentRequirementsV1,
-    PreservedRequirement, Pricing, RenewResponse, Requirement, Schema, ServerMessage, StreamInfo,
+    ClientMessage, CloseCode, FacilitatorRequest, PathVersion, PaymentPayload, PaymentRequirements,
+    PaymentRequirementsV1, PreservedRequirement, Pricing, RenewResponse, Requirement, Schema,
+    ServerMessage, StreamInfo,
 };
 
 use crate::config::{Config, StreamConfig, Terms};
@@ -54,7 +59,11 @@ impl StreamEntry {
             asset: self.terms.asset.to_string(),
             pay_to: self.terms.pay_to.to_string(),
             max_timeout_seconds: self.cfg.max_timeout_seconds,
-            extra: self.terms.eip712.as_ref().map(|(n, v)| serde_json::json!({"name": n, "version": v})),
+            extra: self
+                .terms
+                .eip712
+                .as_ref()
+                .map(|(n, v)| serde_json::json!({"name": n, "version": v})),
         }
     }
 }
@@ -95,7 +104,10 @@ pub struct AppState {
 }
 
 pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn now() -> Instant {
@@ -109,7 +121,11 @@ pub(crate) struct TokenQuery {
 }
 
 fn not_found(what: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "unknown_stream", format!("no such {what}"))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_stream",
+        format!("no such {what}"),
+    )
 }
 
 impl AppState {
@@ -128,7 +144,8 @@ impl AppState {
     }
 
     fn v1_requirement(&self, v: PathVersion, e: &StreamEntry) -> PaymentRequirementsV1 {
-        e.requirement().to_v1(&self.resource(v, &e.cfg.id), &e.cfg.description)
+        e.requirement()
+            .to_v1(&self.resource(v, &e.cfg.id), &e.cfg.description)
     }
 
     fn requirements(&self, v: PathVersion, e: &StreamEntry) -> PaymentRequirements {
@@ -138,7 +155,12 @@ impl AppState {
         }
     }
 
-    fn payment_required_v2(&self, v: PathVersion, e: &StreamEntry, error: &str) -> PaymentRequiredV2 {
+    fn payment_required_v2(
+        &self,
+        v: PathVersion,
+        e: &StreamEntry,
+        error: &str,
+    ) -> PaymentRequiredV2 {
         PaymentRequiredV2 {
             x402_version: 2,
             error: Some(error.into()),
@@ -153,15 +175,25 @@ impl AppState {
     }
 
     /// A 402 carrying fresh requirements in the version's form.
-    fn payment_error(&self, v: PathVersion, e: &StreamEntry, code: &'static str, message: String) -> ApiError {
+    fn payment_error(
+        &self,
+        v: PathVersion,
+        e: &StreamEntry,
+        code: &'static str,
+        message: String,
+    ) -> ApiError {
         let mut err = ApiError::new(StatusCode::PAYMENT_REQUIRED, code, message.clone());
         match v {
             PathVersion::V1 => {
-                err.accepts = Some(vec![serde_json::to_value(self.v1_requirement(v, e)).unwrap_or(Value::Null)]);
+                err.accepts = Some(vec![
+                    serde_json::to_value(self.v1_requirement(v, e)).unwrap_or(Value::Null),
+                ]);
                 err.x402_version = Some(1);
             }
             PathVersion::V2 => {
-                err.accepts = Some(vec![serde_json::to_value(e.requirement().to_v2()).unwrap_or(Value::Null)]);
+                err.accepts = Some(vec![
+                    serde_json::to_value(e.requirement().to_v2()).unwrap_or(Value::Null),
+                ]);
                 err.x402_version = Some(2);
                 err.payment_required = Some(self.payment_required_v2(v, e, &message).to_header());
             }
@@ -169,53 +201,109 @@ impl AppState {
         err
     }
 
-    fn check_token(&self, v: PathVersion, e: &StreamEntry, token: Option<&str>) -> Result<Claims, ApiError> {
-        let token = token.ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "token_invalid", "missing token `t`"))?;
+    fn check_token(
+        &self,
+        v: PathVersion,
+        e: &StreamEntry,
+        token: Option<&str>,
+    ) -> Result<Claims, ApiError> {
+        let token = token.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "token_invalid",
+                "missing token `t`",
+            )
+        })?;
         let claims = self.tokens.verify_for(token, v, &e.cfg.id).map_err(|err| {
             tracing::info!(token = %redact(token), %err, "token refused");
             ApiError::new(StatusCode::UNAUTHORIZED, "token_invalid", err.to_string())
         })?;
         // The token binds the exact requirement: a changed price invalidates old tokens.
         let req = e.requirement();
-        if claims.amt != req.amount.to_string() || !claims.to.eq_ignore_ascii_case(&req.pay_to) || claims.net != req.network.caip2() {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "token_invalid", TokenError::WrongScope.to_string()));
+        if claims.amt != req.amount.to_string()
+            || !claims.to.eq_ignore_ascii_case(&req.pay_to)
+            || claims.net != req.network.caip2()
+        {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "token_invalid",
+                TokenError::WrongScope.to_string(),
+            ));
         }
         Ok(claims)
     }
 
     /// The session of a token: existing, or new while its quote is fresh.
-    fn slot(&self, v: PathVersion, e: &StreamEntry, claims: &Claims, token: &str) -> Result<Arc<Slot>, ApiError> {
+    fn slot(
+        &self,
+        v: PathVersion,
+        e: &StreamEntry,
+        claims: &Claims,
+        token: &str,
+    ) -> Result<Arc<Slot>, ApiError> {
         if let Some(s) = self.store.get(&claims.q) {
             return Ok(s);
         }
         if unix_now() > claims.exp {
-            return Err(ApiError::new(StatusCode::GONE, "quote_expired", "the unpaid quote expired; request the schema again"));
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "quote_expired",
+                "the unpaid quote expired; request the schema again",
+            ));
         }
         let renew_url = x402_types::version::renew_url(&self.http_base, v, &e.cfg.id, token)
             .map(|u| u.to_string())
             .unwrap_or_default();
         let tokens = self.tokens.clone();
         let (stream, q) = (e.cfg.id.clone(), claims.q.clone());
-        let check: x402_session::TokenCheck = Arc::new(move |t: &str| match tokens.verify_for(t, v, &stream) {
-            Ok(c) if c.q == q => Ok(()),
-            Ok(_) => Err("token names another session".into()),
-            Err(e) => Err(e.to_string()),
-        });
+        let check: x402_session::TokenCheck =
+            Arc::new(move |t: &str| match tokens.verify_for(t, v, &stream) {
+                Ok(c) if c.q == q => Ok(()),
+                Ok(_) => Err("token names another session".into()),
+                Err(e) => Err(e.to_string()),
+            });
         let mut scfg = SessionConfig::new(&e.cfg.id, v, e.cfg.slice_seconds, renew_url, check);
         scfg.horizon_slices = self.cfg.limits.horizon_slices.max(1);
         let quote_exp = claims.exp;
         let session_id = claims.q.clone();
         self.store
-            .get_or_insert(&claims.q, &mut || Slot::new(ServerSession::new(scfg.clone(), session_id.clone(), now(), unix_now()), quote_exp))
-            .ok_or_else(|| ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_sessions", "session limit reached"))
+            .get_or_insert(&claims.q, &mut || {
+                Slot::new(
+                    ServerSession::new(scfg.clone(), session_id.clone(), now(), unix_now()),
+                    quote_exp,
+                )
+            })
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_sessions",
+                    "session limit reached",
+                )
+            })
     }
 
     /// Buys one slice with a payment header. Returns the session's answer and the settlement header.
-    async fn pay(&self, v: PathVersion, e: &StreamEntry, slot: &Slot, header: &str) -> Result<(RenewResponse, Option<String>), ApiError> {
-        let payload = PaymentPayload::from_header(v, header)
-            .map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("payment header: {err}")))?;
+    async fn pay(
+        &self,
+        v: PathVersion,
+        e: &StreamEntry,
+        slot: &Slot,
+        header: &str,
+    ) -> Result<(RenewResponse, Option<String>), ApiError> {
+        let payload = PaymentPayload::from_header(v, header).map_err(|err| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("payment header: {err}"),
+            )
+        })?;
         let Some(evm) = payload.exact_evm() else {
-            return Err(self.payment_error(v, e, "payment_invalid", "only the exact EVM scheme is accepted".into()));
+            return Err(self.payment_error(
+                v,
+                e,
+                "payment_invalid",
+                "only the exact EVM scheme is accepted".into(),
+            ));
         };
         let nonce = evm.authorization.nonce;
         let key = format!("{}:{}", evm.authorization.nonce, evm.signature);
@@ -229,7 +317,10 @@ impl AppState {
             slot.lock().session.abort_payment(&key);
             err
         };
-        let req = FacilitatorRequest { payment_payload: payload.clone(), payment_requirements: self.requirements(v, e) };
+        let req = FacilitatorRequest {
+            payment_payload: payload.clone(),
+            payment_requirements: self.requirements(v, e),
+        };
         let timeout = Duration::from_secs(self.cfg.limits.facilitator_timeout_secs);
         let verify = match tokio::time::timeout(timeout, self.facilitator.verify(&req)).await {
             Ok(Ok(v)) => v,
@@ -239,13 +330,21 @@ impl AppState {
         if !verify.is_valid {
             let reason = verify.invalid_reason.unwrap_or_default();
             if reason == crate::facilitator::NONCE_USED {
-                return Err(abort(ApiError::new(StatusCode::CONFLICT, "payment_used", "this payment's nonce was already used")));
+                return Err(abort(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "payment_used",
+                    "this payment's nonce was already used",
+                )));
             }
             let msg = format!("{reason}: {}", verify.invalid_message.unwrap_or_default());
             return Err(abort(self.payment_error(v, e, "payment_invalid", msg)));
         }
         if !self.store.claim_nonce(&nonce) {
-            return Err(abort(ApiError::new(StatusCode::CONFLICT, "payment_used", "this payment's nonce was already used")));
+            return Err(abort(ApiError::new(
+                StatusCode::CONFLICT,
+                "payment_used",
+                "this payment's nonce was already used",
+            )));
         }
         let settle = match tokio::time::timeout(timeout, self.facilitator.settle(&req)).await {
             Ok(Ok(s)) => s,
@@ -261,7 +360,12 @@ impl AppState {
         if !settle.success && !settle.is_pending() {
             self.store.release_nonce(&nonce);
             let reason = settle.error_reason.clone().unwrap_or_default();
-            return Err(abort(self.payment_error(v, e, "payment_invalid", format!("settlement failed: {reason}"))));
+            return Err(abort(self.payment_error(
+                v,
+                e,
+                "payment_invalid",
+                format!("settlement failed: {reason}"),
+            )));
         }
         let r = {
             let mut s = slot.lock();
@@ -281,16 +385,23 @@ fn refusal(r: Refusal) -> ApiError {
 }
 
 fn unavailable(msg: String) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "facilitator_unavailable", msg)
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "facilitator_unavailable",
+        msg,
+    )
 }
 
-fn payment_header<'a>(v: PathVersion, headers: &'a HeaderMap) -> Result<Option<&'a str>, ApiError> {
+fn payment_header(v: PathVersion, headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     match headers.get(v.payment_header()) {
         None => Ok(None),
-        Some(h) => h
-            .to_str()
-            .map(Some)
-            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "payment header is not ASCII")),
+        Some(h) => h.to_str().map(Some).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "payment header is not ASCII",
+            )
+        }),
     }
 }
 
@@ -335,14 +446,22 @@ async fn streams(State(s): State<Arc<AppState>>) -> Response {
     axum::Json(serde_json::json!({"streams": list})).into_response()
 }
 
-async fn schema(State(s): State<Arc<AppState>>, Path((ver, id)): Path<(String, String)>) -> Response {
+async fn schema(
+    State(s): State<Arc<AppState>>,
+    Path((ver, id)): Path<(String, String)>,
+) -> Response {
     let (v, e) = match s.entry(&ver, &id) {
         Ok(x) => x,
         Err(err) => return err.into_response(),
     };
     let mut q = [0u8; 16];
     if getrandom::fill(&mut q).is_err() {
-        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "no randomness").into_response();
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "no randomness",
+        )
+        .into_response();
     }
     let req = e.requirement();
     let iat = unix_now();
@@ -358,9 +477,17 @@ async fn schema(State(s): State<Arc<AppState>>, Path((ver, id)): Path<(String, S
         net: req.network.caip2(),
     };
     let token = s.tokens.issue(&claims);
-    let ws = x402_types::version::stream_url(&s.ws_base, v, &e.cfg.id, &token, None).map(|u| u.to_string()).unwrap_or_default();
+    let ws = x402_types::version::stream_url(&s.ws_base, v, &e.cfg.id, &token, None)
+        .map(|u| u.to_string())
+        .unwrap_or_default();
     let d = e.terms.decimals;
-    let per_second = e.terms.per_minute.to_display(d).parse::<f64>().unwrap_or(0.0) / 60.0;
+    let per_second = e
+        .terms
+        .per_minute
+        .to_display(d)
+        .parse::<f64>()
+        .unwrap_or(0.0)
+        / 60.0;
     let error = format!("{} header is required", v.payment_header());
     let doc = Schema {
         protocol: "ws402".into(),
@@ -382,14 +509,27 @@ async fn schema(State(s): State<Arc<AppState>>, Path((ver, id)): Path<(String, S
             max_timeout_seconds: req.max_timeout_seconds,
             extra: req.extra.clone(),
         },
-        stream: StreamInfo { id: e.cfg.id.clone(), title: e.cfg.title.clone(), description: e.cfg.description.clone() },
+        stream: StreamInfo {
+            id: e.cfg.id.clone(),
+            title: e.cfg.title.clone(),
+            description: e.cfg.description.clone(),
+        },
         x402_version: (v == PathVersion::V1).then_some(1),
         error: (v == PathVersion::V1).then(|| error.clone()),
         accepts: (v == PathVersion::V1).then(|| vec![s.v1_requirement(v, e)]),
     };
-    let mut resp = (StatusCode::PAYMENT_REQUIRED, [("content-type", "application/json")], doc.to_json()).into_response();
+    let mut resp = (
+        StatusCode::PAYMENT_REQUIRED,
+        [("content-type", "application/json")],
+        doc.to_json(),
+    )
+        .into_response();
     if v == PathVersion::V2 {
-        resp = with_header(resp, x402_types::x402::headers::PAYMENT_REQUIRED, Some(s.payment_required_v2(v, e, &error).to_header()));
+        resp = with_header(
+            resp,
+            x402_types::x402::headers::PAYMENT_REQUIRED,
+            Some(s.payment_required_v2(v, e, &error).to_header()),
+        );
     }
     resp
 }
@@ -403,15 +543,25 @@ async fn renew(
     let result = async {
         let (v, e) = s.entry(&ver, &id)?;
         let claims = s.check_token(v, e, q.t.as_deref())?;
-        let header = payment_header(v, &headers)?
-            .ok_or_else(|| s.payment_error(v, e, "payment_required", format!("{} header is required", v.payment_header())))?;
+        let header = payment_header(v, &headers)?.ok_or_else(|| {
+            s.payment_error(
+                v,
+                e,
+                "payment_required",
+                format!("{} header is required", v.payment_header()),
+            )
+        })?;
         let slot = s.slot(v, e, &claims, q.t.as_deref().unwrap_or_default())?;
         let (r, settle) = s.pay(v, e, &slot, header).await?;
         Ok::<_, ApiError>((v, r, settle))
     }
     .await;
     match result {
-        Ok((v, r, settle)) => with_header(axum::Json(r).into_response(), v.payment_response_header(), settle),
+        Ok((v, r, settle)) => with_header(
+            axum::Json(r).into_response(),
+            v.payment_response_header(),
+            settle,
+        ),
         Err(e) => e.into_response(),
     }
 }
@@ -438,11 +588,18 @@ fn ip_guard(s: &Arc<AppState>, ip: IpAddr) -> Result<IpGuard, ApiError> {
     let mut m = s.per_ip.lock().unwrap_or_else(|p| p.into_inner());
     let n = m.entry(ip).or_insert(0);
     if *n >= s.cfg.limits.max_connections_per_ip {
-        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", "too many sockets from this address"));
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            "too many sockets from this address",
+        ));
     }
     *n += 1;
     s.stats.sockets.fetch_add(1, Ordering::Relaxed);
-    Ok(IpGuard { state: s.clone(), ip })
+    Ok(IpGuard {
+        state: s.clone(),
+        ip,
+    })
 }
 
 async fn stream(
@@ -458,9 +615,21 @@ async fn stream(
         let claims = s.check_token(v, e, q.t.as_deref())?;
         let from = match q.from.as_deref() {
             None => None,
-            Some(f) => Some(f.parse::<u64>().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "`from` must be an integer"))?),
+            Some(f) => Some(f.parse::<u64>().map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "`from` must be an integer",
+                )
+            })?),
         };
-        let ws = ws.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("not a WebSocket upgrade: {r}")))?;
+        let ws = ws.map_err(|r| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("not a WebSocket upgrade: {r}"),
+            )
+        })?;
         let header = payment_header(v, &headers)?;
         let guard = ip_guard(&s, addr.ip())?;
         let slot = s.slot(v, e, &claims, q.t.as_deref().unwrap_or_default())?;
@@ -482,10 +651,26 @@ async fn stream(
             hello
         };
         let hello = hello.map_err(|r| match r {
-            Refusal::PaymentRequired => s.payment_error(v, e, "payment_required", "no paid time left: pay for a slice".into()),
+            Refusal::PaymentRequired => s.payment_error(
+                v,
+                e,
+                "payment_required",
+                "no paid time left: pay for a slice".into(),
+            ),
             other => refusal(other),
         })?;
-        Ok::<_, ApiError>((v, ws, settle, conn, slot, hello, live, rx, guard, e.hub.clone()))
+        Ok::<_, ApiError>((
+            v,
+            ws,
+            settle,
+            conn,
+            slot,
+            hello,
+            live,
+            rx,
+            guard,
+            e.hub.clone(),
+        ))
     }
     .await;
     let (v, ws, settle, conn, slot, hello, live, rx, guard, hub) = match result {
@@ -497,7 +682,16 @@ async fn stream(
         .max_message_size(s.cfg.limits.max_frame_bytes)
         .max_frame_size(s.cfg.limits.max_frame_bytes)
         .on_upgrade(move |socket| async move {
-            let c = Connection { state, slot, conn, hub, live, rx, next: hello.next_seq, _guard: guard };
+            let c = Connection {
+                state,
+                slot,
+                conn,
+                hub,
+                live,
+                rx,
+                next: hello.next_seq,
+                _guard: guard,
+            };
             c.run(socket, hello).await;
         });
     with_header(resp, v.payment_response_header(), settle)
@@ -520,9 +714,16 @@ enum Step {
 }
 
 impl Connection {
-    async fn send(&self, ws: &mut futures::stream::SplitSink<WebSocket, Message>, text: String) -> bool {
+    async fn send(
+        &self,
+        ws: &mut futures::stream::SplitSink<WebSocket, Message>,
+        text: String,
+    ) -> bool {
         let t = self.state.cfg.limits.write_timeout();
-        matches!(tokio::time::timeout(t, ws.send(Message::Text(text.into()))).await, Ok(Ok(())))
+        matches!(
+            tokio::time::timeout(t, ws.send(Message::Text(text.into()))).await,
+            Ok(Ok(()))
+        )
     }
 
     fn deliverable(&self) -> bool {
@@ -536,7 +737,11 @@ impl Connection {
         }
         let c = self.hub.catch_up(self.next);
         if c.lost > 0 {
-            let m = ServerMessage::Error { code: "events_lost".into(), message: format!("{} events were evicted from the replay buffer", c.lost), count: Some(c.lost) };
+            let m = ServerMessage::Error {
+                code: "events_lost".into(),
+                message: format!("{} events were evicted from the replay buffer", c.lost),
+                count: Some(c.lost),
+            };
             if !self.send(ws, m.to_json()).await {
                 return false;
             }
@@ -554,7 +759,10 @@ impl Connection {
     async fn run(mut self, socket: WebSocket, hello: x402_types::Hello) {
         let (mut tx, mut rx_ws) = socket.split();
         let close = 'outer: {
-            if !self.send(&mut tx, ServerMessage::Hello(hello).to_json()).await {
+            if !self
+                .send(&mut tx, ServerMessage::Hello(hello).to_json())
+                .await
+            {
                 break 'outer None;
             }
             if !self.catch_up(&mut tx).await {
@@ -588,8 +796,13 @@ impl Connection {
             }
         };
         if let Some(code) = close {
-            let frame = CloseFrame { code: code.code(), reason: "".into() };
-            let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Message::Close(Some(frame)))).await;
+            let frame = CloseFrame {
+                code: code.code(),
+                reason: "".into(),
+            };
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), tx.send(Message::Close(Some(frame))))
+                    .await;
         }
         self.slot.lock().unregister(self.conn);
     }
@@ -614,10 +827,22 @@ impl Connection {
             }
             // Behind (slow consumer or held while unpaid): serve from the replay buffer.
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                if self.catch_up(tx).await { Step::Continue } else { Step::Close(None) }
+                if self.catch_up(tx).await {
+                    Step::Continue
+                } else {
+                    Step::Close(None)
+                }
             }
             Err(broadcast::error::RecvError::Closed) => {
-                let _ = self.send(tx, ServerMessage::End { reason: "stream ended".into() }.to_json()).await;
+                let _ = self
+                    .send(
+                        tx,
+                        ServerMessage::End {
+                            reason: "stream ended".into(),
+                        }
+                        .to_json(),
+                    )
+                    .await;
                 Step::Close(Some(CloseCode::Normal))
             }
         }
@@ -630,7 +855,9 @@ impl Connection {
     ) -> Step {
         match msg {
             Some(Ok(Message::Text(t))) => {
-                if ClientMessage::parse(t.as_str()) == ClientMessage::Ping && !self.send(tx, ServerMessage::Pong.to_json()).await {
+                if ClientMessage::parse(t.as_str()) == ClientMessage::Ping
+                    && !self.send(tx, ServerMessage::Pong.to_json()).await
+                {
                     return Step::Close(None);
                 }
                 Step::Continue
@@ -638,13 +865,18 @@ impl Connection {
             Some(Ok(Message::Close(_))) | None => Step::Close(None),
             Some(Ok(_)) => Step::Continue,
             Some(Err(e)) => {
-                let too_big = e.to_string().to_ascii_lowercase().contains("too long") || e.to_string().contains("size");
+                let too_big = e.to_string().to_ascii_lowercase().contains("too long")
+                    || e.to_string().contains("size");
                 Step::Close(too_big.then_some(CloseCode::TooBig))
             }
         }
     }
 
-    async fn on_transmit(&mut self, tx: &mut futures::stream::SplitSink<WebSocket, Message>, t: ServerTransmit) -> Step {
+    async fn on_transmit(
+        &mut self,
+        tx: &mut futures::stream::SplitSink<WebSocket, Message>,
+        t: ServerTransmit,
+    ) -> Step {
         match t {
             ServerTransmit::Message { msg, .. } => {
                 let renewed = matches!(msg, ServerMessage::Renewed { .. });
@@ -684,6 +916,8 @@ pub fn token_key(cfg: &Config) -> TokenKey {
     }
     let mut k = [0u8; 32];
     let _ = getrandom::fill(&mut k);
-    tracing::warn!("no server secret configured: using a random one; tokens will not survive a restart");
+    tracing::warn!(
+        "no server secret configured: using a random one; tokens will not survive a restart"
+    );
     TokenKey::new(&k)
 }

@@ -189,7 +189,8 @@ impl Config {
 
     /// Reads a TOML file.
     pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Io(format!("{}: {e}", path.display())))?;
         Self::from_toml(&text)
     }
 
@@ -205,7 +206,11 @@ impl Config {
             asset: None,
             pay_to: DEV_PAY_TO.into(),
             max_timeout_seconds: 60,
-            source: SourceConfig::Synthetic { rate, symbol: symbol.into(), pad: 0 },
+            source: SourceConfig::Synthetic {
+                rate,
+                symbol: symbol.into(),
+                pad: 0,
+            },
         };
         Config {
             listen,
@@ -216,7 +221,13 @@ impl Config {
             streams: vec![
                 stream("btc-usd", "BTC/USD market data", "BTC-USD", 10.0, 300),
                 stream("eth-usd", "ETH/USD market data", "ETH-USD", 10.0, 300),
-                stream("demo-fast", "Demo stream with 4-second slices", "BTC-USD", 20.0, 4),
+                stream(
+                    "demo-fast",
+                    "Demo stream with 4-second slices",
+                    "BTC-USD",
+                    20.0,
+                    4,
+                ),
             ],
             limits: Limits::default(),
         }
@@ -227,7 +238,10 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for s in &self.streams {
             if !seen.insert(&s.id) {
-                return Err(ConfigError::Invalid(format!("duplicate stream id {}", s.id)));
+                return Err(ConfigError::Invalid(format!(
+                    "duplicate stream id {}",
+                    s.id
+                )));
             }
             s.resolve()?;
         }
@@ -260,7 +274,12 @@ impl StreamConfig {
     /// Resolves network, asset and prices.
     pub fn resolve(&self) -> Result<Terms, ConfigError> {
         let bad = |m: String| ConfigError::Invalid(format!("stream {}: {m}", self.id));
-        if self.id.is_empty() || !self.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if self.id.is_empty()
+            || !self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(bad("id must be [A-Za-z0-9_-]+".into()));
         }
         if self.slice_seconds == 0 {
@@ -270,12 +289,19 @@ impl StreamConfig {
         let known = usdc(&network);
         let asset: Address = match &self.asset {
             Some(a) => a.parse().map_err(|e| bad(format!("asset: {e}")))?,
-            None => known.as_ref().map(|k| k.address).ok_or_else(|| bad("no asset and no known USDC on this network".into()))?,
+            None => known
+                .as_ref()
+                .map(|k| k.address)
+                .ok_or_else(|| bad("no asset and no known USDC on this network".into()))?,
         };
         let k = x402_types::known_asset(&network, &asset);
         let decimals = k.as_ref().map_or(6, |k| k.decimals);
-        let pay_to: Address = self.pay_to.parse().map_err(|e| bad(format!("pay_to: {e}")))?;
-        let per_minute = Amount::from_display(&self.price_per_minute, decimals).map_err(|e| bad(format!("price: {e}")))?;
+        let pay_to: Address = self
+            .pay_to
+            .parse()
+            .map_err(|e| bad(format!("pay_to: {e}")))?;
+        let per_minute = Amount::from_display(&self.price_per_minute, decimals)
+            .map_err(|e| bad(format!("price: {e}")))?;
         let per_slice = per_minute
             .atomic()
             .checked_mul_u64(self.slice_seconds)

@@ -51,7 +51,14 @@ pub struct ApiError {
 impl ApiError {
     /// A plain error.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), accepts: None, x402_version: None, payment_required: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            accepts: None,
+            x402_version: None,
+            payment_required: None,
+        }
     }
 }
 
@@ -67,7 +74,8 @@ impl IntoResponse for ApiError {
         if let Some(h) = self.payment_required
             && let Ok(v) = HeaderValue::from_str(&h)
         {
-            resp.headers_mut().insert(x402_types::x402::headers::PAYMENT_REQUIRED, v);
+            resp.headers_mut()
+                .insert(x402_types::x402::headers::PAYMENT_REQUIRED, v);
         }
         resp
     }

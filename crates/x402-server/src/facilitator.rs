@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use x402_payer::{Clock, SystemClock, verify_exact};
 use x402_types::{
-    Amount, FacilitatorRequest, Nonce, SettleResponse, SupportedKind, SupportedResponse, VerifyResponse,
-    network::EVM_NETWORKS,
+    Amount, FacilitatorRequest, Nonce, SettleResponse, SupportedKind, SupportedResponse,
+    VerifyResponse, network::EVM_NETWORKS,
 };
 
 /// A facilitator call that produced no usable answer (transport, timeout, garbage).
@@ -81,7 +81,9 @@ impl Default for EmbeddedFacilitator {
 
 impl std::fmt::Debug for EmbeddedFacilitator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedFacilitator").field("settled", &self.ledger().len()).finish()
+        f.debug_struct("EmbeddedFacilitator")
+            .field("settled", &self.ledger().len())
+            .finish()
     }
 }
 
@@ -91,12 +93,19 @@ pub const NONCE_USED: &str = "invalid_exact_evm_payload_authorization_nonce_used
 impl EmbeddedFacilitator {
     /// With a clock.
     pub fn new(clock: Arc<dyn Clock>) -> Self {
-        EmbeddedFacilitator { clock, nonces: Mutex::new(HashSet::new()), ledger: Mutex::new(Vec::new()) }
+        EmbeddedFacilitator {
+            clock,
+            nonces: Mutex::new(HashSet::new()),
+            ledger: Mutex::new(Vec::new()),
+        }
     }
 
     /// The settlements so far.
     pub fn ledger(&self) -> Vec<LedgerEntry> {
-        self.ledger.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn check(&self, req: &FacilitatorRequest) -> VerifyResponse {
@@ -106,13 +115,35 @@ impl EmbeddedFacilitator {
             invalid_message: Some(msg),
             payer,
         };
-        match verify_exact(&req.payment_payload, &req.payment_requirements, self.clock.unix_now()) {
+        match verify_exact(
+            &req.payment_payload,
+            &req.payment_requirements,
+            self.clock.unix_now(),
+        ) {
             Ok(from) => {
-                let nonce = req.payment_payload.exact_evm().map(|e| e.authorization.nonce).unwrap_or_default();
-                if self.nonces.lock().unwrap_or_else(|p| p.into_inner()).contains(&nonce) {
-                    return invalid(NONCE_USED, "nonce already used".into(), Some(from.to_string()));
+                let nonce = req
+                    .payment_payload
+                    .exact_evm()
+                    .map(|e| e.authorization.nonce)
+                    .unwrap_or_default();
+                if self
+                    .nonces
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&nonce)
+                {
+                    return invalid(
+                        NONCE_USED,
+                        "nonce already used".into(),
+                        Some(from.to_string()),
+                    );
                 }
-                VerifyResponse { is_valid: true, invalid_reason: None, invalid_message: None, payer: Some(from.to_string()) }
+                VerifyResponse {
+                    is_valid: true,
+                    invalid_reason: None,
+                    invalid_message: None,
+                    payer: Some(from.to_string()),
+                }
             }
             Err(f) => invalid(f.reason(), f.to_string(), None),
         }
@@ -143,17 +174,25 @@ impl Facilitator for EmbeddedFacilitator {
             return Ok(fail(Some("invalid_payload".into()), None));
         };
         // Claim the nonce atomically: two settles of one payload cannot both succeed.
-        if !self.nonces.lock().unwrap_or_else(|p| p.into_inner()).insert(evm.authorization.nonce) {
+        if !self
+            .nonces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(evm.authorization.nonce)
+        {
             return Ok(fail(Some(NONCE_USED.into()), v.payer));
         }
         let amount = evm.authorization.value;
-        self.ledger.lock().unwrap_or_else(|p| p.into_inner()).push(LedgerEntry {
-            payer: evm.authorization.from.to_string(),
-            pay_to: evm.authorization.to.to_string(),
-            amount,
-            network: network.clone(),
-            nonce: evm.authorization.nonce,
-        });
+        self.ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(LedgerEntry {
+                payer: evm.authorization.from.to_string(),
+                pay_to: evm.authorization.to.to_string(),
+                amount,
+                network: network.clone(),
+                nonce: evm.authorization.nonce,
+            });
         Ok(SettleResponse {
             success: true,
             error_reason: None,
@@ -168,10 +207,24 @@ impl Facilitator for EmbeddedFacilitator {
     async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
         let mut kinds = Vec::new();
         for (name, id) in EVM_NETWORKS {
-            kinds.push(SupportedKind { x402_version: 1, scheme: "exact".into(), network: (*name).into(), extra: None });
-            kinds.push(SupportedKind { x402_version: 2, scheme: "exact".into(), network: format!("eip155:{id}"), extra: None });
+            kinds.push(SupportedKind {
+                x402_version: 1,
+                scheme: "exact".into(),
+                network: (*name).into(),
+                extra: None,
+            });
+            kinds.push(SupportedKind {
+                x402_version: 2,
+                scheme: "exact".into(),
+                network: format!("eip155:{id}"),
+                extra: None,
+            });
         }
-        Ok(SupportedResponse { kinds, extensions: Some(Vec::new()), signers: None })
+        Ok(SupportedResponse {
+            kinds,
+            extensions: Some(Vec::new()),
+            signers: None,
+        })
     }
 
     fn describe(&self) -> String {
@@ -194,10 +247,17 @@ impl HttpFacilitator {
             .timeout(timeout)
             .build()
             .map_err(|e| FacilitatorError::Transport(e.to_string()))?;
-        Ok(HttpFacilitator { base: base_url.trim_end_matches('/').to_string(), client })
+        Ok(HttpFacilitator {
+            base: base_url.trim_end_matches('/').to_string(),
+            client,
+        })
     }
 
-    async fn post<T: serde::de::DeserializeOwned>(&self, path: &str, req: &FacilitatorRequest) -> Result<T, FacilitatorError> {
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &FacilitatorRequest,
+    ) -> Result<T, FacilitatorError> {
         let resp = self
             .client
             .post(format!("{}{path}", self.base))
@@ -206,14 +266,23 @@ impl HttpFacilitator {
             .await
             .map_err(|e| FacilitatorError::Transport(e.to_string()))?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(|e| FacilitatorError::Transport(e.to_string()))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| FacilitatorError::Transport(e.to_string()))?;
         // Refusals come as 200 with isValid/success false (reference) or as 4xx with the same body (others).
         match serde_json::from_slice::<T>(&body) {
             Ok(v) if status < 500 => Ok(v),
-            Ok(_) => Err(FacilitatorError::BadAnswer { status, message: "server error".into() }),
+            Ok(_) => Err(FacilitatorError::BadAnswer {
+                status,
+                message: "server error".into(),
+            }),
             Err(e) => Err(FacilitatorError::BadAnswer {
                 status,
-                message: format!("{e}: {}", String::from_utf8_lossy(&body[..body.len().min(200)])),
+                message: format!(
+                    "{e}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                ),
             }),
         }
     }
@@ -237,8 +306,14 @@ impl Facilitator for HttpFacilitator {
             .await
             .map_err(|e| FacilitatorError::Transport(e.to_string()))?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(|e| FacilitatorError::Transport(e.to_string()))?;
-        serde_json::from_slice(&body).map_err(|e| FacilitatorError::BadAnswer { status, message: e.to_string() })
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| FacilitatorError::Transport(e.to_string()))?;
+        serde_json::from_slice(&body).map_err(|e| FacilitatorError::BadAnswer {
+            status,
+            message: e.to_string(),
+        })
     }
 
     fn describe(&self) -> String {
@@ -247,7 +322,11 @@ impl Facilitator for HttpFacilitator {
 }
 
 fn bad_request(msg: String) -> Response {
-    (StatusCode::BAD_REQUEST, axum::Json(serde_json::json!({"error": "invalid_request", "message": msg}))).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(serde_json::json!({"error": "invalid_request", "message": msg})),
+    )
+        .into_response()
 }
 
 async fn verify_handler(State(f): State<Arc<dyn Facilitator>>, body: Bytes) -> Response {

@@ -31,7 +31,9 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("next_seq", &self.next_seq()).finish_non_exhaustive()
+        f.debug_struct("Hub")
+            .field("next_seq", &self.next_seq())
+            .finish_non_exhaustive()
     }
 }
 
@@ -50,7 +52,14 @@ impl Hub {
     /// A hub with a replay buffer of `cap` events and a live channel of `queue` events.
     pub fn new(cap: usize, queue: usize) -> Arc<Hub> {
         let (live, _) = broadcast::channel(queue.max(1));
-        Arc::new(Hub { buf: Mutex::new(Buffer { next_seq: 0, frames: VecDeque::with_capacity(cap), cap: cap.max(1) }), live })
+        Arc::new(Hub {
+            buf: Mutex::new(Buffer {
+                next_seq: 0,
+                frames: VecDeque::with_capacity(cap),
+                cap: cap.max(1),
+            }),
+            live,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Buffer> {
@@ -60,7 +69,8 @@ impl Hub {
     /// Publishes an event; returns its seq.
     pub fn publish(&self, data: &Value) -> u64 {
         let raw = serde_json::value::to_raw_value(data).unwrap_or_else(|_| {
-            serde_json::value::RawValue::from_string("null".into()).unwrap_or_else(|_| unreachable!())
+            serde_json::value::RawValue::from_string("null".into())
+                .unwrap_or_else(|_| unreachable!())
         });
         self.publish_raw(raw)
     }
@@ -74,7 +84,13 @@ impl Hub {
         let mut b = self.lock();
         let seq = b.next_seq;
         b.next_seq += 1;
-        let text: Arc<str> = ServerMessage::Event(Event { seq, data, ts: Some(ts) }).to_json().into();
+        let text: Arc<str> = ServerMessage::Event(Event {
+            seq,
+            data,
+            ts: Some(ts),
+        })
+        .to_json()
+        .into();
         let frame = Frame { seq, text };
         if b.frames.len() >= b.cap {
             b.frames.pop_front();
@@ -101,8 +117,17 @@ impl Hub {
         let oldest = b.frames.front().map_or(b.next_seq, |f| f.seq);
         let start = from.min(b.next_seq);
         let lost = oldest.saturating_sub(start);
-        let frames: Vec<Frame> = b.frames.iter().filter(|f| f.seq >= start).cloned().collect();
-        Catchup { frames, lost, next: b.next_seq }
+        let frames: Vec<Frame> = b
+            .frames
+            .iter()
+            .filter(|f| f.seq >= start)
+            .cloned()
+            .collect();
+        Catchup {
+            frames,
+            lost,
+            next: b.next_seq,
+        }
     }
 }
 
@@ -142,7 +167,13 @@ pub struct Synthetic {
 impl Synthetic {
     /// For a symbol, with a seed and padding bytes.
     pub fn new(symbol: &str, seed: u64, pad: usize) -> Self {
-        Synthetic { symbol: symbol.into(), price: 100.0, state: seed, n: 0, pad: "x".repeat(pad) }
+        Synthetic {
+            symbol: symbol.into(),
+            price: 100.0,
+            state: seed,
+            n: 0,
+            pad: "x".repeat(pad),
+        }
     }
 
     fn next_f64(&mut self) -> f64 {
@@ -194,7 +225,12 @@ pub async fn run_synthetic(hub: std::sync::Weak<Hub>, symbol: String, rate: f64,
 }
 
 /// Runs a JSON Lines replay until the file ends (or forever when looping).
-pub async fn run_replay(hub: std::sync::Weak<Hub>, path: std::path::PathBuf, rate: f64, looping: bool) {
+pub async fn run_replay(
+    hub: std::sync::Weak<Hub>,
+    path: std::path::PathBuf,
+    rate: f64,
+    looping: bool,
+) {
     let text = match tokio::fs::read_to_string(&path).await {
         Ok(t) => t,
         Err(e) => {
@@ -244,7 +280,10 @@ mod tests {
         }
         let c = hub.catch_up(3);
         assert_eq!(c.lost, 3); // 3, 4, 5 evicted
-        assert_eq!(c.frames.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![6, 7, 8, 9]);
+        assert_eq!(
+            c.frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
+            vec![6, 7, 8, 9]
+        );
         let c = hub.catch_up(8);
         assert_eq!((c.lost, c.frames.len(), c.next), (0, 2, 10));
         let c = hub.catch_up(99);

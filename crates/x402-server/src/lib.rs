@@ -21,7 +21,10 @@ use tokio::task::JoinHandle;
 pub use app::{AppState, RemoteAddr, StreamEntry, router};
 pub use config::{Config, DEV_PAY_TO, FacilitatorConfig, Limits, SourceConfig, StreamConfig};
 pub use error::{ApiError, ConfigError, Error};
-pub use facilitator::{EmbeddedFacilitator, Facilitator, FacilitatorError, HttpFacilitator, LedgerEntry, facilitator_router};
+pub use facilitator::{
+    EmbeddedFacilitator, Facilitator, FacilitatorError, HttpFacilitator, LedgerEntry,
+    facilitator_router,
+};
 pub use hub::{Frame, Hub, Publisher, Synthetic};
 pub use store::{MemoryStore, SessionStore};
 
@@ -36,7 +39,12 @@ pub struct ServerBuilder {
 impl ServerBuilder {
     /// From a configuration.
     pub fn new(cfg: Config) -> Self {
-        ServerBuilder { cfg, facilitator: None, store: None, serve_facilitator: true }
+        ServerBuilder {
+            cfg,
+            facilitator: None,
+            store: None,
+            serve_facilitator: true,
+        }
     }
 
     /// Uses this facilitator instead of the configured one.
@@ -62,17 +70,34 @@ impl ServerBuilder {
         self.cfg.validate()?;
         let listener = TcpListener::bind(self.cfg.listen).await?;
         let addr = listener.local_addr()?;
-        let http_base = self.cfg.public_http.clone().unwrap_or_else(|| format!("http://{addr}")).trim_end_matches('/').to_string();
-        let ws_base = self.cfg.public_ws.clone().unwrap_or_else(|| format!("ws://{addr}")).trim_end_matches('/').to_string();
+        let http_base = self
+            .cfg
+            .public_http
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"))
+            .trim_end_matches('/')
+            .to_string();
+        let ws_base = self
+            .cfg
+            .public_ws
+            .clone()
+            .unwrap_or_else(|| format!("ws://{addr}"))
+            .trim_end_matches('/')
+            .to_string();
         let facilitator: Arc<dyn Facilitator> = match (self.facilitator, &self.cfg.facilitator) {
             (Some(f), _) => f,
             (None, FacilitatorConfig::Embedded) => Arc::new(EmbeddedFacilitator::default()),
             (None, FacilitatorConfig::Http { url }) => Arc::new(
-                HttpFacilitator::new(url, Duration::from_secs(self.cfg.limits.facilitator_timeout_secs))
-                    .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+                HttpFacilitator::new(
+                    url,
+                    Duration::from_secs(self.cfg.limits.facilitator_timeout_secs),
+                )
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?,
             ),
         };
-        let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new(self.cfg.limits.max_sessions)));
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryStore::new(self.cfg.limits.max_sessions)));
         let mut streams = HashMap::new();
         let mut tasks = Vec::new();
         for sc in &self.cfg.streams {
@@ -81,14 +106,35 @@ impl ServerBuilder {
             let weak = Arc::downgrade(&hub);
             match &sc.source {
                 SourceConfig::Synthetic { rate, symbol, pad } => {
-                    tasks.push(tokio::spawn(hub::run_synthetic(weak, symbol.clone(), *rate, *pad)));
+                    tasks.push(tokio::spawn(hub::run_synthetic(
+                        weak,
+                        symbol.clone(),
+                        *rate,
+                        *pad,
+                    )));
                 }
-                SourceConfig::Replay { file, rate, looping } => {
-                    tasks.push(tokio::spawn(hub::run_replay(weak, file.clone(), *rate, *looping)));
+                SourceConfig::Replay {
+                    file,
+                    rate,
+                    looping,
+                } => {
+                    tasks.push(tokio::spawn(hub::run_replay(
+                        weak,
+                        file.clone(),
+                        *rate,
+                        *looping,
+                    )));
                 }
                 SourceConfig::Api => {}
             }
-            streams.insert(sc.id.clone(), StreamEntry { cfg: sc.clone(), terms, hub });
+            streams.insert(
+                sc.id.clone(),
+                StreamEntry {
+                    cfg: sc.clone(),
+                    terms,
+                    hub,
+                },
+            );
         }
         let state = Arc::new(AppState {
             tokens: app::token_key(&self.cfg),
@@ -106,7 +152,13 @@ impl ServerBuilder {
         if self.serve_facilitator {
             router = router.nest("/facilitator", facilitator_router(facilitator));
         }
-        Ok(Server { state, listener, addr, router, tasks })
+        Ok(Server {
+            state,
+            listener,
+            addr,
+            router,
+            tasks,
+        })
     }
 }
 
@@ -171,12 +223,21 @@ impl Server {
 
     /// A publisher for a stream.
     pub fn publisher(&self, stream: &str) -> Option<Publisher> {
-        self.state.streams.get(stream).map(|e| Publisher::new(e.hub.clone()))
+        self.state
+            .streams
+            .get(stream)
+            .map(|e| Publisher::new(e.hub.clone()))
     }
 
     /// Serves until the task is dropped.
     pub async fn run(self) -> Result<(), Error> {
-        let Server { state, listener, router, tasks, .. } = self;
+        let Server {
+            state,
+            listener,
+            router,
+            tasks,
+            ..
+        } = self;
         let header_timeout = Duration::from_secs(state.cfg.limits.header_timeout_secs.max(1));
         let linger = state.cfg.limits.session_linger_secs;
         let sweeper_state = state.clone();
@@ -184,7 +245,11 @@ impl Server {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tick.tick().await;
-                let n = sweeper_state.store.sweep(tokio::time::Instant::now().into_std(), app_unix_now(), linger);
+                let n = sweeper_state.store.sweep(
+                    tokio::time::Instant::now().into_std(),
+                    app_unix_now(),
+                    linger,
+                );
                 if n > 0 {
                     tracing::debug!(removed = n, "swept idle sessions");
                 }
@@ -207,8 +272,13 @@ impl Server {
                 let io = hyper_util::rt::TokioIo::new(tcp);
                 let hyper_svc = hyper_util::service::TowerToHyperService::new(svc);
                 let mut builder = hyper::server::conn::http1::Builder::new();
-                builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
-                let _ = builder.serve_connection(io, hyper_svc).with_upgrades().await;
+                builder
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_timeout);
+                let _ = builder
+                    .serve_connection(io, hyper_svc)
+                    .with_upgrades()
+                    .await;
             });
         }
     }
@@ -235,7 +305,10 @@ fn app_unix_now() -> u64 {
 }
 
 /// Serves only the facilitator API (`/verify`, `/settle`, `/supported`) on `listener`.
-pub async fn serve_facilitator(listener: TcpListener, f: Arc<dyn Facilitator>) -> Result<(), Error> {
+pub async fn serve_facilitator(
+    listener: TcpListener,
+    f: Arc<dyn Facilitator>,
+) -> Result<(), Error> {
     axum::serve(listener, facilitator_router(f)).await?;
     Ok(())
 }

@@ -35,7 +35,13 @@ impl std::fmt::Debug for Slot {
 impl Slot {
     /// A slot for a new session.
     pub fn new(session: ServerSession, quote_exp: u64) -> Self {
-        Slot { inner: Mutex::new(SlotInner { session, quote_exp, outboxes: HashMap::new() }) }
+        Slot {
+            inner: Mutex::new(SlotInner {
+                session,
+                quote_exp,
+                outboxes: HashMap::new(),
+            }),
+        }
     }
 
     /// Locks the slot (short critical sections only; never across an await).
@@ -101,13 +107,21 @@ pub struct MemoryStore {
 impl MemoryStore {
     /// Holding at most `max` sessions.
     pub fn new(max: usize) -> Self {
-        MemoryStore { max, sessions: Mutex::new(HashMap::new()), nonces: Mutex::new(HashSet::new()) }
+        MemoryStore {
+            max,
+            sessions: Mutex::new(HashMap::new()),
+            nonces: Mutex::new(HashSet::new()),
+        }
     }
 }
 
 impl SessionStore for MemoryStore {
     fn get(&self, key: &str) -> Option<Arc<Slot>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
     }
 
     fn get_or_insert(&self, key: &str, make: &mut dyn FnMut() -> Slot) -> Option<Arc<Slot>> {
@@ -124,15 +138,24 @@ impl SessionStore for MemoryStore {
     }
 
     fn claim_nonce(&self, nonce: &Nonce) -> bool {
-        self.nonces.lock().unwrap_or_else(|p| p.into_inner()).insert(*nonce)
+        self.nonces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*nonce)
     }
 
     fn release_nonce(&self, nonce: &Nonce) {
-        self.nonces.lock().unwrap_or_else(|p| p.into_inner()).remove(nonce);
+        self.nonces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(nonce);
     }
 
     fn len(&self) -> usize {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     fn sweep(&self, now: Instant, unix: u64, linger: u64) -> usize {
@@ -140,7 +163,9 @@ impl SessionStore for MemoryStore {
         let before = m.len();
         m.retain(|_, slot| {
             let s = slot.lock();
-            let end = s.quote_exp.max(s.session.expires_at().saturating_add(linger));
+            let end = s
+                .quote_exp
+                .max(s.session.expires_at().saturating_add(linger));
             !(s.session.is_idle(now) && unix > end)
         });
         before - m.len()

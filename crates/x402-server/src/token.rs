@@ -68,12 +68,15 @@ impl std::fmt::Debug for TokenKey {
 impl TokenKey {
     /// From secret bytes.
     pub fn new(secret: &[u8]) -> Self {
-        TokenKey { key: secret.to_vec() }
+        TokenKey {
+            key: secret.to_vec(),
+        }
     }
 
     fn mac(&self) -> HmacSha256 {
         // HMAC accepts keys of any length.
-        <HmacSha256 as KeyInit>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
+        <HmacSha256 as KeyInit>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
     }
 
     /// Issues a token.
@@ -82,7 +85,11 @@ impl TokenKey {
         let mut m = self.mac();
         m.update(&json);
         let tag = m.finalize().into_bytes();
-        format!("{}.{}", URL_SAFE_NO_PAD.encode(&json), URL_SAFE_NO_PAD.encode(tag))
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(&json),
+            URL_SAFE_NO_PAD.encode(tag)
+        )
     }
 
     /// Checks the MAC (constant time) and returns the claims.
@@ -91,8 +98,12 @@ impl TokenKey {
             return Err(TokenError::Malformed);
         }
         let (body, tag) = token.split_once('.').ok_or(TokenError::Malformed)?;
-        let json = URL_SAFE_NO_PAD.decode(body).map_err(|_| TokenError::Malformed)?;
-        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| TokenError::Malformed)?;
+        let json = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| TokenError::Malformed)?;
+        let tag = URL_SAFE_NO_PAD
+            .decode(tag)
+            .map_err(|_| TokenError::Malformed)?;
         let mut m = self.mac();
         m.update(&json);
         m.verify_slice(&tag).map_err(|_| TokenError::BadMac)?;
@@ -100,7 +111,12 @@ impl TokenKey {
     }
 
     /// Checks the MAC and that the token belongs to `version` and `stream`.
-    pub fn verify_for(&self, token: &str, version: PathVersion, stream: &str) -> Result<Claims, TokenError> {
+    pub fn verify_for(
+        &self,
+        token: &str,
+        version: PathVersion,
+        stream: &str,
+    ) -> Result<Claims, TokenError> {
         let c = self.verify(token)?;
         if c.v != version || c.s != stream {
             return Err(TokenError::WrongScope);
@@ -135,11 +151,17 @@ mod tests {
 
     #[test]
     fn round_trip_and_tamper() {
-        let k = TokenKey::new(b"secret");
+        let k = TokenKey::new(b"hunter2");
         let t = k.issue(&claims());
         assert_eq!(k.verify_for(&t, PathVersion::V2, "btc").unwrap(), claims());
-        assert_eq!(k.verify_for(&t, PathVersion::V1, "btc"), Err(TokenError::WrongScope));
-        assert_eq!(k.verify_for(&t, PathVersion::V2, "eth"), Err(TokenError::WrongScope));
+        assert_eq!(
+            k.verify_for(&t, PathVersion::V1, "btc"),
+            Err(TokenError::WrongScope)
+        );
+        assert_eq!(
+            k.verify_for(&t, PathVersion::V2, "eth"),
+            Err(TokenError::WrongScope)
+        );
         assert_eq!(TokenKey::new(b"other").verify(&t), Err(TokenError::BadMac));
         // Flip one character of the claims: the MAC no longer matches (or it no longer decodes).
         let mut bytes = t.clone().into_bytes();
@@ -148,6 +170,6 @@ mod tests {
         assert!(k.verify(&tampered).is_err());
         assert_eq!(k.verify("nodot"), Err(TokenError::Malformed));
         assert_eq!(k.verify(&"a".repeat(5000)), Err(TokenError::Malformed));
-        assert!(!format!("{k:?}").contains("secret"));
+        assert!(!format!("{k:?}").contains("hunter2"));
     }
 }
