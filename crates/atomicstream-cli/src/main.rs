@@ -1,2 +1,580 @@
-//! The atomicstream command-line tool.
-fn main() {}
+//! `atomicstream`: buy, serve and demo x402-paid live streams.
+
+mod demo;
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use atomicstream::{
+    Amount, Client, ClientEvent, EndReason, EvmExactPayer, LocalSigner, PathVersion, SpendPolicy,
+};
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use x402_payer::Payer;
+use x402_types::{Offer, PaymentRequiredV1, PaymentRequiredV2, Schema};
+
+/// Exit codes.
+mod exit {
+    pub const OK: u8 = 0;
+    pub const USAGE: u8 = 2;
+    pub const POLICY: u8 = 3;
+    pub const REFUSED: u8 = 4;
+    pub const FAILURE: u8 = 5;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  done (stopped, slice limit or duration reached, stream ended)
+  2  usage error (bad flags, missing key, unreadable input)
+  3  the spending policy refused a payment (budget, per-slice cap, ...)
+  4  the server refused a payment
+  5  protocol or transport failure
+
+Start here:
+  atomicstream demo                          # everything local: server, wallet, paid stream
+  atomicstream serve                         # the reference server on 127.0.0.1:4021
+  atomicstream keygen --out dev.key          # a development key
+  atomicstream stream btc-usd --key-file dev.key --base-url http://127.0.0.1:4021";
+
+/// Buy live JSON streams by the slice with x402 (HTTP 402) payments, or sell them.
+#[derive(Debug, Parser)]
+#[command(name = "atomicstream", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Show a stream's pricing and payment terms (no payment).
+    Schema {
+        /// Stream id (see `GET /streams`).
+        stream: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// Print the schema JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pay for a stream and print its events as JSON Lines on stdout, renewing automatically.
+    Stream {
+        /// Stream id.
+        stream: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        limits: PolicyArgs,
+        /// Stop after this many slices.
+        #[arg(long)]
+        slices: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        duration: Option<u64>,
+    },
+    /// Read a 402 answer (schema JSON, v1 body, or v2 PAYMENT-REQUIRED value) and print the payment header.
+    Pay {
+        /// File to read, or `-` for stdin.
+        input: String,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        limits: PolicyArgs,
+    },
+    /// Run the reference stream server (demo catalog without --config).
+    Serve {
+        /// TOML configuration (see docs/server.md).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen address.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Run only the x402 facilitator API (/verify, /settle, /supported), embedded verifier.
+    Facilitator {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:4022")]
+        listen: std::net::SocketAddr,
+    },
+    /// Create a development key file (mode 0600) and print its address.
+    Keygen {
+        /// Where to write the key.
+        #[arg(long, default_value = "atomicstream.key")]
+        out: PathBuf,
+    },
+    /// Everything local: server, development wallet, a paid stream that renews, retries and resumes.
+    Demo {
+        /// Slices to buy.
+        #[arg(long, default_value_t = 4)]
+        slices: u64,
+        /// Print every event (default: every 10th).
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ConnArgs {
+    /// Server base URL.
+    #[arg(
+        long,
+        default_value = "https://x402.atomicstream.net",
+        env = "ATOMICSTREAM_BASE_URL"
+    )]
+    base_url: String,
+    /// Protocol version: v1 (legacy x402 v1) or v2.
+    #[arg(long = "version", default_value = "v2", value_parser = parse_version)]
+    protocol: PathVersion,
+}
+
+#[derive(Debug, Args)]
+struct KeyArgs {
+    /// File holding the hex private key (else the X402_PRIVATE_KEY environment variable).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct PolicyArgs {
+    /// Most to pay for one slice, in USDC.
+    #[arg(long, default_value = "0.05")]
+    max_per_slice: String,
+    /// Most to pay in total, in USDC.
+    #[arg(long, default_value = "1.00")]
+    budget: String,
+}
+
+fn parse_version(s: &str) -> Result<PathVersion, String> {
+    s.parse()
+        .map_err(|_| format!("expected v1 or v2, got {s:?}"))
+}
+
+struct Fail(u8, String);
+
+impl<E: std::fmt::Display> From<E> for Fail {
+    fn from(e: E) -> Self {
+        Fail(exit::FAILURE, e.to_string())
+    }
+}
+
+fn usage(msg: impl Into<String>) -> Fail {
+    Fail(exit::USAGE, msg.into())
+}
+
+fn load_key(k: &KeyArgs) -> Result<LocalSigner, Fail> {
+    match &k.key_file {
+        Some(p) => LocalSigner::from_file(p).map_err(|e| usage(e.to_string())),
+        None => LocalSigner::from_env("X402_PRIVATE_KEY").map_err(|_| {
+            usage(
+                "no key: pass --key-file FILE or set X402_PRIVATE_KEY (never on the command line)",
+            )
+        }),
+    }
+}
+
+fn policy(p: &PolicyArgs) -> Result<SpendPolicy, Fail> {
+    let cap = Amount::from_display(&p.max_per_slice, 6)
+        .map_err(|e| usage(format!("--max-per-slice: {e}")))?;
+    let budget = Amount::from_display(&p.budget, 6).map_err(|e| usage(format!("--budget: {e}")))?;
+    Ok(SpendPolicy::new(cap).with_lifetime_budget(budget))
+}
+
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let r = match cli.cmd {
+        Cmd::Schema { stream, conn, json } => schema(&stream, &conn, json).await,
+        Cmd::Stream {
+            stream,
+            conn,
+            key,
+            limits,
+            slices,
+            duration,
+        } => run_stream(&stream, &conn, &key, &limits, slices, duration).await,
+        Cmd::Pay { input, key, limits } => pay(&input, &key, &limits).await,
+        Cmd::Serve { config, listen } => serve(config, listen).await,
+        Cmd::Facilitator { listen } => facilitator(listen).await,
+        Cmd::Keygen { out } => keygen(&out),
+        Cmd::Demo { slices, all } => demo::run(slices, all).await,
+    };
+    match r {
+        Ok(code) => ExitCode::from(code),
+        Err(Fail(code, msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn schema(stream: &str, conn: &ConnArgs, json: bool) -> Result<u8, Fail> {
+    let client = Client::builder()
+        .base_url(&conn.base_url)
+        .version(conn.protocol)
+        .build()?;
+    let info = client.schema(stream).await?;
+    if json {
+        println!("{}", info.schema.to_json());
+        return Ok(exit::OK);
+    }
+    let r = &info.requirement;
+    let symbol = &info.schema.pricing.currency;
+    println!(
+        "stream      {} — {}",
+        info.schema.stream.id, info.schema.stream.title
+    );
+    println!("            {}", info.schema.stream.description);
+    println!(
+        "price       {} {symbol} per slice of {} s ({} {symbol} per minute)",
+        info.price_per_slice, info.estimated_slice_seconds, info.price_per_minute
+    );
+    println!(
+        "pays        {} atomic units of {} on {} ({})",
+        r.amount,
+        r.asset,
+        r.network.v1_name(),
+        r.network.caip2()
+    );
+    println!("to          {}", r.pay_to);
+    println!(
+        "valid for   {} s per payment (x402 {} scheme, protocol {})",
+        r.max_timeout_seconds, r.scheme, info.schema.version
+    );
+    Ok(exit::OK)
+}
+
+fn end_code(r: &EndReason) -> u8 {
+    match r {
+        EndReason::Stopped | EndReason::SliceLimit | EndReason::StreamEnded { .. } => exit::OK,
+        EndReason::PaymentDeclined { policy: true, .. } => exit::POLICY,
+        EndReason::PaymentRefused { .. } => exit::REFUSED,
+        _ => exit::FAILURE,
+    }
+}
+
+fn error_code(e: &atomicstream::Error) -> u8 {
+    if e.is_policy() {
+        exit::POLICY
+    } else if e.is_payment_refused() {
+        exit::REFUSED
+    } else if matches!(e, atomicstream::Error::Config(_)) {
+        exit::USAGE
+    } else {
+        exit::FAILURE
+    }
+}
+
+async fn run_stream(
+    stream: &str,
+    conn: &ConnArgs,
+    key: &KeyArgs,
+    limits: &PolicyArgs,
+    slices: Option<u64>,
+    duration: Option<u64>,
+) -> Result<u8, Fail> {
+    init_logs("warn");
+    let signer = load_key(key)?;
+    let policy = policy(limits)?;
+    let budget = policy
+        .lifetime_budget()
+        .map(|b| b.limit())
+        .unwrap_or_default();
+    let mut b = Client::builder()
+        .base_url(&conn.base_url)
+        .version(conn.protocol)
+        .payer(Arc::new(EvmExactPayer::new(signer)))
+        .policy(policy);
+    if let Some(n) = slices {
+        b = b.max_slices(n);
+    }
+    let client = b.build().map_err(|e| usage(e.to_string()))?;
+    let mut session = match client.open(stream).await {
+        Ok(s) => s,
+        Err(e) => return Err(Fail(error_code(&e), e.to_string())),
+    };
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let deadline = duration.map(|d| tokio::time::Instant::now() + Duration::from_secs(d));
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut last_status = Instant::now() - Duration::from_secs(1);
+    let mut stopping = false;
+    let reason = loop {
+        let ev = tokio::select! {
+            ev = session.next() => ev,
+            _ = tokio::signal::ctrl_c(), if !stopping => {
+                stopping = true;
+                session.stop();
+                continue;
+            }
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } }, if !stopping => {
+                stopping = true;
+                session.stop();
+                continue;
+            }
+        };
+        let Some(ev) = ev else {
+            break EndReason::Stopped;
+        };
+        match ev {
+            ClientEvent::Data(e) => {
+                let line = match e.ts {
+                    Some(ts) => format!(
+                        "{{\"seq\":{},\"ts\":{ts},\"data\":{}}}",
+                        e.seq,
+                        e.data.get()
+                    ),
+                    None => format!("{{\"seq\":{},\"data\":{}}}", e.seq, e.data.get()),
+                };
+                if writeln!(stdout, "{line}").is_err() {
+                    // stdout closed (piped into `head`): stop cleanly.
+                    stopping = true;
+                    session.stop();
+                }
+            }
+            ClientEvent::Ended(r) => break r,
+            other if !tty => eprintln!("{}", describe(&other)),
+            _ => {}
+        }
+        if tty && last_status.elapsed() > Duration::from_millis(250) {
+            last_status = Instant::now();
+            let p = session.progress();
+            eprint!(
+                "\r\x1b[2K{stream}  slice left {:>5.1}s  events {}  spent {} of {} USDC",
+                p.remaining().as_secs_f64(),
+                p.events,
+                p.paid.to_display(6),
+                budget.to_display(6)
+            );
+        }
+    };
+    let _ = stdout.flush();
+    let p = session.progress();
+    if tty {
+        eprintln!();
+    }
+    eprintln!(
+        "summary: {} slices bought, {} USDC paid, {} events, {} renewals ({} retries), {} reconnects, {:.1}s; ended: {reason:?}",
+        p.slices,
+        p.paid.to_display(6),
+        p.events,
+        p.renewals,
+        p.renew_retries,
+        p.reconnects,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(end_code(&reason))
+}
+
+fn describe(e: &ClientEvent) -> String {
+    match e {
+        ClientEvent::Hello(h) => format!(
+            "hello: session {} slices of {}s, paid until {}, resumed {}",
+            &h.session_id[..h.session_id.len().min(8)],
+            h.slice_seconds,
+            h.expires_at,
+            h.resumed
+        ),
+        ClientEvent::PaymentAccepted { slice, .. } => format!("paid slice {slice}"),
+        ClientEvent::PaymentRefused {
+            slice,
+            status,
+            code,
+            ..
+        } => format!("payment for slice {slice} refused: {status} {code}"),
+        ClientEvent::Renewed { expires_at, slices } => {
+            format!("renewed: {slices} slices, paid until {expires_at}")
+        }
+        ClientEvent::Expiring { seconds_left } => format!("expiring in {seconds_left}s"),
+        ClientEvent::Expired => "paid time expired".into(),
+        ClientEvent::Resumed { missed } => format!("resumed ({missed} events missed)"),
+        ClientEvent::EventsLost { count } => format!("{count} events lost"),
+        ClientEvent::Duplicate { seq } => format!("duplicate event {seq} dropped"),
+        ClientEvent::Reconnecting { attempt, delay } => {
+            format!("connection lost: reconnecting (attempt {attempt}) in {delay:?}")
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Reads a 402 answer of any supported shape.
+fn read_offer(text: &str) -> Result<Offer, Fail> {
+    let t = text.trim();
+    if t.starts_with('{') {
+        let v: serde_json::Value =
+            serde_json::from_str(t).map_err(|e| usage(format!("input is not JSON: {e}")))?;
+        if v.get("protocol").is_some() {
+            let s = Schema::from_json(t.as_bytes()).map_err(|e| usage(e.to_string()))?;
+            let req = s.payment_details.requirement();
+            let mut resource = url::Url::parse(&s.websocket_endpoint)
+                .map_err(|e| usage(format!("websocketEndpoint: {e}")))?;
+            resource.set_query(None);
+            return Ok(
+                match (s.version, s.accepts.as_ref().and_then(|a| a.first())) {
+                    (PathVersion::V1, Some(r)) => Offer::V1(r.clone()),
+                    (v, _) => {
+                        Offer::from_requirement(v, &req, resource.as_str(), &s.stream.description)
+                    }
+                },
+            );
+        }
+        return match v.get("x402Version").and_then(|x| x.as_u64()) {
+            Some(1) => {
+                let pr: PaymentRequiredV1 =
+                    serde_json::from_value(v).map_err(|e| usage(format!("x402 v1 body: {e}")))?;
+                pr.accepts
+                    .into_iter()
+                    .next()
+                    .map(Offer::V1)
+                    .ok_or_else(|| usage("no accepts"))
+            }
+            Some(2) => {
+                let pr: PaymentRequiredV2 = serde_json::from_str(t)
+                    .map_err(|e| usage(format!("x402 v2 PaymentRequired: {e}")))?;
+                let resource = pr.resource;
+                pr.accepts
+                    .into_iter()
+                    .next()
+                    .map(|accepted| Offer::V2 { accepted, resource })
+                    .ok_or_else(|| usage("no accepts"))
+            }
+            _ => Err(usage(
+                "unrecognised JSON: expected a schema, an x402 v1 body or an x402 v2 PaymentRequired",
+            )),
+        };
+    }
+    let value = t
+        .strip_prefix("PAYMENT-REQUIRED:")
+        .map(str::trim)
+        .unwrap_or(t);
+    let pr = PaymentRequiredV2::from_header(value)
+        .map_err(|e| usage(format!("not a PAYMENT-REQUIRED value: {e}")))?;
+    let resource = pr.resource;
+    pr.accepts
+        .into_iter()
+        .next()
+        .map(|accepted| Offer::V2 { accepted, resource })
+        .ok_or_else(|| usage("no accepts"))
+}
+
+async fn pay(input: &str, key: &KeyArgs, limits: &PolicyArgs) -> Result<u8, Fail> {
+    let mut text = String::new();
+    if input == "-" {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| usage(format!("stdin: {e}")))?;
+    } else {
+        text = std::fs::read_to_string(input).map_err(|e| usage(format!("{input}: {e}")))?;
+    }
+    let offer = read_offer(&text)?;
+    let signer = load_key(key)?;
+    let policy = policy(limits)?;
+    let res = policy
+        .authorize(&offer.requirement(), None)
+        .map_err(|e| Fail(exit::POLICY, e.to_string()))?;
+    let payload = EvmExactPayer::new(signer)
+        .pay(&offer)
+        .await
+        .map_err(|e| Fail(exit::FAILURE, e.to_string()))?;
+    res.commit();
+    println!(
+        "{}: {}",
+        offer.version().payment_header(),
+        payload.to_header()
+    );
+    Ok(exit::OK)
+}
+
+async fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> Result<u8, Fail> {
+    init_logs("info");
+    let default_listen: std::net::SocketAddr = ([127, 0, 0, 1], 4021).into();
+    let mut cfg = match &config {
+        Some(p) => x402_server::Config::from_file(p).map_err(|e| usage(e.to_string()))?,
+        None => x402_server::Config::demo(default_listen),
+    };
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    let embedded = matches!(cfg.facilitator, x402_server::FacilitatorConfig::Embedded);
+    let server = x402_server::ServerBuilder::new(cfg.clone()).bind().await?;
+    eprintln!("atomicstream server on {}", server.http_base());
+    eprintln!("  catalog:      {}/streams", server.http_base());
+    for s in &cfg.streams {
+        eprintln!(
+            "  schema:       {}/v2/schema/{}   (v1: {}/v1/schema/{})",
+            server.http_base(),
+            s.id,
+            server.http_base(),
+            s.id
+        );
+    }
+    eprintln!(
+        "  facilitator:  {}/facilitator/{{verify,settle,supported}}",
+        server.http_base()
+    );
+    if config.is_none() {
+        eprintln!("  payTo (development address): {}", x402_server::DEV_PAY_TO);
+    }
+    if embedded {
+        eprintln!("  payments are verified by the embedded facilitator and NOT settled on chain");
+    }
+    server.run().await?;
+    Ok(exit::OK)
+}
+
+async fn facilitator(listen: std::net::SocketAddr) -> Result<u8, Fail> {
+    init_logs("info");
+    let l = tokio::net::TcpListener::bind(listen).await?;
+    eprintln!(
+        "x402 facilitator API on http://{} (/verify, /settle, /supported); embedded verifier, NOT settled on chain",
+        l.local_addr()?
+    );
+    x402_server::serve_facilitator(l, Arc::new(x402_server::EmbeddedFacilitator::default()))
+        .await?;
+    Ok(exit::OK)
+}
+
+fn keygen(out: &std::path::Path) -> Result<u8, Fail> {
+    let signer = LocalSigner::random()?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(out)
+        .map_err(|e| usage(format!("{}: {e} (refusing to overwrite)", out.display())))?;
+    f.write_all(signer.to_hex_secret().as_bytes())?;
+    f.write_all(b"\n")?;
+    println!("{}", signer);
+    eprintln!(
+        "wrote a development key to {} (mode 0600). Fund it with testnet USDC only.",
+        out.display()
+    );
+    Ok(exit::OK)
+}

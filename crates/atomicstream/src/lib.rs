@@ -1,1 +1,437 @@
-//! `atomicstream`: see the workspace README.
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+
+pub use x402_payer::{
+    self as payer, Budget, BudgetScope, EvmExactPayer, LocalSigner, Payer, PolicyError, SpendPolicy,
+};
+pub use x402_session::{self as session, ClientEvent, EndReason, ReconnectPolicy};
+pub use x402_transport::{
+    self as transport, HttpTransport, Progress, ReqwestTransport, TungsteniteConnector, WsConnector,
+};
+pub use x402_types::{self as types, Amount, Event, Hello, PathVersion, Requirement, Schema};
+
+use x402_transport::{Driver, Method};
+
+/// Everything that can go wrong, classified.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The spending policy refused (nothing was signed or spent).
+    #[error("spending policy refused: {0}")]
+    Policy(String),
+    /// The signer failed or refused.
+    #[error("payer failed: {0}")]
+    Payer(#[from] x402_payer::Error),
+    /// The server definitely refused the payment.
+    #[error("payment refused by the server ({status} {code}): {message}")]
+    PaymentRefused {
+        /// HTTP status.
+        status: u16,
+        /// Error code.
+        code: String,
+        /// Message.
+        message: String,
+    },
+    /// The server broke the protocol (bad schema, URL mismatch, malformed frames) or refused the token.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The network failed.
+    #[error("transport failure: {0}")]
+    Transport(String),
+    /// A bad configuration or argument.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A wire-format error.
+    #[error(transparent)]
+    Types(#[from] x402_types::Error),
+}
+
+impl Error {
+    /// A spending-policy refusal.
+    pub fn is_policy(&self) -> bool {
+        matches!(
+            self,
+            Error::Policy(_) | Error::Payer(x402_payer::Error::Policy(_))
+        )
+    }
+
+    /// The server refused the payment.
+    pub fn is_payment_refused(&self) -> bool {
+        matches!(self, Error::PaymentRefused { .. })
+    }
+
+    /// Trying again later may succeed (network trouble, server busy).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Transport(_) => true,
+            Error::PaymentRefused { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// From a session's end reason (for sessions that ended before streaming).
+    pub fn from_end(reason: &EndReason) -> Option<Error> {
+        Some(match reason {
+            EndReason::Stopped | EndReason::SliceLimit | EndReason::StreamEnded { .. } => {
+                return None;
+            }
+            EndReason::PaymentDeclined {
+                message,
+                policy: true,
+            } => Error::Policy(message.clone()),
+            EndReason::PaymentDeclined {
+                message,
+                policy: false,
+            } => Error::Payer(x402_payer::Error::Signer(message.clone())),
+            EndReason::PaymentRefused {
+                status,
+                code,
+                message,
+            } => Error::PaymentRefused {
+                status: *status,
+                code: code.clone(),
+                message: message.clone(),
+            },
+            EndReason::Superseded => {
+                Error::Protocol("superseded by another connection (4409)".into())
+            }
+            EndReason::TokenRejected { code } => {
+                Error::Protocol(format!("token rejected ({code})"))
+            }
+            EndReason::ConnectionLost { attempts } => {
+                Error::Transport(format!("connection lost after {attempts} attempts"))
+            }
+            EndReason::ProtocolViolation(m) => Error::Protocol(m.clone()),
+            other => Error::Protocol(format!("{other:?}")),
+        })
+    }
+}
+
+/// `Result` with the facade [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Builds a [`Client`].
+pub struct ClientBuilder {
+    http_base: String,
+    version: PathVersion,
+    payer: Option<Arc<dyn Payer>>,
+    policy: Option<SpendPolicy>,
+    session_budget: Option<Amount>,
+    renew_margin: Option<Duration>,
+    reconnect: ReconnectPolicy,
+    max_slices: Option<u64>,
+    http: Option<Arc<dyn HttpTransport>>,
+    ws: Option<Arc<dyn WsConnector>>,
+}
+
+impl ClientBuilder {
+    /// HTTP base URL (default `https://x402.atomicstream.net`).
+    pub fn base_url(mut self, url: impl Into<String>) -> Self {
+        self.http_base = url.into();
+        self
+    }
+    /// Path version (default v2).
+    pub fn version(mut self, v: PathVersion) -> Self {
+        self.version = v;
+        self
+    }
+    /// The payer (required to open streams).
+    pub fn payer(mut self, p: Arc<dyn Payer>) -> Self {
+        self.payer = Some(p);
+        self
+    }
+    /// The spending policy (required to open streams).
+    pub fn policy(mut self, p: SpendPolicy) -> Self {
+        self.policy = Some(p);
+        self
+    }
+    /// A budget for each session opened (on top of the policy's lifetime budget).
+    pub fn session_budget(mut self, a: Amount) -> Self {
+        self.session_budget = Some(a);
+        self
+    }
+    /// Renew margin (default: the protocol's rule).
+    pub fn renew_margin(mut self, d: Duration) -> Self {
+        self.renew_margin = Some(d);
+        self
+    }
+    /// Reconnect backoff.
+    pub fn reconnect(mut self, r: ReconnectPolicy) -> Self {
+        self.reconnect = r;
+        self
+    }
+    /// Stop after this many slices per session.
+    pub fn max_slices(mut self, n: u64) -> Self {
+        self.max_slices = Some(n);
+        self
+    }
+    /// Replaces the HTTP transport.
+    pub fn http_transport(mut self, t: Arc<dyn HttpTransport>) -> Self {
+        self.http = Some(t);
+        self
+    }
+    /// Replaces the WebSocket transport.
+    pub fn ws_transport(mut self, t: Arc<dyn WsConnector>) -> Self {
+        self.ws = Some(t);
+        self
+    }
+
+    /// Builds the client.
+    pub fn build(self) -> Result<Client> {
+        url::Url::parse(&self.http_base).map_err(|e| Error::Config(format!("base URL: {e}")))?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http: self
+                    .http
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(ReqwestTransport::default())),
+                ws: self
+                    .ws
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(TungsteniteConnector::default())),
+                b: self,
+            }),
+        })
+    }
+}
+
+struct Inner {
+    b: ClientBuilder,
+    http: Arc<dyn HttpTransport>,
+    ws: Arc<dyn WsConnector>,
+}
+
+/// Buys live streams by the slice.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use atomicstream::{Client, ClientEvent, EvmExactPayer, LocalSigner, SpendPolicy, Amount};
+/// use futures::StreamExt;
+///
+/// # async fn run() -> atomicstream::Result<()> {
+/// let payer = Arc::new(EvmExactPayer::new(LocalSigner::from_env("X402_PRIVATE_KEY")?));
+/// let client = Client::builder()
+///     .base_url("http://127.0.0.1:4021")
+///     .payer(payer)
+///     .policy(SpendPolicy::new(Amount::from_display("0.05", 6)?).with_lifetime_budget(Amount::from_display("1", 6)?))
+///     .build()?;
+/// let mut session = client.open("btc-usd").await?;
+/// while let Some(ev) = session.next().await {
+///     if let ClientEvent::Data(e) = ev {
+///         println!("{} {}", e.seq, e.data);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// A stream's terms, from its schema.
+#[derive(Debug, Clone)]
+pub struct SchemaInfo {
+    /// The schema document.
+    pub schema: Schema,
+    /// The requirement of one slice.
+    pub requirement: Requirement,
+    /// Decimals of the asset (6 for USDC; 6 assumed for unknown assets).
+    pub decimals: u8,
+    /// Price per slice in display units.
+    pub price_per_slice: String,
+    /// Price per minute in display units.
+    pub price_per_minute: String,
+    /// Slice length announced in the schema (`hello.sliceSeconds` is authoritative).
+    pub estimated_slice_seconds: u64,
+}
+
+impl Client {
+    /// A builder.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder {
+            http_base: "https://x402.atomicstream.net".into(),
+            version: PathVersion::V2,
+            payer: None,
+            policy: None,
+            session_budget: None,
+            renew_margin: None,
+            reconnect: ReconnectPolicy::default(),
+            max_slices: None,
+            http: None,
+            ws: None,
+        }
+    }
+
+    /// Fetches a stream's schema (no payment).
+    pub async fn schema(&self, id: &str) -> Result<SchemaInfo> {
+        let b = &self.inner.b;
+        let url = x402_types::version::schema_url(&b.http_base, b.version, id)?;
+        let resp = self
+            .inner
+            .http
+            .request(Method::Get, url.as_str(), &[])
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        if resp.status != 402 && resp.status != 200 {
+            let body = x402_types::ErrorBody::from_json(&resp.body)
+                .map(|b| b.message)
+                .unwrap_or_default();
+            return Err(Error::Protocol(format!(
+                "schema request answered {}: {body}",
+                resp.status
+            )));
+        }
+        let schema = Schema::from_json(&resp.body)?;
+        schema.check_version(b.version)?;
+        x402_types::UrlContext::from_schema_url(url.as_str())?
+            .check(&schema.websocket_endpoint, x402_types::EndpointKind::Stream)?;
+        let requirement = schema.payment_details.requirement();
+        let decimals = requirement
+            .asset
+            .parse()
+            .ok()
+            .and_then(|a| x402_types::known_asset(&requirement.network, &a))
+            .map_or(6, |k| k.decimals);
+        let slice = schema.pricing.estimated_duration.max(1);
+        let per_minute = requirement
+            .amount
+            .checked_mul(60)
+            .and_then(|a| a.atomic().div_rem_u64(slice))
+            .map(|(q, _)| Amount(q));
+        Ok(SchemaInfo {
+            price_per_slice: requirement.amount.to_display(decimals),
+            price_per_minute: per_minute
+                .map(|a| a.to_display(decimals))
+                .unwrap_or_default(),
+            estimated_slice_seconds: schema.pricing.estimated_duration,
+            requirement,
+            decimals,
+            schema,
+        })
+    }
+
+    /// Opens a stream: pays for the first slice and waits for `hello`.
+    /// Refusals before streaming are errors; later ends arrive as `Ended` events.
+    pub async fn open(&self, id: &str) -> Result<StreamSession> {
+        let b = &self.inner.b;
+        let payer = b
+            .payer
+            .clone()
+            .ok_or_else(|| Error::Config("no payer configured".into()))?;
+        let policy = b
+            .policy
+            .clone()
+            .ok_or_else(|| Error::Config("no spending policy configured".into()))?;
+        let mut cfg = x402_session::ClientConfig::new(&b.http_base, b.version, id);
+        cfg.renew_margin = b.renew_margin;
+        cfg.reconnect = b.reconnect.clone();
+        cfg.max_slices = b.max_slices;
+        let budget = b
+            .session_budget
+            .map(|a| Arc::new(Budget::new(BudgetScope::Session, a)));
+        let (driver, handle) = Driver::new(
+            cfg,
+            self.inner.http.clone(),
+            self.inner.ws.clone(),
+            payer,
+            policy,
+            budget,
+        )
+        .map_err(|e| Error::Config(e.to_string()))?;
+        let task = tokio::spawn(driver.run());
+        let mut s = StreamSession {
+            events: handle.events,
+            stop: Some(handle.stop),
+            progress: handle.progress,
+            pending: None,
+            _task: AbortOnDrop(task),
+        };
+        // Wait for hello (or an early end).
+        loop {
+            match s.events.recv().await {
+                Some(ClientEvent::Hello(h)) => {
+                    s.pending = Some(ClientEvent::Hello(h));
+                    return Ok(s);
+                }
+                Some(ClientEvent::Ended(r)) => {
+                    return Err(Error::from_end(&r).unwrap_or_else(|| {
+                        Error::Protocol(format!("ended before streaming: {r:?}"))
+                    }));
+                }
+                Some(_) => continue,
+                None => return Err(Error::Protocol("driver stopped".into())),
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<EndReason>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        // The driver stops itself when the event receiver is dropped; abort is the backstop.
+        if !self.0.is_finished() {
+            let h = self.0.abort_handle();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                h.abort();
+            });
+        }
+    }
+}
+
+/// An open stream: a `futures::Stream` of [`ClientEvent`]s ending with `Ended`.
+pub struct StreamSession {
+    events: mpsc::Receiver<ClientEvent>,
+    stop: Option<mpsc::Sender<()>>,
+    progress: Arc<Mutex<Progress>>,
+    pending: Option<ClientEvent>,
+    _task: AbortOnDrop,
+}
+
+impl StreamSession {
+    /// Stops the session cleanly (closes the socket; the stream then yields `Ended(Stopped)`).
+    pub fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.try_send(());
+        }
+    }
+
+    /// What has been paid and received so far.
+    pub fn progress(&self) -> Progress {
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Amount paid so far (atomic units).
+    pub fn paid(&self) -> Amount {
+        self.progress().paid
+    }
+
+    /// Paid time left.
+    pub fn remaining(&self) -> Duration {
+        self.progress().remaining()
+    }
+}
+
+impl Stream for StreamSession {
+    type Item = ClientEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ClientEvent>> {
+        if let Some(e) = self.pending.take() {
+            return Poll::Ready(Some(e));
+        }
+        self.events.poll_recv(cx)
+    }
+}

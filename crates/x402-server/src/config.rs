@@ -196,21 +196,23 @@ impl Config {
 
     /// The demo catalog: synthetic market data on base-sepolia USDC.
     pub fn demo(listen: SocketAddr) -> Config {
-        let stream = |id: &str, title: &str, symbol: &str, rate: f64, slice: u64| StreamConfig {
-            id: id.into(),
-            title: title.into(),
-            description: format!("Synthetic {symbol} trades and quotes, {rate} events/s"),
-            price_per_minute: "0.01".into(),
-            slice_seconds: slice,
-            network: "base-sepolia".into(),
-            asset: None,
-            pay_to: DEV_PAY_TO.into(),
-            max_timeout_seconds: 60,
-            source: SourceConfig::Synthetic {
-                rate,
-                symbol: symbol.into(),
-                pad: 0,
-            },
+        let stream = |id: &str, title: &str, symbol: &str, rate: f64, slice: u64, price: &str| {
+            StreamConfig {
+                id: id.into(),
+                title: title.into(),
+                description: format!("Synthetic {symbol} trades and quotes, {rate} events/s"),
+                price_per_minute: price.into(),
+                slice_seconds: slice,
+                network: "base-sepolia".into(),
+                asset: None,
+                pay_to: DEV_PAY_TO.into(),
+                max_timeout_seconds: 60,
+                source: SourceConfig::Synthetic {
+                    rate,
+                    symbol: symbol.into(),
+                    pad: 0,
+                },
+            }
         };
         Config {
             listen,
@@ -219,14 +221,29 @@ impl Config {
             secret: None,
             facilitator: FacilitatorConfig::Embedded,
             streams: vec![
-                stream("btc-usd", "BTC/USD market data", "BTC-USD", 10.0, 300),
-                stream("eth-usd", "ETH/USD market data", "ETH-USD", 10.0, 300),
+                stream(
+                    "btc-usd",
+                    "BTC/USD market data",
+                    "BTC-USD",
+                    10.0,
+                    300,
+                    "0.01",
+                ),
+                stream(
+                    "eth-usd",
+                    "ETH/USD market data",
+                    "ETH-USD",
+                    10.0,
+                    300,
+                    "0.01",
+                ),
                 stream(
                     "demo-fast",
                     "Demo stream with 4-second slices",
                     "BTC-USD",
                     20.0,
                     4,
+                    "0.06",
                 ),
             ],
             limits: Limits::default(),

@@ -1,1 +1,91 @@
-//! `x402-transport`: see the workspace README.
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod driver;
+#[cfg(feature = "reqwest")]
+mod http_reqwest;
+#[cfg(feature = "tungstenite")]
+mod ws_tungstenite;
+
+use async_trait::async_trait;
+
+pub use driver::{Driver, DriverHandle, Progress};
+#[cfg(feature = "reqwest")]
+pub use http_reqwest::ReqwestTransport;
+#[cfg(feature = "tungstenite")]
+pub use ws_tungstenite::TungsteniteConnector;
+pub use x402_session::{HttpResponse, Method};
+
+/// A transport failure: no answer.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// No answer in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// Could not connect or the connection broke.
+    #[error("connection failed: {0}")]
+    Connection(String),
+    /// A frame or message the transport refused (too large, not UTF-8).
+    #[error("invalid frame: {0}")]
+    Frame(String),
+}
+
+/// One HTTP exchange.
+#[async_trait]
+pub trait HttpTransport: Send + Sync {
+    /// Performs a request with no body; any status is an answer.
+    async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(String, String)],
+    ) -> Result<HttpResponse, TransportError>;
+}
+
+/// Why a WebSocket could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// The server answered the upgrade with a non-101 status.
+    Refused(HttpResponse),
+    /// No answer.
+    Failed(TransportError),
+}
+
+/// What a WebSocket delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsFrame {
+    /// A text frame.
+    Text(String),
+    /// The peer closed, with its code if any.
+    Closed(Option<u16>),
+}
+
+/// An open WebSocket.
+#[async_trait]
+pub trait WsConnection: Send {
+    /// The next frame; `None` when the connection is gone.
+    async fn recv(&mut self) -> Option<Result<WsFrame, TransportError>>;
+    /// Sends a text frame.
+    async fn send_text(&mut self, text: String) -> Result<(), TransportError>;
+    /// Closes with a code.
+    async fn close(&mut self, code: u16) -> Result<(), TransportError>;
+}
+
+/// Opens WebSockets.
+#[async_trait]
+pub trait WsConnector: Send + Sync {
+    /// Opens `url` with extra upgrade headers; on success returns the 101 answer and the socket.
+    async fn connect(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+    ) -> Result<(HttpResponse, Box<dyn WsConnection>), ConnectError>;
+}
+
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync + ?Sized>() {}
+    assert_send_sync::<Box<dyn HttpTransport>>();
+    assert_send_sync::<Box<dyn WsConnector>>();
+};
