@@ -1,94 +1,20 @@
 //! `atomicstream demo`: the embedded default. A real server on loopback, a
 //! development wallet, real signatures, real sockets; two faults are injected
-//! through the swappable transports so the demo shows the recovery paths: the
-//! answer of the first renewal is lost (the client retries with the same
-//! payload), and the first socket is cut (the client resumes without paying).
+//! through the swappable transports so the demo shows the recovery paths: when
+//! the first renewal is sent the socket drops and the renewal's answer is lost;
+//! the client resumes without paying and retries with the same payload.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use atomicstream::transport::{
-    ConnectError, HttpResponse, Method, TransportError, WsConnection, WsFrame,
-};
+use atomicstream::transport::faults::Blip;
 use atomicstream::{
     Amount, Client, ClientEvent, EndReason, EvmExactPayer, LocalSigner, SpendPolicy,
 };
 use futures::StreamExt;
 
 use crate::{Fail, exit};
-
-/// Performs every request, but reports the first renewal's answer as lost.
-struct LoseFirstRenewAnswer {
-    inner: atomicstream::ReqwestTransport,
-    lost: AtomicBool,
-}
-
-#[async_trait]
-impl atomicstream::HttpTransport for LoseFirstRenewAnswer {
-    async fn request(
-        &self,
-        method: Method,
-        url: &str,
-        headers: &[(String, String)],
-    ) -> Result<HttpResponse, TransportError> {
-        let r = self.inner.request(method, url, headers).await;
-        if url.contains("/renew/") && !self.lost.swap(true, Ordering::SeqCst) {
-            eprintln!("demo: [fault] the answer of the first renewal is lost on the way back");
-            return Err(TransportError::Timeout("answer lost (injected)".into()));
-        }
-        r
-    }
-}
-
-/// Cuts the first socket after `after`.
-struct CutFirstSocket {
-    inner: atomicstream::TungsteniteConnector,
-    after: Duration,
-    cut: Arc<AtomicBool>,
-}
-
-struct Cutting {
-    inner: Box<dyn WsConnection>,
-    at: Option<tokio::time::Instant>,
-}
-
-#[async_trait]
-impl WsConnection for Cutting {
-    async fn recv(&mut self) -> Option<Result<WsFrame, TransportError>> {
-        match self.at {
-            Some(at) => tokio::select! {
-                f = self.inner.recv() => f,
-                _ = tokio::time::sleep_until(at) => {
-                    eprintln!("demo: [fault] the connection drops");
-                    None
-                }
-            },
-            None => self.inner.recv().await,
-        }
-    }
-    async fn send_text(&mut self, text: String) -> Result<(), TransportError> {
-        self.inner.send_text(text).await
-    }
-    async fn close(&mut self, code: u16) -> Result<(), TransportError> {
-        self.inner.close(code).await
-    }
-}
-
-#[async_trait]
-impl atomicstream::WsConnector for CutFirstSocket {
-    async fn connect(
-        &self,
-        url: &str,
-        headers: &[(String, String)],
-    ) -> Result<(HttpResponse, Box<dyn WsConnection>), ConnectError> {
-        let (resp, conn) = self.inner.connect(url, headers).await?;
-        let first = !self.cut.swap(true, Ordering::SeqCst);
-        let at = first.then(|| tokio::time::Instant::now() + self.after);
-        Ok((resp, Box::new(Cutting { inner: conn, at })))
-    }
-}
 
 pub async fn run(slices: u64, all: bool) -> Result<u8, Fail> {
     crate::init_logs("warn");
@@ -98,7 +24,6 @@ pub async fn run(slices: u64, all: bool) -> Result<u8, Fail> {
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| Fail(exit::FAILURE, e.to_string()))?;
     cfg.secret = Some(hex_string(&secret));
-    let slice = cfg.streams.first().map_or(4, |s| s.slice_seconds);
     let server = x402_server::ServerBuilder::new(cfg).bind().await?;
     let base = server.http_base().to_string();
     let state = server.state().clone();
@@ -111,20 +36,18 @@ pub async fn run(slices: u64, all: bool) -> Result<u8, Fail> {
     let payer = Arc::new(EvmExactPayer::new(wallet));
     let policy = SpendPolicy::new(Amount::from_display("0.01", 6)?)
         .with_lifetime_budget(Amount::from_display("0.10", 6)?);
+    let blip = Blip::new();
     let client = Client::builder()
         .base_url(&base)
         .payer(payer)
         .policy(policy)
         .max_slices(slices)
-        .http_transport(Arc::new(LoseFirstRenewAnswer {
-            inner: atomicstream::ReqwestTransport::default(),
-            lost: AtomicBool::new(false),
-        }))
-        .ws_transport(Arc::new(CutFirstSocket {
-            inner: atomicstream::TungsteniteConnector::default(),
-            after: Duration::from_millis(slice * 1000 + slice * 500),
-            cut: Arc::new(AtomicBool::new(false)),
-        }))
+        .http_transport(Arc::new(
+            blip.http(Arc::new(atomicstream::ReqwestTransport::default())),
+        ))
+        .ws_transport(Arc::new(
+            blip.ws(Arc::new(atomicstream::TungsteniteConnector::default())),
+        ))
         .build()?;
     let info = client.schema("demo-fast").await?;
     eprintln!(

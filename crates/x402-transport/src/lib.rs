@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 mod driver;
+pub mod faults;
 #[cfg(feature = "reqwest")]
 mod http_reqwest;
 #[cfg(feature = "tungstenite")]

@@ -1,0 +1,293 @@
+//! The built binary against the real server on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Output};
+
+use x402_server::{Config, ServerBuilder};
+
+const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_atomicstream"));
+    c.env_remove("X402_PRIVATE_KEY")
+        .env_remove("ATOMICSTREAM_BASE_URL")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+async fn run(mut c: Command) -> Output {
+    tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap()
+}
+
+async fn server() -> String {
+    let mut cfg = Config::demo("127.0.0.1:0".parse().unwrap());
+    cfg.secret = Some("cli-test".into());
+    let s = ServerBuilder::new(cfg).bind().await.unwrap();
+    let base = s.http_base().to_string();
+    s.spawn();
+    base
+}
+
+#[test]
+fn help_documents_commands_and_exit_codes() {
+    let out = bin().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "schema",
+        "stream",
+        "pay",
+        "serve",
+        "facilitator",
+        "keygen",
+        "demo",
+        "Exit codes",
+        "3  the spending policy",
+    ] {
+        assert!(text.contains(needle), "--help lacks {needle:?}:\n{text}");
+    }
+    let out = bin().args(["stream", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("--max-per-slice")
+            && text.contains("--budget")
+            && text.contains("--key-file")
+    );
+    // Usage errors exit 2.
+    assert_eq!(
+        bin().arg("no-such-command").output().unwrap().status.code(),
+        Some(2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schema_human_and_json() {
+    let base = server().await;
+    let mut c = bin();
+    c.args(["schema", "btc-usd", "--base-url", &base]);
+    let out = run(c).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("0.05 USDC per slice of 300 s"), "{text}");
+    let mut c = bin();
+    c.args([
+        "schema",
+        "btc-usd",
+        "--base-url",
+        &base,
+        "--json",
+        "--version",
+        "v1",
+    ]);
+    let out = run(c).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["version"], "1");
+    assert_eq!(v["paymentDetails"]["network"], "base-sepolia");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_prints_json_lines_and_stops_after_slices() {
+    let base = server().await;
+    for v in ["v1", "v2"] {
+        let mut c = bin();
+        c.args([
+            "stream",
+            "demo-fast",
+            "--base-url",
+            &base,
+            "--version",
+            v,
+            "--slices",
+            "2",
+        ])
+        .env("X402_PRIVATE_KEY", KEY);
+        let out = run(c).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+        assert!(lines.len() > 50, "{} lines", lines.len());
+        let mut last = None;
+        for l in &lines {
+            let j: serde_json::Value = serde_json::from_str(l).expect("every stdout line is JSON");
+            let seq = j["seq"].as_u64().unwrap();
+            if let Some(p) = last {
+                assert_eq!(seq, p + 1);
+            }
+            last = Some(seq);
+            assert!(j["data"].is_object());
+        }
+        assert!(
+            err.contains("summary: 2 slices bought, 0.008 USDC paid"),
+            "{err}"
+        );
+        assert!(err.contains("SliceLimit"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn budget_exhaustion_exits_3_and_missing_key_exits_2() {
+    let base = server().await;
+    let mut c = bin();
+    c.args([
+        "stream",
+        "demo-fast",
+        "--base-url",
+        &base,
+        "--budget",
+        "0.004",
+    ])
+    .env("X402_PRIVATE_KEY", KEY);
+    let out = run(c).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("1 slices bought") && err.contains("PaymentDeclined"),
+        "{err}"
+    );
+    // Per-slice cap below the price: refused before any signature.
+    let mut c = bin();
+    c.args([
+        "stream",
+        "btc-usd",
+        "--base-url",
+        &base,
+        "--max-per-slice",
+        "0.01",
+    ])
+    .env("X402_PRIVATE_KEY", KEY);
+    assert_eq!(run(c).await.status.code(), Some(3));
+    let mut c = bin();
+    c.args(["stream", "demo-fast", "--base-url", &base]);
+    let out = run(c).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("X402_PRIVATE_KEY"));
+    // Nothing listening: transport failure, 5.
+    let mut c = bin();
+    c.args(["stream", "demo-fast", "--base-url", "http://127.0.0.1:9"])
+        .env("X402_PRIVATE_KEY", KEY);
+    assert_eq!(run(c).await.status.code(), Some(5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pay_output_is_accepted_by_the_server() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let base = server().await;
+    let dir = std::env::temp_dir().join(format!("atomicstream-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for v in ["v1", "v2"] {
+        let r = reqwest::get(format!("{base}/{v}/schema/btc-usd"))
+            .await
+            .unwrap();
+        let required = r
+            .headers()
+            .get("PAYMENT-REQUIRED")
+            .map(|h| h.to_str().unwrap().to_string());
+        let body = r.text().await.unwrap();
+        let schema = x402_types::Schema::from_json(body.as_bytes()).unwrap();
+        // v1: the body; v2: the PAYMENT-REQUIRED value.
+        let input = if v == "v1" {
+            body.clone()
+        } else {
+            required.unwrap()
+        };
+        let file = dir.join(format!("{v}.402"));
+        std::fs::write(&file, input).unwrap();
+        let mut c = bin();
+        c.args(["pay", file.to_str().unwrap()])
+            .env("X402_PRIVATE_KEY", KEY);
+        let out = run(c).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8(out.stdout).unwrap();
+        let (name, value) = line.trim().split_once(": ").unwrap();
+        assert_eq!(
+            name,
+            if v == "v1" {
+                "X-PAYMENT"
+            } else {
+                "PAYMENT-SIGNATURE"
+            }
+        );
+        let mut req = schema
+            .websocket_endpoint
+            .as_str()
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+        let (_ws, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("the server accepts the payment");
+        assert_eq!(resp.status(), 101);
+    }
+    // Over the cap: exit 3, nothing printed.
+    let mut c = bin();
+    c.args([
+        "pay",
+        dir.join("v1.402").to_str().unwrap(),
+        "--max-per-slice",
+        "0.001",
+    ])
+    .env("X402_PRIVATE_KEY", KEY);
+    let out = run(c).await;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(out.stdout.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn keygen_writes_a_private_file() {
+    let dir = std::env::temp_dir().join(format!("atomicstream-keygen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dev.key");
+    let _ = std::fs::remove_file(&path);
+    let out = bin()
+        .args(["keygen", "--out", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let addr = String::from_utf8(out.stdout).unwrap();
+    let key = std::fs::read_to_string(&path).unwrap();
+    let signer = x402_payer::LocalSigner::from_hex(&key).unwrap();
+    assert_eq!(signer.to_string(), addr.trim());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    // Never overwrites.
+    assert_eq!(
+        bin()
+            .args(["keygen", "--out", path.to_str().unwrap()])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(2)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn demo_runs_and_exits_0() {
+    let out = bin().arg("demo").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("slices bought     4"), "{err}");
+    assert!(err.contains("retried with the same payload: 1"), "{err}");
+    assert!(err.contains("reconnects        1"), "{err}");
+}
