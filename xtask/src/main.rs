@@ -70,16 +70,114 @@ fn ci() -> bool {
     true
 }
 
+/// Builds the release binaries and runs the bench binary with `args`, with a raised file limit.
+fn bench_bin(args: &[&str]) -> bool {
+    if !step(
+        "build",
+        &mut cargo_cmd(&[
+            "build",
+            "--release",
+            "-p",
+            "atomicstream-bench",
+            "-p",
+            "atomicstream-cli",
+        ]),
+    ) {
+        return false;
+    }
+    let root = root();
+    let bin = root.join("target/release/atomicstream-bench");
+    let cli = root.join("target/release/atomicstream");
+    // 10,000 sockets need more descriptors than the usual default of 1024.
+    let script = format!(
+        "ulimit -n 65536 2>/dev/null || ulimit -n $(ulimit -Hn); exec \"{}\" \"$@\"",
+        bin.display()
+    );
+    let mut c = Command::new("bash");
+    c.arg("-c")
+        .arg(script)
+        .arg("bench")
+        .args(args)
+        .env("ATOMICSTREAM_BIN", cli);
+    step("run", &mut c)
+}
+
+const FUZZ_TARGETS: &[&str] = &[
+    "server_message",
+    "schema",
+    "payment_header",
+    "facilitator_request",
+    "amounts",
+    "client_session",
+];
+
+/// cargo-fuzz on the stable toolchain (RUSTC_BOOTSTRAP=1), installing it if missing.
+fn fuzz(target: &str, secs: u64) -> bool {
+    let have = Command::new(cargo())
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have
+        && !step(
+            "install cargo-fuzz",
+            &mut cargo_cmd(&["install", "cargo-fuzz", "--locked"]),
+        )
+    {
+        return false;
+    }
+    let targets: Vec<&str> = if target == "all" {
+        FUZZ_TARGETS.to_vec()
+    } else {
+        vec![target]
+    };
+    for t in targets {
+        let corpus = format!("fuzz/corpus/{t}");
+        let seeds = format!("fuzz/seeds/{t}");
+        let _ = std::fs::create_dir_all(root().join(&corpus));
+        let mut c = cargo_cmd(&[
+            "fuzz",
+            "run",
+            t,
+            &corpus,
+            &seeds,
+            "--",
+            &format!("-max_total_time={secs}"),
+            "-max_len=4096",
+        ]);
+        c.env("RUSTC_BOOTSTRAP", "1");
+        if !step(&format!("fuzz {t}"), &mut c) {
+            return false;
+        }
+    }
+    true
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let ok = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("bench") => {
+            let rest: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+            bench_bin(&rest)
+        }
+        Some("soak") => {
+            let secs = args.get(1).map(String::as_str).unwrap_or("120");
+            bench_bin(&["soak", secs])
+        }
+        Some("fuzz") => {
+            let target = args.get(1).map(String::as_str).unwrap_or("all");
+            let secs = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30);
+            fuzz(target, secs)
+        }
         Some("demo") => step(
             "demo",
             &mut cargo_cmd(&["run", "--release", "-p", "atomicstream-cli", "--", "demo"]),
         ),
         _ => {
-            eprintln!("usage: cargo xtask <ci|bench|soak|fuzz|demo>");
+            eprintln!(
+                "usage: cargo xtask <verb>\n  ci                       fmt, clippy, tests, docs (the gate)\n  bench [--quick]          benchmarks with baselines -> target/bench/report.json\n  soak [seconds]           bounded load and fault run (default 120)\n  fuzz <target|all> [secs] cargo-fuzz; targets: {}\n  demo                     the embedded demo",
+                FUZZ_TARGETS.join(", ")
+            );
             return ExitCode::from(2);
         }
     };

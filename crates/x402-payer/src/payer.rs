@@ -211,6 +211,17 @@ pub struct EvmExactPayer<S = crate::LocalSigner> {
     signer: S,
     clock: Arc<dyn Clock>,
     random: Arc<dyn RandomSource>,
+    /// The last (asset, payTo, chain, extra) resolved to (domain separator, recipient):
+    /// a session pays the same terms slice after slice.
+    terms: std::sync::Mutex<Option<(TermsKey, [u8; 32], Address)>>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct TermsKey {
+    asset: String,
+    pay_to: String,
+    chain_id: u64,
+    extra: Option<serde_json::Value>,
 }
 
 impl<S: DigestSigner> EvmExactPayer<S> {
@@ -220,6 +231,7 @@ impl<S: DigestSigner> EvmExactPayer<S> {
             signer,
             clock: Arc::new(SystemClock),
             random: Arc::new(OsRandom),
+            terms: std::sync::Mutex::new(None),
         }
     }
 
@@ -249,11 +261,31 @@ impl<S: DigestSigner> EvmExactPayer<S> {
                 network: req.network,
             });
         }
-        let domain = domain_for(&req)?;
-        let to: Address = req
-            .pay_to
-            .parse()
-            .map_err(|e| Error::InvalidRequirement(format!("payTo: {e}")))?;
+        let key = TermsKey {
+            asset: req.asset.clone(),
+            pay_to: req.pay_to.clone(),
+            chain_id: req.network.chain_id().unwrap_or_default(),
+            extra: req.extra.clone(),
+        };
+        let cached = {
+            let c = self.terms.lock().unwrap_or_else(|p| p.into_inner());
+            c.as_ref()
+                .filter(|(k, _, _)| *k == key)
+                .map(|(_, sep, to)| (*sep, *to))
+        };
+        let (separator, to) = match cached {
+            Some(x) => x,
+            None => {
+                let domain = domain_for(&req)?;
+                let to: Address = req
+                    .pay_to
+                    .parse()
+                    .map_err(|e| Error::InvalidRequirement(format!("payTo: {e}")))?;
+                let sep = domain.separator();
+                *self.terms.lock().unwrap_or_else(|p| p.into_inner()) = Some((key, sep, to));
+                (sep, to)
+            }
+        };
         let now = self.clock.unix_now();
         let mut nonce = [0u8; 32];
         self.random.fill(&mut nonce)?;
@@ -265,7 +297,7 @@ impl<S: DigestSigner> EvmExactPayer<S> {
             valid_before: U256::from_u64(now.saturating_add(req.max_timeout_seconds)),
             nonce: FixedBytes(nonce),
         };
-        let d = digest(&domain.separator(), &authorization);
+        let d = digest(&separator, &authorization);
         let signature = self.signer.sign_digest(&d)?;
         let payload = SchemePayload::ExactEvm(ExactEvmPayload {
             signature,

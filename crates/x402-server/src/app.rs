@@ -322,40 +322,38 @@ impl AppState {
             payment_requirements: self.requirements(v, e),
         };
         let timeout = Duration::from_secs(self.cfg.limits.facilitator_timeout_secs);
-        let verify = match tokio::time::timeout(timeout, self.facilitator.verify(&req)).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(err)) => return Err(abort(unavailable(err.to_string()))),
-            Err(_) => return Err(abort(unavailable("facilitator verify timed out".into()))),
-        };
-        if !verify.is_valid {
-            let reason = verify.invalid_reason.unwrap_or_default();
-            if reason == crate::facilitator::NONCE_USED {
-                return Err(abort(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "payment_used",
-                    "this payment's nonce was already used",
-                )));
-            }
-            let msg = format!("{reason}: {}", verify.invalid_message.unwrap_or_default());
-            return Err(abort(self.payment_error(v, e, "payment_invalid", msg)));
-        }
-        if !self.store.claim_nonce(&nonce) {
-            return Err(abort(ApiError::new(
+        let used = || {
+            ApiError::new(
                 StatusCode::CONFLICT,
                 "payment_used",
                 "this payment's nonce was already used",
-            )));
+            )
+        };
+        // Claim the nonce first (local, cheap): a replay never reaches the facilitator.
+        if !self.store.claim_nonce(&nonce) {
+            return Err(abort(used()));
         }
-        let settle = match tokio::time::timeout(timeout, self.facilitator.settle(&req)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(err)) => {
-                self.store.release_nonce(&nonce);
-                return Err(abort(unavailable(err.to_string())));
+        let (verify, settle) =
+            match tokio::time::timeout(timeout, self.facilitator.verify_and_settle(&req)).await {
+                Ok(Ok(x)) => x,
+                Ok(Err(err)) => {
+                    self.store.release_nonce(&nonce);
+                    return Err(abort(unavailable(err.to_string())));
+                }
+                Err(_) => {
+                    // Unknown outcome: keep the nonce claimed (it may settle); the client
+                    // retries the same payload and learns the outcome.
+                    return Err(abort(unavailable("facilitator timed out".into())));
+                }
+            };
+        let Some(settle) = settle.filter(|_| verify.is_valid) else {
+            self.store.release_nonce(&nonce);
+            let reason = verify.invalid_reason.unwrap_or_default();
+            if reason == crate::facilitator::NONCE_USED {
+                return Err(abort(used()));
             }
-            Err(_) => {
-                // Unknown outcome: keep the nonce claimed (it may settle) and let the client retry the same payload.
-                return Err(abort(unavailable("facilitator settle timed out".into())));
-            }
+            let msg = format!("{reason}: {}", verify.invalid_message.unwrap_or_default());
+            return Err(abort(self.payment_error(v, e, "payment_invalid", msg)));
         };
         if !settle.success && !settle.is_pending() {
             self.store.release_nonce(&nonce);
@@ -681,6 +679,13 @@ async fn stream(
     let resp = ws
         .max_message_size(s.cfg.limits.max_frame_bytes)
         .max_frame_size(s.cfg.limits.max_frame_bytes)
+        // Idle sockets dominate memory at scale: tungstenite's 128 KiB default
+        // read buffer per socket is the largest cost. Clients send almost nothing.
+        .read_buffer_size(4 * 1024)
+        // Each send is flushed anyway; no write batching buffer.
+        .write_buffer_size(0)
+        // Bounded: a slow reader cannot make us buffer without limit.
+        .max_write_buffer_size(8 * 1024 * 1024)
         .on_upgrade(move |socket| async move {
             let c = Connection {
                 state,

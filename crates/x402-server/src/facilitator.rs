@@ -48,6 +48,19 @@ pub trait Facilitator: Send + Sync {
     async fn supported(&self) -> Result<SupportedResponse, FacilitatorError>;
     /// A label for logs and `/healthz` (`"embedded (not settled on chain)"`).
     fn describe(&self) -> String;
+
+    /// Verifies, then settles if valid: what a server does for each payment.
+    /// A facilitator that verifies inside `settle` anyway may do it once.
+    async fn verify_and_settle(
+        &self,
+        req: &FacilitatorRequest,
+    ) -> Result<(VerifyResponse, Option<SettleResponse>), FacilitatorError> {
+        let v = self.verify(req).await?;
+        if !v.is_valid {
+            return Ok((v, None));
+        }
+        Ok((v, Some(self.settle(req).await?)))
+    }
 }
 
 /// One settlement recorded by the embedded facilitator.
@@ -229,6 +242,21 @@ impl Facilitator for EmbeddedFacilitator {
 
     fn describe(&self) -> String {
         "embedded (verified locally, NOT settled on chain)".into()
+    }
+
+    async fn verify_and_settle(
+        &self,
+        req: &FacilitatorRequest,
+    ) -> Result<(VerifyResponse, Option<SettleResponse>), FacilitatorError> {
+        // `settle` runs every check of `verify`; do them once.
+        let s = self.settle(req).await?;
+        let v = VerifyResponse {
+            is_valid: s.success,
+            invalid_reason: s.error_reason.clone(),
+            invalid_message: None,
+            payer: s.payer.clone(),
+        };
+        Ok((v, s.success.then_some(s)))
     }
 }
 

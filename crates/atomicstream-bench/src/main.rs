@@ -1,0 +1,795 @@
+//! Benchmarks with baselines measured in the same run, and the soak run.
+//! Use through `cargo xtask bench` and `cargo xtask soak`.
+
+mod soak;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use atomicstream::{Amount, Client, ClientEvent, EvmExactPayer, LocalSigner, SpendPolicy};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use x402_payer::verify_exact;
+use x402_server::{Config, DEV_PAY_TO, Limits, ServerBuilder, SourceConfig, StreamConfig};
+use x402_types::{
+    Offer, PathVersion, PaymentRequiredV2, PaymentRequirements, Schema, ServerMessage,
+};
+
+pub(crate) const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One row of the report.
+struct Row {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    baseline: Option<(String, f64)>,
+    ratio: Option<f64>,
+    target: String,
+    met: Option<bool>,
+}
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+}
+
+impl Report {
+    fn ratio(
+        &mut self,
+        name: &str,
+        value: f64,
+        unit: &'static str,
+        base_name: &str,
+        base: f64,
+        min_ratio: f64,
+    ) {
+        let r = value / base;
+        self.rows.push(Row {
+            name: name.into(),
+            value,
+            unit,
+            baseline: Some((base_name.into(), base)),
+            ratio: Some(r),
+            target: format!("ratio >= {min_ratio}"),
+            met: Some(r >= min_ratio),
+        });
+    }
+    fn plain(
+        &mut self,
+        name: &str,
+        value: f64,
+        unit: &'static str,
+        target: &str,
+        met: Option<bool>,
+    ) {
+        self.rows.push(Row {
+            name: name.into(),
+            value,
+            unit,
+            baseline: None,
+            ratio: None,
+            target: target.into(),
+            met,
+        });
+    }
+    fn overhead(
+        &mut self,
+        name: &str,
+        value: f64,
+        base_name: &str,
+        base: f64,
+        max_overhead_ms: Option<f64>,
+    ) {
+        let o = value - base;
+        self.rows.push(Row {
+            name: name.into(),
+            value,
+            unit: "ms",
+            baseline: Some((base_name.into(), base)),
+            ratio: Some(value / base),
+            target: max_overhead_ms
+                .map_or("report".into(), |m| format!("overhead {o:.3} ms < {m} ms")),
+            met: max_overhead_ms.map(|m| o < m),
+        });
+    }
+}
+
+fn signer_payer() -> EvmExactPayer {
+    EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap_or_else(|_| unreachable!("constant key")))
+}
+
+fn bench_signing(r: &mut Report) {
+    use k256::ecdsa::{RecoveryId, Signature, SigningKey, VerifyingKey};
+    let payer = signer_payer();
+    let req = x402_types::Requirement {
+        scheme: "exact".into(),
+        network: x402_types::Network::BASE_SEPOLIA,
+        amount: Amount::from(10_000),
+        asset: "0x036CbD53842c5426634e7929541eC2318f3dCF7e".into(),
+        pay_to: DEV_PAY_TO.into(),
+        max_timeout_seconds: 60,
+        extra: Some(json!({"name": "USDC", "version": "2"})),
+    };
+    let offer = Offer::from_requirement(PathVersion::V2, &req, "http://x/v2/stream/s", "d");
+    let n = 3_000;
+    // Warm up.
+    for _ in 0..100 {
+        let _ = payer.sign(&offer);
+    }
+    let t = Instant::now();
+    let mut last = None;
+    for _ in 0..n {
+        last = payer.sign(&offer).ok();
+    }
+    let ours = n as f64 / t.elapsed().as_secs_f64();
+    let key = SigningKey::from_slice(&hex_key()).unwrap_or_else(|_| unreachable!("constant key"));
+    let digest = [7u8; 32];
+    let t = Instant::now();
+    let mut sig = None;
+    for i in 0..n {
+        let mut d = digest;
+        d[0] = i as u8;
+        sig = Some(key.sign_prehash_recoverable(&d));
+    }
+    let bare = n as f64 / t.elapsed().as_secs_f64();
+    r.ratio(
+        "1a. sign EIP-3009 payment via Payer",
+        ours,
+        "ops/s",
+        "bare k256 sign_prehash_recoverable",
+        bare,
+        0.9,
+    );
+
+    let payload = last.unwrap_or_else(|| unreachable!("signing works"));
+    let reqs = PaymentRequirements::V2(req.to_v2());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let t = Instant::now();
+    for _ in 0..n {
+        let _ = verify_exact(&payload, &reqs, now);
+    }
+    let ours = n as f64 / t.elapsed().as_secs_f64();
+    let (s, rid): (Signature, RecoveryId) = sig.unwrap_or_else(|| unreachable!());
+    let t = Instant::now();
+    for _ in 0..n {
+        let _ = VerifyingKey::recover_from_prehash(&digest, &s, rid);
+    }
+    let bare = n as f64 / t.elapsed().as_secs_f64();
+    r.ratio(
+        "1b. verify payment (all checks + recovery)",
+        ours,
+        "ops/s",
+        "bare k256 recover_from_prehash",
+        bare,
+        0.9,
+    );
+}
+
+fn hex_key() -> [u8; 32] {
+    let mut k = [0u8; 32];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&KEY[2 + 2 * i..4 + 2 * i], 16).unwrap_or(0);
+    }
+    k
+}
+
+fn bench_decode(r: &mut Report) {
+    let small = ServerMessage::Event(x402_types::Event {
+        seq: 123_456,
+        data: serde_json::value::to_raw_value(
+            &json!({"type":"trade","symbol":"BTC-USD","price":101.25,"size":0.5,"side":"buy"}),
+        )
+        .unwrap_or_else(|_| unreachable!()),
+        ts: Some(1_750_000_000_000),
+    })
+    .to_json();
+    let n = 300_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        let _ = std::hint::black_box(ServerMessage::parse(std::hint::black_box(&small)));
+    }
+    let ours = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for _ in 0..n {
+        let _ = std::hint::black_box(serde_json::from_str::<Value>(std::hint::black_box(&small)));
+    }
+    let bare = n as f64 / t.elapsed().as_secs_f64();
+    r.ratio(
+        &format!("6. parse event frame ({} B)", small.len()),
+        ours,
+        "msg/s",
+        "serde_json::Value parse",
+        bare,
+        0.9,
+    );
+}
+
+fn stream_cfg(id: &str, slice: u64) -> StreamConfig {
+    StreamConfig {
+        id: id.into(),
+        title: id.into(),
+        description: "bench".into(),
+        price_per_minute: "0.06".into(),
+        slice_seconds: slice,
+        network: "base-sepolia".into(),
+        asset: None,
+        pay_to: DEV_PAY_TO.into(),
+        max_timeout_seconds: 300,
+        source: SourceConfig::Api,
+    }
+}
+
+pub(crate) struct Local {
+    pub base: String,
+    pub server_state: Arc<x402_server::AppState>,
+}
+
+pub(crate) async fn local_server(streams: Vec<StreamConfig>, limits: Limits) -> Local {
+    let mut cfg = Config::demo("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()));
+    cfg.secret = Some("bench".into());
+    cfg.streams = streams;
+    cfg.limits = limits;
+    let s = ServerBuilder::new(cfg)
+        .bind()
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let base = s.http_base().to_string();
+    let server_state = s.state().clone();
+    s.spawn();
+    Local { base, server_state }
+}
+
+/// A quote, signed payment and endpoint, as a bare client would do it.
+pub(crate) async fn quote(http: &reqwest::Client, base: &str, id: &str) -> (Schema, Offer) {
+    let r = http
+        .get(format!("{base}/v2/schema/{id}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("schema: {e}"));
+    let pr = r
+        .headers()
+        .get("PAYMENT-REQUIRED")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| PaymentRequiredV2::from_header(h).ok())
+        .unwrap_or_else(|| panic!("no PAYMENT-REQUIRED"));
+    let body = r.bytes().await.unwrap_or_default();
+    let schema = Schema::from_json(&body).unwrap_or_else(|e| panic!("schema: {e}"));
+    let accepted = pr
+        .accepts
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no accepts"));
+    (
+        schema,
+        Offer::V2 {
+            accepted,
+            resource: pr.resource,
+        },
+    )
+}
+
+pub(crate) async fn bare_connect(url: &str, payment: Option<&str>) -> Result<Ws, String> {
+    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+    if let Some(p) = payment {
+        req.headers_mut().insert(
+            "PAYMENT-SIGNATURE",
+            p.parse().map_err(|_| "header".to_string())?,
+        );
+    }
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|e| e.to_string())
+}
+
+fn payload(size: usize, i: u64) -> Value {
+    if size <= 100 {
+        json!({"type":"trade","px":101.25,"i":i})
+    } else {
+        json!({"type":"blob","i":i,"pad":"x".repeat(size - 40)})
+    }
+}
+
+async fn receive_bare(local: &Local, id: &str, size: usize, n: u64) -> (f64, f64) {
+    let http = reqwest::Client::new();
+    let (schema, offer) = quote(&http, &local.base, id).await;
+    let pay = signer_payer()
+        .sign(&offer)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .to_header();
+    let mut ws = bare_connect(&schema.websocket_endpoint, Some(&pay))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _hello = ws.next().await;
+    let publisher = local
+        .server_state
+        .streams
+        .get(id)
+        .map(|e| x402_server::Publisher::new(e.hub.clone()))
+        .unwrap_or_else(|| unreachable!());
+    let t = Instant::now();
+    let pubt = tokio::task::spawn_blocking(move || {
+        for i in 0..n {
+            publisher.publish(&payload(size, i));
+        }
+    });
+    let (mut got, mut bytes) = (0u64, 0u64);
+    while got < n {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                if t.as_str().starts_with(r#"{"type":"event""#) {
+                    got += 1;
+                    bytes += t.len() as u64;
+                }
+            }
+            Some(Ok(_)) => {}
+            _ => break,
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let _ = pubt.await;
+    (got as f64 / secs, bytes as f64 / secs)
+}
+
+async fn receive_ours(local: &Local, id: &str, size: usize, n: u64) -> (f64, f64) {
+    let client = Client::builder()
+        .base_url(&local.base)
+        .payer(Arc::new(signer_payer()))
+        .policy(SpendPolicy::new(
+            Amount::from_display("10", 6).unwrap_or_default(),
+        ))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut s = client.open(id).await.unwrap_or_else(|e| panic!("{e}"));
+    let publisher = local
+        .server_state
+        .streams
+        .get(id)
+        .map(|e| x402_server::Publisher::new(e.hub.clone()))
+        .unwrap_or_else(|| unreachable!());
+    let t = Instant::now();
+    let pubt = tokio::task::spawn_blocking(move || {
+        for i in 0..n {
+            publisher.publish(&payload(size, i));
+        }
+    });
+    let (mut got, mut bytes) = (0u64, 0u64);
+    while got < n {
+        match s.next().await {
+            Some(ClientEvent::Data(e)) => {
+                got += 1;
+                // The frame's size on the wire: the data plus the event envelope.
+                bytes += ServerMessage::Event(e).to_json().len() as u64;
+            }
+            Some(ClientEvent::Ended(_)) | None => break,
+            _ => {}
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let _ = pubt.await;
+    (got as f64 / secs, bytes as f64 / secs)
+}
+
+async fn bench_receive(r: &mut Report, size: usize, n: u64) {
+    let limits = Limits {
+        replay_buffer: n as usize + 10,
+        send_queue: 4096,
+        ..Limits::default()
+    };
+    let ids: Vec<String> = (0..6).map(|i| format!("r{i}")).collect();
+    let local = local_server(ids.iter().map(|i| stream_cfg(i, 3600)).collect(), limits).await;
+    // Alternate the two clients, three rounds each, and keep each one's best.
+    let (mut bare, mut ours) = ((0.0f64, 0.0f64), (0.0f64, 0.0f64));
+    for round in 0..3 {
+        let b = receive_bare(&local, &ids[2 * round], size, n).await;
+        let o = receive_ours(&local, &ids[2 * round + 1], size, n).await;
+        bare = (bare.0.max(b.0), bare.1.max(b.1));
+        ours = (ours.0.max(o.0), ours.1.max(o.1));
+    }
+    let label = if size <= 100 { "~100 B" } else { "~4 KiB" };
+    r.ratio(
+        &format!("2. client receive, events/s ({label})"),
+        ours.0,
+        "events/s",
+        "bare tokio-tungstenite client",
+        bare.0,
+        0.9,
+    );
+    r.ratio(
+        &format!("2. client receive, bytes/s ({label})"),
+        ours.1,
+        "B/s",
+        "bare tokio-tungstenite client",
+        bare.1,
+        0.9,
+    );
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+async fn bench_handshake(r: &mut Report) {
+    let local = local_server(vec![stream_cfg("h", 3600)], Limits::default()).await;
+    let http = reqwest::Client::new();
+    let client = Client::builder()
+        .base_url(&local.base)
+        .payer(Arc::new(signer_payer()))
+        .policy(SpendPolicy::new(
+            Amount::from_display("10", 6).unwrap_or_default(),
+        ))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rounds = 200;
+    let (mut full, mut base_http, mut base_ws, mut renew, mut base_post) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let payer = signer_payer();
+    for _ in 0..rounds {
+        // Full: schema -> policy -> sign -> upgrade with payment (verify + settle) -> hello.
+        let t = Instant::now();
+        let s = client.open("h").await.unwrap_or_else(|e| panic!("{e}"));
+        full.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(s);
+        // Baseline: the bare HTTP round trip and the bare upgrade it contains.
+        let t = Instant::now();
+        let (schema, offer) = quote(&http, &local.base, "h").await;
+        base_http.push(t.elapsed().as_secs_f64() * 1e3);
+        let pay = payer
+            .sign(&offer)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_header();
+        let renew_url = schema
+            .websocket_endpoint
+            .replace("ws://", "http://")
+            .replace("/stream/", "/renew/");
+        let rr = http
+            .post(&renew_url)
+            .header("PAYMENT-SIGNATURE", &pay)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rr.status(), 200);
+        // Bare upgrade (token with paid time, no payment) up to the first frame.
+        let t = Instant::now();
+        let mut ws = bare_connect(&schema.websocket_endpoint, None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _ = ws.next().await;
+        base_ws.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(ws);
+        // One renewal (sign + POST + verify + settle) against a bare POST round trip.
+        let t = Instant::now();
+        let pay = payer
+            .sign(&offer)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_header();
+        let rr = http
+            .post(&renew_url)
+            .header("PAYMENT-SIGNATURE", &pay)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _ = rr.bytes().await;
+        renew.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let rr = http
+            .post(format!("{}/facilitator/supported", local.base))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _ = rr.bytes().await;
+        base_post.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let base: Vec<f64> = base_http.iter().zip(&base_ws).map(|(a, b)| a + b).collect();
+    let (mut f2, mut b2) = (full.clone(), base.clone());
+    r.overhead(
+        "3. schema -> hello, p50",
+        percentile(&mut full, 0.5),
+        "bare HTTP round trip + bare upgrade, p50",
+        percentile(&mut b2, 0.5),
+        Some(1.0),
+    );
+    r.overhead(
+        "3. schema -> hello, p99",
+        percentile(&mut f2, 0.99),
+        "bare HTTP round trip + bare upgrade, p99",
+        percentile(&mut base.clone(), 0.99),
+        None,
+    );
+    let mut renew2 = renew.clone();
+    let mut bp2 = base_post.clone();
+    r.overhead(
+        "3. one renewal, p50",
+        percentile(&mut renew, 0.5),
+        "bare HTTP POST round trip, p50",
+        percentile(&mut base_post, 0.5),
+        Some(1.0),
+    );
+    r.overhead(
+        "3. one renewal, p99",
+        percentile(&mut renew2, 0.99),
+        "bare HTTP POST round trip, p99",
+        percentile(&mut bp2, 0.99),
+        None,
+    );
+}
+
+async fn bench_fanout(r: &mut Report, sessions: usize) {
+    let limits = Limits {
+        max_connections_per_ip: 100_000,
+        ..Limits::default()
+    };
+    let local = local_server(vec![stream_cfg("f", 3600)], limits).await;
+    let http = reqwest::Client::new();
+    let payer = signer_payer();
+    let mut readers = Vec::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, f64)>();
+    for _ in 0..sessions {
+        let (schema, offer) = quote(&http, &local.base, "f").await;
+        let pay = payer
+            .sign(&offer)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_header();
+        let mut ws = bare_connect(&schema.websocket_endpoint, Some(&pay))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let tx = tx.clone();
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(m)) = ws.next().await {
+                if let Message::Text(t) = m
+                    && let Ok(ServerMessage::Event(e)) = ServerMessage::parse(t.as_str())
+                {
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64() * 1e3)
+                        .unwrap_or(0.0);
+                    let lat = now_ms - e.ts.unwrap_or(0) as f64;
+                    let _ = tx.send((e.seq, lat));
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let publisher = local
+        .server_state
+        .streams
+        .get("f")
+        .map(|e| x402_server::Publisher::new(e.hub.clone()))
+        .unwrap_or_else(|| unreachable!());
+    let rate = 10.0;
+    let n = 50u64;
+    let t = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    for i in 0..n {
+        tick.tick().await;
+        publisher.publish(&json!({"i": i, "px": 100.0}));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let secs = t.elapsed().as_secs_f64();
+    for h in &readers {
+        h.abort();
+    }
+    let mut lats = Vec::new();
+    let mut count = 0u64;
+    while let Ok((_, l)) = rx.try_recv() {
+        count += 1;
+        lats.push(l);
+    }
+    let expected = n * sessions as u64;
+    let mut l2 = lats.clone();
+    let p99 = percentile(&mut l2, 0.99);
+    r.plain(
+        &format!("4. fan-out to {sessions}: events delivered/s"),
+        count as f64 / secs,
+        "events/s",
+        &format!("no loss ({count}/{expected})"),
+        Some(count == expected),
+    );
+    r.plain(
+        &format!("4. fan-out to {sessions}: latency p50"),
+        percentile(&mut lats, 0.5),
+        "ms",
+        "report",
+        None,
+    );
+    r.plain(
+        &format!("4. fan-out to {sessions}: latency p99"),
+        p99,
+        "ms",
+        "p99 < 50 ms",
+        Some(p99 < 50.0),
+    );
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+async fn bench_scale(r: &mut Report, counts: &[usize]) {
+    // The server runs in its own process so its resident set is its own.
+    let exe =
+        std::env::var("ATOMICSTREAM_BIN").unwrap_or_else(|_| "target/release/atomicstream".into());
+    let dir = std::env::temp_dir().join(format!("atomicstream-bench-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let cfg = dir.join("server.toml");
+    let port = 41_000 + (std::process::id() % 1000) as u16;
+    let _ = std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nsecret = \"bench\"\n[limits]\nmax_connections_per_ip = 1000000\nmax_sessions = 1000000\n[[streams]]\nid = \"idle\"\nprice_per_minute = \"0.06\"\nslice_seconds = 3600\npay_to = \"{DEV_PAY_TO}\"\nmax_timeout_seconds = 3600\nsource = {{ kind = \"api\" }}\n"
+        ),
+    );
+    for &n in counts {
+        let mut child = match std::process::Command::new(&exe)
+            .args(["serve", "--config", cfg.to_str().unwrap_or_default()])
+            .env("RUST_LOG", "error")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                r.plain(
+                    &format!("5. scale {n}: server did not start ({e})"),
+                    f64::NAN,
+                    "",
+                    "run `cargo build --release` first",
+                    Some(false),
+                );
+                return;
+            }
+        };
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        for _ in 0..100 {
+            if http.get(format!("{base}/healthz")).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let before = rss_kib(child.id()).unwrap_or(0);
+        let payer = signer_payer();
+        let t = Instant::now();
+        let mut sockets = Vec::with_capacity(n);
+        let mut failed = 0usize;
+        for _ in 0..n {
+            let (schema, offer) = quote(&http, &base, "idle").await;
+            let pay = payer
+                .sign(&offer)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .to_header();
+            match bare_connect(&schema.websocket_endpoint, Some(&pay)).await {
+                Ok(ws) => sockets.push(ws),
+                Err(_) => failed += 1,
+            }
+        }
+        let open_secs = t.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = rss_kib(child.id()).unwrap_or(0);
+        let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
+        r.plain(
+            &format!("5. {n} idle paid sessions: memory per session"),
+            per / 1024.0,
+            "KiB",
+            "< 64 KiB",
+            Some(per < 64.0 * 1024.0 && failed == 0),
+        );
+        r.plain(
+            &format!("5. {n} idle paid sessions: time to open all ({failed} failed)"),
+            open_secs,
+            "s",
+            "report",
+            None,
+        );
+        drop(sockets);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_default();
+    json!({"cpu": cpu, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "memory": mem})
+}
+
+fn print(report: &Report) -> Value {
+    println!(
+        "{:<52} {:>14} {:<9} {:>14}  {:>7}  {}",
+        "benchmark", "value", "unit", "baseline", "ratio", "target"
+    );
+    let mut rows = Vec::new();
+    for r in &report.rows {
+        let base = r
+            .baseline
+            .as_ref()
+            .map_or(String::from("-"), |(_, b)| format!("{b:.1}"));
+        let ratio = r.ratio.map_or(String::from("-"), |x| format!("{x:.3}"));
+        let met = match r.met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "",
+        };
+        println!(
+            "{:<52} {:>14.1} {:<9} {:>14}  {:>7}  {} {met}",
+            r.name, r.value, r.unit, base, ratio, r.target
+        );
+        let mut m = BTreeMap::new();
+        m.insert("name", json!(r.name));
+        m.insert("value", json!(r.value));
+        m.insert("unit", json!(r.unit));
+        m.insert(
+            "baseline_name",
+            json!(r.baseline.as_ref().map(|b| b.0.clone())),
+        );
+        m.insert("baseline", json!(r.baseline.as_ref().map(|b| b.1)));
+        m.insert("ratio", json!(r.ratio));
+        m.insert("target", json!(r.target));
+        m.insert("met", json!(r.met));
+        rows.push(json!(m));
+    }
+    json!({"machine": machine(), "rows": rows})
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("soak") {
+        let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(120);
+        std::process::exit(soak::run(secs).await);
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut r = Report::default();
+    eprintln!("bench: signing and verification");
+    bench_signing(&mut r);
+    eprintln!("bench: decoding");
+    bench_decode(&mut r);
+    eprintln!("bench: client receive path");
+    bench_receive(&mut r, 100, if quick { 20_000 } else { 200_000 }).await;
+    bench_receive(&mut r, 4096, if quick { 5_000 } else { 50_000 }).await;
+    eprintln!("bench: handshake");
+    bench_handshake(&mut r).await;
+    eprintln!("bench: fan-out");
+    for n in [1, 100, 1000] {
+        bench_fanout(&mut r, n).await;
+    }
+    eprintln!("bench: scale (server in its own process)");
+    bench_scale(&mut r, if quick { &[1_000] } else { &[1_000, 10_000] }).await;
+    let json = print(&r);
+    let _ = std::fs::create_dir_all("target/bench");
+    let _ = std::fs::write(
+        "target/bench/report.json",
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    );
+    eprintln!("wrote target/bench/report.json");
+}

@@ -1,0 +1,396 @@
+//! The bounded soak: hundreds of clients opening, streaming, renewing,
+//! dropping and resuming at random, a share of them misbehaving; afterwards
+//! the server must still serve, its memory must have come back, every paid
+//! second must have been delivered or still be available, and no bad payment
+//! may have been credited.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use atomicstream::transport::{
+    ConnectError, HttpResponse, TransportError, WsConnection, WsConnector, WsFrame,
+};
+use atomicstream::{
+    Amount, Client, ClientEvent, EndReason, EvmExactPayer, LocalSigner, SpendPolicy,
+};
+use futures::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::Message;
+use x402_payer::Payer;
+use x402_server::{EmbeddedFacilitator, Limits};
+
+use crate::{bare_connect, quote, signer_payer, stream_cfg};
+
+/// Cuts sockets at random moments.
+struct Flaky {
+    inner: atomicstream::TungsteniteConnector,
+    seed: AtomicU64,
+}
+
+struct FlakyConn {
+    inner: Box<dyn WsConnection>,
+    cut_at: tokio::time::Instant,
+}
+
+#[async_trait]
+impl WsConnection for FlakyConn {
+    async fn recv(&mut self) -> Option<Result<WsFrame, TransportError>> {
+        tokio::select! {
+            f = self.inner.recv() => f,
+            _ = tokio::time::sleep_until(self.cut_at) => None,
+        }
+    }
+    async fn send_text(&mut self, t: String) -> Result<(), TransportError> {
+        self.inner.send_text(t).await
+    }
+    async fn close(&mut self, c: u16) -> Result<(), TransportError> {
+        self.inner.close(c).await
+    }
+}
+
+#[async_trait]
+impl WsConnector for Flaky {
+    async fn connect(
+        &self,
+        url: &str,
+        h: &[(String, String)],
+    ) -> Result<(HttpResponse, Box<dyn WsConnection>), ConnectError> {
+        let (r, c) = self.inner.connect(url, h).await?;
+        let s = self.seed.fetch_add(0x9e37_79b9, Ordering::Relaxed);
+        let after = Duration::from_millis(2_000 + (s.wrapping_mul(2_654_435_761) % 8_000));
+        Ok((
+            r,
+            Box::new(FlakyConn {
+                inner: c,
+                cut_at: tokio::time::Instant::now() + after,
+            }),
+        ))
+    }
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[derive(Default)]
+struct Tally {
+    good_sessions: AtomicU64,
+    accepted_payments: AtomicU64,
+    events: AtomicU64,
+    unexplained_gaps: AtomicU64,
+    reconnects: AtomicU64,
+    bad_attempts: AtomicU64,
+    bad_accepted: AtomicU64,
+    failures: AtomicU64,
+}
+
+async fn good_client(base: String, seed: u64, until: Instant, tally: Arc<Tally>) {
+    while Instant::now() < until {
+        let client = match Client::builder()
+            .base_url(&base)
+            .payer(Arc::new(EvmExactPayer::new(
+                LocalSigner::random().unwrap_or_else(|_| unreachable!("OS randomness")),
+            )))
+            .policy(
+                SpendPolicy::new(Amount::from(10_000))
+                    .with_lifetime_budget(Amount::from(1_000_000)),
+            )
+            .max_slices(1 + seed % 4)
+            .ws_transport(Arc::new(Flaky {
+                inner: Default::default(),
+                seed: AtomicU64::new(seed),
+            }))
+            .build()
+        {
+            Ok(c) => c,
+            Err(_) => return,
+        };
+        let mut s = match client.open("soak").await {
+            Ok(s) => s,
+            Err(e) => {
+                if !e.is_retryable() {
+                    tally.failures.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        tally.good_sessions.fetch_add(1, Ordering::Relaxed);
+        let mut last: Option<u64> = None;
+        let mut reported = 0u64;
+        let mut gaps = 0u64;
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(30), s.next())
+                .await
+                .ok()
+                .flatten();
+            match ev {
+                Some(ClientEvent::Data(e)) => {
+                    if let Some(l) = last {
+                        gaps += e.seq.saturating_sub(l + 1);
+                    }
+                    last = Some(e.seq);
+                    tally.events.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(ClientEvent::EventsLost { count }) => reported += count,
+                Some(ClientEvent::Resumed { missed }) => reported += missed,
+                Some(ClientEvent::Ended(r)) => {
+                    if !matches!(r, EndReason::SliceLimit | EndReason::Stopped) {
+                        tally.failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    break;
+                }
+                Some(_) => {}
+                None => {
+                    tally.failures.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+            if Instant::now() > until {
+                s.stop();
+            }
+        }
+        let p = s.progress();
+        tally
+            .accepted_payments
+            .fetch_add(p.slices, Ordering::Relaxed);
+        tally.reconnects.fetch_add(p.reconnects, Ordering::Relaxed);
+        if gaps > reported {
+            tally
+                .unexplained_gaps
+                .fetch_add(gaps - reported, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn bad_client(base: String, kind: u64, until: Instant, tally: Arc<Tally>) {
+    let http = reqwest::Client::new();
+    let payer = signer_payer();
+    let addr = base.trim_start_matches("http://").to_string();
+    while Instant::now() < until {
+        tally.bad_attempts.fetch_add(1, Ordering::Relaxed);
+        match kind % 5 {
+            // Garbage and oversized frames on an unpaid upgrade attempt, then on a paid one.
+            0 => {
+                let (schema, offer) = quote(&http, &base, "soak").await;
+                if let Ok(p) = payer.pay(&offer).await {
+                    // A valid payment: this one is paid for honestly, then abused.
+                    if let Ok(mut ws) =
+                        bare_connect(&schema.websocket_endpoint, Some(&p.to_header())).await
+                    {
+                        tally.accepted_payments.fetch_add(1, Ordering::Relaxed);
+                        let _ = ws.send(Message::Text("{{{{ not json".into())).await;
+                        let _ = ws.send(Message::Binary(vec![0u8; 1000].into())).await;
+                        let _ = ws
+                            .send(Message::Text("x".repeat(2 * 1024 * 1024).into()))
+                            .await;
+                        let _ = tokio::time::timeout(Duration::from_secs(2), ws.next()).await;
+                    }
+                }
+            }
+            // Slowloris: headers one byte at a time.
+            1 => {
+                if let Ok(mut tcp) = tokio::net::TcpStream::connect(&addr).await {
+                    let req =
+                        b"GET /v2/stream/soak?t=x HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n";
+                    for b in req.iter() {
+                        if tcp.write_all(&[*b]).await.is_err() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        if Instant::now() > until {
+                            break;
+                        }
+                    }
+                }
+            }
+            // Replayed payment: accepted once (honest), then replayed on other tokens.
+            2 => {
+                let (schema, offer) = quote(&http, &base, "soak").await;
+                if let Ok(p) = payer.pay(&offer).await {
+                    let h = p.to_header();
+                    if bare_connect(&schema.websocket_endpoint, Some(&h))
+                        .await
+                        .is_ok()
+                    {
+                        tally.accepted_payments.fetch_add(1, Ordering::Relaxed);
+                    }
+                    for _ in 0..3 {
+                        let (s2, _) = quote(&http, &base, "soak").await;
+                        if bare_connect(&s2.websocket_endpoint, Some(&h)).await.is_ok() {
+                            tally.bad_accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            // Underpaid.
+            3 => {
+                let (schema, offer) = quote(&http, &base, "soak").await;
+                let mut r = offer.requirement();
+                r.amount = Amount::from(1);
+                let cheap =
+                    x402_types::Offer::from_requirement(x402_types::PathVersion::V2, &r, "x", "y");
+                if let Ok(p) = payer.pay(&cheap).await
+                    && bare_connect(&schema.websocket_endpoint, Some(&p.to_header()))
+                        .await
+                        .is_ok()
+                {
+                    tally.bad_accepted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // Tampered tokens and malformed headers.
+            _ => {
+                let (schema, offer) = quote(&http, &base, "soak").await;
+                let url = schema.websocket_endpoint.replace("?t=", "?t=A");
+                if let Ok(p) = payer.pay(&offer).await
+                    && bare_connect(&url, Some(&p.to_header())).await.is_ok()
+                {
+                    tally.bad_accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                if bare_connect(&schema.websocket_endpoint, Some("!!not base64!!"))
+                    .await
+                    .is_ok()
+                {
+                    tally.bad_accepted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the soak for `secs` seconds; returns the process exit code.
+pub async fn run(secs: u64) -> i32 {
+    let limits = Limits {
+        max_connections_per_ip: 100_000,
+        header_timeout_secs: 3,
+        replay_buffer: 2048,
+        ..Limits::default()
+    };
+    let mut cfg =
+        x402_server::Config::demo("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()));
+    cfg.secret = Some("soak".into());
+    let mut sc = stream_cfg("soak", 3);
+    sc.source = x402_server::SourceConfig::Synthetic {
+        rate: 20.0,
+        symbol: "SOAK".into(),
+        pad: 0,
+    };
+    cfg.streams = vec![sc];
+    cfg.limits = limits;
+    let ledger = Arc::new(EmbeddedFacilitator::default());
+    let server = match x402_server::ServerBuilder::new(cfg)
+        .facilitator(ledger.clone())
+        .bind()
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("soak: cannot start server: {e}");
+            return 1;
+        }
+    };
+    let base = server.http_base().to_string();
+    let state = server.state().clone();
+    server.spawn();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_start = rss_kib();
+    let started = Instant::now();
+    let until = started + Duration::from_secs(secs);
+    let tally = Arc::new(Tally::default());
+    let (good, bad) = (240u64, 60u64);
+    eprintln!("soak: {good} honest clients and {bad} misbehaving ones for {secs} s against {base}");
+    let mut tasks = Vec::new();
+    for i in 0..good {
+        tasks.push(tokio::spawn(good_client(
+            base.clone(),
+            i.wrapping_mul(7919) + 1,
+            until,
+            tally.clone(),
+        )));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for i in 0..bad {
+        tasks.push(tokio::spawn(bad_client(
+            base.clone(),
+            i,
+            until,
+            tally.clone(),
+        )));
+    }
+    let mut rss_peak = rss_start;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rss_peak = rss_peak.max(rss_kib());
+    }
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(40), t).await;
+    }
+    // Let the server notice the closed sockets.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sockets_left = state.stats.sockets.load(Ordering::Relaxed);
+    // Still serving: a fresh honest client can buy a slice.
+    let fresh = Client::builder()
+        .base_url(&base)
+        .payer(Arc::new(EvmExactPayer::new(
+            LocalSigner::random().unwrap_or_else(|_| unreachable!()),
+        )))
+        .policy(SpendPolicy::new(Amount::from(10_000)))
+        .build()
+        .ok();
+    let still_serving = match fresh {
+        Some(c) => c.open("soak").await.is_ok(),
+        None => false,
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_end = rss_kib();
+    let credited = ledger.ledger().len() as u64 - u64::from(still_serving);
+    let t = &tally;
+    let accepted = t.accepted_payments.load(Ordering::Relaxed);
+    let report = serde_json::json!({
+        "seconds": started.elapsed().as_secs_f64(),
+        "honest_sessions": t.good_sessions.load(Ordering::Relaxed),
+        "events_delivered": t.events.load(Ordering::Relaxed),
+        "reconnects": t.reconnects.load(Ordering::Relaxed),
+        "unexplained_gaps": t.unexplained_gaps.load(Ordering::Relaxed),
+        "client_failures": t.failures.load(Ordering::Relaxed),
+        "misbehaving_attempts": t.bad_attempts.load(Ordering::Relaxed),
+        "bad_payments_accepted": t.bad_accepted.load(Ordering::Relaxed),
+        "payments_credited": credited,
+        "payments_clients_saw_accepted": accepted,
+        "sockets_left_open": sockets_left,
+        "still_serving": still_serving,
+        "rss_kib": {"start": rss_start, "peak": rss_peak, "end": rss_end},
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    let _ = std::fs::create_dir_all("target/bench");
+    let _ = std::fs::write(
+        "target/bench/soak.json",
+        serde_json::to_string_pretty(&report).unwrap_or_default(),
+    );
+    let ok = still_serving
+        && t.bad_accepted.load(Ordering::Relaxed) == 0
+        && t.unexplained_gaps.load(Ordering::Relaxed) == 0
+        && credited <= accepted + good
+        && sockets_left == 0;
+    if ok {
+        eprintln!("soak: passed");
+        0
+    } else {
+        eprintln!("soak: FAILED");
+        1
+    }
+}
