@@ -48,35 +48,35 @@ fuzz_target!(|data: &[u8]| {
         let _ = match op % 9 {
             0 => match http.pop() {
                 Some(id) => s.handle_http_response(now, id, HttpResponse { status: 402, headers: vec![], body: SCHEMA.as_bytes().to_vec() }),
-                None => Ok(()),
+                None => s.handle_timeout(now),
             },
             1 => match http.pop() {
                 Some(id) => s.handle_http_response(now, id, HttpResponse { status: 200 + u16::from(op % 5) * 100, headers: vec![], body: chunk.to_vec() }),
-                None => Ok(()),
+                None => s.handle_timeout(now),
             },
             2 => match conns.last() {
                 Some(&c) => s.handle_ws_upgrade(now, c, Ok(HttpResponse { status: 101, ..Default::default() })),
-                None => Ok(()),
+                None => s.handle_timeout(now),
             },
             3 => match conns.last() {
                 Some(&c) => s.handle_ws_message(now, c, HELLO),
-                None => Ok(()),
+                None => s.handle_timeout(now),
             },
             4 => match conns.last() {
                 Some(&c) => s.handle_ws_message(now, c, &text),
-                None => Ok(()),
+                None => s.handle_timeout(now),
             },
             5 => match conns.pop() {
                 Some(c) => s.handle_ws_closed(now, c, if op & 16 == 0 { None } else { Some(4402) }),
-                None => Ok(()),
+                None => s.handle_timeout(now),
             },
             6 => match asked.pop() {
                 Some(slice) => s.handle_payment_declined(now, slice, text.into_owned(), true),
-                None => Ok(()),
+                None => s.handle_timeout(now),
             },
             7 => match http.pop() {
                 Some(id) => s.handle_http_error(now, id, TransportFailure::Timeout),
-                None => Ok(()),
+                None => s.handle_timeout(now),
             },
             _ => s.handle_timeout(now),
         };

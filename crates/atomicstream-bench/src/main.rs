@@ -117,27 +117,27 @@ fn bench_signing(r: &mut Report) {
         extra: Some(json!({"name": "USDC", "version": "2"})),
     };
     let offer = Offer::from_requirement(PathVersion::V2, &req, "http://x/v2/stream/s", "d");
-    let n = 3_000;
-    // Warm up.
-    for _ in 0..100 {
-        let _ = payer.sign(&offer);
-    }
-    let t = Instant::now();
-    let mut last = None;
-    for _ in 0..n {
-        last = payer.sign(&offer).ok();
-    }
-    let ours = n as f64 / t.elapsed().as_secs_f64();
+    let n = 2_000;
     let key = SigningKey::from_slice(&hex_key()).unwrap_or_else(|_| unreachable!("constant key"));
     let digest = [7u8; 32];
-    let t = Instant::now();
+    let (mut ours, mut bare) = (0.0f64, 0.0f64);
+    let mut last = None;
     let mut sig = None;
-    for i in 0..n {
-        let mut d = digest;
-        d[0] = i as u8;
-        sig = Some(key.sign_prehash_recoverable(&d));
+    // Alternate, five rounds each, and keep each side's best: noise hits both alike.
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..n {
+            last = payer.sign(&offer).ok();
+        }
+        ours = ours.max(n as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for i in 0..n {
+            let mut d = digest;
+            d[0] = i as u8;
+            sig = Some(key.sign_prehash_recoverable(&d));
+        }
+        bare = bare.max(n as f64 / t.elapsed().as_secs_f64());
     }
-    let bare = n as f64 / t.elapsed().as_secs_f64();
     r.ratio(
         "1a. sign EIP-3009 payment via Payer",
         ours,
@@ -153,17 +153,20 @@ fn bench_signing(r: &mut Report) {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let t = Instant::now();
-    for _ in 0..n {
-        let _ = verify_exact(&payload, &reqs, now);
-    }
-    let ours = n as f64 / t.elapsed().as_secs_f64();
     let (s, rid): (Signature, RecoveryId) = sig.unwrap_or_else(|| unreachable!());
-    let t = Instant::now();
-    for _ in 0..n {
-        let _ = VerifyingKey::recover_from_prehash(&digest, &s, rid);
+    let (mut ours, mut bare) = (0.0f64, 0.0f64);
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..n {
+            let _ = std::hint::black_box(verify_exact(&payload, &reqs, now));
+        }
+        ours = ours.max(n as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for _ in 0..n {
+            let _ = std::hint::black_box(VerifyingKey::recover_from_prehash(&digest, &s, rid));
+        }
+        bare = bare.max(n as f64 / t.elapsed().as_secs_f64());
     }
-    let bare = n as f64 / t.elapsed().as_secs_f64();
     r.ratio(
         "1b. verify payment (all checks + recovery)",
         ours,
@@ -183,34 +186,32 @@ fn hex_key() -> [u8; 32] {
 }
 
 fn bench_decode(r: &mut Report) {
-    let small = ServerMessage::Event(x402_types::Event {
-        seq: 123_456,
-        data: serde_json::value::to_raw_value(
-            &json!({"type":"trade","symbol":"BTC-USD","price":101.25,"size":0.5,"side":"buy"}),
-        )
-        .unwrap_or_else(|_| unreachable!()),
-        ts: Some(1_750_000_000_000),
-    })
-    .to_json();
-    let n = 300_000;
-    let t = Instant::now();
-    for _ in 0..n {
-        let _ = std::hint::black_box(ServerMessage::parse(std::hint::black_box(&small)));
+    let frame = |data: Value| {
+        ServerMessage::Event(x402_types::Event {
+            seq: 123_456,
+            data: serde_json::value::to_raw_value(&data).unwrap_or_else(|_| unreachable!()),
+            ts: Some(1_750_000_000_000),
+        })
+        .to_json()
+    };
+    let small = frame(json!({"type":"trade","symbol":"BTC-USD","price":101.25,"size":0.5,"side":"buy"}));
+    let large = frame(payload(4096, 1));
+    for (text, n) in [(small, 300_000), (large, 20_000)] {
+        let (mut ours, mut bare) = (0.0f64, 0.0f64);
+        for _ in 0..3 {
+            let t = Instant::now();
+            for _ in 0..n {
+                let _ = std::hint::black_box(ServerMessage::parse(std::hint::black_box(&text)));
+            }
+            ours = ours.max(n as f64 / t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            for _ in 0..n {
+                let _ = std::hint::black_box(serde_json::from_str::<Value>(std::hint::black_box(&text)));
+            }
+            bare = bare.max(n as f64 / t.elapsed().as_secs_f64());
+        }
+        r.ratio(&format!("6. parse event frame ({} B)", text.len()), ours, "msg/s", "serde_json::Value parse", bare, 0.9);
     }
-    let ours = n as f64 / t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    for _ in 0..n {
-        let _ = std::hint::black_box(serde_json::from_str::<Value>(std::hint::black_box(&small)));
-    }
-    let bare = n as f64 / t.elapsed().as_secs_f64();
-    r.ratio(
-        &format!("6. parse event frame ({} B)", small.len()),
-        ours,
-        "msg/s",
-        "serde_json::Value parse",
-        bare,
-        0.9,
-    );
 }
 
 fn stream_cfg(id: &str, slice: u64) -> StreamConfig {

@@ -254,34 +254,62 @@ impl<S: DigestSigner> EvmExactPayer<S> {
 
     /// Signs synchronously (the async [`Payer::pay`] wraps this).
     pub fn sign(&self, offer: &Offer) -> Result<PaymentPayload> {
-        let req = offer.requirement();
-        if req.scheme != "exact" || req.network.chain_id().is_none() {
+        let (scheme, network, amount, asset, pay_to, max_timeout, extra) = match offer {
+            Offer::V1(r) => (
+                &r.scheme,
+                &r.network,
+                r.max_amount_required,
+                &r.asset,
+                &r.pay_to,
+                r.max_timeout_seconds,
+                r.extra.as_ref(),
+            ),
+            Offer::V2 { accepted, .. } => {
+                let a = accepted.get();
+                (
+                    &a.scheme,
+                    &a.network,
+                    a.amount,
+                    &a.asset,
+                    &a.pay_to,
+                    a.max_timeout_seconds,
+                    a.extra.as_ref(),
+                )
+            }
+        };
+        let Some(chain_id) = network.chain_id().filter(|_| scheme == "exact") else {
             return Err(Error::Unsupported {
-                scheme: req.scheme,
-                network: req.network,
+                scheme: scheme.clone(),
+                network: network.clone(),
             });
-        }
-        let key = TermsKey {
-            asset: req.asset.clone(),
-            pay_to: req.pay_to.clone(),
-            chain_id: req.network.chain_id().unwrap_or_default(),
-            extra: req.extra.clone(),
         };
         let cached = {
             let c = self.terms.lock().unwrap_or_else(|p| p.into_inner());
             c.as_ref()
-                .filter(|(k, _, _)| *k == key)
+                .filter(|(k, _, _)| {
+                    k.chain_id == chain_id
+                        && k.asset == *asset
+                        && k.pay_to == *pay_to
+                        && k.extra.as_ref() == extra
+                })
                 .map(|(_, sep, to)| (*sep, *to))
         };
         let (separator, to) = match cached {
             Some(x) => x,
             None => {
+                let req = offer.requirement();
                 let domain = domain_for(&req)?;
                 let to: Address = req
                     .pay_to
                     .parse()
                     .map_err(|e| Error::InvalidRequirement(format!("payTo: {e}")))?;
                 let sep = domain.separator();
+                let key = TermsKey {
+                    asset: req.asset,
+                    pay_to: req.pay_to,
+                    chain_id,
+                    extra: req.extra,
+                };
                 *self.terms.lock().unwrap_or_else(|p| p.into_inner()) = Some((key, sep, to));
                 (sep, to)
             }
@@ -292,9 +320,9 @@ impl<S: DigestSigner> EvmExactPayer<S> {
         let authorization = Authorization {
             from: self.signer.address(),
             to,
-            value: req.amount,
+            value: amount,
             valid_after: U256::from_u64(now.saturating_sub(VALID_AFTER_SKEW)),
-            valid_before: U256::from_u64(now.saturating_add(req.max_timeout_seconds)),
+            valid_before: U256::from_u64(now.saturating_add(max_timeout)),
             nonce: FixedBytes(nonce),
         };
         let d = digest(&separator, &authorization);

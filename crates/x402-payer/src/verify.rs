@@ -164,7 +164,7 @@ pub fn verify_exact(
         .exact_evm()
         .ok_or(VerifyFailure::UnsupportedPayload)?;
     let auth = &evm.authorization;
-    let domain = domain_for(&req).map_err(|e| VerifyFailure::Domain(e.to_string()))?;
+    let separator = cached_separator(&req)?;
     let pay_to: Option<Address> = req.pay_to.parse().ok();
     if pay_to != Some(auth.to) {
         return Err(VerifyFailure::Recipient {
@@ -190,7 +190,7 @@ pub fn verify_exact(
             now,
         });
     }
-    let d = digest(&domain.separator(), auth);
+    let d = digest(&separator, auth);
     let recovered = recover(&d, &evm.signature)?;
     if recovered != auth.from {
         return Err(VerifyFailure::SignerMismatch {
@@ -199,4 +199,32 @@ pub fn verify_exact(
         });
     }
     Ok(auth.from)
+}
+
+type SeparatorKey = (String, u64, Option<serde_json::Value>);
+
+thread_local! {
+    /// The last domain resolved on this thread: a server verifies the same terms again and again.
+    static LAST_DOMAIN: std::cell::RefCell<Option<(SeparatorKey, [u8; 32])>> = const { std::cell::RefCell::new(None) };
+}
+
+fn cached_separator(req: &Requirement) -> Result<[u8; 32], VerifyFailure> {
+    let chain = req.network.chain_id().unwrap_or_default();
+    let hit = LAST_DOMAIN.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|((a, ch, ex), _)| {
+                *ch == chain && *a == req.asset && ex.as_ref() == req.extra.as_ref()
+            })
+            .map(|(_, s)| *s)
+    });
+    if let Some(s) = hit {
+        return Ok(s);
+    }
+    let sep = domain_for(req)
+        .map_err(|e| VerifyFailure::Domain(e.to_string()))?
+        .separator();
+    LAST_DOMAIN
+        .with(|c| *c.borrow_mut() = Some(((req.asset.clone(), chain, req.extra.clone()), sep)));
+    Ok(sep)
 }
