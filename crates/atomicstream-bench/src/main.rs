@@ -194,7 +194,8 @@ fn bench_decode(r: &mut Report) {
         })
         .to_json()
     };
-    let small = frame(json!({"type":"trade","symbol":"BTC-USD","price":101.25,"size":0.5,"side":"buy"}));
+    let small =
+        frame(json!({"type":"trade","symbol":"BTC-USD","price":101.25,"size":0.5,"side":"buy"}));
     let large = frame(payload(4096, 1));
     for (text, n) in [(small, 300_000), (large, 20_000)] {
         let (mut ours, mut bare) = (0.0f64, 0.0f64);
@@ -206,11 +207,20 @@ fn bench_decode(r: &mut Report) {
             ours = ours.max(n as f64 / t.elapsed().as_secs_f64());
             let t = Instant::now();
             for _ in 0..n {
-                let _ = std::hint::black_box(serde_json::from_str::<Value>(std::hint::black_box(&text)));
+                let _ = std::hint::black_box(serde_json::from_str::<Value>(std::hint::black_box(
+                    &text,
+                )));
             }
             bare = bare.max(n as f64 / t.elapsed().as_secs_f64());
         }
-        r.ratio(&format!("6. parse event frame ({} B)", text.len()), ours, "msg/s", "serde_json::Value parse", bare, 0.9);
+        r.ratio(
+            &format!("6. parse event frame ({} B)", text.len()),
+            ours,
+            "msg/s",
+            "serde_json::Value parse",
+            bare,
+            0.9,
+        );
     }
 }
 

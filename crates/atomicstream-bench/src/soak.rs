@@ -271,16 +271,19 @@ async fn bad_client(base: String, kind: u64, until: Instant, tally: Arc<Tally>) 
 
 /// Runs the soak for `secs` seconds; returns the process exit code.
 pub async fn run(secs: u64) -> i32 {
+    // Short quotes and lingering so that the sweeper's work shows within the run.
     let limits = Limits {
         max_connections_per_ip: 100_000,
         header_timeout_secs: 3,
         replay_buffer: 2048,
+        session_linger_secs: 5,
         ..Limits::default()
     };
     let mut cfg =
         x402_server::Config::demo("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()));
     cfg.secret = Some("soak".into());
     let mut sc = stream_cfg("soak", 3);
+    sc.max_timeout_seconds = 30;
     sc.source = x402_server::SourceConfig::Synthetic {
         rate: 20.0,
         symbol: "SOAK".into(),
@@ -352,7 +355,16 @@ pub async fn run(secs: u64) -> i32 {
         Some(c) => c.open("soak").await.is_ok(),
         None => false,
     };
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Wait for the sweeper to drop the sessions whose paid time and linger passed.
+    let sessions_at_end = state.store.len();
+    let mut sessions_after_sweep = sessions_at_end;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        sessions_after_sweep = state.store.len();
+        if sessions_after_sweep <= 1 {
+            break;
+        }
+    }
     let rss_end = rss_kib();
     let credited = ledger.ledger().len() as u64 - u64::from(still_serving);
     let t = &tally;
@@ -369,6 +381,8 @@ pub async fn run(secs: u64) -> i32 {
         "payments_credited": credited,
         "payments_clients_saw_accepted": accepted,
         "sockets_left_open": sockets_left,
+        "sessions_at_end": sessions_at_end,
+        "sessions_after_sweep": sessions_after_sweep,
         "still_serving": still_serving,
         "rss_kib": {"start": rss_start, "peak": rss_peak, "end": rss_end},
     });
@@ -385,7 +399,8 @@ pub async fn run(secs: u64) -> i32 {
         && t.bad_accepted.load(Ordering::Relaxed) == 0
         && t.unexplained_gaps.load(Ordering::Relaxed) == 0
         && credited <= accepted + good
-        && sockets_left == 0;
+        && sockets_left == 0
+        && sessions_after_sweep <= 1;
     if ok {
         eprintln!("soak: passed");
         0

@@ -313,9 +313,12 @@ impl AppState {
             Ok(PaymentStart::Proceed) => {}
             Err(r) => return Err(refusal(r)),
         }
-        let abort = |err: ApiError| {
-            slot.lock().session.abort_payment(&key);
-            err
+        // If this request is cancelled (the client went away mid-payment), the guard
+        // takes the payment out of flight so the session is not stuck.
+        let mut guard = InFlight {
+            slot,
+            key: &key,
+            done: false,
         };
         let req = FacilitatorRequest {
             payment_payload: payload.clone(),
@@ -331,39 +334,39 @@ impl AppState {
         };
         // Claim the nonce first (local, cheap): a replay never reaches the facilitator.
         if !self.store.claim_nonce(&nonce) {
-            return Err(abort(used()));
+            return Err(used());
         }
         let (verify, settle) =
             match tokio::time::timeout(timeout, self.facilitator.verify_and_settle(&req)).await {
                 Ok(Ok(x)) => x,
                 Ok(Err(err)) => {
                     self.store.release_nonce(&nonce);
-                    return Err(abort(unavailable(err.to_string())));
+                    return Err(unavailable(err.to_string()));
                 }
                 Err(_) => {
                     // Unknown outcome: keep the nonce claimed (it may settle); the client
                     // retries the same payload and learns the outcome.
-                    return Err(abort(unavailable("facilitator timed out".into())));
+                    return Err(unavailable("facilitator timed out".into()));
                 }
             };
         let Some(settle) = settle.filter(|_| verify.is_valid) else {
             self.store.release_nonce(&nonce);
             let reason = verify.invalid_reason.unwrap_or_default();
             if reason == crate::facilitator::NONCE_USED {
-                return Err(abort(used()));
+                return Err(used());
             }
             let msg = format!("{reason}: {}", verify.invalid_message.unwrap_or_default());
-            return Err(abort(self.payment_error(v, e, "payment_invalid", msg)));
+            return Err(self.payment_error(v, e, "payment_invalid", msg));
         };
         if !settle.success && !settle.is_pending() {
             self.store.release_nonce(&nonce);
             let reason = settle.error_reason.clone().unwrap_or_default();
-            return Err(abort(self.payment_error(
+            return Err(self.payment_error(
                 v,
                 e,
                 "payment_invalid",
                 format!("settlement failed: {reason}"),
-            )));
+            ));
         }
         let r = {
             let mut s = slot.lock();
@@ -371,9 +374,25 @@ impl AppState {
             s.dispatch();
             r
         };
+        guard.done = true;
         self.stats.payments.fetch_add(1, Ordering::Relaxed);
         tracing::info!(session = %redact(&r.session_id), slices = r.slices, expires_at = r.expires_at, pending = settle.is_pending(), "slice sold");
         Ok((r, Some(encode_header(&settle))))
+    }
+}
+
+/// Takes a payment out of flight unless it completed (also on cancellation).
+struct InFlight<'a> {
+    slot: &'a Slot,
+    key: &'a str,
+    done: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.slot.lock().session.abort_payment(self.key);
+        }
     }
 }
 
@@ -550,7 +569,10 @@ async fn renew(
             )
         })?;
         let slot = s.slot(v, e, &claims, q.t.as_deref().unwrap_or_default())?;
-        let (r, settle) = s.pay(v, e, &slot, header).await?;
+        let (r, settle) = s
+            .pay(v, e, &slot, header)
+            .await
+            .inspect_err(|_| s.store.remove_if_unused(&claims.q, now()))?;
         Ok::<_, ApiError>((v, r, settle))
     }
     .await;
@@ -630,10 +652,35 @@ async fn stream(
         })?;
         let header = payment_header(v, &headers)?;
         let guard = ip_guard(&s, addr.ip())?;
-        let slot = s.slot(v, e, &claims, q.t.as_deref().unwrap_or_default())?;
-        let settle = match header {
-            Some(h) => s.pay(v, e, &slot, h).await?.1,
-            None => None,
+        let (slot, settle) = match header {
+            Some(h) => {
+                let slot = s.slot(v, e, &claims, q.t.as_deref().unwrap_or_default())?;
+                let settle = s
+                    .pay(v, e, &slot, h)
+                    .await
+                    .inspect_err(|_| s.store.remove_if_unused(&claims.q, now()))?
+                    .1;
+                (slot, settle)
+            }
+            // Without a payment only an existing session can open: unpaid attempts leave no state.
+            None => match s.store.get(&claims.q) {
+                Some(slot) => (slot, None),
+                None if unix_now() > claims.exp => {
+                    return Err(ApiError::new(
+                        StatusCode::GONE,
+                        "quote_expired",
+                        "the unpaid quote expired; request the schema again",
+                    ));
+                }
+                None => {
+                    return Err(s.payment_error(
+                        v,
+                        e,
+                        "payment_required",
+                        format!("{} header is required", v.payment_header()),
+                    ));
+                }
+            },
         };
         let conn = ConnId(s.next_conn.fetch_add(1, Ordering::Relaxed));
         let live = e.hub.subscribe();

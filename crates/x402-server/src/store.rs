@@ -86,6 +86,9 @@ pub trait SessionStore: Send + Sync {
     fn claim_nonce(&self, nonce: &Nonce) -> bool;
     /// Releases a claim whose payment was not taken.
     fn release_nonce(&self, nonce: &Nonce);
+    /// Removes the session of `key` if it never bought anything and holds nothing
+    /// (a failed first payment must not leave state behind).
+    fn remove_if_unused(&self, key: &str, now: Instant);
     /// Number of sessions.
     fn len(&self) -> usize;
     /// Whether there are no sessions.
@@ -151,6 +154,17 @@ impl SessionStore for MemoryStore {
             .remove(nonce);
     }
 
+    fn remove_if_unused(&self, key: &str, now: Instant) {
+        let mut m = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let unused = m.get(key).is_some_and(|slot| {
+            let s = slot.lock();
+            s.session.slices() == 0 && s.session.is_idle(now)
+        });
+        if unused {
+            m.remove(key);
+        }
+    }
+
     fn len(&self) -> usize {
         self.sessions
             .lock()
@@ -169,5 +183,48 @@ impl SessionStore for MemoryStore {
             !(s.session.is_idle(now) && unix > end)
         });
         before - m.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use x402_session::ServerConfig;
+    use x402_types::PathVersion;
+
+    fn slot(now: Instant, unix: u64) -> Slot {
+        let check: x402_session::TokenCheck = Arc::new(|_| Ok(()));
+        let cfg = ServerConfig::new("s", PathVersion::V2, 10, "http://h/v2/renew/s?t=x", check);
+        Slot::new(ServerSession::new(cfg, "q", now, unix), unix + 30)
+    }
+
+    #[test]
+    fn sweep_drops_only_sessions_past_their_linger() {
+        let (t0, u0) = (Instant::now(), 1_000_000);
+        let store = MemoryStore::new(10);
+        let paid = store.get_or_insert("paid", &mut || slot(t0, u0)).unwrap();
+        paid.lock().session.complete_payment(t0, "k");
+        store.get_or_insert("unpaid", &mut || slot(t0, u0)).unwrap();
+        // Within the quote and the paid time: both stay.
+        assert_eq!(store.sweep(t0 + Duration::from_secs(5), u0 + 5, 5), 0);
+        // Quote expired (30 s) but paid time (10 s) + linger (5 s) passed too: both go.
+        assert_eq!(store.sweep(t0 + Duration::from_secs(31), u0 + 31, 5), 2);
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn unused_sessions_are_removed_and_full_stores_refuse() {
+        let (t0, u0) = (Instant::now(), 1_000_000);
+        let store = MemoryStore::new(1);
+        store.get_or_insert("a", &mut || slot(t0, u0)).unwrap();
+        assert!(store.get_or_insert("b", &mut || slot(t0, u0)).is_none());
+        store.remove_if_unused("a", t0);
+        assert!(store.is_empty());
+        let n = x402_types::Nonce::default();
+        assert!(store.claim_nonce(&n));
+        assert!(!store.claim_nonce(&n));
+        store.release_nonce(&n);
+        assert!(store.claim_nonce(&n));
     }
 }

@@ -25,6 +25,7 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 struct T {
+    state: Arc<x402_server::AppState>,
     http: String,
     ledger: Arc<EmbeddedFacilitator>,
     publisher: x402_server::Publisher,
@@ -60,8 +61,10 @@ async fn start_with(limits: Limits, streams: Vec<StreamConfig>) -> T {
         .unwrap();
     let http = server.http_base().to_string();
     let publisher = server.publisher("s").unwrap();
+    let state = server.state().clone();
     server.spawn();
     T {
+        state,
         http,
         ledger,
         publisher,
@@ -490,6 +493,11 @@ async fn refusals_credit_nothing() {
         assert_eq!(r.status(), 400);
     }
     assert_eq!(t.credited(), 0, "no refused payment may be credited");
+    assert_eq!(
+        t.state.store.len(),
+        0,
+        "refused attempts must leave no session behind"
+    );
 
     // A replayed nonce: a payment accepted on one token, replayed on another session.
     let q1 = t.schema(PathVersion::V1, "s").await;
@@ -686,4 +694,28 @@ async fn facilitator_4xx_style_refusals_are_read() {
         x402_types::ReasonFamily::classify(v.invalid_reason.as_deref().unwrap()),
         x402_types::ReasonFamily::Funds
     );
+}
+
+#[tokio::test]
+async fn expired_sessions_are_swept() {
+    let limits = Limits {
+        session_linger_secs: 1,
+        ..Limits::default()
+    };
+    let t = start_with(limits, vec![stream("s", 1, 7)]).await;
+    let q = t.schema(PathVersion::V2, "s").await;
+    let (mut ws, _) = t.open(&q).await;
+    assert_eq!(t.state.store.len(), 1);
+    assert_eq!(close_code(&mut ws).await, Some(4402));
+    drop(ws);
+    // Once the quote (7 s) and paid time (1 s) + linger (1 s) are over; the sweeper runs every 5 s.
+    let mut left = usize::MAX;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        left = t.state.store.len();
+        if left == 0 {
+            break;
+        }
+    }
+    assert_eq!(left, 0, "the expired session was not swept");
 }
