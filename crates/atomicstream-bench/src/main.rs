@@ -736,8 +736,8 @@ fn machine() -> Value {
 
 fn print(report: &Report) -> Value {
     println!(
-        "{:<52} {:>14} {:<9} {:>14}  {:>7}  {}",
-        "benchmark", "value", "unit", "baseline", "ratio", "target"
+        "{:<52} {:>14} {:<9} {:>14}  {:>7}  target",
+        "benchmark", "value", "unit", "baseline", "ratio"
     );
     let mut rows = Vec::new();
     for r in &report.rows {
