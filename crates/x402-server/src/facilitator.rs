@@ -286,18 +286,8 @@ impl HttpFacilitator {
         path: &str,
         req: &FacilitatorRequest,
     ) -> Result<T, FacilitatorError> {
-        let resp = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .json(req)
-            .send()
-            .await
-            .map_err(|e| FacilitatorError::Transport(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| FacilitatorError::Transport(e.to_string()))?;
+        let request = self.client.post(format!("{}{path}", self.base)).json(req);
+        let (status, body) = Self::exchange(request).await?;
         // Refusals come as 200 with isValid/success false (reference) or as 4xx with the same body (others).
         match serde_json::from_slice::<T>(&body) {
             Ok(v) if status < 500 => Ok(v),
@@ -314,6 +304,17 @@ impl HttpFacilitator {
             }),
         }
     }
+
+    /// Sends a request and reads its status and body; no answer is a transport error.
+    async fn exchange(
+        request: reqwest::RequestBuilder,
+    ) -> Result<(u16, Vec<u8>), FacilitatorError> {
+        let transport = |e: reqwest::Error| FacilitatorError::Transport(e.to_string());
+        let resp = request.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(transport)?;
+        Ok((status, body.to_vec()))
+    }
 }
 
 #[async_trait]
@@ -327,17 +328,8 @@ impl Facilitator for HttpFacilitator {
     }
 
     async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
-        let resp = self
-            .client
-            .get(format!("{}/supported", self.base))
-            .send()
-            .await
-            .map_err(|e| FacilitatorError::Transport(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| FacilitatorError::Transport(e.to_string()))?;
+        let (status, body) =
+            Self::exchange(self.client.get(format!("{}/supported", self.base))).await?;
         serde_json::from_slice(&body).map_err(|e| FacilitatorError::BadAnswer {
             status,
             message: e.to_string(),
@@ -357,9 +349,19 @@ fn bad_request(msg: String) -> Response {
         .into_response()
 }
 
-async fn verify_handler(State(f): State<Arc<dyn Facilitator>>, body: Bytes) -> Response {
+/// Parses a facilitator body and answers with `call`'s result: 400 for a bad body,
+/// 502 when the facilitator itself failed.
+async fn handle<T: serde::Serialize, F>(f: Arc<dyn Facilitator>, body: Bytes, call: F) -> Response
+where
+    F: for<'a> FnOnce(
+        &'a dyn Facilitator,
+        &'a FacilitatorRequest,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<T, FacilitatorError>> + Send + 'a>,
+    >,
+{
     match FacilitatorRequest::from_json(&body) {
-        Ok(req) => match f.verify(&req).await {
+        Ok(req) => match call(f.as_ref(), &req).await {
             Ok(v) => axum::Json(v).into_response(),
             Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
         },
@@ -367,14 +369,12 @@ async fn verify_handler(State(f): State<Arc<dyn Facilitator>>, body: Bytes) -> R
     }
 }
 
+async fn verify_handler(State(f): State<Arc<dyn Facilitator>>, body: Bytes) -> Response {
+    handle(f, body, |f, r| f.verify(r)).await
+}
+
 async fn settle_handler(State(f): State<Arc<dyn Facilitator>>, body: Bytes) -> Response {
-    match FacilitatorRequest::from_json(&body) {
-        Ok(req) => match f.settle(&req).await {
-            Ok(v) => axum::Json(v).into_response(),
-            Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
-        },
-        Err(e) => bad_request(e.to_string()),
-    }
+    handle(f, body, |f, r| f.settle(r)).await
 }
 
 async fn supported_handler(State(f): State<Arc<dyn Facilitator>>) -> Response {
