@@ -688,7 +688,10 @@ async fn stream(
         let (tx, rx) = mpsc::channel(64);
         let hello = {
             let mut sl = slot.lock();
-            let hello = sl.session.connect(now(), conn, start.min(e.hub.next_seq()));
+            let token = q.t.as_deref().unwrap_or_default();
+            let hello = sl
+                .session
+                .connect(now(), conn, token, start.min(e.hub.next_seq()));
             if hello.is_ok() {
                 sl.register(conn, tx);
             }

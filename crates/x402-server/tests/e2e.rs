@@ -719,3 +719,38 @@ async fn expired_sessions_are_swept() {
     }
     assert_eq!(left, 0, "the expired session was not swept");
 }
+
+#[tokio::test]
+async fn replay_source_publishes_a_jsonl_file() {
+    let file = std::env::temp_dir().join(format!("replay-{}.jsonl", std::process::id()));
+    std::fs::write(&file, "{\"n\":1}\nnot json\n\n{\"n\":2}\n[3]\n").unwrap();
+    let mut sc = stream("r", 60, 60);
+    sc.source = SourceConfig::Replay {
+        file: file.clone(),
+        rate: 50.0,
+        looping: true,
+    };
+    let t = start_with(Limits::default(), vec![stream("s", 60, 60), sc]).await;
+    let q = t.schema(PathVersion::V2, "r").await;
+    let url = q.schema.websocket_endpoint.clone();
+    let (mut ws, _) = t
+        .connect(&url, Some(("PAYMENT-SIGNATURE", &t.pay(&q))))
+        .await
+        .unwrap();
+    let mut data = Vec::new();
+    while data.len() < 6 {
+        if let ServerMessage::Event(e) = next_msg(&mut ws).await {
+            data.push(e.data.get().to_string());
+        }
+    }
+    // The invalid line is skipped; the file loops.
+    let cycle = ["{\"n\":1}", "{\"n\":2}", "[3]"];
+    let start = cycle
+        .iter()
+        .position(|c| *c == data[0])
+        .expect("a line of the file");
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(d, cycle[(start + i) % 3]);
+    }
+    let _ = std::fs::remove_file(file);
+}

@@ -309,10 +309,18 @@ impl ServerSession {
         r
     }
 
-    /// A socket upgrade with this session's token. Needs paid time (pay first
-    /// with `begin_payment`/`complete_payment`). A previous socket is closed with 4409.
-    pub fn connect(&mut self, now: Instant, conn: ConnId, next_seq: u64) -> Result<Hello, Refusal> {
+    /// A socket upgrade with `token`, checked with the server's function. Needs
+    /// paid time (pay first with `begin_payment`/`complete_payment`). A previous
+    /// socket is closed with 4409.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        token: &str,
+        next_seq: u64,
+    ) -> Result<Hello, Refusal> {
         self.touch(now);
+        self.check_token(token)?;
         if !self.is_paid(now) {
             return Err(Refusal::PaymentRequired);
         }

@@ -183,6 +183,24 @@ pub struct KnownAsset {
     pub eip712_version: &'static str,
 }
 
+impl KnownAsset {
+    /// Parses what a person types (`"0.05"`) in this asset's units.
+    ///
+    /// ```
+    /// let usdc = x402_types::usdc(&x402_types::Network::BASE).unwrap();
+    /// assert_eq!(usdc.parse_amount("0.05").unwrap(), x402_types::Amount::from(50_000));
+    /// assert_eq!(usdc.display_amount(x402_types::Amount::from(50_000)), "0.05");
+    /// ```
+    pub fn parse_amount(&self, human: &str) -> Result<crate::Amount, Error> {
+        crate::Amount::from_display(human, self.decimals)
+    }
+
+    /// The display form of an atomic amount of this asset.
+    pub fn display_amount(&self, amount: crate::Amount) -> String {
+        amount.to_display(self.decimals)
+    }
+}
+
 const USDC: &[(u64, [u8; 20], &str)] = &[
     (
         8453,

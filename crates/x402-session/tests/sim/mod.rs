@@ -659,7 +659,13 @@ impl Sim {
                 } else {
                     (start, 0)
                 };
-                match self.server.session.connect(self.now, conn, start) {
+                let token = url
+                    .split("t=")
+                    .nth(1)
+                    .and_then(|t| t.split('&').next())
+                    .unwrap_or("")
+                    .to_string();
+                match self.server.session.connect(self.now, conn, &token, start) {
                     Ok(hello) => {
                         self.send_to_client(
                             ToClient::Upgrade {
