@@ -393,7 +393,7 @@ fn describe(e: &ClientEvent) -> String {
     match e {
         ClientEvent::Hello(h) => format!(
             "hello: session {} slices of {}s, paid until {}, resumed {}",
-            &h.session_id[..h.session_id.len().min(8)],
+            h.session_id.chars().take(8).collect::<String>(),
             h.slice_seconds,
             h.expires_at,
             h.resumed
