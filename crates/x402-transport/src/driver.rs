@@ -14,7 +14,9 @@ use x402_session::{
 };
 use x402_types::{Amount, Hello};
 
-use crate::{ConnectError, HttpResponse, HttpTransport, TransportError, WsConnector, WsFrame};
+use crate::{
+    ConnectError, HttpResponse, HttpTransport, TransportError, WsConnection, WsConnector, WsFrame,
+};
 
 /// What the session has bought and received so far.
 #[derive(Debug, Clone, Default)]
@@ -50,14 +52,26 @@ impl Progress {
 
 enum Input {
     Http(RequestId, Result<HttpResponse, TransportError>),
-    Upgrade(ConnId, Result<HttpResponse, Option<HttpResponse>>),
-    Frame(ConnId, String),
-    Closed(ConnId, Option<u16>),
+    Upgrade(
+        ConnId,
+        Result<(HttpResponse, Box<dyn WsConnection>), Option<HttpResponse>>,
+    ),
 }
 
-enum ConnCmd {
-    Send(String),
-    Close(u16),
+/// The live socket, read by the driver loop itself (no task hop per frame).
+struct Live {
+    conn: ConnId,
+    socket: Box<dyn WsConnection>,
+    last_heard: tokio::time::Instant,
+}
+
+/// What woke the loop.
+enum Wake {
+    Input(Input),
+    Frame(ConnId, Option<Result<WsFrame, TransportError>>),
+    Timeout,
+    Ping,
+    Stop(bool),
 }
 
 /// The application's side of a running driver.
@@ -84,7 +98,7 @@ pub struct Driver {
     stop: mpsc::Receiver<()>,
     inputs_tx: mpsc::Sender<Input>,
     inputs: mpsc::Receiver<Input>,
-    conns: HashMap<ConnId, mpsc::UnboundedSender<ConnCmd>>,
+    live: Option<Live>,
     reservations: HashMap<u64, Reservation>,
     idle_timeout: Duration,
     events_closed: bool,
@@ -136,7 +150,7 @@ impl Driver {
                 stop,
                 inputs_tx,
                 inputs,
-                conns: HashMap::new(),
+                live: None,
                 reservations: HashMap::new(),
                 idle_timeout: PING_EVERY * 3,
                 events_closed: false,
@@ -159,6 +173,9 @@ impl Driver {
             return EndReason::ProtocolViolation(format!("driver misuse: {e}"));
         }
         let mut stop_open = true;
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
         loop {
             self.drain().await;
             if self.session.is_ended() {
@@ -171,11 +188,26 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
-            let r = tokio::select! {
-                Some(input) = self.inputs.recv() => self.feed(input),
-                _ = sleep => self.session.handle_timeout(now()),
-                s = self.stop.recv(), if stop_open => {
-                    if s.is_none() { stop_open = false; }
+            let frame = async {
+                match self.live.as_mut() {
+                    Some(l) => (l.conn, l.socket.recv().await),
+                    None => std::future::pending().await,
+                }
+            };
+            let wake = tokio::select! {
+                (conn, f) = frame => Wake::Frame(conn, f),
+                Some(input) = self.inputs.recv() => Wake::Input(input),
+                _ = sleep => Wake::Timeout,
+                _ = ping.tick() => Wake::Ping,
+                s = self.stop.recv(), if stop_open => Wake::Stop(s.is_some()),
+            };
+            let r = match wake {
+                Wake::Input(input) => self.feed(input),
+                Wake::Frame(conn, f) => self.on_frame(conn, f).await,
+                Wake::Timeout => self.session.handle_timeout(now()),
+                Wake::Ping => self.ping().await,
+                Wake::Stop(open) => {
+                    stop_open = open;
                     self.session.stop(now())
                 }
             };
@@ -185,11 +217,59 @@ impl Driver {
                 return reason;
             }
         }
-        for (_, c) in self.conns.drain() {
-            let _ = c.send(ConnCmd::Close(1000));
+        if let Some(l) = self.live.take() {
+            close_in_background(l.socket, 1000);
         }
         // Reservations still open belong to payments whose fate is unknown: they stay reserved.
         self.progress().ended.clone().unwrap_or(EndReason::Stopped)
+    }
+
+    async fn on_frame(
+        &mut self,
+        conn: ConnId,
+        f: Option<Result<WsFrame, TransportError>>,
+    ) -> Result<(), x402_session::UsageError> {
+        let t = now();
+        match f {
+            Some(Ok(WsFrame::Text(text))) => {
+                if let Some(l) = self.live.as_mut() {
+                    l.last_heard = tokio::time::Instant::now();
+                }
+                self.session.handle_ws_message(t, conn, &text)
+            }
+            Some(Ok(WsFrame::Closed(code))) => {
+                self.live = None;
+                self.session.handle_ws_closed(t, conn, code)
+            }
+            Some(Err(TransportError::Frame(_))) => {
+                if let Some(l) = self.live.take() {
+                    close_in_background(l.socket, 1009);
+                }
+                self.session.handle_ws_closed(t, conn, Some(1009))
+            }
+            Some(Err(_)) | None => {
+                self.live = None;
+                self.session.handle_ws_closed(t, conn, None)
+            }
+        }
+    }
+
+    /// Keeps an idle socket alive and detects a half-open one.
+    async fn ping(&mut self) -> Result<(), x402_session::UsageError> {
+        let Some(l) = self.live.as_mut() else {
+            return Ok(());
+        };
+        let dead = l.last_heard.elapsed() > self.idle_timeout
+            || l.socket
+                .send_text(x402_types::ClientMessage::PING.to_string())
+                .await
+                .is_err();
+        if dead {
+            let conn = l.conn;
+            self.live = None;
+            return self.session.handle_ws_closed(now(), conn, None);
+        }
+        Ok(())
     }
 
     fn feed(&mut self, input: Input) -> Result<(), x402_session::UsageError> {
@@ -204,12 +284,17 @@ impl Driver {
                 };
                 self.session.handle_http_error(t, id, f)
             }
-            Input::Upgrade(conn, r) => self.session.handle_ws_upgrade(t, conn, r),
-            Input::Frame(conn, text) => self.session.handle_ws_message(t, conn, &text),
-            Input::Closed(conn, code) => {
-                self.conns.remove(&conn);
-                self.session.handle_ws_closed(t, conn, code)
+            Input::Upgrade(conn, Ok((resp, socket))) => {
+                if let Some(old) = self.live.replace(Live {
+                    conn,
+                    socket,
+                    last_heard: tokio::time::Instant::now(),
+                }) {
+                    close_in_background(old.socket, 1000);
+                }
+                self.session.handle_ws_upgrade(t, conn, Ok(resp))
             }
+            Input::Upgrade(conn, Err(r)) => self.session.handle_ws_upgrade(t, conn, Err(r)),
         }
     }
 
@@ -218,7 +303,7 @@ impl Driver {
             let mut any = false;
             while let Some(t) = self.session.poll_transmit() {
                 any = true;
-                self.perform(t);
+                self.perform(t).await;
             }
             while let Some(e) = self.session.poll_event() {
                 any = true;
@@ -306,7 +391,7 @@ impl Driver {
         }
     }
 
-    fn perform(&mut self, t: Transmit) {
+    async fn perform(&mut self, t: Transmit) {
         let inputs = self.inputs_tx.clone();
         match t {
             Transmit::Http {
@@ -322,96 +407,38 @@ impl Driver {
                 });
             }
             Transmit::WsConnect { conn, url, headers } => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                self.conns.insert(conn, tx);
                 let ws = self.ws.clone();
-                let idle = self.idle_timeout;
-                tokio::spawn(run_connection(ws, conn, url, headers, rx, inputs, idle));
+                tokio::spawn(async move {
+                    let r = match ws.connect(&url, &headers).await {
+                        Ok(x) => Ok(x),
+                        Err(ConnectError::Refused(resp)) => Err(Some(resp)),
+                        Err(ConnectError::Failed(_)) => Err(None),
+                    };
+                    let _ = inputs.send(Input::Upgrade(conn, r)).await;
+                });
             }
             Transmit::WsSend { conn, text } => {
-                if let Some(c) = self.conns.get(&conn) {
-                    let _ = c.send(ConnCmd::Send(text));
+                if let Some(l) = self.live.as_mut().filter(|l| l.conn == conn) {
+                    // A failed send surfaces as the next recv's error.
+                    let _ = l.socket.send_text(text).await;
                 }
             }
             Transmit::WsClose { conn, code } => {
-                if let Some(c) = self.conns.remove(&conn) {
-                    let _ = c.send(ConnCmd::Close(code));
+                if self.live.as_ref().is_some_and(|l| l.conn == conn)
+                    && let Some(l) = self.live.take()
+                {
+                    close_in_background(l.socket, code);
                 }
             }
         }
     }
 }
 
-async fn run_connection(
-    ws: Arc<dyn WsConnector>,
-    conn: ConnId,
-    url: String,
-    headers: Vec<(String, String)>,
-    mut cmds: mpsc::UnboundedReceiver<ConnCmd>,
-    inputs: mpsc::Sender<Input>,
-    idle: Duration,
-) {
-    let mut socket = match ws.connect(&url, &headers).await {
-        Ok((resp, s)) => {
-            if inputs.send(Input::Upgrade(conn, Ok(resp))).await.is_err() {
-                return;
-            }
-            s
-        }
-        Err(ConnectError::Refused(resp)) => {
-            let _ = inputs.send(Input::Upgrade(conn, Err(Some(resp)))).await;
-            return;
-        }
-        Err(ConnectError::Failed(_)) => {
-            let _ = inputs.send(Input::Upgrade(conn, Err(None))).await;
-            return;
-        }
-    };
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.tick().await;
-    let mut last_heard = tokio::time::Instant::now();
-    let closed = loop {
-        tokio::select! {
-            f = socket.recv() => match f {
-                Some(Ok(WsFrame::Text(t))) => {
-                    last_heard = tokio::time::Instant::now();
-                    if inputs.send(Input::Frame(conn, t)).await.is_err() {
-                        break None;
-                    }
-                }
-                Some(Ok(WsFrame::Closed(code))) => break code,
-                Some(Err(TransportError::Frame(_))) => {
-                    let _ = socket.close(1009).await;
-                    break Some(1009);
-                }
-                Some(Err(_)) | None => break None,
-            },
-            c = cmds.recv() => match c {
-                Some(ConnCmd::Send(t)) => {
-                    if socket.send_text(t).await.is_err() {
-                        break None;
-                    }
-                }
-                Some(ConnCmd::Close(code)) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(code)).await;
-                    return;
-                }
-                None => {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(1000)).await;
-                    return;
-                }
-            },
-            _ = ping.tick() => {
-                if last_heard.elapsed() > idle {
-                    break None; // half-open: nothing heard for too long
-                }
-                if socket.send_text(x402_types::ClientMessage::PING.to_string()).await.is_err() {
-                    break None;
-                }
-            }
-        }
-    };
-    let _ = inputs.send(Input::Closed(conn, closed)).await;
+/// Closes a socket without holding up the loop.
+fn close_in_background(mut socket: Box<dyn WsConnection>, code: u16) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(code)).await;
+    });
 }
 
 fn getrandom_fill(buf: &mut [u8]) -> bool {

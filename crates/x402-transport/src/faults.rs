@@ -96,21 +96,24 @@ struct Cut {
 #[async_trait]
 impl WsConnection for Cut {
     async fn recv(&mut self) -> Option<Result<WsFrame, TransportError>> {
-        let Some(mut rx) = self.rx.take() else {
+        // Cancel-safe: the receiver stays in place if this future is dropped.
+        let Some(rx) = self.rx.as_mut() else {
             return self.inner.recv().await;
         };
-        let cut = tokio::select! {
-            f = self.inner.recv() => Some(f),
+        let inner = &mut self.inner;
+        let frame = tokio::select! {
+            f = inner.recv() => Some(f),
             _ = rx.wait_for(|v| *v) => None,
         };
-        match cut {
-            Some(f) => {
-                self.rx = Some(rx);
-                f
+        match frame {
+            Some(f) => f,
+            None => {
+                self.rx = None;
+                None // cut: the socket is gone for the client
             }
-            None => None, // dropped: the socket is gone for the client
         }
     }
+
     async fn send_text(&mut self, text: String) -> Result<(), TransportError> {
         self.inner.send_text(text).await
     }
