@@ -310,6 +310,22 @@ fn payload(size: usize, i: u64) -> Value {
     }
 }
 
+/// Publishes `n` events of `size` bytes into stream `id` as fast as possible.
+fn burst(local: &Local, id: &str, size: usize, n: u64) -> tokio::task::JoinHandle<()> {
+    let publisher = local
+        .server_state
+        .streams
+        .get(id)
+        .map(|e| x402_server::Publisher::new(e.hub.clone()));
+    tokio::task::spawn_blocking(move || {
+        for i in 0..n {
+            if let Some(p) = &publisher {
+                p.publish(&payload(size, i));
+            }
+        }
+    })
+}
+
 async fn receive_bare(local: &Local, id: &str, size: usize, n: u64) -> (f64, f64) {
     let http = reqwest::Client::new();
     let (schema, offer) = quote(&http, &local.base, id).await;
@@ -321,18 +337,8 @@ async fn receive_bare(local: &Local, id: &str, size: usize, n: u64) -> (f64, f64
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let _hello = ws.next().await;
-    let publisher = local
-        .server_state
-        .streams
-        .get(id)
-        .map(|e| x402_server::Publisher::new(e.hub.clone()))
-        .unwrap_or_else(|| unreachable!());
     let t = Instant::now();
-    let pubt = tokio::task::spawn_blocking(move || {
-        for i in 0..n {
-            publisher.publish(&payload(size, i));
-        }
-    });
+    let pubt = burst(local, id, size, n);
     let (mut got, mut bytes) = (0u64, 0u64);
     while got < n {
         match ws.next().await {
@@ -361,18 +367,8 @@ async fn receive_ours(local: &Local, id: &str, size: usize, n: u64) -> (f64, f64
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     let mut s = client.open(id).await.unwrap_or_else(|e| panic!("{e}"));
-    let publisher = local
-        .server_state
-        .streams
-        .get(id)
-        .map(|e| x402_server::Publisher::new(e.hub.clone()))
-        .unwrap_or_else(|| unreachable!());
     let t = Instant::now();
-    let pubt = tokio::task::spawn_blocking(move || {
-        for i in 0..n {
-            publisher.publish(&payload(size, i));
-        }
-    });
+    let pubt = burst(local, id, size, n);
     let (mut got, mut bytes) = (0u64, 0u64);
     while got < n {
         match s.next().await {
