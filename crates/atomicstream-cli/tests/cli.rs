@@ -297,3 +297,31 @@ fn demo_runs_and_exits_0() {
         .unwrap_or(0);
     assert!(reconnects >= 1, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_stops_cleanly_with_a_summary() {
+    let base = server().await;
+    let mut c = bin();
+    c.args(["stream", "btc-usd", "--base-url", &base])
+        .env("X402_PRIVATE_KEY", KEY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    let pid = child.id().to_string();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let killed = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(killed.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("summary: 1 slices bought") && err.contains("ended: Stopped"),
+        "{err}"
+    );
+    // Every stdout line is a complete JSON event even though it was interrupted.
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        serde_json::from_str::<serde_json::Value>(l).unwrap();
+    }
+}
