@@ -4,8 +4,6 @@
 
 mod sim;
 
-use std::time::Duration;
-
 use proptest::prelude::*;
 use sim::{Faults, Sim, SimConfig};
 use x402_session::{ClientEvent, EndReason};
@@ -13,7 +11,6 @@ use x402_types::PathVersion;
 
 #[test]
 fn three_hours_over_a_bad_link() {
-    let started = std::time::Instant::now();
     let mut s = Sim::new(SimConfig {
         slice_seconds: 60,
         budget_slices: 1_000,
@@ -45,8 +42,6 @@ fn three_hours_over_a_bad_link() {
         "received {}",
         s.received.len()
     );
-    // Virtual hours in real milliseconds (generous bound: debug build, shared CI).
-    assert!(started.elapsed() < Duration::from_secs(60));
 }
 
 #[derive(Debug, Clone)]
