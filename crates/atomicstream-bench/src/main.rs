@@ -78,6 +78,27 @@ impl Report {
             met,
         });
     }
+    /// p50 (with the 1 ms overhead target) and p99 of two latency samples in ms.
+    fn latency_pair(
+        &mut self,
+        name: &str,
+        mut ours: Vec<f64>,
+        base_name: &str,
+        mut base: Vec<f64>,
+    ) {
+        for (p, target) in [(0.5, Some(1.0)), (0.99, None)] {
+            let label = format!("p{}", (p * 100.0) as u32);
+            let (o, b) = (percentile(&mut ours, p), percentile(&mut base, p));
+            self.overhead(
+                &format!("{name}, {label}"),
+                o,
+                &format!("{base_name}, {label}"),
+                b,
+                target,
+            );
+        }
+    }
+
     fn overhead(
         &mut self,
         name: &str,
@@ -502,36 +523,17 @@ async fn bench_handshake(r: &mut Report) {
         base_post.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let base: Vec<f64> = base_http.iter().zip(&base_ws).map(|(a, b)| a + b).collect();
-    let (mut f2, mut b2) = (full.clone(), base.clone());
-    r.overhead(
-        "3. schema -> hello, p50",
-        percentile(&mut full, 0.5),
-        "bare HTTP round trip + bare upgrade, p50",
-        percentile(&mut b2, 0.5),
-        Some(1.0),
+    r.latency_pair(
+        "3. schema -> hello",
+        full,
+        "bare HTTP round trip + bare upgrade",
+        base,
     );
-    r.overhead(
-        "3. schema -> hello, p99",
-        percentile(&mut f2, 0.99),
-        "bare HTTP round trip + bare upgrade, p99",
-        percentile(&mut base.clone(), 0.99),
-        None,
-    );
-    let mut renew2 = renew.clone();
-    let mut bp2 = base_post.clone();
-    r.overhead(
-        "3. one renewal, p50",
-        percentile(&mut renew, 0.5),
-        "bare HTTP POST round trip, p50",
-        percentile(&mut base_post, 0.5),
-        Some(1.0),
-    );
-    r.overhead(
-        "3. one renewal, p99",
-        percentile(&mut renew2, 0.99),
-        "bare HTTP POST round trip, p99",
-        percentile(&mut bp2, 0.99),
-        None,
+    r.latency_pair(
+        "3. one renewal",
+        renew,
+        "bare HTTP POST round trip",
+        base_post,
     );
 }
 

@@ -264,27 +264,27 @@ impl Sim {
         Duration::from_millis(self.faults.latency_ms + j)
     }
 
-    fn send_to_server(&mut self, m: ToServer, conn: Option<ConnId>) {
+    /// When a message sent now arrives, and its tie-break counter. One socket is
+    /// ordered: a frame never arrives before the previous frame of its socket.
+    fn arrival(&mut self, conn: Option<ConnId>) -> (Instant, u64) {
         let mut at = self.now + self.delay();
         if let Some(c) = conn {
-            // One socket is ordered: never earlier than its previous frame.
             let last = self.conn_last.get(&c).copied().unwrap_or(self.now);
             at = at.max(last);
             self.conn_last.insert(c, at);
         }
         self.msg_counter += 1;
-        self.to_server.insert((at, self.msg_counter), m);
+        (at, self.msg_counter)
+    }
+
+    fn send_to_server(&mut self, m: ToServer, conn: Option<ConnId>) {
+        let key = self.arrival(conn);
+        self.to_server.insert(key, m);
     }
 
     fn send_to_client(&mut self, m: ToClient, conn: Option<ConnId>) {
-        let mut at = self.now + self.delay();
-        if let Some(c) = conn {
-            let last = self.conn_last.get(&c).copied().unwrap_or(self.now);
-            at = at.max(last);
-            self.conn_last.insert(c, at);
-        }
-        self.msg_counter += 1;
-        self.to_client.insert((at, self.msg_counter), m);
+        let key = self.arrival(conn);
+        self.to_client.insert(key, m);
     }
 
     // ----- client driver -----
