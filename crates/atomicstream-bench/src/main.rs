@@ -295,17 +295,9 @@ pub(crate) async fn quote(http: &reqwest::Client, base: &str, id: &str) -> (Sche
         .unwrap_or_else(|| panic!("no PAYMENT-REQUIRED"));
     let body = r.bytes().await.unwrap_or_default();
     let schema = Schema::from_json(&body).unwrap_or_else(|e| panic!("schema: {e}"));
-    let accepted = pr
-        .accepts
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("no accepts"));
     (
         schema,
-        Offer::V2 {
-            accepted,
-            resource: pr.resource,
-        },
+        pr.into_offer().unwrap_or_else(|| panic!("no accepts")),
     )
 }
 
@@ -378,15 +370,20 @@ async fn receive_bare(local: &Local, id: &str, size: usize, n: u64) -> (f64, f64
     (got as f64 / secs, bytes as f64 / secs)
 }
 
-async fn receive_ours(local: &Local, id: &str, size: usize, n: u64) -> (f64, f64) {
-    let client = Client::builder()
+/// The `atomicstream` client the benches measure, with a generous policy.
+fn bench_client(local: &Local) -> Client {
+    Client::builder()
         .base_url(&local.base)
         .payer(Arc::new(signer_payer()))
         .policy(SpendPolicy::new(
             Amount::from_display("10", 6).unwrap_or_default(),
         ))
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn receive_ours(local: &Local, id: &str, size: usize, n: u64) -> (f64, f64) {
+    let client = bench_client(local);
     let mut s = client.open(id).await.unwrap_or_else(|e| panic!("{e}"));
     let t = Instant::now();
     let pubt = burst(local, id, size, n);
@@ -454,14 +451,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 async fn bench_handshake(r: &mut Report) {
     let local = local_server(vec![stream_cfg("h", 3600)], Limits::default()).await;
     let http = reqwest::Client::new();
-    let client = Client::builder()
-        .base_url(&local.base)
-        .payer(Arc::new(signer_payer()))
-        .policy(SpendPolicy::new(
-            Amount::from_display("10", 6).unwrap_or_default(),
-        ))
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let client = bench_client(&local);
     let rounds = 200;
     let (mut full, mut base_http, mut base_ws, mut renew, mut base_post) =
         (vec![], vec![], vec![], vec![], vec![]);

@@ -449,21 +449,12 @@ fn read_offer(text: &str) -> Result<Offer, Fail> {
             Some(1) => {
                 let pr: PaymentRequiredV1 =
                     serde_json::from_value(v).map_err(|e| usage(format!("x402 v1 body: {e}")))?;
-                pr.accepts
-                    .into_iter()
-                    .next()
-                    .map(Offer::V1)
-                    .ok_or_else(|| usage("no accepts"))
+                pr.into_offer().ok_or_else(|| usage("no accepts"))
             }
             Some(2) => {
                 let pr: PaymentRequiredV2 = serde_json::from_str(t)
                     .map_err(|e| usage(format!("x402 v2 PaymentRequired: {e}")))?;
-                let resource = pr.resource;
-                pr.accepts
-                    .into_iter()
-                    .next()
-                    .map(|accepted| Offer::V2 { accepted, resource })
-                    .ok_or_else(|| usage("no accepts"))
+                pr.into_offer().ok_or_else(|| usage("no accepts"))
             }
             _ => Err(usage(
                 "unrecognised JSON: expected a schema, an x402 v1 body or an x402 v2 PaymentRequired",
@@ -476,12 +467,7 @@ fn read_offer(text: &str) -> Result<Offer, Fail> {
         .unwrap_or(t);
     let pr = PaymentRequiredV2::from_header(value)
         .map_err(|e| usage(format!("not a PAYMENT-REQUIRED value: {e}")))?;
-    let resource = pr.resource;
-    pr.accepts
-        .into_iter()
-        .next()
-        .map(|accepted| Offer::V2 { accepted, resource })
-        .ok_or_else(|| usage("no accepts"))
+    pr.into_offer().ok_or_else(|| usage("no accepts"))
 }
 
 async fn pay(input: &str, key: &KeyArgs, limits: &PolicyArgs) -> Result<u8, Fail> {

@@ -109,14 +109,10 @@ impl T {
                 Offer::V1(accepts[0].clone())
             }
             PathVersion::V2 => {
-                let pr = PaymentRequiredV2::from_header(
-                    &header.expect("v2 402 carries PAYMENT-REQUIRED"),
-                )
-                .unwrap();
-                Offer::V2 {
-                    accepted: pr.accepts[0].clone(),
-                    resource: pr.resource,
-                }
+                PaymentRequiredV2::from_header(&header.expect("v2 402 carries PAYMENT-REQUIRED"))
+                    .unwrap()
+                    .into_offer()
+                    .unwrap()
             }
         };
         Quote { schema, offer, v }

@@ -992,18 +992,19 @@ impl ClientSession {
             PathVersion::V2 => match resp.header(headers::PAYMENT_REQUIRED) {
                 Some(h) => {
                     let pr = PaymentRequiredV2::from_header(h).map_err(|e| e.to_string())?;
-                    let accepted = pr
-                        .accepts
-                        .into_iter()
-                        .next()
-                        .ok_or("PAYMENT-REQUIRED has no accepts")?;
-                    Offer::V2 {
-                        accepted,
-                        resource: pr.resource.or(Some(ResourceInfo {
-                            url: resource,
-                            description: None,
-                            mime_type: None,
-                        })),
+                    match pr.into_offer().ok_or("PAYMENT-REQUIRED has no accepts")? {
+                        Offer::V2 {
+                            accepted,
+                            resource: None,
+                        } => Offer::V2 {
+                            accepted,
+                            resource: Some(ResourceInfo {
+                                url: resource,
+                                description: None,
+                                mime_type: None,
+                            }),
+                        },
+                        offer => offer,
                     }
                 }
                 None => Offer::from_requirement(

@@ -333,7 +333,23 @@ pub struct PaymentRequiredV2 {
     pub extensions: Option<Value>,
 }
 
+impl PaymentRequiredV1 {
+    /// The first acceptable requirement as an [`Offer`], if any.
+    pub fn into_offer(self) -> Option<Offer> {
+        self.accepts.into_iter().next().map(Offer::V1)
+    }
+}
+
 impl PaymentRequiredV2 {
+    /// The first acceptable requirement, with the resource, as an [`Offer`], if any.
+    pub fn into_offer(self) -> Option<Offer> {
+        let resource = self.resource;
+        self.accepts
+            .into_iter()
+            .next()
+            .map(|accepted| Offer::V2 { accepted, resource })
+    }
+
     /// Decodes a `PAYMENT-REQUIRED` header value.
     pub fn from_header(value: &str) -> Result<Self, Error> {
         let pr: Self = decode_header(headers::PAYMENT_REQUIRED, value)?;
