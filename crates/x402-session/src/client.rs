@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use x402_types::x402::headers;
 use x402_types::{
-    EndpointKind, ErrorBody, Event, Hello, Offer, PathVersion, PaymentPayload, PaymentRequiredV2,
+    EndpointKind, ErrorBody, ErrorCode, Event, Hello, Offer, PathVersion, PaymentPayload, PaymentRequiredV2,
     RenewResponse, ResourceInfo, Schema, ServerMessage, SettleResponse, UrlContext,
     x402::decode_header,
 };
@@ -124,7 +124,7 @@ pub enum EndReason {
         /// HTTP status.
         status: u16,
         /// Error code from the body.
-        code: String,
+        code: ErrorCode,
         /// Message from the body.
         message: String,
     },
@@ -171,8 +171,9 @@ pub enum ClientEvent {
         /// HTTP status.
         status: u16,
         /// Error code.
-        code: String,
-        /// Whether the money may have moved (nonce reported used): keep it reserved.
+        code: ErrorCode,
+        /// Whether the money may have moved (nonce reported used, outcome
+        /// unknown): keep it counted as spent.
         maybe_spent: bool,
     },
     /// A connection said hello.
@@ -198,10 +199,23 @@ pub enum ClientEvent {
     },
     /// Paid time ran out (server message).
     Expired,
-    /// The server said events were lost.
+    /// The server said events were lost (evicted from its replay buffer).
     EventsLost {
         /// How many.
         count: u64,
+    },
+    /// The server skipped events published while the session was not paid.
+    EventsSkipped {
+        /// How many.
+        count: u64,
+    },
+    /// The server is still settling the payment for `slice`; the same signed
+    /// payload is sent again after `retry_after`.
+    PaymentPending {
+        /// Slice.
+        slice: u64,
+        /// Wait before retrying.
+        retry_after: Duration,
     },
     /// A duplicate or out-of-order event was dropped.
     Duplicate {
@@ -297,10 +311,20 @@ enum Purpose {
     Renew,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Pending {
     slice: u64,
     header: String,
+}
+
+impl std::fmt::Debug for Pending {
+    // The header is a spendable authorization: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("slice", &self.slice)
+            .field("header", &"<redacted>")
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,6 +357,10 @@ pub struct ClientStats {
     pub duplicates: u64,
     /// Events reported lost.
     pub lost: u64,
+    /// Events skipped because they were published while unpaid.
+    pub skipped: u64,
+    /// Answers saying a payment's settlement was still under way.
+    pub pending_answers: u64,
     /// Renewal HTTP attempts (including retries).
     pub renew_attempts: u64,
     /// Renewal retries with the same payload.
@@ -756,10 +784,23 @@ impl ClientSession {
                 }
             }
             ServerMessage::End { reason } => self.end(EndReason::StreamEnded { reason }, 1000),
-            ServerMessage::Error { code, count, .. } if code == "events_lost" => {
+            ServerMessage::Error {
+                code: ErrorCode::EventsLost,
+                count,
+                ..
+            } => {
                 let n = count.unwrap_or(0);
                 self.stats.lost += n;
                 self.events.push_back(ClientEvent::EventsLost { count: n });
+            }
+            ServerMessage::Error {
+                code: ErrorCode::EventsSkipped,
+                count,
+                ..
+            } => {
+                let n = count.unwrap_or(0);
+                self.stats.skipped += n;
+                self.events.push_back(ClientEvent::EventsSkipped { count: n });
             }
             ServerMessage::Pong | ServerMessage::Unknown { .. } => {}
             _ => {}
@@ -1122,9 +1163,12 @@ impl ClientSession {
     fn refuse_payment(&mut self, now: Instant, status: u16, body: &[u8], purpose: Purpose) {
         let Some(p) = self.pending.take() else { return };
         let eb = ErrorBody::from_json(body).ok();
-        let code = eb.as_ref().map(|b| b.error.clone()).unwrap_or_default();
+        let code = eb
+            .as_ref()
+            .map(|b| b.error.clone())
+            .unwrap_or_else(|| ErrorCode::Other(format!("http_{status}")));
         let message = eb.map(|b| b.message).unwrap_or_default();
-        let maybe_spent = code == "payment_used";
+        let maybe_spent = code.maybe_spent();
         self.events.push_back(ClientEvent::PaymentRefused {
             slice: p.slice,
             status,
@@ -1170,16 +1214,20 @@ impl ClientSession {
                 }
                 Err(e) => self.protocol_violation(format!("renew answer: {e}")),
             },
-            408 | 429 | 500..=599 => self.retry_renew(now),
-            409 if ErrorBody::from_json(&resp.body)
-                .is_ok_and(|b| b.error == "horizon_exceeded") =>
-            {
-                // Bought far enough ahead: keep the payload, try again later.
-                self.renew_retry_at =
-                    Some(now + self.renew_margin() / 2 + Duration::from_millis(500));
-            }
             401 | 410 => self.end(EndReason::TokenRejected { code: resp.status }, 1000),
-            s => self.refuse_payment(now, s, &resp.body, Purpose::Renew),
+            s => match retry_kind(&resp) {
+                Retry::HorizonLater => {
+                    // Bought far enough ahead: keep the payload, try again later.
+                    self.renew_retry_at =
+                        Some(now + self.renew_margin() / 2 + Duration::from_millis(500));
+                }
+                Retry::Pending(after) => {
+                    self.on_pending(after);
+                    self.renew_retry_at = Some(now + after);
+                }
+                Retry::Backoff => self.retry_renew(now),
+                Retry::No => self.refuse_payment(now, s, &resp.body, Purpose::Renew),
+            },
         }
     }
 
@@ -1190,7 +1238,7 @@ impl ClientSession {
             404 => self.protocol_violation("stream no longer exists".into()),
             402 if let Some(slice) = paid_slice
                 && ErrorBody::from_json(&resp.body)
-                    .is_ok_and(|b| b.error == "payment_required") =>
+                    .is_ok_and(|b| b.error == ErrorCode::PaymentRequired) =>
             {
                 // Not a refusal of our payment: the server had already accepted it
                 // (an earlier attempt whose answer was lost) and the time it bought
@@ -1215,9 +1263,15 @@ impl ClientSession {
                     self.need_payment(now, Purpose::Upgrade);
                 }
             }
-            409 if paid_slice.is_some() => {
-                self.refuse_payment(now, 409, &resp.body, Purpose::Upgrade)
-            }
+            _ if paid_slice.is_some() => match retry_kind(&resp) {
+                Retry::Pending(after) => {
+                    // Settlement under way: come back with the same payload.
+                    self.on_pending(after);
+                    self.reconnect_at = Some(now + after);
+                }
+                Retry::Backoff | Retry::HorizonLater => self.connection_lost(now),
+                Retry::No => self.refuse_payment(now, resp.status, &resp.body, Purpose::Upgrade),
+            },
             _ => self.connection_lost(now),
         }
     }
@@ -1371,6 +1425,16 @@ impl ClientSession {
         self.events.push_back(ClientEvent::Data(e));
     }
 
+    fn on_pending(&mut self, retry_after: Duration) {
+        if let Some(p) = &self.pending {
+            self.stats.pending_answers += 1;
+            self.events.push_back(ClientEvent::PaymentPending {
+                slice: p.slice,
+                retry_after,
+            });
+        }
+    }
+
     fn on_renewed(&mut self, now: Instant, expires_at: u64, slices: u64) {
         if let Some(p) = &self.pending
             && slices >= p.slice
@@ -1385,5 +1449,41 @@ impl ClientSession {
         self.update_expiry(now, expires_at, None, slices);
         self.events
             .push_back(ClientEvent::Renewed { expires_at, slices });
+    }
+}
+
+/// How a non-success answer to a payment is treated (the one retry rule,
+/// [`ErrorCode::is_retryable`] and [`x402_types::is_retryable_status`]).
+enum Retry {
+    /// Definite refusal.
+    No,
+    /// Same payload again, with backoff.
+    Backoff,
+    /// Same payload again after the server's `Retry-After` (pending settlement).
+    Pending(Duration),
+    /// Prepaid horizon reached: same payload, later.
+    HorizonLater,
+}
+
+/// Longest `Retry-After` honoured (a server cannot park a client forever).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+fn retry_kind(resp: &HttpResponse) -> Retry {
+    let body = ErrorBody::from_json(&resp.body).ok();
+    let code = body.as_ref().map(|b| &b.error);
+    let after = resp
+        .header("retry-after")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .or(body.as_ref().and_then(|b| b.retry_after))
+        .map_or(Duration::from_secs(2), Duration::from_secs)
+        .clamp(Duration::from_millis(200), MAX_RETRY_AFTER);
+    match code {
+        Some(ErrorCode::PaymentPending) => Retry::Pending(after),
+        Some(ErrorCode::HorizonExceeded) => Retry::HorizonLater,
+        Some(c) if c.is_retryable() => Retry::Backoff,
+        Some(ErrorCode::SettlementUnknown) => Retry::No,
+        _ if resp.status == 202 => Retry::Pending(after),
+        _ if x402_types::is_retryable_status(resp.status) => Retry::Backoff,
+        _ => Retry::No,
     }
 }

@@ -13,5 +13,7 @@ pub use client::{
 };
 pub use error::UsageError;
 pub use server::{
-    PaymentKey, PaymentStart, Refusal, ServerConfig, ServerSession, ServerTransmit, TokenCheck,
+    Connected, Credit, EndpointConfig, EndpointStats, PaymentDecision, PaymentIn, PaymentKey,
+    Quote, Refusal, ServerEndpoint, ServerEvent, ServerTransmit, SettleId, SettleJob,
+    SettleOutcome, StreamHead,
 };

@@ -84,7 +84,7 @@ fn renew_three_times() {
             "60.000 E Ended Stopped",
         ],
     );
-    assert_eq!(s.server.session.slices(), 4);
+    assert_eq!(s.server.endpoint.slices("s1"), 4);
     assert_eq!(s.received.len(), 59);
 }
 
@@ -125,7 +125,7 @@ fn renewal_timeout_then_retry_with_the_same_payload() {
     );
     // One signature for slice 2, one extension, the same nonce twice.
     assert_eq!(s.signatures.get(&2), Some(&1));
-    assert_eq!(s.server.session.slices(), 2);
+    assert_eq!(s.server.endpoint.slices("s1"), 2);
     assert_eq!(s.server.nonces.len(), 2);
     assert_eq!(s.client.stats().renew_retries, 1);
 }
@@ -187,7 +187,7 @@ fn expiry_without_renewal() {
             r#"20.040 E Ended PaymentDeclined { message: "declined by test", policy: true }"#,
         ],
     );
-    assert_eq!(s.server.session.slices(), 1);
+    assert_eq!(s.server.endpoint.slices("s1"), 1);
 }
 
 #[test]
@@ -268,4 +268,47 @@ fn v1_open_and_renew() {
             "15.000 E Ended Stopped",
         ],
     );
+}
+
+#[test]
+fn slow_facilitator_answers_pending_and_the_retry_is_credited_once() {
+    // The facilitator takes 3 s, the server waits 2 s: the client is told
+    // "pending", retries the same payload, and is credited once.
+    let s = run(
+        SimConfig::default(),
+        8,
+        |s| s.server.settle_delay = std::time::Duration::from_secs(3),
+        None,
+    );
+    assert_transcript(
+        &s,
+        &[
+            "0.000 T http Get /v2/schema/btc",
+            "0.020 E PaymentNeeded slice=1 -> signed",
+            "0.020 T ws-connect +payment",
+            "2.040 E PaymentPending slice=1",
+            "4.040 T ws-connect +payment",
+            "4.060 E PaymentAccepted slice=1",
+            "4.060 E Hello slice=20s resumed=false nextSeq=3",
+            "8.000 T ws-close 1000",
+            "8.000 E Ended Stopped",
+        ],
+    );
+    assert_eq!(s.server.endpoint.slices("s1"), 1);
+    assert_eq!(s.signatures.get(&1), Some(&1));
+    assert_eq!(s.server.credited, s.server.settled);
+}
+
+#[test]
+fn settlement_pending_is_retried_until_final() {
+    let s = run(
+        SimConfig::default(),
+        8,
+        |s| s.server.pending_first = 1,
+        None,
+    );
+    assert_eq!(s.server.endpoint.slices("s1"), 1);
+    assert_eq!(s.signatures.get(&1), Some(&1), "one signature for the slice");
+    assert_eq!(s.server.credited, s.server.settled);
+    assert!(s.transcript.iter().any(|l| l.contains("PaymentAccepted slice=1")));
 }

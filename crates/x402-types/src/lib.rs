@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod code;
 pub mod error;
 pub mod message;
 pub mod network;
@@ -11,6 +12,7 @@ pub mod uint;
 pub mod version;
 pub mod x402;
 
+pub use code::{ErrorCode, is_retryable_status};
 pub use address::{Address, B65, B256, FixedBytes, Nonce, keccak256};
 pub use error::{Error, IntegerError, Result};
 pub use message::{

@@ -140,7 +140,7 @@ pub enum ServerMessage {
     /// A notice; fatal ones are followed by a close.
     Error {
         /// Machine-readable code (`events_lost`, ...).
-        code: String,
+        code: crate::ErrorCode,
         /// Human-readable text.
         message: String,
         /// For `events_lost`: how many events were lost.
@@ -179,7 +179,7 @@ struct Flat<'a> {
     seconds_left: Option<u64>,
     // end / error
     reason: Option<String>,
-    code: Option<String>,
+    code: Option<crate::ErrorCode>,
     message: Option<String>,
     count: Option<u64>,
 }
@@ -371,7 +371,7 @@ impl RenewResponse {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// Machine-readable code.
-    pub error: String,
+    pub error: crate::ErrorCode,
     /// Human-readable text.
     #[serde(default)]
     pub message: String,
@@ -385,6 +385,14 @@ pub struct ErrorBody {
         skip_serializing_if = "Option::is_none"
     )]
     pub x402_version: Option<u8>,
+    /// For `payment_pending` and other retryable answers: seconds to wait
+    /// before retrying the same payload (also in the `Retry-After` header).
+    #[serde(
+        default,
+        rename = "retryAfter",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_after: Option<u64>,
 }
 
 impl ErrorBody {

@@ -426,6 +426,9 @@ pub struct PaymentPayloadV1 {
     pub payload: SchemePayload,
 }
 
+/// Name of the x402 `payment-identifier` extension (idempotency key).
+pub const PAYMENT_IDENTIFIER: &str = "payment-identifier";
+
 /// An x402 v2 payment payload; `accepted` is the chosen requirement exactly as received.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -485,6 +488,32 @@ impl PaymentPayload {
             PaymentPayload::V1(p) => &p.scheme,
             PaymentPayload::V2(p) => &p.accepted.get().scheme,
         }
+    }
+
+    /// The id of the x402 `payment-identifier` extension
+    /// (`extensions["payment-identifier"].info.id`), v2 only. `Ok(None)` when
+    /// absent; an error when present but not 16 to 128 characters of
+    /// `[A-Za-z0-9_-]`.
+    pub fn payment_identifier(&self) -> Result<Option<&str>, Error> {
+        let PaymentPayload::V2(p) = self else {
+            return Ok(None);
+        };
+        let Some(id) = p
+            .extensions
+            .as_ref()
+            .and_then(|e| e.get(PAYMENT_IDENTIFIER))
+            .and_then(|e| e.get("info"))
+            .and_then(|i| i.get("id"))
+        else {
+            return Ok(None);
+        };
+        let bad = || Error::Protocol("payment-identifier id must be 16 to 128 characters of [A-Za-z0-9_-]".into());
+        let id = id.as_str().ok_or_else(bad)?;
+        let ok = (16..=128).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok { Ok(Some(id)) } else { Err(bad()) }
     }
 
     /// Network named by the payload.

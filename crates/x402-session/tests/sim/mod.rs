@@ -80,11 +80,27 @@ enum ToClient {
     },
 }
 
+/// A parked request waiting for its payment's settlement (the server's bounded wait).
+#[derive(Debug)]
+enum Waiter {
+    Renew(RequestId),
+    Upgrade { conn: ConnId, from: Option<u64> },
+}
+
+/// The simulated server: the real `ServerEndpoint` (the code the reference
+/// server runs), driven as `x402-server` drives it, with an in-memory
+/// facilitator (the real EIP-3009 verifier plus a nonce set) whose answers
+/// can be delayed or left pending, and a stream with a replay buffer.
 pub struct Server {
-    pub session: ServerSession,
+    pub endpoint: ServerEndpoint,
+    pub quote: Quote,
     pub requirement: Requirement,
     pub version: PathVersion,
+    /// The facilitator's nonce set (what it settled).
     pub nonces: HashSet<Nonce>,
+    /// Money the facilitator moved.
+    pub settled: Amount,
+    /// Money the endpoint credited (from its `Credited` events).
     pub credited: Amount,
     pub seq: u64,
     pub buffer: VecDeque<(u64, String)>,
@@ -97,6 +113,19 @@ pub struct Server {
     pub ws_version_override: Option<PathVersion>,
     /// Drops this many renew answers (the client times out).
     pub drop_renew_answers: u32,
+    /// The facilitator answers this long after being asked.
+    pub settle_delay: Duration,
+    /// The server waits this long for a settlement before answering `payment_pending`.
+    pub wait: Duration,
+    /// The next this many settlements answer `settlement_pending` first.
+    pub pending_first: u32,
+    /// Settlements under way: (answer time, counter) -> (id, payload).
+    settling: BTreeMap<(Instant, u64), (SettleId, PaymentPayload)>,
+    payloads: HashMap<SettleId, PaymentPayload>,
+    /// Parked requests: deadline, who, which payment.
+    waiting: Vec<(Instant, Waiter, PaymentIn)>,
+    pub unresolved: u64,
+    pub pending_answers: u64,
 }
 
 pub struct Sim {
@@ -182,19 +211,21 @@ impl Sim {
             x402_types::version::renew_url("https://x402.test", c.version, "btc", &token)
                 .unwrap()
                 .to_string();
-        let check: TokenCheck = Arc::new(|t: &str| {
-            if t == "tok" {
-                Ok(())
-            } else {
-                Err("bad mac".into())
-            }
-        });
-        let scfg = ServerConfig::new("btc", c.version, c.slice_seconds, renew_url, check);
+        let quote = Quote {
+            id: "s1".into(),
+            stream_id: "btc".into(),
+            version: c.version,
+            expires: UNIX0 + 60,
+            slice_seconds: c.slice_seconds,
+            renew_url,
+        };
         let server = Server {
-            session: ServerSession::new(scfg, "s1", t0, UNIX0),
+            endpoint: ServerEndpoint::new(EndpointConfig::default(), t0, UNIX0),
+            quote,
             requirement: requirement(),
             version: c.version,
             nonces: HashSet::new(),
+            settled: Amount::ZERO,
             credited: Amount::ZERO,
             seq: 0,
             buffer: VecDeque::new(),
@@ -204,6 +235,14 @@ impl Sim {
             sent_after_paid: 0,
             ws_version_override: None,
             drop_renew_answers: 0,
+            settle_delay: Duration::ZERO,
+            wait: Duration::from_secs(2),
+            pending_first: 0,
+            settling: BTreeMap::new(),
+            payloads: HashMap::new(),
+            waiting: Vec::new(),
+            unresolved: 0,
+            pending_answers: 0,
         };
         let payer = EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap())
             .with_clock(Arc::new(VClock(unix.clone())))
@@ -373,16 +412,12 @@ impl Sim {
             ClientEvent::PaymentNeeded { slice, offer } => {
                 let slice = *slice;
                 // Server truth: how much paid time remains when we sign.
-                let ahead = if self.server.session.is_paid(self.now) {
-                    Duration::from_secs(
-                        self.server
-                            .session
-                            .expires_at()
-                            .saturating_sub(self.unix.load(Ordering::SeqCst)),
-                    )
-                } else {
-                    Duration::ZERO
-                };
+                let ahead = Duration::from_secs(
+                    self.server
+                        .endpoint
+                        .expires_at("s1")
+                        .saturating_sub(self.unix.load(Ordering::SeqCst)),
+                );
                 self.max_paid_ahead_at_sign = self.max_paid_ahead_at_sign.max(ahead);
                 let declined = self.decline_after.is_some_and(|n| slice > n);
                 let req = offer.requirement();
@@ -450,6 +485,13 @@ impl Sim {
                 self.reported_lost += count;
                 Some(format!("EventsLost {count}"))
             }
+            ClientEvent::EventsSkipped { count } => {
+                self.reported_lost += count;
+                Some(format!("EventsSkipped {count}"))
+            }
+            ClientEvent::PaymentPending { slice, .. } => {
+                Some(format!("PaymentPending slice={slice}"))
+            }
             ClientEvent::Duplicate { seq } => Some(format!("Duplicate {seq}")),
             ClientEvent::Reconnecting { attempt, .. } => {
                 Some(format!("Reconnecting attempt={attempt}"))
@@ -472,14 +514,6 @@ impl Sim {
 
     // ----- server -----
 
-    fn payment_key(p: &PaymentPayload) -> Option<(String, Nonce)> {
-        let e = p.exact_evm()?;
-        Some((
-            format!("{}:{}", e.authorization.nonce, e.signature),
-            e.authorization.nonce,
-        ))
-    }
-
     fn requirements(&self) -> PaymentRequirements {
         match self.server.version {
             PathVersion::V1 => PaymentRequirements::V1(
@@ -491,41 +525,22 @@ impl Sim {
         }
     }
 
-    /// Processes a payment header; Ok(()) when the session has the slice.
-    fn server_pay(&mut self, header: &str) -> Result<Option<RenewResponse>, (u16, &'static str)> {
-        let payload = PaymentPayload::from_header(self.server.version, header)
-            .map_err(|_| (400u16, "bad_request"))?;
-        let (key, nonce) = Self::payment_key(&payload).ok_or((402u16, "payment_invalid"))?;
-        match self.server.session.begin_payment(self.now, &key) {
-            Ok(PaymentStart::Duplicate(r)) => return Ok(Some(r)),
-            Ok(PaymentStart::Proceed) => {}
-            Err(r) => return Err((r.status(), r.code())),
+    fn error_resp(r: &Refusal) -> HttpResponse {
+        let mut headers = vec![];
+        if r.code == ErrorCode::PaymentPending {
+            headers.push(("Retry-After".to_string(), "2".to_string()));
         }
-        let unix = self.unix.load(Ordering::SeqCst);
-        if self.server.nonces.contains(&nonce) {
-            self.server.session.abort_payment(&key);
-            return Err((409, "payment_used"));
-        }
-        if verify_exact(&payload, &self.requirements(), unix).is_err() {
-            self.server.session.abort_payment(&key);
-            return Err((402, "payment_invalid"));
-        }
-        self.server.nonces.insert(nonce);
-        self.server.credited = self
-            .server
-            .credited
-            .checked_add(self.server.requirement.amount)
-            .unwrap();
-        Ok(Some(self.server.session.complete_payment(self.now, &key)))
-    }
-
-    fn error_resp(status: u16, code: &str) -> HttpResponse {
         HttpResponse {
-            status,
-            headers: vec![],
-            body: serde_json::json!({"error": code, "message": code})
-                .to_string()
-                .into_bytes(),
+            status: r.status(),
+            headers,
+            body: serde_json::to_vec(&ErrorBody {
+                error: r.code.clone(),
+                message: r.message.clone(),
+                accepts: None,
+                x402_version: None,
+                retry_after: None,
+            })
+            .unwrap(),
         }
     }
 
@@ -535,6 +550,240 @@ impl Sim {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    fn token_of(url: &str) -> &str {
+        url.split("t=")
+            .nth(1)
+            .and_then(|t| t.split('&').next())
+            .unwrap_or("")
+    }
+
+    fn head(&self) -> StreamHead {
+        StreamHead {
+            next_seq: self.server.seq,
+            oldest_seq: self
+                .server
+                .buffer
+                .front()
+                .map(|(s, _)| *s)
+                .unwrap_or(self.server.seq),
+        }
+    }
+
+    /// A payment header arrived: decide, start settling, park the request.
+    fn server_pay(&mut self, header: &str, who: Waiter) {
+        let payment = PaymentPayload::from_header(self.server.version, header)
+            .map_err(|e| Refusal::new(ErrorCode::PaymentInvalid, e.to_string()))
+            .and_then(|p| PaymentIn::from_payload(&p).map(|i| (p, i)));
+        let (payload, payment) = match payment {
+            Ok(x) => x,
+            Err(r) => return self.answer_waiter(who, Err(r)),
+        };
+        let quote = self.server.quote.clone();
+        match self
+            .server
+            .endpoint
+            .handle_payment(self.now, &quote, payment.clone())
+        {
+            PaymentDecision::Settle(id) => {
+                self.server.payloads.insert(id, payload.clone());
+                self.start_settle(id, payload);
+            }
+            PaymentDecision::Pending { .. } => {}
+            PaymentDecision::Credited(_) => return self.answer_waiter(who, Ok(())),
+            PaymentDecision::Refused(r) => return self.answer_waiter(who, Err(r)),
+        }
+        self.server
+            .waiting
+            .push((self.now + self.server.wait, who, payment));
+    }
+
+    fn start_settle(&mut self, id: SettleId, payload: PaymentPayload) {
+        self.msg_counter += 1;
+        let at = self.now + self.server.settle_delay;
+        self.server
+            .settling
+            .insert((at, self.msg_counter), (id, payload));
+    }
+
+    /// The in-memory facilitator answers: the real verifier, a nonce set,
+    /// idempotent for the payload it settled.
+    fn facilitator_answer(&mut self, id: SettleId, payload: PaymentPayload) {
+        let unix = self.unix.load(Ordering::SeqCst);
+        let evm = payload.exact_evm().unwrap().clone();
+        let outcome = if self.server.pending_first > 0 {
+            self.server.pending_first -= 1;
+            // Broadcast: the money moves now, the answer says "pending".
+            if self.server.nonces.insert(evm.authorization.nonce) {
+                self.server.settled = self.server.settled.checked_add(evm.authorization.value).unwrap();
+            }
+            SettleOutcome::Pending
+        } else if self.server.nonces.contains(&evm.authorization.nonce) {
+            // Same payload again: the recorded success (as the official v2 facilitator does).
+            SettleOutcome::Settled {
+                header: None,
+                payer: Some(evm.authorization.from),
+                amount: Some(evm.authorization.value),
+            }
+        } else {
+            match verify_exact(&payload, &self.requirements(), unix) {
+                Ok(from) => {
+                    self.server.nonces.insert(evm.authorization.nonce);
+                    self.server.settled = self
+                        .server
+                        .settled
+                        .checked_add(evm.authorization.value)
+                        .unwrap();
+                    SettleOutcome::Settled {
+                        header: None,
+                        payer: Some(from),
+                        amount: Some(evm.authorization.value),
+                    }
+                }
+                Err(f) => SettleOutcome::Refused {
+                    code: ErrorCode::PaymentInvalid,
+                    message: f.to_string(),
+                },
+            }
+        };
+        let head = self.server.seq;
+        self.server
+            .endpoint
+            .handle_settled(self.now, id, outcome, head);
+        self.drain_server();
+        self.resolve_waiters(false);
+    }
+
+    /// Answers parked requests whose payment has an outcome (or whose wait is over).
+    fn resolve_waiters(&mut self, only_due: bool) {
+        let waiting = std::mem::take(&mut self.server.waiting);
+        for (deadline, who, payment) in waiting {
+            match self.server.endpoint.answer(&payment) {
+                PaymentDecision::Credited(_) => self.answer_waiter(who, Ok(())),
+                PaymentDecision::Refused(r) => self.answer_waiter(who, Err(r)),
+                PaymentDecision::Pending { .. } | PaymentDecision::Settle(_) => {
+                    if deadline <= self.now || (only_due && deadline <= self.now) {
+                        self.server.pending_answers += 1;
+                        let r = Refusal::new(ErrorCode::PaymentPending, "settling");
+                        self.answer_waiter(who, Err(r));
+                    } else {
+                        self.server.waiting.push((deadline, who, payment));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the answer of a (paid) request.
+    fn answer_waiter(&mut self, who: Waiter, result: Result<(), Refusal>) {
+        match who {
+            Waiter::Renew(id) => {
+                let resp = match result {
+                    Ok(()) => HttpResponse {
+                        status: 200,
+                        headers: vec![],
+                        body: serde_json::to_vec(&RenewResponse {
+                            session_id: "s1".into(),
+                            expires_at: self.server.endpoint.expires_at("s1"),
+                            slice_seconds: self.server.quote.slice_seconds,
+                            slices: self.server.endpoint.slices("s1"),
+                        })
+                        .unwrap(),
+                    },
+                    Err(r) => Self::error_resp(&r),
+                };
+                if self.server.drop_renew_answers > 0 {
+                    self.server.drop_renew_answers -= 1;
+                    self.transcript
+                        .push(format!("{} ! renew answer lost", self.elapsed()));
+                    return;
+                }
+                self.reply_http(id, resp);
+            }
+            Waiter::Upgrade { conn, from } => match result {
+                Ok(()) => self.upgrade(conn, from),
+                Err(r) => self.send_to_client(
+                    ToClient::Upgrade {
+                        conn,
+                        result: Err(Some(Self::error_resp(&r))),
+                    },
+                    Some(conn),
+                ),
+            },
+        }
+    }
+
+    /// Completes an upgrade: check, 101, connect, hello, notices.
+    fn upgrade(&mut self, conn: ConnId, from: Option<u64>) {
+        let quote = self.server.quote.clone();
+        if let Err(r) = self.server.endpoint.check_connect(self.now, &quote) {
+            self.send_to_client(
+                ToClient::Upgrade {
+                    conn,
+                    result: Err(Some(Self::error_resp(&r))),
+                },
+                Some(conn),
+            );
+            return;
+        }
+        self.send_to_client(
+            ToClient::Upgrade {
+                conn,
+                result: Ok(HttpResponse {
+                    status: 101,
+                    ..Default::default()
+                }),
+            },
+            Some(conn),
+        );
+        let head = self.head();
+        let c = match self
+            .server
+            .endpoint
+            .connect(self.now, &quote, conn, from, head)
+        {
+            Ok(c) => c,
+            Err(_) => {
+                self.send_to_client(
+                    ToClient::Closed {
+                        conn,
+                        code: Some(4402),
+                    },
+                    Some(conn),
+                );
+                return;
+            }
+        };
+        self.send_to_client(
+            ToClient::Msg {
+                conn,
+                text: ServerMessage::Hello(c.hello).to_json(),
+            },
+            Some(conn),
+        );
+        for (code, count) in [
+            (ErrorCode::EventsSkipped, c.skipped),
+            (ErrorCode::EventsLost, c.lost),
+        ] {
+            if count > 0 {
+                let m = ServerMessage::Error {
+                    code,
+                    message: String::new(),
+                    count: Some(count),
+                };
+                self.send_to_client(
+                    ToClient::Msg {
+                        conn,
+                        text: m.to_json(),
+                    },
+                    Some(conn),
+                );
+            }
+        }
+        self.server.conns.insert(conn, c.start);
+        self.drain_server();
+        self.pump_events();
     }
 
     fn on_server(&mut self, m: ToServer) {
@@ -591,130 +840,33 @@ impl Sim {
                 method: Method::Post,
                 headers,
                 ..
-            } => {
-                let resp = match self.header(&headers).map(str::to_string) {
-                    None => Self::error_resp(402, "payment_required"),
-                    Some(h) => match self.server_pay(&h) {
-                        Ok(Some(r)) => HttpResponse {
-                            status: 200,
-                            headers: vec![],
-                            body: serde_json::to_vec(&r).unwrap(),
-                        },
-                        Ok(None) => Self::error_resp(402, "payment_required"),
-                        Err((s, c)) => Self::error_resp(s, c),
-                    },
-                };
-                self.drain_server();
-                if self.server.drop_renew_answers > 0 {
-                    self.server.drop_renew_answers -= 1;
-                    self.transcript
-                        .push(format!("{} ! renew answer lost", self.elapsed()));
-                    return;
+            } => match self.header(&headers).map(str::to_string) {
+                None => {
+                    let r = Refusal::new(ErrorCode::PaymentRequired, "pay");
+                    self.reply_http(id, Self::error_resp(&r));
                 }
-                self.reply_http(id, resp);
-            }
+                Some(h) => self.server_pay(&h, Waiter::Renew(id)),
+            },
             ToServer::Connect { conn, url, headers } => {
-                if self
-                    .server
-                    .session
-                    .check_token(
-                        url.split("t=")
-                            .nth(1)
-                            .and_then(|t| t.split('&').next())
-                            .unwrap_or(""),
-                    )
-                    .is_err()
-                {
+                if Self::token_of(&url) != self.server.token {
+                    let r = Refusal::new(ErrorCode::TokenInvalid, "bad mac");
                     self.send_to_client(
                         ToClient::Upgrade {
                             conn,
-                            result: Err(Some(Self::error_resp(401, "token_invalid"))),
-                        },
-                        Some(conn),
-                    );
-                    return;
-                }
-                if let Some(h) = self.header(&headers).map(str::to_string)
-                    && let Err((s, c)) = self.server_pay(&h)
-                {
-                    self.send_to_client(
-                        ToClient::Upgrade {
-                            conn,
-                            result: Err(Some(Self::error_resp(s, c))),
+                            result: Err(Some(Self::error_resp(&r))),
                         },
                         Some(conn),
                     );
                     return;
                 }
                 let from: Option<u64> = url.split("from=").nth(1).and_then(|f| f.parse().ok());
-                let oldest = self
-                    .server
-                    .buffer
-                    .front()
-                    .map(|(s, _)| *s)
-                    .unwrap_or(self.server.seq);
-                let start = from.unwrap_or(self.server.seq).min(self.server.seq);
-                let (start, lost) = if start < oldest {
-                    (oldest, oldest - start)
-                } else {
-                    (start, 0)
-                };
-                let token = url
-                    .split("t=")
-                    .nth(1)
-                    .and_then(|t| t.split('&').next())
-                    .unwrap_or("")
-                    .to_string();
-                match self.server.session.connect(self.now, conn, &token, start) {
-                    Ok(hello) => {
-                        self.send_to_client(
-                            ToClient::Upgrade {
-                                conn,
-                                result: Ok(HttpResponse {
-                                    status: 101,
-                                    ..Default::default()
-                                }),
-                            },
-                            Some(conn),
-                        );
-                        self.send_to_client(
-                            ToClient::Msg {
-                                conn,
-                                text: ServerMessage::Hello(hello).to_json(),
-                            },
-                            Some(conn),
-                        );
-                        if lost > 0 {
-                            let m = ServerMessage::Error {
-                                code: "events_lost".into(),
-                                message: String::new(),
-                                count: Some(lost),
-                            };
-                            self.send_to_client(
-                                ToClient::Msg {
-                                    conn,
-                                    text: m.to_json(),
-                                },
-                                Some(conn),
-                            );
-                        }
-                        self.server.conns.insert(conn, start);
-                        self.drain_server();
-                        self.pump_events();
-                    }
-                    Err(r) => {
-                        self.send_to_client(
-                            ToClient::Upgrade {
-                                conn,
-                                result: Err(Some(Self::error_resp(r.status(), r.code()))),
-                            },
-                            Some(conn),
-                        );
-                    }
+                match self.header(&headers).map(str::to_string) {
+                    Some(h) => self.server_pay(&h, Waiter::Upgrade { conn, from }),
+                    None => self.upgrade(conn, from),
                 }
             }
             ToServer::Close { conn } => {
-                self.server.session.disconnect(conn);
+                self.server.endpoint.disconnect(self.now, conn);
                 if self.server.conns.remove(&conn).is_some() {
                     self.send_to_client(
                         ToClient::Closed {
@@ -738,7 +890,7 @@ impl Sim {
     }
 
     fn drain_server(&mut self) {
-        while let Some(t) = self.server.session.poll_transmit() {
+        while let Some(t) = self.server.endpoint.poll_transmit() {
             match t {
                 ServerTransmit::Message { conn, msg } => {
                     if self.server.conns.contains_key(&conn) {
@@ -746,6 +898,25 @@ impl Sim {
                             ToClient::Msg {
                                 conn,
                                 text: msg.to_json(),
+                            },
+                            Some(conn),
+                        );
+                    }
+                }
+                ServerTransmit::Skip { conn, seq } => {
+                    if let Some(next) = self.server.conns.get(&conn).copied()
+                        && next < seq
+                    {
+                        self.server.conns.insert(conn, seq);
+                        let m = ServerMessage::Error {
+                            code: ErrorCode::EventsSkipped,
+                            message: String::new(),
+                            count: Some(seq - next),
+                        };
+                        self.send_to_client(
+                            ToClient::Msg {
+                                conn,
+                                text: m.to_json(),
                             },
                             Some(conn),
                         );
@@ -764,13 +935,36 @@ impl Sim {
                 }
             }
         }
+        while let Some(job) = self.server.endpoint.poll_settle() {
+            if let Some(p) = self.server.payloads.get(&job.id).cloned() {
+                self.start_settle(job.id, p);
+            }
+        }
+        while let Some(e) = self.server.endpoint.poll_event() {
+            match e {
+                ServerEvent::Credited { .. } => {
+                    self.server.credited = self
+                        .server
+                        .credited
+                        .checked_add(self.server.requirement.amount)
+                        .unwrap();
+                }
+                ServerEvent::Unresolved { .. } => self.server.unresolved += 1,
+                ServerEvent::Refused { .. } => {}
+            }
+        }
     }
 
     /// Sends buffered events to every live connection while paid.
     fn pump_events(&mut self) {
         let conns: Vec<ConnId> = self.server.conns.keys().copied().collect();
         for conn in conns {
-            if !self.server.session.can_deliver(self.now, conn) {
+            if !self
+                .server
+                .endpoint
+                .deliver_until(conn)
+                .is_some_and(|t| t > self.now)
+            {
                 continue;
             }
             let mut next = self.server.conns[&conn];
@@ -783,7 +977,7 @@ impl Sim {
                 .collect();
             for (s, text) in items {
                 // The invariant the server must keep: delivery only within paid time (plus grace).
-                let paid_end = self.server.session.expires_at() + 5;
+                let paid_end = self.server.endpoint.expires_at("s1") + 5;
                 if self.unix.load(Ordering::SeqCst) > paid_end {
                     self.server.sent_after_paid += 1;
                 }
@@ -817,7 +1011,7 @@ impl Sim {
         for conn in conns {
             self.transcript.push(format!("{} ! cut", self.elapsed()));
             self.server.conns.remove(&conn);
-            self.server.session.disconnect(conn);
+            self.server.endpoint.disconnect(self.now, conn);
             self.send_to_client(ToClient::Closed { conn, code: None }, Some(conn));
         }
     }
@@ -846,7 +1040,9 @@ impl Sim {
                 self.to_server.keys().next().map(|k| k.0),
                 self.to_client.keys().next().map(|k| k.0),
                 self.client.poll_timeout(),
-                self.server.session.poll_timeout(),
+                self.server.endpoint.poll_timeout(),
+                self.server.settling.keys().next().map(|k| k.0),
+                self.server.waiting.iter().map(|w| w.0).min(),
                 self.http_deadline.keys().next().copied(),
                 Some(self.next_publish),
                 (self.faults.cut_permille > 0).then_some(next_cut_check),
@@ -891,13 +1087,24 @@ impl Sim {
                 self.publish();
                 continue;
             }
+            if let Some((&k, _)) = self.server.settling.iter().next()
+                && k.0 <= self.now
+            {
+                let (id, payload) = self.server.settling.remove(&k).unwrap();
+                self.facilitator_answer(id, payload);
+                continue;
+            }
+            if self.server.waiting.iter().any(|w| w.0 <= self.now) {
+                self.resolve_waiters(true);
+                continue;
+            }
             if self
                 .server
-                .session
+                .endpoint
                 .poll_timeout()
                 .is_some_and(|t| t <= self.now)
             {
-                self.server.session.handle_timeout(self.now);
+                self.server.endpoint.handle_timeout(self.now);
                 self.drain_server();
                 continue;
             }
@@ -954,9 +1161,23 @@ impl Sim {
         // Budget.
         let budget = self.policy.lifetime_budget().unwrap();
         assert!(
-            self.server.credited <= budget.limit(),
-            "server credited more than the budget"
+            self.server.settled <= budget.limit(),
+            "the facilitator moved more than the budget"
         );
+        // Money: nothing credited without a settlement; nothing settled left
+        // uncredited once no settlement is under way.
+        assert!(
+            self.server.credited <= self.server.settled,
+            "credited {} but settled {}",
+            self.server.credited,
+            self.server.settled
+        );
+        if self.server.endpoint.stats().settling == 0 {
+            assert_eq!(
+                self.server.credited, self.server.settled,
+                "a settled payment was not credited"
+            );
+        }
         assert!(budget.committed() <= budget.limit());
         // Never delivered after paid time + grace.
         assert_eq!(
