@@ -267,7 +267,7 @@ pub(crate) struct Local {
 
 pub(crate) async fn local_server(streams: Vec<StreamConfig>, limits: Limits) -> Local {
     let mut cfg = Config::demo("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()));
-    cfg.secret = Some("bench".into());
+    cfg.secret = Some("bench-secret-bench-secret-bench-secret".into());
     cfg.streams = streams;
     cfg.limits = limits;
     let s = ServerBuilder::new(cfg)
@@ -635,7 +635,7 @@ async fn bench_scale(r: &mut Report, counts: &[usize]) {
     let _ = std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:{port}\"\nsecret = \"bench\"\n[limits]\nmax_connections_per_ip = 1000000\nmax_sessions = 1000000\n[[streams]]\nid = \"idle\"\nprice_per_minute = \"0.06\"\nslice_seconds = 3600\npay_to = \"{DEV_PAY_TO}\"\nmax_timeout_seconds = 3600\nsource = {{ kind = \"api\" }}\n"
+            "listen = \"127.0.0.1:{port}\"\nsecret = \"bench-secret-bench-secret-bench-secret\"\n[facilitator]\nkind = \"embedded\"\n[limits]\nmax_connections_per_ip = 1000000\nmax_sessions = 1000000\n[[streams]]\nid = \"idle\"\nprice_per_minute = \"0.06\"\nslice_seconds = 3600\npay_to = \"{DEV_PAY_TO}\"\nmax_timeout_seconds = 3600\nsource = {{ kind = \"api\" }}\n"
         ),
     );
     for &n in counts {

@@ -281,7 +281,7 @@ pub async fn run(secs: u64) -> i32 {
     };
     let mut cfg =
         x402_server::Config::demo("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()));
-    cfg.secret = Some("soak".into());
+    cfg.secret = Some("soak-secret-soak-secret-soak-secret-soak".into());
     let mut sc = stream_cfg("soak", 3);
     sc.max_timeout_seconds = 30;
     sc.source = x402_server::SourceConfig::Synthetic {
@@ -356,11 +356,11 @@ pub async fn run(secs: u64) -> i32 {
         None => false,
     };
     // Wait for the sweeper to drop the sessions whose paid time and linger passed.
-    let sessions_at_end = state.store.len();
+    let sessions_at_end = state.endpoint_stats().sessions;
     let mut sessions_after_sweep = sessions_at_end;
     for _ in 0..60 {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        sessions_after_sweep = state.store.len();
+        sessions_after_sweep = state.endpoint_stats().sessions;
         if sessions_after_sweep <= 1 {
             break;
         }

@@ -94,11 +94,19 @@ enum Cmd {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
-    /// Run only the x402 facilitator API (/verify, /settle, /supported), embedded verifier.
+    /// Run only the x402 facilitator API (/verify, /settle, /supported) with the embedded
+    /// verifier (it settles nothing). Off loopback a bearer key is required.
     Facilitator {
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:4022")]
         listen: std::net::SocketAddr,
+        /// Bearer key callers must send (`Authorization: Bearer <key>`), at least 32 bytes.
+        /// Required unless listening on loopback.
+        #[arg(long, env = "X402_FACILITATOR_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Requests per second allowed (all callers together).
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
     },
     /// Create a development key file (mode 0600) and print its address.
     Keygen {
@@ -222,7 +230,11 @@ async fn main() -> ExitCode {
         } => run_stream(&stream, &conn, &key, &limits, slices, duration).await,
         Cmd::Pay { input, key, limits } => pay(&input, &key, &limits).await,
         Cmd::Serve { config, listen } => serve(config, listen).await,
-        Cmd::Facilitator { listen } => facilitator(listen).await,
+        Cmd::Facilitator {
+            listen,
+            api_key,
+            rate,
+        } => facilitator(listen, api_key, rate).await,
         Cmd::Keygen { out } => keygen(&out),
         Cmd::Demo { slices, all } => demo::run(slices, all).await,
     };
@@ -508,7 +520,11 @@ async fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) ->
     if let Some(l) = listen {
         cfg.listen = l;
     }
-    let embedded = matches!(cfg.facilitator, x402_server::FacilitatorConfig::Embedded);
+    let embedded = matches!(
+        cfg.facilitator,
+        Some(x402_server::FacilitatorConfig::Embedded)
+    );
+    let api = cfg.facilitator_api.is_some();
     let server = x402_server::ServerBuilder::new(cfg.clone()).bind().await?;
     eprintln!("atomicstream server on {}", server.http_base());
     eprintln!("  catalog:      {}/streams", server.http_base());
@@ -521,29 +537,46 @@ async fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) ->
             s.id
         );
     }
-    eprintln!(
-        "  facilitator:  {}/facilitator/{{verify,settle,supported}}",
-        server.http_base()
-    );
+    if api {
+        eprintln!(
+            "  facilitator API (bearer key): {}/facilitator/{{verify,settle,supported}}",
+            server.http_base()
+        );
+    }
     if config.is_none() {
         eprintln!("  payTo (development address): {}", x402_server::DEV_PAY_TO);
     }
     if embedded {
-        eprintln!("  payments are verified by the embedded facilitator and NOT settled on chain");
+        eprintln!(
+            "  WARNING: facilitator = embedded. Payments are verified but NOTHING IS SETTLED: no money moves."
+        );
     }
     server.run().await?;
     Ok(exit::OK)
 }
 
-async fn facilitator(listen: std::net::SocketAddr) -> Result<u8, Fail> {
+async fn facilitator(
+    listen: std::net::SocketAddr,
+    api_key: Option<String>,
+    rate: u32,
+) -> Result<u8, Fail> {
     init_logs("info");
+    if api_key.is_none() && !listen.ip().is_loopback() {
+        return Err(usage(
+            "listening beyond loopback needs --api-key (or X402_FACILITATOR_KEY), at least 32 bytes",
+        ));
+    }
     let l = tokio::net::TcpListener::bind(listen).await?;
     eprintln!(
-        "x402 facilitator API on http://{} (/verify, /settle, /supported); embedded verifier, NOT settled on chain",
-        l.local_addr()?
+        "x402 facilitator API on http://{} (/verify, /settle, /supported){}; embedded verifier: NOTHING IS SETTLED",
+        l.local_addr()?,
+        if api_key.is_some() { ", bearer key required" } else { "" }
     );
-    x402_server::serve_facilitator(l, Arc::new(x402_server::EmbeddedFacilitator::default()))
-        .await?;
+    let f: Arc<dyn x402_server::Facilitator> = Arc::new(x402_server::EmbeddedFacilitator::default());
+    match api_key {
+        Some(k) => x402_server::serve_facilitator_guarded(l, f, &k, rate).await?,
+        None => x402_server::serve_facilitator(l, f).await?,
+    }
     Ok(exit::OK)
 }
 

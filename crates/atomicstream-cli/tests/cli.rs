@@ -23,7 +23,7 @@ async fn run(mut c: Command) -> Output {
 
 async fn server() -> String {
     let mut cfg = Config::demo("127.0.0.1:0".parse().unwrap());
-    cfg.secret = Some("cli-test".into());
+    cfg.secret = Some("cli-test-secret-cli-test-secret-cli-test".into());
     let s = ServerBuilder::new(cfg).bind().await.unwrap();
     let base = s.http_base().to_string();
     s.spawn();

@@ -37,7 +37,7 @@ pub enum Error {
         /// HTTP status.
         status: u16,
         /// Error code.
-        code: String,
+        code: x402_types::ErrorCode,
         /// Message.
         message: String,
     },
@@ -73,7 +73,9 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Transport(_) => true,
-            Error::PaymentRefused { status, .. } => *status == 429 || *status >= 500,
+            Error::PaymentRefused { status, code, .. } => {
+                code.is_retryable() || x402_types::is_retryable_status(*status)
+            }
             _ => false,
         }
     }

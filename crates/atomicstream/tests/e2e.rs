@@ -22,7 +22,7 @@ struct Env {
 
 async fn server(slice: u64) -> Env {
     let mut cfg = Config::demo("127.0.0.1:0".parse().unwrap());
-    cfg.secret = Some("facade-test".into());
+    cfg.secret = Some("facade-test-secret-facade-test-secret".into());
     cfg.streams = vec![StreamConfig {
         id: "s".into(),
         title: "S".into(),

@@ -1,12 +1,15 @@
-//! HTTP and WebSocket handlers.
+//! HTTP and WebSocket handlers: I/O only. Every protocol rule lives in
+//! [`x402_session::ServerEndpoint`]; this module parses requests, runs the
+//! facilitator calls the endpoint asks for, moves frames, and reads the clock.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::{
     CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
@@ -17,22 +20,22 @@ use axum::routing::{get, post};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
 use x402_session::{
-    ConnId, PaymentStart, Refusal, ServerConfig as SessionConfig, ServerSession, ServerTransmit,
+    ConnId, Connected, Credit, EndpointConfig, PaymentDecision, PaymentIn, Quote, Refusal,
+    ServerEndpoint, ServerEvent, ServerTransmit, SettleId, SettleOutcome,
 };
 use x402_types::x402::{PaymentRequiredV2, ResourceInfo, encode_header};
 use x402_types::{
-    ClientMessage, CloseCode, FacilitatorRequest, PathVersion, PaymentPayload, PaymentRequirements,
-    PaymentRequirementsV1, PreservedRequirement, Pricing, RenewResponse, Requirement, Schema,
-    ServerMessage, StreamInfo,
+    ClientMessage, CloseCode, ErrorCode, FacilitatorRequest, PathVersion, PaymentPayload,
+    PaymentRequirements, PaymentRequirementsV1, PreservedRequirement, Pricing, Requirement,
+    Schema, ServerMessage, StreamInfo,
 };
 
 use crate::config::{Config, StreamConfig, Terms};
 use crate::error::ApiError;
-use crate::facilitator::Facilitator;
+use crate::facilitator::{Facilitator, FacilitatorError};
 use crate::hub::{Frame, Hub};
-use crate::store::{SessionStore, Slot};
 use crate::token::{Claims, TokenError, TokenKey, redact};
 
 /// The client's address, attached to every request by the accept loop.
@@ -71,12 +74,22 @@ impl StreamEntry {
 /// Counters for tests, health and benchmarks.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Payments accepted (settled or pending).
+    /// Payments credited.
     pub payments: AtomicU64,
+    /// Payments refused.
+    pub refused: AtomicU64,
+    /// Settlements whose outcome could not be established.
+    pub unresolved: AtomicU64,
     /// Sockets open now.
     pub sockets: AtomicU64,
     /// Events sent.
     pub events_sent: AtomicU64,
+}
+
+/// A settlement the endpoint asked for: what to send the facilitator.
+struct Job {
+    req: FacilitatorRequest,
+    stream: String,
 }
 
 /// Everything the handlers share.
@@ -93,8 +106,13 @@ pub struct AppState {
     pub tokens: TokenKey,
     /// Facilitator.
     pub facilitator: Arc<dyn Facilitator>,
-    /// Sessions.
-    pub store: Arc<dyn SessionStore>,
+    core: Mutex<ServerEndpoint>,
+    mailboxes: Mutex<HashMap<ConnId, mpsc::Sender<ServerTransmit>>>,
+    jobs: Mutex<HashMap<SettleId, Job>>,
+    /// Woken whenever a settlement has an outcome.
+    settled: Notify,
+    /// Woken whenever the endpoint's next timeout may have moved.
+    timers: Notify,
     /// Sockets per client IP.
     pub per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Connection ids.
@@ -103,15 +121,16 @@ pub struct AppState {
     pub stats: Stats,
 }
 
+/// The driver's clock: tokio's, so tests on paused time control it.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,12 +142,123 @@ pub(crate) struct TokenQuery {
 fn not_found(what: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "unknown_stream",
+        ErrorCode::UnknownStream,
         format!("no such {what}"),
     )
 }
 
+fn bad_request(msg: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, msg)
+}
+
 impl AppState {
+    /// The state of a server: the endpoint starts its clock now.
+    pub(crate) fn new(
+        cfg: Config,
+        http_base: String,
+        ws_base: String,
+        streams: HashMap<String, StreamEntry>,
+        tokens: TokenKey,
+        facilitator: Arc<dyn Facilitator>,
+    ) -> Self {
+        let ecfg = EndpointConfig {
+            max_sessions: cfg.limits.max_sessions,
+            horizon_slices: cfg.limits.horizon_slices.max(1),
+            linger_secs: cfg.limits.session_linger_secs,
+            sweep_interval: Duration::from_millis(cfg.limits.sweep_interval_ms.max(10)),
+            ..EndpointConfig::default()
+        };
+        AppState {
+            core: Mutex::new(ServerEndpoint::new(ecfg, now(), unix_now())),
+            cfg,
+            http_base,
+            ws_base,
+            streams,
+            tokens,
+            facilitator,
+            mailboxes: Mutex::default(),
+            jobs: Mutex::default(),
+            settled: Notify::new(),
+            timers: Notify::new(),
+            per_ip: Mutex::default(),
+            next_conn: 1.into(),
+            stats: Stats::default(),
+        }
+    }
+
+    fn core(&self) -> MutexGuard<'_, ServerEndpoint> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wall time on the endpoint's clock.
+    pub fn unix_now(&self) -> u64 {
+        self.core().unix_now(now())
+    }
+
+    /// What the endpoint holds (sessions, records, claims).
+    pub fn endpoint_stats(&self) -> x402_session::EndpointStats {
+        self.core().stats()
+    }
+
+    /// Feeds the endpoint, then drains every output: socket transmits to the
+    /// connections' mailboxes, settlement jobs to tasks, events to logs.
+    fn with_core<R>(self: &Arc<Self>, f: impl FnOnce(&mut ServerEndpoint, Instant) -> R) -> R {
+        let mut jobs = Vec::new();
+        let r = {
+            let mut ep = self.core();
+            let r = f(&mut ep, now());
+            let boxes = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
+            while let Some(t) = ep.poll_transmit() {
+                let conn = match &t {
+                    ServerTransmit::Message { conn, .. }
+                    | ServerTransmit::Skip { conn, .. }
+                    | ServerTransmit::Close { conn, .. } => *conn,
+                };
+                if let Some(tx) = boxes.get(&conn) {
+                    // A full mailbox means a stuck socket: its write timeout drops it.
+                    let _ = tx.try_send(t);
+                }
+            }
+            while let Some(j) = ep.poll_settle() {
+                jobs.push(j);
+            }
+            while let Some(e) = ep.poll_event() {
+                self.on_event(e);
+            }
+            r
+        };
+        for j in jobs {
+            tokio::spawn(run_settlement(self.clone(), j.id, j.attempt));
+        }
+        self.timers.notify_one();
+        r
+    }
+
+    fn on_event(&self, e: ServerEvent) {
+        match e {
+            ServerEvent::Credited {
+                session, slices, ..
+            } => {
+                self.stats.payments.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(session = %redact(&session), slices, "slice sold");
+            }
+            ServerEvent::Refused { session, code } => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(session = %redact(&session), %code, "payment refused");
+            }
+            ServerEvent::Unresolved {
+                session,
+                payer,
+                nonce,
+                reason,
+            } => {
+                self.stats.unresolved.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(session = %redact(&session), %payer, %nonce, %reason,
+                    "settlement outcome unknown: nothing credited; reconcile this payment");
+            }
+        }
+    }
+
     fn entry(&self, ver: &str, id: &str) -> Result<(PathVersion, &StreamEntry), ApiError> {
         let v = match ver {
             "v1" => PathVersion::V1,
@@ -170,7 +300,7 @@ impl AppState {
                 mime_type: Some("application/json".into()),
             }),
             accepts: vec![PreservedRequirement::new(e.requirement().to_v2())],
-            extensions: None,
+            extensions: Some(payment_identifier_declaration()),
         }
     }
 
@@ -179,7 +309,7 @@ impl AppState {
         &self,
         v: PathVersion,
         e: &StreamEntry,
-        code: &'static str,
+        code: ErrorCode,
         message: String,
     ) -> ApiError {
         let mut err = ApiError::new(StatusCode::PAYMENT_REQUIRED, code, message.clone());
@@ -201,224 +331,239 @@ impl AppState {
         err
     }
 
-    fn check_token(
-        &self,
-        v: PathVersion,
-        e: &StreamEntry,
-        token: Option<&str>,
-    ) -> Result<Claims, ApiError> {
-        let token = token.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "token_invalid",
-                "missing token `t`",
-            )
-        })?;
-        let claims = self.tokens.verify_for(token, v, &e.cfg.id).map_err(|err| {
+    /// A refusal from the endpoint as an HTTP answer.
+    fn refusal(&self, v: PathVersion, e: &StreamEntry, r: Refusal) -> ApiError {
+        match r.code {
+            ErrorCode::PaymentRequired | ErrorCode::PaymentInvalid => {
+                self.payment_error(v, e, r.code, r.message)
+            }
+            code => {
+                let status =
+                    StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST);
+                ApiError::new(status, code, r.message)
+            }
+        }
+    }
+
+    /// Checks a token (MAC, scope, bound requirement) and reads its quote.
+    fn quote(&self, v: PathVersion, e: &StreamEntry, token: Option<&str>) -> Result<Quote, ApiError> {
+        let invalid = |m: String| ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::TokenInvalid, m);
+        let token = token.ok_or_else(|| invalid("missing token `t`".into()))?;
+        let claims: Claims = self.tokens.verify_for(token, v, &e.cfg.id).map_err(|err| {
             tracing::info!(token = %redact(token), %err, "token refused");
-            ApiError::new(StatusCode::UNAUTHORIZED, "token_invalid", err.to_string())
+            invalid(err.to_string())
         })?;
-        // The token binds the exact requirement: a changed price invalidates old tokens.
+        // The token binds the exact requirement: a changed price, payee, asset or
+        // network invalidates old tokens.
         let req = e.requirement();
         if claims.amt != req.amount.to_string()
             || !claims.to.eq_ignore_ascii_case(&req.pay_to)
+            || !claims.asset.eq_ignore_ascii_case(&req.asset)
             || claims.net != req.network.caip2()
         {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "token_invalid",
-                TokenError::WrongScope.to_string(),
-            ));
-        }
-        Ok(claims)
-    }
-
-    /// The session of a token: existing, or new while its quote is fresh.
-    fn slot(
-        &self,
-        v: PathVersion,
-        e: &StreamEntry,
-        claims: &Claims,
-        token: &str,
-    ) -> Result<Arc<Slot>, ApiError> {
-        if let Some(s) = self.store.get(&claims.q) {
-            return Ok(s);
-        }
-        if unix_now() > claims.exp {
-            return Err(ApiError::new(
-                StatusCode::GONE,
-                "quote_expired",
-                "the unpaid quote expired; request the schema again",
-            ));
+            return Err(invalid(TokenError::WrongScope.to_string()));
         }
         let renew_url = x402_types::version::renew_url(&self.http_base, v, &e.cfg.id, token)
             .map(|u| u.to_string())
-            .unwrap_or_default();
-        let tokens = self.tokens.clone();
-        let (stream, q) = (e.cfg.id.clone(), claims.q.clone());
-        let check: x402_session::TokenCheck =
-            Arc::new(move |t: &str| match tokens.verify_for(t, v, &stream) {
-                Ok(c) if c.q == q => Ok(()),
-                Ok(_) => Err("token names another session".into()),
-                Err(e) => Err(e.to_string()),
-            });
-        let mut scfg = SessionConfig::new(&e.cfg.id, v, e.cfg.slice_seconds, renew_url, check);
-        scfg.horizon_slices = self.cfg.limits.horizon_slices.max(1);
-        let quote_exp = claims.exp;
-        let session_id = claims.q.clone();
-        self.store
-            .get_or_insert(&claims.q, &mut || {
-                Slot::new(
-                    ServerSession::new(scfg.clone(), session_id.clone(), now(), unix_now()),
-                    quote_exp,
-                )
-            })
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_sessions",
-                    "session limit reached",
-                )
-            })
+            .map_err(|err| invalid(err.to_string()))?;
+        Ok(Quote {
+            id: claims.q,
+            stream_id: e.cfg.id.clone(),
+            version: v,
+            expires: claims.exp,
+            slice_seconds: e.cfg.slice_seconds,
+            renew_url,
+        })
     }
 
-    /// Buys one slice with a payment header. Returns the session's answer and the settlement header.
+    /// Buys one slice with a payment header: the endpoint decides, settlement
+    /// runs in its own task (it outlives this request), and the answer waits
+    /// at most `payment_wait_secs` before saying "pending".
     async fn pay(
-        &self,
+        self: &Arc<Self>,
         v: PathVersion,
         e: &StreamEntry,
-        slot: &Slot,
+        quote: &Quote,
         header: &str,
-    ) -> Result<(RenewResponse, Option<String>), ApiError> {
+    ) -> Result<Credit, ApiError> {
         let payload = PaymentPayload::from_header(v, header).map_err(|err| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("payment header: {err}"),
+            self.payment_error(
+                v,
+                e,
+                ErrorCode::PaymentInvalid,
+                format!("malformed {} header: {err}", v.payment_header()),
             )
         })?;
-        let Some(evm) = payload.exact_evm() else {
-            return Err(self.payment_error(
-                v,
-                e,
-                "payment_invalid",
-                "only the exact EVM scheme is accepted".into(),
-            ));
-        };
-        let nonce = evm.authorization.nonce;
-        let key = format!("{}:{}", evm.authorization.nonce, evm.signature);
-        let start = slot.lock().session.begin_payment(now(), &key);
-        match start {
-            Ok(PaymentStart::Duplicate(r)) => return Ok((r, None)),
-            Ok(PaymentStart::Proceed) => {}
-            Err(r) => return Err(refusal(r)),
-        }
-        // If this request is cancelled (the client went away mid-payment), the guard
-        // takes the payment out of flight so the session is not stuck.
-        let mut guard = InFlight {
-            slot,
-            key: &key,
-            done: false,
-        };
+        let payment = PaymentIn::from_payload(&payload).map_err(|r| self.refusal(v, e, r))?;
         let req = FacilitatorRequest {
-            payment_payload: payload.clone(),
+            payment_payload: payload,
             payment_requirements: self.requirements(v, e),
         };
-        let timeout = Duration::from_secs(self.cfg.limits.facilitator_timeout_secs);
-        let used = || {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "payment_used",
-                "this payment's nonce was already used",
-            )
-        };
-        // Claim the nonce first (local, cheap): a replay never reaches the facilitator.
-        if !self.store.claim_nonce(&nonce) {
-            return Err(used());
-        }
-        let (verify, settle) =
-            match tokio::time::timeout(timeout, self.facilitator.verify_and_settle(&req)).await {
-                Ok(Ok(x)) => x,
-                Ok(Err(err)) => {
-                    self.store.release_nonce(&nonce);
-                    return Err(unavailable(err.to_string()));
-                }
-                Err(_) => {
-                    // Unknown outcome: keep the nonce claimed (it may settle); the client
-                    // retries the same payload and learns the outcome.
-                    return Err(unavailable("facilitator timed out".into()));
-                }
-            };
-        let Some(settle) = settle.filter(|_| verify.is_valid) else {
-            self.store.release_nonce(&nonce);
-            let reason = verify.invalid_reason.unwrap_or_default();
-            if reason == crate::facilitator::NONCE_USED {
-                return Err(used());
+        let decision =
+            self.with_core(|ep, now| ep.handle_payment(now, quote, payment.clone()));
+        match decision {
+            PaymentDecision::Settle(id) => {
+                self.jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                    id,
+                    Job {
+                        req,
+                        stream: e.cfg.id.clone(),
+                    },
+                );
+                tokio::spawn(run_settlement(self.clone(), id, 0));
             }
-            let msg = format!("{reason}: {}", verify.invalid_message.unwrap_or_default());
-            return Err(self.payment_error(v, e, "payment_invalid", msg));
-        };
-        if !settle.success && !settle.is_pending() {
-            self.store.release_nonce(&nonce);
-            let reason = settle.error_reason.clone().unwrap_or_default();
-            return Err(self.payment_error(
-                v,
-                e,
-                "payment_invalid",
-                format!("settlement failed: {reason}"),
-            ));
+            PaymentDecision::Pending { .. } => {}
+            PaymentDecision::Credited(c) => return Ok(c),
+            PaymentDecision::Refused(r) => return Err(self.refusal(v, e, r)),
         }
-        let r = {
-            let mut s = slot.lock();
-            let r = s.session.complete_payment(now(), &key);
-            s.dispatch();
-            r
-        };
-        guard.done = true;
-        self.stats.payments.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(session = %redact(&r.session_id), slices = r.slices, expires_at = r.expires_at, pending = settle.is_pending(), "slice sold");
-        Ok((r, Some(encode_header(&settle))))
-    }
-}
-
-/// Takes a payment out of flight unless it completed (also on cancellation).
-struct InFlight<'a> {
-    slot: &'a Slot,
-    key: &'a str,
-    done: bool,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.slot.lock().session.abort_payment(self.key);
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_secs(self.cfg.limits.payment_wait_secs);
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.core().answer(&payment) {
+                PaymentDecision::Credited(c) => return Ok(c),
+                PaymentDecision::Refused(r) => return Err(self.refusal(v, e, r)),
+                PaymentDecision::Pending { .. } | PaymentDecision::Settle(_)
+                    if tokio::time::Instant::now() >= deadline =>
+                {
+                    return Err(pending(self.core().config().pending_retry_after));
+                }
+                _ => {}
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
         }
     }
 }
 
-fn refusal(r: Refusal) -> ApiError {
-    let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::CONFLICT);
-    ApiError::new(status, r.code(), r.to_string())
+/// The `payment-identifier` extension, declared optional in 402 answers.
+fn payment_identifier_declaration() -> Value {
+    serde_json::json!({
+        x402_types::x402::PAYMENT_IDENTIFIER: {
+            "info": {"required": false},
+            "schema": {
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "type": "object",
+                "properties": {
+                    "required": {"type": "boolean"},
+                    "id": {"type": "string", "minLength": 16, "maxLength": 128,
+                           "pattern": "^[a-zA-Z0-9_-]+$"}
+                },
+                "required": ["required"]
+            }
+        }
+    })
 }
 
-fn unavailable(msg: String) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "facilitator_unavailable",
-        msg,
-    )
+fn pending(retry_after: u64) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::ACCEPTED,
+        ErrorCode::PaymentPending,
+        format!(
+            "the payment's settlement is under way; send the same payment again in {retry_after} s"
+        ),
+    );
+    e.retry_after = Some(retry_after);
+    e
+}
+
+/// Runs one settlement attempt and reports its outcome to the endpoint.
+async fn run_settlement(state: Arc<AppState>, id: SettleId, attempt: u32) {
+    let job = {
+        let jobs = state.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.get(&id).map(|j| (j.req.clone(), j.stream.clone()))
+    };
+    let Some((req, stream)) = job else { return };
+    let outcome = settle_outcome(state.facilitator.as_ref(), &req, attempt).await;
+    let head = state
+        .streams
+        .get(&stream)
+        .map_or(0, |e| e.hub.next_seq());
+    let done = state.with_core(|ep, now| {
+        ep.handle_settled(now, id, outcome, head);
+        !ep.is_settling(id)
+    });
+    if done {
+        state
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+    state.settled.notify_waiters();
+}
+
+/// Reads the facilitator's answers as a settlement outcome. A first attempt
+/// verifies, then settles; later attempts settle the same payload again.
+pub(crate) async fn settle_outcome(
+    f: &dyn Facilitator,
+    req: &FacilitatorRequest,
+    attempt: u32,
+) -> SettleOutcome {
+    if attempt == 0 {
+        match f.verify(req).await {
+            Err(e) => {
+                return SettleOutcome::NotAttempted {
+                    reason: e.to_string(),
+                };
+            }
+            Ok(v) if !v.is_valid => {
+                let reason = v.invalid_reason.unwrap_or_default();
+                return SettleOutcome::Refused {
+                    code: refusal_code(&reason),
+                    message: format!("{reason}: {}", v.invalid_message.unwrap_or_default()),
+                };
+            }
+            Ok(_) => {}
+        }
+    }
+    match f.settle(req).await {
+        Err(FacilitatorError::Transport(e)) | Err(FacilitatorError::BadAnswer { message: e, .. }) => {
+            SettleOutcome::Unknown { reason: e }
+        }
+        Ok(s) if s.success => SettleOutcome::Settled {
+            header: Some(encode_header(&s)),
+            payer: s.payer.as_deref().and_then(|p| p.parse().ok()),
+            amount: s.amount,
+        },
+        Ok(s) if s.is_pending() => SettleOutcome::Pending,
+        Ok(s) => {
+            let reason = s.error_reason.unwrap_or_default();
+            // A verification-type reason is definite; anything else (a timeout
+            // inside the facilitator, raw text) is not proof that nothing moved.
+            if reason.starts_with("invalid_") {
+                SettleOutcome::Refused {
+                    code: refusal_code(&reason),
+                    message: format!("settlement refused: {reason}"),
+                }
+            } else {
+                SettleOutcome::Unknown {
+                    reason: format!("settlement failed without a definite reason: {reason}"),
+                }
+            }
+        }
+    }
+}
+
+fn refusal_code(reason: &str) -> ErrorCode {
+    if reason.contains("nonce") && reason.contains("used") {
+        ErrorCode::PaymentUsed
+    } else {
+        ErrorCode::PaymentInvalid
+    }
 }
 
 fn payment_header(v: PathVersion, headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     match headers.get(v.payment_header()) {
         None => Ok(None),
-        Some(h) => h.to_str().map(Some).map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "payment header is not ASCII",
-            )
-        }),
+        Some(h) => h
+            .to_str()
+            .map(Some)
+            .map_err(|_| bad_request("payment header is not ASCII")),
     }
 }
 
@@ -432,9 +577,11 @@ fn with_header(mut resp: Response, name: &'static str, value: Option<String>) ->
 }
 
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
+    let st = s.endpoint_stats();
     axum::Json(serde_json::json!({
         "status": "ok",
-        "sessions": s.store.len(),
+        "sessions": st.sessions,
+        "settling": st.settling,
         "sockets": s.stats.sockets.load(Ordering::Relaxed),
         "facilitator": s.facilitator.describe(),
     }))
@@ -465,8 +612,11 @@ async fn streams(State(s): State<Arc<AppState>>) -> Response {
 
 async fn schema(
     State(s): State<Arc<AppState>>,
-    Path((ver, id)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> Response {
+    let Ok(Path((ver, id))) = path else {
+        return not_found("stream").into_response();
+    };
     let (v, e) = match s.entry(&ver, &id) {
         Ok(x) => x,
         Err(err) => return err.into_response(),
@@ -475,13 +625,13 @@ async fn schema(
     if getrandom::fill(&mut q).is_err() {
         return ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
+            ErrorCode::Other("server_error".into()),
             "no randomness",
         )
         .into_response();
     }
     let req = e.requirement();
-    let iat = unix_now();
+    let iat = s.unix_now();
     let claims = Claims {
         v,
         s: e.cfg.id.clone(),
@@ -551,36 +701,43 @@ async fn schema(
     resp
 }
 
+fn query(q: Result<Query<TokenQuery>, QueryRejection>) -> Result<TokenQuery, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| bad_request(format!("query: {e}")))
+}
+
+fn path(p: Result<Path<(String, String)>, PathRejection>) -> Result<(String, String), ApiError> {
+    p.map(|Path(p)| p).map_err(|_| not_found("stream"))
+}
+
 async fn renew(
     State(s): State<Arc<AppState>>,
-    Path((ver, id)): Path<(String, String)>,
-    Query(q): Query<TokenQuery>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<TokenQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
     let result = async {
+        let (ver, id) = path(p)?;
+        let q = query(q)?;
         let (v, e) = s.entry(&ver, &id)?;
-        let claims = s.check_token(v, e, q.t.as_deref())?;
+        let quote = s.quote(v, e, q.t.as_deref())?;
         let header = payment_header(v, &headers)?.ok_or_else(|| {
             s.payment_error(
                 v,
                 e,
-                "payment_required",
+                ErrorCode::PaymentRequired,
                 format!("{} header is required", v.payment_header()),
             )
         })?;
-        let slot = s.slot(v, e, &claims, q.t.as_deref().unwrap_or_default())?;
-        let (r, settle) = s
-            .pay(v, e, &slot, header)
-            .await
-            .inspect_err(|_| s.store.remove_if_unused(&claims.q, now()))?;
-        Ok::<_, ApiError>((v, r, settle))
+        let credit = s.pay(v, e, &quote, header).await?;
+        Ok::<_, ApiError>((v, credit))
     }
     .await;
     match result {
-        Ok((v, r, settle)) => with_header(
-            axum::Json(r).into_response(),
+        Ok((v, c)) => with_header(
+            axum::Json(c.response).into_response(),
             v.payment_response_header(),
-            settle,
+            c.settlement,
         ),
         Err(e) => e.into_response(),
     }
@@ -610,7 +767,7 @@ fn ip_guard(s: &Arc<AppState>, ip: IpAddr) -> Result<IpGuard, ApiError> {
     if *n >= s.cfg.limits.max_connections_per_ip {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "too_many_connections",
+            ErrorCode::TooManyConnections,
             "too many sockets from this address",
         ));
     }
@@ -624,104 +781,39 @@ fn ip_guard(s: &Arc<AppState>, ip: IpAddr) -> Result<IpGuard, ApiError> {
 
 async fn stream(
     State(s): State<Arc<AppState>>,
-    Path((ver, id)): Path<(String, String)>,
-    Query(q): Query<TokenQuery>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<TokenQuery>, QueryRejection>,
     Extension(RemoteAddr(addr)): Extension<RemoteAddr>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let result = async {
+        let (ver, id) = path(p)?;
+        let q = query(q)?;
         let (v, e) = s.entry(&ver, &id)?;
-        let claims = s.check_token(v, e, q.t.as_deref())?;
+        let quote = s.quote(v, e, q.t.as_deref())?;
         let from = match q.from.as_deref() {
             None => None,
-            Some(f) => Some(f.parse::<u64>().map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "`from` must be an integer",
-                )
-            })?),
+            Some(f) => Some(
+                f.parse::<u64>()
+                    .map_err(|_| bad_request("`from` must be an integer"))?,
+            ),
         };
-        let ws = ws.map_err(|r| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("not a WebSocket upgrade: {r}"),
-            )
-        })?;
+        let ws = ws.map_err(|r| bad_request(format!("not a WebSocket upgrade: {r}")))?;
         let header = payment_header(v, &headers)?;
         let guard = ip_guard(&s, addr.ip())?;
-        let (slot, settle) = match header {
-            Some(h) => {
-                let slot = s.slot(v, e, &claims, q.t.as_deref().unwrap_or_default())?;
-                let settle = s
-                    .pay(v, e, &slot, h)
-                    .await
-                    .inspect_err(|_| s.store.remove_if_unused(&claims.q, now()))?
-                    .1;
-                (slot, settle)
-            }
-            // Without a payment only an existing session can open: unpaid attempts leave no state.
-            None => match s.store.get(&claims.q) {
-                Some(slot) => (slot, None),
-                None if unix_now() > claims.exp => {
-                    return Err(ApiError::new(
-                        StatusCode::GONE,
-                        "quote_expired",
-                        "the unpaid quote expired; request the schema again",
-                    ));
-                }
-                None => {
-                    return Err(s.payment_error(
-                        v,
-                        e,
-                        "payment_required",
-                        format!("{} header is required", v.payment_header()),
-                    ));
-                }
-            },
+        let settlement = match header {
+            Some(h) => s.pay(v, e, &quote, h).await?.settlement,
+            None => None,
         };
-        let conn = ConnId(s.next_conn.fetch_add(1, Ordering::Relaxed));
-        let live = e.hub.subscribe();
-        let start = from.unwrap_or_else(|| e.hub.next_seq());
-        let (tx, rx) = mpsc::channel(64);
-        let hello = {
-            let mut sl = slot.lock();
-            let token = q.t.as_deref().unwrap_or_default();
-            let hello = sl
-                .session
-                .connect(now(), conn, token, start.min(e.hub.next_seq()));
-            if hello.is_ok() {
-                sl.register(conn, tx);
-            }
-            sl.dispatch();
-            hello
-        };
-        let hello = hello.map_err(|r| match r {
-            Refusal::PaymentRequired => s.payment_error(
-                v,
-                e,
-                "payment_required",
-                "no paid time left: pay for a slice".into(),
-            ),
-            other => refusal(other),
-        })?;
-        Ok::<_, ApiError>((
-            v,
-            ws,
-            settle,
-            conn,
-            slot,
-            hello,
-            live,
-            rx,
-            guard,
-            e.hub.clone(),
-        ))
+        // Only a paid session opens; the session is connected once the 101 is out.
+        s.core()
+            .check_connect(now(), &quote)
+            .map_err(|r| s.refusal(v, e, r))?;
+        Ok::<_, ApiError>((v, ws, settlement, quote, from, guard, e.hub.clone()))
     }
     .await;
-    let (v, ws, settle, conn, slot, hello, live, rx, guard, hub) = match result {
+    let (v, ws, settlement, quote, from, guard, hub) = match result {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
@@ -737,29 +829,20 @@ async fn stream(
         // Bounded: a slow reader cannot make us buffer without limit.
         .max_write_buffer_size(8 * 1024 * 1024)
         .on_upgrade(move |socket| async move {
-            let c = Connection {
-                state,
-                slot,
-                conn,
-                hub,
-                live,
-                rx,
-                next: hello.next_seq,
-                _guard: guard,
-            };
-            c.run(socket, hello).await;
+            Connection::open(state, socket, quote, from, hub, guard).await;
         });
-    with_header(resp, v.payment_response_header(), settle)
+    with_header(resp, v.payment_response_header(), settlement)
 }
 
 struct Connection {
     state: Arc<AppState>,
-    slot: Arc<Slot>,
     conn: ConnId,
     hub: Arc<Hub>,
     live: broadcast::Receiver<Frame>,
     rx: mpsc::Receiver<ServerTransmit>,
     next: u64,
+    /// Paid time as the endpoint last said (refreshed on each of its transmits).
+    until: Option<Instant>,
     _guard: IpGuard,
 }
 
@@ -768,12 +851,65 @@ enum Step {
     Close(Option<CloseCode>),
 }
 
+type Sink = futures::stream::SplitSink<WebSocket, Message>;
+
 impl Connection {
-    async fn send(
-        &self,
-        ws: &mut futures::stream::SplitSink<WebSocket, Message>,
-        text: String,
-    ) -> bool {
+    /// The upgrade completed: connect the session (not before), then serve.
+    async fn open(
+        state: Arc<AppState>,
+        socket: WebSocket,
+        quote: Quote,
+        from: Option<u64>,
+        hub: Arc<Hub>,
+        guard: IpGuard,
+    ) {
+        let conn = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::channel(64);
+        let live = hub.subscribe();
+        state
+            .mailboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(conn, tx);
+        let head = hub.head();
+        let connected = state.with_core(|ep, now| ep.connect(now, &quote, conn, from, head));
+        let (mut sink, stream) = socket.split();
+        let c = match connected {
+            Ok(c) => c,
+            Err(_) => {
+                // Paid time ran out between the check and the 101.
+                state
+                    .mailboxes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&conn);
+                let frame = CloseFrame {
+                    code: CloseCode::PaymentExpired.code(),
+                    reason: "".into(),
+                };
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    sink.send(Message::Close(Some(frame))),
+                )
+                .await;
+                return;
+            }
+        };
+        let until = state.core().deliver_until(conn);
+        let c2 = Connection {
+            state,
+            conn,
+            hub,
+            live,
+            rx,
+            next: c.start,
+            until,
+            _guard: guard,
+        };
+        c2.run(sink, stream, c).await;
+    }
+
+    async fn send(&self, ws: &mut Sink, text: String) -> bool {
         let t = self.state.cfg.limits.write_timeout();
         matches!(
             tokio::time::timeout(t, ws.send(Message::Text(text.into()))).await,
@@ -781,25 +917,33 @@ impl Connection {
         )
     }
 
+    async fn notice(&self, ws: &mut Sink, code: ErrorCode, count: u64) -> bool {
+        let message = match code {
+            ErrorCode::EventsSkipped => {
+                format!("{count} events were published while this session was not paid")
+            }
+            _ => format!("{count} events were evicted from the replay buffer"),
+        };
+        let m = ServerMessage::Error {
+            code,
+            message,
+            count: Some(count),
+        };
+        self.send(ws, m.to_json()).await
+    }
+
     fn deliverable(&self) -> bool {
-        self.slot.lock().session.can_deliver(now(), self.conn)
+        self.until.is_some_and(|u| now() < u)
     }
 
     /// Sends what the buffer holds from `next`, if paid.
-    async fn catch_up(&mut self, ws: &mut futures::stream::SplitSink<WebSocket, Message>) -> bool {
+    async fn catch_up(&mut self, ws: &mut Sink) -> bool {
         if !self.deliverable() {
             return true;
         }
         let c = self.hub.catch_up(self.next);
-        if c.lost > 0 {
-            let m = ServerMessage::Error {
-                code: "events_lost".into(),
-                message: format!("{} events were evicted from the replay buffer", c.lost),
-                count: Some(c.lost),
-            };
-            if !self.send(ws, m.to_json()).await {
-                return false;
-            }
+        if c.lost > 0 && !self.notice(ws, ErrorCode::EventsLost, c.lost).await {
+            return false;
         }
         for f in c.frames {
             if !self.send(ws, f.text.to_string()).await {
@@ -811,26 +955,29 @@ impl Connection {
         true
     }
 
-    async fn run(mut self, socket: WebSocket, hello: x402_types::Hello) {
-        let (mut tx, mut rx_ws) = socket.split();
+    async fn run(
+        mut self,
+        mut tx: Sink,
+        mut rx_ws: futures::stream::SplitStream<WebSocket>,
+        c: Connected,
+    ) {
         let close = 'outer: {
             if !self
-                .send(&mut tx, ServerMessage::Hello(hello).to_json())
+                .send(&mut tx, ServerMessage::Hello(c.hello).to_json())
                 .await
             {
+                break 'outer None;
+            }
+            if c.skipped > 0 && !self.notice(&mut tx, ErrorCode::EventsSkipped, c.skipped).await {
+                break 'outer None;
+            }
+            if c.lost > 0 && !self.notice(&mut tx, ErrorCode::EventsLost, c.lost).await {
                 break 'outer None;
             }
             if !self.catch_up(&mut tx).await {
                 break 'outer None;
             }
             loop {
-                let deadline = self.slot.lock().session.poll_timeout();
-                let sleep = async {
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(d.into()).await,
-                        None => std::future::pending().await,
-                    }
-                };
                 let step = tokio::select! {
                     frame = self.live.recv() => self.on_live(&mut tx, frame).await,
                     msg = rx_ws.next() => self.on_client(&mut tx, msg).await,
@@ -838,12 +985,6 @@ impl Connection {
                         Some(t) => self.on_transmit(&mut tx, t).await,
                         None => Step::Close(None),
                     },
-                    _ = sleep => {
-                        let mut s = self.slot.lock();
-                        s.session.handle_timeout(now());
-                        s.dispatch();
-                        Step::Continue
-                    }
                 };
                 if let Step::Close(code) = step {
                     break 'outer code;
@@ -859,12 +1000,18 @@ impl Connection {
                 tokio::time::timeout(Duration::from_secs(1), tx.send(Message::Close(Some(frame))))
                     .await;
         }
-        self.slot.lock().unregister(self.conn);
+        self.state
+            .mailboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.conn);
+        let conn = self.conn;
+        self.state.with_core(|ep, now| ep.disconnect(now, conn));
     }
 
     async fn on_live(
         &mut self,
-        tx: &mut futures::stream::SplitSink<WebSocket, Message>,
+        tx: &mut Sink,
         frame: Result<Frame, broadcast::error::RecvError>,
     ) -> Step {
         match frame {
@@ -905,7 +1052,7 @@ impl Connection {
 
     async fn on_client(
         &mut self,
-        tx: &mut futures::stream::SplitSink<WebSocket, Message>,
+        tx: &mut Sink,
         msg: Option<Result<Message, axum::Error>>,
     ) -> Step {
         match msg {
@@ -927,11 +1074,8 @@ impl Connection {
         }
     }
 
-    async fn on_transmit(
-        &mut self,
-        tx: &mut futures::stream::SplitSink<WebSocket, Message>,
-        t: ServerTransmit,
-    ) -> Step {
+    async fn on_transmit(&mut self, tx: &mut Sink, t: ServerTransmit) -> Step {
+        self.until = self.state.core().deliver_until(self.conn);
         match t {
             ServerTransmit::Message { msg, .. } => {
                 let renewed = matches!(msg, ServerMessage::Renewed { .. });
@@ -943,7 +1087,38 @@ impl Connection {
                 }
                 Step::Continue
             }
+            ServerTransmit::Skip { seq, .. } => {
+                if self.next < seq {
+                    let n = seq - self.next;
+                    self.next = seq;
+                    if !self.notice(tx, ErrorCode::EventsSkipped, n).await {
+                        return Step::Close(None);
+                    }
+                }
+                Step::Continue
+            }
             ServerTransmit::Close { code, .. } => Step::Close(Some(code)),
+        }
+    }
+}
+
+/// Runs the endpoint's timers (expiry notices, 4402 closes, settlement
+/// retries, sweeping) for as long as the server lives.
+pub(crate) async fn drive_timers(state: Arc<AppState>) {
+    loop {
+        let deadline = state.core().poll_timeout();
+        let notified = state.timers.notified();
+        tokio::pin!(notified);
+        match deadline {
+            Some(d) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(d.into()) => {
+                        state.with_core(|ep, now| ep.handle_timeout(now));
+                    }
+                    _ = &mut notified => {}
+                }
+            }
+            None => notified.await,
         }
     }
 }
@@ -956,23 +1131,36 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/{ver}/schema/{id}", get(schema))
         .route("/{ver}/stream/{id}", get(stream))
         .route("/{ver}/renew/{id}", post(renew))
+        .fallback(|| async { not_found("route").into_response() })
         .with_state(state)
 }
 
-/// Builds the token key from the configured secret, the environment, or randomness (with a warning).
-pub fn token_key(cfg: &Config) -> TokenKey {
-    if let Ok(s) = std::env::var("X402_SERVER_SECRET")
-        && !s.is_empty()
-    {
-        return TokenKey::new(s.as_bytes());
-    }
-    if let Some(s) = &cfg.secret {
-        return TokenKey::new(s.as_bytes());
+/// Shortest server secret accepted (bytes).
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Builds the token key from `X402_SERVER_SECRET`, the configured secret, or
+/// (with a warning) fresh OS randomness. A secret shorter than 32 bytes and a
+/// failing random source are errors, never a weak key.
+pub fn token_key(cfg: &Config) -> Result<TokenKey, crate::ConfigError> {
+    let configured = std::env::var("X402_SERVER_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| cfg.secret.clone());
+    if let Some(s) = configured {
+        if s.len() < MIN_SECRET_LEN {
+            return Err(crate::ConfigError::Invalid(format!(
+                "the server secret must be at least {MIN_SECRET_LEN} bytes (got {})",
+                s.len()
+            )));
+        }
+        return Ok(TokenKey::new(s.as_bytes()));
     }
     let mut k = [0u8; 32];
-    let _ = getrandom::fill(&mut k);
+    getrandom::fill(&mut k).map_err(|e| {
+        crate::ConfigError::Invalid(format!("no server secret and no OS randomness: {e}"))
+    })?;
     tracing::warn!(
         "no server secret configured: using a random one; tokens will not survive a restart"
     );
-    TokenKey::new(&k)
+    Ok(TokenKey::new(&k))
 }

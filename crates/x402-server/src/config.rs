@@ -10,17 +10,57 @@ use x402_types::{Address, Amount, Network, usdc};
 use crate::error::ConfigError;
 
 /// Where payments are verified and settled.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "kind")]
 pub enum FacilitatorConfig {
     /// In-process verifier and ledger: payments are verified but NOT settled on chain.
-    #[default]
+    /// Chosen only by name.
     Embedded,
     /// A remote x402 facilitator (`/verify`, `/settle`, `/supported`).
     Http {
         /// Its base URL.
         url: String,
+        /// Bearer key sent to it, if it wants one.
+        #[serde(default)]
+        key: Option<String>,
     },
+}
+
+impl std::fmt::Debug for FacilitatorConfig {
+    // A facilitator URL may carry credentials: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FacilitatorConfig::Embedded => f.write_str("Embedded"),
+            FacilitatorConfig::Http { .. } => f.write_str("Http { url: <redacted> }"),
+        }
+    }
+}
+
+/// What `validate` says when a config names no facilitator.
+pub const NO_FACILITATOR: &str = "the config must name its facilitator: [facilitator] kind = \"http\", url = \"...\" \
+(or kind = \"embedded\" for local testing: it verifies payments but settles nothing)";
+
+/// The standard facilitator API served by a stream server, for the operator's own servers.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+pub struct FacilitatorApiConfig {
+    /// Bearer key callers must present (`Authorization: Bearer <key>`), at least 32 bytes.
+    pub key: String,
+    /// Requests per second allowed (all callers together).
+    #[serde(default = "default_api_rate")]
+    pub requests_per_second: u32,
+}
+
+fn default_api_rate() -> u32 {
+    50
+}
+
+impl std::fmt::Debug for FacilitatorApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FacilitatorApiConfig")
+            .field("key", &"<redacted>")
+            .field("requests_per_second", &self.requests_per_second)
+            .finish()
+    }
 }
 
 /// Where a stream's events come from.
@@ -127,6 +167,11 @@ pub struct Limits {
     pub horizon_slices: u64,
     /// Seconds a paid-out session stays renewable.
     pub session_linger_secs: u64,
+    /// Seconds a paying request waits for its settlement before it is
+    /// answered 202 `payment_pending` (the settlement itself goes on).
+    pub payment_wait_secs: u64,
+    /// Milliseconds between sweeps of idle sessions and expired payment records.
+    pub sweep_interval_ms: u64,
 }
 
 impl Default for Limits {
@@ -142,12 +187,14 @@ impl Default for Limits {
             facilitator_timeout_secs: 10,
             horizon_slices: 2,
             session_linger_secs: 600,
+            payment_wait_secs: 5,
+            sweep_interval_ms: 5_000,
         }
     }
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 pub struct Config {
     /// Listen address.
     #[serde(default = "default_listen")]
@@ -161,15 +208,34 @@ pub struct Config {
     /// Token secret (hex or text); `X402_SERVER_SECRET` overrides; random if absent.
     #[serde(default)]
     pub secret: Option<String>,
-    /// Facilitator.
+    /// Facilitator (required: a config always names it).
     #[serde(default)]
-    pub facilitator: FacilitatorConfig,
+    pub facilitator: Option<FacilitatorConfig>,
+    /// Serve the standard facilitator API under `/facilitator` (off unless configured).
+    #[serde(default)]
+    pub facilitator_api: Option<FacilitatorApiConfig>,
     /// Streams.
     #[serde(default)]
     pub streams: Vec<StreamConfig>,
     /// Limits.
     #[serde(default)]
     pub limits: Limits,
+}
+
+impl std::fmt::Debug for Config {
+    // The secret never appears; the facilitator's URL neither.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("public_http", &self.public_http)
+            .field("public_ws", &self.public_ws)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("facilitator", &self.facilitator)
+            .field("facilitator_api", &self.facilitator_api)
+            .field("streams", &self.streams)
+            .field("limits", &self.limits)
+            .finish()
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -219,7 +285,8 @@ impl Config {
             public_http: None,
             public_ws: None,
             secret: None,
-            facilitator: FacilitatorConfig::Embedded,
+            facilitator: Some(FacilitatorConfig::Embedded),
+            facilitator_api: None,
             streams: vec![
                 stream(
                     "btc-usd",
@@ -252,6 +319,24 @@ impl Config {
 
     /// Checks every stream.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.facilitator.is_none() {
+            return Err(ConfigError::Invalid(NO_FACILITATOR.into()));
+        }
+        if let Some(api) = &self.facilitator_api
+            && api.key.len() < 32
+        {
+            return Err(ConfigError::Invalid(
+                "facilitator_api.key must be at least 32 bytes".into(),
+            ));
+        }
+        if let Some(s) = &self.secret
+            && s.len() < crate::app::MIN_SECRET_LEN
+        {
+            return Err(ConfigError::Invalid(format!(
+                "secret must be at least {} bytes",
+                crate::app::MIN_SECRET_LEN
+            )));
+        }
         let mut seen = std::collections::HashSet::new();
         for s in &self.streams {
             if !seen.insert(&s.id) {
@@ -358,7 +443,7 @@ mod tests {
             r#"
 listen = "127.0.0.1:0"
 public_http = "https://x402.example.com"
-secret = "s3cret"
+secret = "0123456789abcdef0123456789abcdef"
 [facilitator]
 kind = "http"
 url = "https://facilitator.example.com"
@@ -399,5 +484,29 @@ max_sessions = 10
         c.streams[0].id = "../x".into();
         assert!(c.validate().is_err());
         assert!(Config::from_toml("listen = 5").is_err());
+    }
+
+    #[test]
+    fn a_config_must_name_its_facilitator_and_keeps_secrets_out_of_debug() {
+        let no_facilitator = r#"
+[[streams]]
+id = "btc"
+price_per_minute = "0.01"
+pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+source = { kind = "synthetic" }
+"#;
+        assert_eq!(
+            Config::from_toml(no_facilitator),
+            Err(ConfigError::Invalid(NO_FACILITATOR.into()))
+        );
+        let short_secret = format!("secret = \"short\"\n[facilitator]\nkind = \"embedded\"\n{no_facilitator}");
+        assert!(Config::from_toml(&short_secret).is_err());
+        let c = Config::from_toml(&format!(
+            "secret = \"{}\"\n[facilitator]\nkind = \"http\"\nurl = \"https://user:pw@f.example\"\n{no_facilitator}",
+            "k".repeat(40)
+        ))
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("kkkk") && !dbg.contains("pw@"), "{dbg}");
     }
 }

@@ -37,7 +37,7 @@ pub struct ApiError {
     /// Status.
     pub status: StatusCode,
     /// Code.
-    pub code: &'static str,
+    pub code: x402_types::ErrorCode,
     /// Text.
     pub message: String,
     /// Fresh requirements (402).
@@ -46,11 +46,17 @@ pub struct ApiError {
     pub x402_version: Option<u8>,
     /// `PAYMENT-REQUIRED` header (v2 402).
     pub payment_required: Option<String>,
+    /// Seconds before a retry (`Retry-After` header and `retryAfter` field).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     /// A plain error.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        code: x402_types::ErrorCode,
+        message: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
             code,
@@ -58,6 +64,7 @@ impl ApiError {
             accepts: None,
             x402_version: None,
             payment_required: None,
+            retry_after: None,
         }
     }
 }
@@ -65,12 +72,17 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = x402_types::ErrorBody {
-            error: self.code.into(),
+            error: self.code,
             message: self.message,
             accepts: self.accepts,
             x402_version: self.x402_version,
+            retry_after: self.retry_after,
         };
         let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(s));
+        }
         if let Some(h) = self.payment_required
             && let Ok(v) = HeaderValue::from_str(&h)
         {

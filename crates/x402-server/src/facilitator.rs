@@ -2,7 +2,7 @@
 //! facilitator, the HTTP client of the standard facilitator API, and the
 //! router that serves that API.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use x402_payer::{Clock, SystemClock, verify_exact};
 use x402_types::{
-    Amount, FacilitatorRequest, Nonce, SettleResponse, SupportedKind, SupportedResponse,
+    Amount, ErrorCode, FacilitatorRequest, Nonce, SettleResponse, SupportedKind, SupportedResponse,
     VerifyResponse, network::EVM_NETWORKS,
 };
 
@@ -82,9 +82,21 @@ pub struct LedgerEntry {
 /// settlements in an in-process ledger. **Nothing is settled on chain.**
 pub struct EmbeddedFacilitator {
     clock: Arc<dyn Clock>,
-    nonces: Mutex<HashSet<Nonce>>,
+    /// Settled nonces: the payload's signature, the answer given, and when the
+    /// record may go (validBefore passed: the authorization is dead anyway).
+    nonces: Mutex<HashMap<Nonce, Settled>>,
     ledger: Mutex<Vec<LedgerEntry>>,
 }
+
+#[derive(Clone)]
+struct Settled {
+    signature: x402_types::B65,
+    answer: SettleResponse,
+    valid_before: u64,
+}
+
+/// Most ledger entries kept (oldest dropped first).
+const LEDGER_CAP: usize = 100_000;
 
 impl Default for EmbeddedFacilitator {
     fn default() -> Self {
@@ -108,7 +120,7 @@ impl EmbeddedFacilitator {
     pub fn new(clock: Arc<dyn Clock>) -> Self {
         EmbeddedFacilitator {
             clock,
-            nonces: Mutex::new(HashSet::new()),
+            nonces: Mutex::new(HashMap::new()),
             ledger: Mutex::new(Vec::new()),
         }
     }
@@ -143,7 +155,7 @@ impl EmbeddedFacilitator {
                     .nonces
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .contains(&nonce)
+                    .contains_key(&nonce)
                 {
                     return invalid(
                         NONCE_USED,
@@ -171,6 +183,18 @@ impl Facilitator for EmbeddedFacilitator {
 
     async fn settle(&self, req: &FacilitatorRequest) -> Result<SettleResponse, FacilitatorError> {
         let network = req.payment_requirements.requirement().network.caip2();
+        // The same payload again gets the answer it got (idempotent, as the
+        // official v2 facilitator answers a retried settlement).
+        if let Some(evm) = req.payment_payload.exact_evm() {
+            let nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(done) = nonces.get(&evm.authorization.nonce)
+                && done.signature == evm.signature
+                && done.answer.payer.as_deref()
+                    == Some(evm.authorization.from.to_string().as_str())
+            {
+                return Ok(done.answer.clone());
+            }
+        }
         let v = self.check(req);
         let fail = |reason: Option<String>, payer: Option<String>| SettleResponse {
             success: false,
@@ -186,35 +210,49 @@ impl Facilitator for EmbeddedFacilitator {
         let Some(evm) = req.payment_payload.exact_evm() else {
             return Ok(fail(Some("invalid_payload".into()), None));
         };
-        // Claim the nonce atomically: two settles of one payload cannot both succeed.
-        if !self
-            .nonces
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(evm.authorization.nonce)
-        {
-            return Ok(fail(Some(NONCE_USED.into()), v.payer));
-        }
         let amount = evm.authorization.value;
-        self.ledger
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(LedgerEntry {
+        let answer = SettleResponse {
+            success: true,
+            error_reason: None,
+            payer: v.payer.clone(),
+            // Not on chain: no transaction hash exists.
+            transaction: String::new(),
+            network: network.clone(),
+            amount: Some(amount),
+        };
+        {
+            // Claim the nonce atomically: two settles of one nonce cannot both succeed.
+            let now = self.clock.unix_now();
+            let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+            if nonces.contains_key(&evm.authorization.nonce) {
+                return Ok(fail(Some(NONCE_USED.into()), v.payer));
+            }
+            // Bounded: records of authorizations past their validBefore can go
+            // (the verifier refuses those payloads anyway).
+            if nonces.len() >= 1024 && nonces.len().is_power_of_two() {
+                nonces.retain(|_, s| s.valid_before.saturating_add(60) > now);
+            }
+            nonces.insert(
+                evm.authorization.nonce,
+                Settled {
+                    signature: evm.signature,
+                    answer: answer.clone(),
+                    valid_before: evm.authorization.valid_before.to_u64().unwrap_or(u64::MAX),
+                },
+            );
+        }
+        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        if ledger.len() >= LEDGER_CAP {
+            ledger.remove(0);
+        }
+        ledger.push(LedgerEntry {
                 payer: evm.authorization.from.to_string(),
                 pay_to: evm.authorization.to.to_string(),
                 amount,
                 network: network.clone(),
                 nonce: evm.authorization.nonce,
             });
-        Ok(SettleResponse {
-            success: true,
-            error_reason: None,
-            payer: v.payer,
-            // Not on chain: no transaction hash exists.
-            transaction: String::new(),
-            network,
-            amount: Some(amount),
-        })
+        Ok(answer)
     }
 
     async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
@@ -260,11 +298,21 @@ impl Facilitator for EmbeddedFacilitator {
     }
 }
 
+/// Largest facilitator answer read (bytes).
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
 /// A client of the standard x402 facilitator HTTP API.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpFacilitator {
     base: String,
     client: reqwest::Client,
+    bearer: Option<String>,
+}
+
+impl std::fmt::Debug for HttpFacilitator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 impl HttpFacilitator {
@@ -273,12 +321,29 @@ impl HttpFacilitator {
         let client = reqwest::Client::builder()
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .timeout(timeout)
+            // A facilitator that redirects is misconfigured or hostile: the
+            // payment must not travel anywhere else.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| FacilitatorError::Transport(e.to_string()))?;
         Ok(HttpFacilitator {
             base: base_url.trim_end_matches('/').to_string(),
             client,
+            bearer: None,
         })
+    }
+
+    /// Sends `Authorization: Bearer <key>` with every call.
+    pub fn with_bearer(mut self, key: impl Into<String>) -> Self {
+        self.bearer = Some(key.into());
+        self
+    }
+
+    fn auth(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.bearer {
+            Some(k) => r.bearer_auth(k),
+            None => r,
+        }
     }
 
     async fn post<T: serde::de::DeserializeOwned>(
@@ -286,7 +351,9 @@ impl HttpFacilitator {
         path: &str,
         req: &FacilitatorRequest,
     ) -> Result<T, FacilitatorError> {
-        let request = self.client.post(format!("{}{path}", self.base)).json(req);
+        let request = self
+            .auth(self.client.post(format!("{}{path}", self.base)))
+            .json(req);
         let (status, body) = Self::exchange(request).await?;
         // Refusals come as 200 with isValid/success false (reference) or as 4xx with the same body (others).
         match serde_json::from_slice::<T>(&body) {
@@ -310,10 +377,20 @@ impl HttpFacilitator {
         request: reqwest::RequestBuilder,
     ) -> Result<(u16, Vec<u8>), FacilitatorError> {
         let transport = |e: reqwest::Error| FacilitatorError::Transport(e.to_string());
-        let resp = request.send().await.map_err(transport)?;
+        let mut resp = request.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(transport)?;
-        Ok((status, body.to_vec()))
+        // Read at most MAX_ANSWER_BYTES, chunk by chunk: an endless body is refused early.
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(FacilitatorError::BadAnswer {
+                    status,
+                    message: format!("answer larger than {MAX_ANSWER_BYTES} bytes"),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((status, body))
     }
 }
 
@@ -329,7 +406,7 @@ impl Facilitator for HttpFacilitator {
 
     async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
         let (status, body) =
-            Self::exchange(self.client.get(format!("{}/supported", self.base))).await?;
+            Self::exchange(self.auth(self.client.get(format!("{}/supported", self.base)))).await?;
         serde_json::from_slice(&body).map_err(|e| FacilitatorError::BadAnswer {
             status,
             message: e.to_string(),
@@ -337,14 +414,24 @@ impl Facilitator for HttpFacilitator {
     }
 
     fn describe(&self) -> String {
-        format!("remote x402 facilitator at {}", self.base)
+        // The URL may carry credentials: only its host is shown.
+        let authority = self
+            .base
+            .split_once("://")
+            .map_or("", |(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""));
+        let host = authority.rsplit('@').next().unwrap_or("?");
+        format!("remote x402 facilitator ({host})")
     }
 }
 
 fn bad_request(msg: String) -> Response {
+    api_error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, msg)
+}
+
+fn api_error(status: StatusCode, code: ErrorCode, message: String) -> Response {
     (
-        StatusCode::BAD_REQUEST,
-        axum::Json(serde_json::json!({"error": "invalid_request", "message": msg})),
+        status,
+        axum::Json(serde_json::json!({"error": code, "message": message})),
     )
         .into_response()
 }
@@ -363,7 +450,11 @@ where
     match FacilitatorRequest::from_json(&body) {
         Ok(req) => match call(f.as_ref(), &req).await {
             Ok(v) => axum::Json(v).into_response(),
-            Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+            Err(e) => api_error(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::FacilitatorUnavailable,
+                e.to_string(),
+            ),
         },
         Err(e) => bad_request(e.to_string()),
     }
@@ -380,7 +471,11 @@ async fn settle_handler(State(f): State<Arc<dyn Facilitator>>, body: Bytes) -> R
 async fn supported_handler(State(f): State<Arc<dyn Facilitator>>) -> Response {
     match f.supported().await {
         Ok(v) => axum::Json(v).into_response(),
-        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+        Err(e) => api_error(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::FacilitatorUnavailable,
+            e.to_string(),
+        ),
     }
 }
 
@@ -392,4 +487,97 @@ pub fn facilitator_router(f: Arc<dyn Facilitator>) -> Router {
         .route("/settle", post(settle_handler))
         .route("/supported", get(supported_handler))
         .with_state(f)
+}
+
+/// Largest facilitator request body accepted (bytes).
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Bearer key and rate limit in front of the facilitator API.
+struct Guard {
+    key_digest: [u8; 32],
+    per_second: u32,
+    window: Mutex<(u64, u32)>,
+}
+
+impl Guard {
+    fn authorized(&self, headers: &axum::http::HeaderMap) -> bool {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        // Compare digests in constant time: the key's length and prefix leak nothing.
+        let d = digest(given.as_bytes());
+        d.iter()
+            .zip(self.key_digest.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+
+    fn admit(&self) -> bool {
+        let sec = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.0 != sec {
+            *w = (sec, 0);
+        }
+        w.1 += 1;
+        w.1 <= self.per_second
+    }
+}
+
+fn digest(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(b).into()
+}
+
+async fn guard_layer(
+    State(g): State<Arc<Guard>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !g.authorized(req.headers()) {
+        return api_error(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "a bearer key is required (Authorization: Bearer <key>)".into(),
+        );
+    }
+    if !g.admit() {
+        let mut r = api_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "rate limit reached; retry in a second".into(),
+        );
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from(1u32),
+        );
+        return r;
+    }
+    next.run(req).await
+}
+
+/// The facilitator API behind a bearer key (at least 32 bytes) and a global
+/// rate limit, with bounded request bodies: what a stream server or the
+/// standalone `atomicstream facilitator` exposes.
+pub fn guarded_router(
+    f: Arc<dyn Facilitator>,
+    key: &str,
+    requests_per_second: u32,
+) -> Result<Router, crate::ConfigError> {
+    if key.len() < 32 {
+        return Err(crate::ConfigError::Invalid(
+            "the facilitator API key must be at least 32 bytes".into(),
+        ));
+    }
+    let guard = Arc::new(Guard {
+        key_digest: digest(key.as_bytes()),
+        per_second: requests_per_second.max(1),
+        window: Mutex::new((0, 0)),
+    });
+    Ok(facilitator_router(f)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .layer(axum::middleware::from_fn_with_state(guard, guard_layer)))
 }

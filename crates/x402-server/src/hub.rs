@@ -106,6 +106,15 @@ impl Hub {
         self.lock().next_seq
     }
 
+    /// Where the stream stands: next sequence number and oldest buffered one.
+    pub fn head(&self) -> x402_session::StreamHead {
+        let b = self.lock();
+        x402_session::StreamHead {
+            next_seq: b.next_seq,
+            oldest_seq: b.frames.front().map_or(b.next_seq, |f| f.seq),
+        }
+    }
+
     /// Subscribes to live frames.
     pub fn subscribe(&self) -> broadcast::Receiver<Frame> {
         self.live.subscribe()

@@ -7,7 +7,6 @@ pub mod config;
 mod error;
 pub mod facilitator;
 mod hub;
-pub mod store;
 pub mod token;
 
 use std::collections::HashMap;
@@ -19,21 +18,20 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use app::{AppState, RemoteAddr, StreamEntry, router};
-pub use config::{Config, DEV_PAY_TO, FacilitatorConfig, Limits, SourceConfig, StreamConfig};
+pub use config::{
+    Config, DEV_PAY_TO, FacilitatorApiConfig, FacilitatorConfig, Limits, SourceConfig, StreamConfig,
+};
 pub use error::{ApiError, ConfigError, Error};
 pub use facilitator::{
     EmbeddedFacilitator, Facilitator, FacilitatorError, HttpFacilitator, LedgerEntry,
     facilitator_router,
 };
 pub use hub::{Frame, Hub, Publisher, Synthetic};
-pub use store::{MemoryStore, SessionStore};
 
 /// Builds a [`Server`].
 pub struct ServerBuilder {
     cfg: Config,
     facilitator: Option<Arc<dyn Facilitator>>,
-    store: Option<Arc<dyn SessionStore>>,
-    serve_facilitator: bool,
 }
 
 impl ServerBuilder {
@@ -42,8 +40,6 @@ impl ServerBuilder {
         ServerBuilder {
             cfg,
             facilitator: None,
-            store: None,
-            serve_facilitator: true,
         }
     }
 
@@ -53,17 +49,6 @@ impl ServerBuilder {
         self
     }
 
-    /// Uses this session store instead of the in-memory one.
-    pub fn store(mut self, s: Arc<dyn SessionStore>) -> Self {
-        self.store = Some(s);
-        self
-    }
-
-    /// Whether to also serve the facilitator API under `/facilitator` (default: yes).
-    pub fn serve_facilitator_api(mut self, yes: bool) -> Self {
-        self.serve_facilitator = yes;
-        self
-    }
 
     /// Binds the listener and starts the event sources.
     pub async fn bind(self) -> Result<Server, Error> {
@@ -86,18 +71,25 @@ impl ServerBuilder {
             .to_string();
         let facilitator: Arc<dyn Facilitator> = match (self.facilitator, &self.cfg.facilitator) {
             (Some(f), _) => f,
-            (None, FacilitatorConfig::Embedded) => Arc::new(EmbeddedFacilitator::default()),
-            (None, FacilitatorConfig::Http { url }) => Arc::new(
-                HttpFacilitator::new(
+            (None, None) => return Err(ConfigError::Invalid(config::NO_FACILITATOR.into()).into()),
+            (None, Some(FacilitatorConfig::Embedded)) => {
+                tracing::warn!(
+                    "facilitator: embedded. Payments are verified but NOTHING IS SETTLED: no money moves"
+                );
+                Arc::new(EmbeddedFacilitator::default())
+            }
+            (None, Some(FacilitatorConfig::Http { url, key })) => {
+                let mut f = HttpFacilitator::new(
                     url,
                     Duration::from_secs(self.cfg.limits.facilitator_timeout_secs),
                 )
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?,
-            ),
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                if let Some(k) = key {
+                    f = f.with_bearer(k.clone());
+                }
+                Arc::new(f)
+            }
         };
-        let store = self
-            .store
-            .unwrap_or_else(|| Arc::new(MemoryStore::new(self.cfg.limits.max_sessions)));
         let mut streams = HashMap::new();
         let mut tasks = Vec::new();
         for sc in &self.cfg.streams {
@@ -136,21 +128,23 @@ impl ServerBuilder {
                 },
             );
         }
-        let state = Arc::new(AppState {
-            tokens: app::token_key(&self.cfg),
-            cfg: self.cfg,
+        let tokens = app::token_key(&self.cfg)?;
+        let api = self.cfg.facilitator_api.clone();
+        let state = Arc::new(AppState::new(
+            self.cfg,
             http_base,
             ws_base,
             streams,
-            facilitator: facilitator.clone(),
-            store,
-            per_ip: Default::default(),
-            next_conn: 1.into(),
-            stats: Default::default(),
-        });
+            tokens,
+            facilitator.clone(),
+        ));
         let mut router = router(state.clone());
-        if self.serve_facilitator {
-            router = router.nest("/facilitator", facilitator_router(facilitator));
+        // The facilitator API only when configured, and then behind a bearer key.
+        if let Some(api) = api {
+            router = router.nest(
+                "/facilitator",
+                facilitator::guarded_router(facilitator, &api.key, api.requests_per_second)?,
+            );
         }
         Ok(Server {
             state,
@@ -239,23 +233,8 @@ impl Server {
             ..
         } = self;
         let header_timeout = Duration::from_secs(state.cfg.limits.header_timeout_secs.max(1));
-        let linger = state.cfg.limits.session_linger_secs;
-        let sweeper_state = state.clone();
-        let sweeper = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                let n = sweeper_state.store.sweep(
-                    tokio::time::Instant::now().into_std(),
-                    app_unix_now(),
-                    linger,
-                );
-                if n > 0 {
-                    tracing::debug!(removed = n, "swept idle sessions");
-                }
-            }
-        });
-        let _guard = AbortOnDrop(tasks.into_iter().chain([sweeper]).collect());
+        let timers = tokio::spawn(app::drive_timers(state.clone()));
+        let _guard = AbortOnDrop(tasks.into_iter().chain([timers]).collect());
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(x) => x,
@@ -300,9 +279,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn app_unix_now() -> u64 {
-    app::unix_now()
-}
 
 /// Serves only the facilitator API (`/verify`, `/settle`, `/supported`) on `listener`.
 pub async fn serve_facilitator(
@@ -310,5 +286,20 @@ pub async fn serve_facilitator(
     f: Arc<dyn Facilitator>,
 ) -> Result<(), Error> {
     axum::serve(listener, facilitator_router(f)).await?;
+    Ok(())
+}
+
+/// Serves the facilitator API behind a bearer key and a rate limit.
+pub async fn serve_facilitator_guarded(
+    listener: TcpListener,
+    f: Arc<dyn Facilitator>,
+    key: &str,
+    requests_per_second: u32,
+) -> Result<(), Error> {
+    axum::serve(
+        listener,
+        facilitator::guarded_router(f, key, requests_per_second)?,
+    )
+    .await?;
     Ok(())
 }

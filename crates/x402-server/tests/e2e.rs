@@ -15,7 +15,7 @@ use x402_server::{
     StreamConfig,
 };
 use x402_types::{
-    Amount, ErrorBody, Offer, PathVersion, PaymentPayload, PaymentRequiredV2, RenewResponse,
+    Amount, ErrorBody, ErrorCode, Offer, PathVersion, PaymentPayload, PaymentRequiredV2, RenewResponse,
     Requirement, Schema, ServerMessage,
 };
 
@@ -52,7 +52,7 @@ async fn start_with(limits: Limits, streams: Vec<StreamConfig>) -> T {
     let mut cfg = Config::demo("127.0.0.1:0".parse().unwrap());
     cfg.streams = streams;
     cfg.limits = limits;
-    cfg.secret = Some("test-secret".into());
+    cfg.secret = Some("test-secret-test-secret-test-secret".into());
     let ledger = Arc::new(EmbeddedFacilitator::default());
     let server = ServerBuilder::new(cfg)
         .facilitator(ledger.clone())
@@ -232,10 +232,11 @@ fn error_of(e: tungstenite::Error) -> (u16, ErrorBody) {
             (
                 status,
                 ErrorBody::from_json(&body).unwrap_or(ErrorBody {
-                    error: String::new(),
+                    error: ErrorCode::Other(String::new()),
                     message: String::new(),
                     accepts: None,
                     x402_version: None,
+                    retry_after: None,
                 }),
             )
         }
@@ -287,7 +288,7 @@ async fn paid_open_events_renew_resume(v: PathVersion) {
     assert_eq!(r3.status(), 409);
     assert_eq!(
         r3.json::<ErrorBody>().await.unwrap().error,
-        "horizon_exceeded"
+        ErrorCode::HorizonExceeded
     );
     assert_eq!(t.credited(), 2);
 
@@ -352,7 +353,7 @@ async fn events_lost_after_eviction() {
     };
     match next_msg(&mut ws).await {
         ServerMessage::Error { code, count, .. } => {
-            assert_eq!(code, "events_lost");
+            assert_eq!(code, ErrorCode::EventsLost);
             assert_eq!(count, Some(6));
         }
         other => panic!("{other:?}"),
@@ -389,7 +390,7 @@ async fn expiry_sends_expired_then_closes_4402() {
             .await
             .unwrap_err(),
     );
-    assert_eq!((status, body.error.as_str()), (402, "payment_required"));
+    assert_eq!((status, body.error), (402, ErrorCode::PaymentRequired));
     assert!(body.accepts.is_some());
 }
 
@@ -400,13 +401,13 @@ async fn refusals_credit_nothing() {
         let q = t.schema(v, "s").await;
         let url = q.schema.websocket_endpoint.clone();
         let hdr = v.payment_header();
-        let refuse = |status: u16, code: &'static str| {
+        let refuse = |status: u16, code: ErrorCode| {
             move |(s, b): (u16, ErrorBody)| {
-                assert_eq!((s, b.error.as_str()), (status, code), "{}", b.message);
+                assert_eq!((s, b.error), (status, code), "{}", b.message);
             }
         };
         // Missing payment.
-        refuse(402, "payment_required")(error_of(t.connect(&url, None).await.unwrap_err()));
+        refuse(402, ErrorCode::PaymentRequired)(error_of(t.connect(&url, None).await.unwrap_err()));
         // Bad signature: flip a byte of r.
         let good = t.payer.sign(&q.offer).unwrap();
         let mut bad = good.clone();
@@ -422,7 +423,7 @@ async fn refusals_credit_nothing() {
                 }
             }
         }
-        refuse(402, "payment_invalid")(error_of(
+        refuse(402, ErrorCode::PaymentInvalid)(error_of(
             t.connect(&url, Some((hdr, &bad.to_header())))
                 .await
                 .unwrap_err(),
@@ -438,29 +439,29 @@ async fn refusals_credit_nothing() {
         ];
         for f in cases {
             let h = t.pay_for(&q, f);
-            refuse(402, "payment_invalid")(error_of(
+            refuse(402, ErrorCode::PaymentInvalid)(error_of(
                 t.connect(&url, Some((hdr, &h))).await.unwrap_err(),
             ));
         }
-        // Malformed headers and JSON.
-        refuse(400, "bad_request")(error_of(
+        // Malformed headers and JSON: 402 with fresh requirements, as x402 answers.
+        refuse(402, ErrorCode::PaymentInvalid)(error_of(
             t.connect(&url, Some((hdr, "%%%not-base64")))
                 .await
                 .unwrap_err(),
         ));
         let not_json = x402_types::x402::encode_header(&"just a string");
-        refuse(400, "bad_request")(error_of(
+        refuse(402, ErrorCode::PaymentInvalid)(error_of(
             t.connect(&url, Some((hdr, &not_json))).await.unwrap_err(),
         ));
         // Tampered token, token of another stream, of another version.
         let tampered = url.replace("?t=", "?t=x");
-        refuse(401, "token_invalid")(error_of(
+        refuse(401, ErrorCode::TokenInvalid)(error_of(
             t.connect(&tampered, Some((hdr, &t.pay(&q))))
                 .await
                 .unwrap_err(),
         ));
         let other = url.replace("/stream/s?", "/stream/other?");
-        refuse(401, "token_invalid")(error_of(
+        refuse(401, ErrorCode::TokenInvalid)(error_of(
             t.connect(&other, Some((hdr, &t.pay(&q))))
                 .await
                 .unwrap_err(),
@@ -470,7 +471,7 @@ async fn refusals_credit_nothing() {
         } else {
             url.replace("/v2/", "/v1/")
         };
-        refuse(401, "token_invalid")(error_of(t.connect(&swapped, None).await.unwrap_err()));
+        refuse(401, ErrorCode::TokenInvalid)(error_of(t.connect(&swapped, None).await.unwrap_err()));
         // Unknown stream.
         let r = t
             .client
@@ -490,7 +491,7 @@ async fn refusals_credit_nothing() {
     }
     assert_eq!(t.credited(), 0, "no refused payment may be credited");
     assert_eq!(
-        t.state.store.len(),
+        t.state.endpoint_stats().sessions,
         0,
         "refused attempts must leave no session behind"
     );
@@ -509,7 +510,7 @@ async fn refusals_credit_nothing() {
             .await
             .unwrap_err(),
     );
-    assert_eq!((s, b.error.as_str()), (409, "payment_used"));
+    assert_eq!((s, b.error), (409, ErrorCode::PaymentUsed));
     let r = t
         .renew(
             &q2.schema
@@ -538,7 +539,7 @@ async fn expired_quote_is_gone() {
         .await
         .unwrap_err(),
     );
-    assert_eq!((s, b.error.as_str()), (410, "quote_expired"));
+    assert_eq!((s, b.error), (410, ErrorCode::QuoteExpired));
     assert_eq!(t.credited(), 0);
 }
 
@@ -611,44 +612,104 @@ async fn catalog_and_health() {
 }
 
 #[tokio::test]
-async fn http_facilitator_client_against_the_served_api() {
+async fn facilitator_api_is_not_mounted_unless_configured() {
     let t = start().await;
-    let remote = x402_server::HttpFacilitator::new(
-        &format!("{}/facilitator", t.http),
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    // 2,000 unauthenticated settles were answered `success: true` before: now nothing is there.
+    let r = t
+        .client
+        .post(format!("{}/facilitator/settle", t.http))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<ErrorBody>().await.unwrap().error,
+        ErrorCode::UnknownStream
+    );
+}
+
+const API_KEY: &str = "facilitator-api-key-facilitator-api-key";
+
+async fn guarded_facilitator(rate: u32) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let f: Arc<dyn Facilitator> = Arc::new(EmbeddedFacilitator::default());
+    tokio::spawn(x402_server::serve_facilitator_guarded(l, f, API_KEY, rate));
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn http_facilitator_client_against_the_guarded_api() {
+    let t = start().await;
+    let base = guarded_facilitator(1000).await;
+    // Without the key, or with a wrong one: 401, nothing settled.
+    for auth in [None, Some("Bearer nope"), Some("facilitator-api-key-facilitator-api-key")] {
+        let mut r = t.client.post(format!("{base}/settle")).body("{}");
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.json::<ErrorBody>().await.unwrap().error,
+            ErrorCode::Unauthorized
+        );
+    }
+    let remote = x402_server::HttpFacilitator::new(&base, Duration::from_secs(5))
+        .unwrap()
+        .with_bearer(API_KEY);
     let sup = remote.supported().await.unwrap();
     assert!(
         sup.kinds
             .iter()
             .any(|k| k.x402_version == 2 && k.network == "eip155:84532")
     );
+    assert!(!format!("{remote:?}").contains(API_KEY));
     let q = t.schema(PathVersion::V2, "s").await;
     let payload = t.payer.sign(&q.offer).unwrap();
     let req = x402_types::FacilitatorRequest {
-        payment_payload: payload,
+        payment_payload: payload.clone(),
         payment_requirements: x402_types::PaymentRequirements::V2(q.offer.requirement().to_v2()),
     };
     let v = remote.verify(&req).await.unwrap();
     assert!(v.is_valid, "{v:?}");
     let s = remote.settle(&req).await.unwrap();
     assert!(s.success);
-    // Settling twice: refused (200 with success false), nonce family.
+    // The same payload again: the same answer (idempotent, as a retry after a lost answer needs).
     let again = remote.settle(&req).await.unwrap();
-    assert!(!again.success);
+    assert_eq!(again, s);
+    // The same nonce with other signature bytes (v = 0): refused, nonce family.
+    let mut twin = payload;
+    if let PaymentPayload::V2(p) = &mut twin
+        && let x402_types::SchemePayload::ExactEvm(e) = &mut p.payload
+    {
+        e.signature.0[64] -= 27;
+    }
+    let twin_req = x402_types::FacilitatorRequest {
+        payment_payload: twin,
+        ..req.clone()
+    };
+    let refused = remote.settle(&twin_req).await.unwrap();
+    assert!(!refused.success);
     assert_eq!(
-        x402_types::ReasonFamily::classify(again.error_reason.as_deref().unwrap()),
+        x402_types::ReasonFamily::classify(refused.error_reason.as_deref().unwrap()),
         x402_types::ReasonFamily::Nonce
     );
-    // Garbage body: a 400 that is not a verify response is a typed error.
-    let bad = reqwest::Client::new()
-        .post(format!("{}/facilitator/verify", t.http))
+    // Garbage body: a 400 with the JSON error body.
+    let bad = t
+        .client
+        .post(format!("{base}/verify"))
+        .header("authorization", format!("Bearer {API_KEY}"))
         .body("{")
         .send()
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    assert_eq!(
+        bad.json::<ErrorBody>().await.unwrap().error,
+        ErrorCode::BadRequest
+    );
     // An unreachable facilitator is a transport error, bounded in time.
     let dead =
         x402_server::HttpFacilitator::new("http://127.0.0.1:9", Duration::from_secs(2)).unwrap();
@@ -656,6 +717,24 @@ async fn http_facilitator_client_against_the_served_api() {
         dead.verify(&req).await,
         Err(x402_server::FacilitatorError::Transport(_))
     ));
+}
+
+#[tokio::test]
+async fn the_facilitator_api_is_rate_limited() {
+    let base = guarded_facilitator(5).await;
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let r = client
+            .get(format!("{base}/supported"))
+            .header("authorization", format!("Bearer {API_KEY}"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert!(statuses.iter().filter(|s| **s == 200).count() <= 10, "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
 }
 
 #[tokio::test]
@@ -701,14 +780,14 @@ async fn expired_sessions_are_swept() {
     let t = start_with(limits, vec![stream("s", 1, 7)]).await;
     let q = t.schema(PathVersion::V2, "s").await;
     let (mut ws, _) = t.open(&q).await;
-    assert_eq!(t.state.store.len(), 1);
+    assert_eq!(t.state.endpoint_stats().sessions, 1);
     assert_eq!(close_code(&mut ws).await, Some(4402));
     drop(ws);
     // Once the quote (7 s) and paid time (1 s) + linger (1 s) are over; the sweeper runs every 5 s.
     let mut left = usize::MAX;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        left = t.state.store.len();
+        left = t.state.endpoint_stats().sessions;
         if left == 0 {
             break;
         }

@@ -896,9 +896,13 @@ impl ServerEndpoint {
         self.events.pop_front()
     }
 
-    /// The payment a settlement is about (for the driver running it).
-    pub fn settle_key(&self, id: SettleId) -> Option<&PaymentKey> {
-        self.by_id.get(&id)
+    /// Whether settlement `id` still waits for a final answer (the driver
+    /// keeps its payload until it does not).
+    pub fn is_settling(&self, id: SettleId) -> bool {
+        self.by_id
+            .get(&id)
+            .and_then(|k| self.records.get(k))
+            .is_some_and(|r| matches!(r.state, RecordState::Settling | RecordState::Retrying))
     }
 
     /// When to call [`handle_timeout`](Self::handle_timeout).

@@ -142,7 +142,7 @@ proptest! {
             ServerMessage::Expiring { expires_at: a, seconds_left: b },
             ServerMessage::Expired { expires_at: a },
             ServerMessage::End { reason: s.clone() },
-            ServerMessage::Error { code: s.clone(), message: s.clone(), count: Some(b) },
+            ServerMessage::Error { code: x402_types::ErrorCode::parse(&s), message: s.clone(), count: Some(b) },
             ServerMessage::Pong,
         ] {
             prop_assert_eq!(ServerMessage::parse(&m.to_json()).unwrap(), m);

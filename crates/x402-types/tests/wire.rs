@@ -235,5 +235,5 @@ fn hello_and_renew_bodies() {
     assert_eq!(r.slices, 2);
     let e = ErrorBody::from_json(br#"{"error":"payment_invalid","message":"bad","accepts":[{}]}"#)
         .unwrap();
-    assert_eq!(e.error, "payment_invalid");
+    assert_eq!(e.error, x402_types::ErrorCode::PaymentInvalid);
 }
