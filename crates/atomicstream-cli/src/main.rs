@@ -570,9 +570,14 @@ async fn facilitator(
     eprintln!(
         "x402 facilitator API on http://{} (/verify, /settle, /supported){}; embedded verifier: NOTHING IS SETTLED",
         l.local_addr()?,
-        if api_key.is_some() { ", bearer key required" } else { "" }
+        if api_key.is_some() {
+            ", bearer key required"
+        } else {
+            ""
+        }
     );
-    let f: Arc<dyn x402_server::Facilitator> = Arc::new(x402_server::EmbeddedFacilitator::default());
+    let f: Arc<dyn x402_server::Facilitator> =
+        Arc::new(x402_server::EmbeddedFacilitator::default());
     match api_key {
         Some(k) => x402_server::serve_facilitator_guarded(l, f, &k, rate).await?,
         None => x402_server::serve_facilitator(l, f).await?,

@@ -28,8 +28,8 @@ use x402_session::{
 use x402_types::x402::{PaymentRequiredV2, ResourceInfo, encode_header};
 use x402_types::{
     ClientMessage, CloseCode, ErrorCode, FacilitatorRequest, PathVersion, PaymentPayload,
-    PaymentRequirements, PaymentRequirementsV1, PreservedRequirement, Pricing, Requirement,
-    Schema, ServerMessage, StreamInfo,
+    PaymentRequirements, PaymentRequirementsV1, PreservedRequirement, Pricing, Requirement, Schema,
+    ServerMessage, StreamInfo,
 };
 
 use crate::config::{Config, StreamConfig, Terms};
@@ -338,16 +338,21 @@ impl AppState {
                 self.payment_error(v, e, r.code, r.message)
             }
             code => {
-                let status =
-                    StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST);
+                let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST);
                 ApiError::new(status, code, r.message)
             }
         }
     }
 
     /// Checks a token (MAC, scope, bound requirement) and reads its quote.
-    fn quote(&self, v: PathVersion, e: &StreamEntry, token: Option<&str>) -> Result<Quote, ApiError> {
-        let invalid = |m: String| ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::TokenInvalid, m);
+    fn quote(
+        &self,
+        v: PathVersion,
+        e: &StreamEntry,
+        token: Option<&str>,
+    ) -> Result<Quote, ApiError> {
+        let invalid =
+            |m: String| ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::TokenInvalid, m);
         let token = token.ok_or_else(|| invalid("missing token `t`".into()))?;
         let claims: Claims = self.tokens.verify_for(token, v, &e.cfg.id).map_err(|err| {
             tracing::info!(token = %redact(token), %err, "token refused");
@@ -399,8 +404,7 @@ impl AppState {
             payment_payload: payload,
             payment_requirements: self.requirements(v, e),
         };
-        let decision =
-            self.with_core(|ep, now| ep.handle_payment(now, quote, payment.clone()));
+        let decision = self.with_core(|ep, now| ep.handle_payment(now, quote, payment.clone()));
         match decision {
             PaymentDecision::Settle(id) => {
                 self.jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(
@@ -416,19 +420,21 @@ impl AppState {
             PaymentDecision::Credited(c) => return Ok(c),
             PaymentDecision::Refused(r) => return Err(self.refusal(v, e, r)),
         }
-        let deadline = tokio::time::Instant::now()
-            + Duration::from_secs(self.cfg.limits.payment_wait_secs);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(self.cfg.limits.payment_wait_secs);
         loop {
             let notified = self.settled.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.core().answer(&payment) {
+            let answer = self.core().answer(&payment);
+            match answer {
                 PaymentDecision::Credited(c) => return Ok(c),
                 PaymentDecision::Refused(r) => return Err(self.refusal(v, e, r)),
                 PaymentDecision::Pending { .. } | PaymentDecision::Settle(_)
                     if tokio::time::Instant::now() >= deadline =>
                 {
-                    return Err(pending(self.core().config().pending_retry_after));
+                    let retry_after = self.core().config().pending_retry_after;
+                    return Err(pending(retry_after));
                 }
                 _ => {}
             }
@@ -479,10 +485,7 @@ async fn run_settlement(state: Arc<AppState>, id: SettleId, attempt: u32) {
     };
     let Some((req, stream)) = job else { return };
     let outcome = settle_outcome(state.facilitator.as_ref(), &req, attempt).await;
-    let head = state
-        .streams
-        .get(&stream)
-        .map_or(0, |e| e.hub.next_seq());
+    let head = state.streams.get(&stream).map_or(0, |e| e.hub.next_seq());
     let done = state.with_core(|ep, now| {
         ep.handle_settled(now, id, outcome, head);
         !ep.is_settling(id)
@@ -522,7 +525,8 @@ pub(crate) async fn settle_outcome(
         }
     }
     match f.settle(req).await {
-        Err(FacilitatorError::Transport(e)) | Err(FacilitatorError::BadAnswer { message: e, .. }) => {
+        Err(FacilitatorError::Transport(e))
+        | Err(FacilitatorError::BadAnswer { message: e, .. }) => {
             SettleOutcome::Unknown { reason: e }
         }
         Ok(s) if s.success => SettleOutcome::Settled {
@@ -968,7 +972,11 @@ impl Connection {
             {
                 break 'outer None;
             }
-            if c.skipped > 0 && !self.notice(&mut tx, ErrorCode::EventsSkipped, c.skipped).await {
+            if c.skipped > 0
+                && !self
+                    .notice(&mut tx, ErrorCode::EventsSkipped, c.skipped)
+                    .await
+            {
                 break 'outer None;
             }
             if c.lost > 0 && !self.notice(&mut tx, ErrorCode::EventsLost, c.lost).await {

@@ -499,7 +499,8 @@ source = { kind = "synthetic" }
             Config::from_toml(no_facilitator),
             Err(ConfigError::Invalid(NO_FACILITATOR.into()))
         );
-        let short_secret = format!("secret = \"short\"\n[facilitator]\nkind = \"embedded\"\n{no_facilitator}");
+        let short_secret =
+            format!("secret = \"short\"\n[facilitator]\nkind = \"embedded\"\n{no_facilitator}");
         assert!(Config::from_toml(&short_secret).is_err());
         let c = Config::from_toml(&format!(
             "secret = \"{}\"\n[facilitator]\nkind = \"http\"\nurl = \"https://user:pw@f.example\"\n{no_facilitator}",

@@ -189,8 +189,7 @@ impl Facilitator for EmbeddedFacilitator {
             let nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(done) = nonces.get(&evm.authorization.nonce)
                 && done.signature == evm.signature
-                && done.answer.payer.as_deref()
-                    == Some(evm.authorization.from.to_string().as_str())
+                && done.answer.payer.as_deref() == Some(evm.authorization.from.to_string().as_str())
             {
                 return Ok(done.answer.clone());
             }
@@ -246,12 +245,12 @@ impl Facilitator for EmbeddedFacilitator {
             ledger.remove(0);
         }
         ledger.push(LedgerEntry {
-                payer: evm.authorization.from.to_string(),
-                pay_to: evm.authorization.to.to_string(),
-                amount,
-                network: network.clone(),
-                nonce: evm.authorization.nonce,
-            });
+            payer: evm.authorization.from.to_string(),
+            pay_to: evm.authorization.to.to_string(),
+            amount,
+            network: network.clone(),
+            nonce: evm.authorization.nonce,
+        });
         Ok(answer)
     }
 
@@ -415,10 +414,9 @@ impl Facilitator for HttpFacilitator {
 
     fn describe(&self) -> String {
         // The URL may carry credentials: only its host is shown.
-        let authority = self
-            .base
-            .split_once("://")
-            .map_or("", |(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""));
+        let authority = self.base.split_once("://").map_or("", |(_, rest)| {
+            rest.split(['/', '?', '#']).next().unwrap_or("")
+        });
         let host = authority.rsplit('@').next().unwrap_or("?");
         format!("remote x402 facilitator ({host})")
     }

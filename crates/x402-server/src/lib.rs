@@ -49,7 +49,6 @@ impl ServerBuilder {
         self
     }
 
-
     /// Binds the listener and starts the event sources.
     pub async fn bind(self) -> Result<Server, Error> {
         self.cfg.validate()?;
@@ -278,7 +277,6 @@ impl Drop for AbortOnDrop {
         }
     }
 }
-
 
 /// Serves only the facilitator API (`/verify`, `/settle`, `/supported`) on `listener`.
 pub async fn serve_facilitator(

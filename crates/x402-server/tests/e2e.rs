@@ -15,8 +15,8 @@ use x402_server::{
     StreamConfig,
 };
 use x402_types::{
-    Amount, ErrorBody, ErrorCode, Offer, PathVersion, PaymentPayload, PaymentRequiredV2, RenewResponse,
-    Requirement, Schema, ServerMessage,
+    Amount, ErrorBody, ErrorCode, Offer, PathVersion, PaymentPayload, PaymentRequiredV2,
+    RenewResponse, Requirement, Schema, ServerMessage,
 };
 
 const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
@@ -471,7 +471,9 @@ async fn refusals_credit_nothing() {
         } else {
             url.replace("/v2/", "/v1/")
         };
-        refuse(401, ErrorCode::TokenInvalid)(error_of(t.connect(&swapped, None).await.unwrap_err()));
+        refuse(401, ErrorCode::TokenInvalid)(error_of(
+            t.connect(&swapped, None).await.unwrap_err(),
+        ));
         // Unknown stream.
         let r = t
             .client
@@ -644,7 +646,11 @@ async fn http_facilitator_client_against_the_guarded_api() {
     let t = start().await;
     let base = guarded_facilitator(1000).await;
     // Without the key, or with a wrong one: 401, nothing settled.
-    for auth in [None, Some("Bearer nope"), Some("facilitator-api-key-facilitator-api-key")] {
+    for auth in [
+        None,
+        Some("Bearer nope"),
+        Some("facilitator-api-key-facilitator-api-key"),
+    ] {
         let mut r = t.client.post(format!("{base}/settle")).body("{}");
         if let Some(a) = auth {
             r = r.header("authorization", a);
@@ -733,7 +739,10 @@ async fn the_facilitator_api_is_rate_limited() {
             .unwrap();
         statuses.push(r.status().as_u16());
     }
-    assert!(statuses.iter().filter(|s| **s == 200).count() <= 10, "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|s| **s == 200).count() <= 10,
+        "{statuses:?}"
+    );
     assert!(statuses.contains(&429), "{statuses:?}");
 }
 

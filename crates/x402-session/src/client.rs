@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use x402_types::x402::headers;
 use x402_types::{
-    EndpointKind, ErrorBody, ErrorCode, Event, Hello, Offer, PathVersion, PaymentPayload, PaymentRequiredV2,
-    RenewResponse, ResourceInfo, Schema, ServerMessage, SettleResponse, UrlContext,
-    x402::decode_header,
+    EndpointKind, ErrorBody, ErrorCode, Event, Hello, Offer, PathVersion, PaymentPayload,
+    PaymentRequiredV2, RenewResponse, ResourceInfo, Schema, ServerMessage, SettleResponse,
+    UrlContext, x402::decode_header,
 };
 
 use crate::error::UsageError;
@@ -800,7 +800,8 @@ impl ClientSession {
             } => {
                 let n = count.unwrap_or(0);
                 self.stats.skipped += n;
-                self.events.push_back(ClientEvent::EventsSkipped { count: n });
+                self.events
+                    .push_back(ClientEvent::EventsSkipped { count: n });
             }
             ServerMessage::Pong | ServerMessage::Unknown { .. } => {}
             _ => {}

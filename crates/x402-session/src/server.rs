@@ -518,7 +518,8 @@ impl ServerEndpoint {
                     "session limit reached",
                 ));
             }
-            self.sessions.insert(quote.id.clone(), new_session(quote.clone()));
+            self.sessions
+                .insert(quote.id.clone(), new_session(quote.clone()));
         }
         let now_ms = self.unix_ms(now);
         let horizon = self.cfg.horizon_slices.max(1);
@@ -590,7 +591,13 @@ impl ServerEndpoint {
     /// The facilitator answered (or failed to) about settlement `id`.
     /// `head` is the session's stream's next sequence number now: paid time
     /// that starts now buys the events from there on.
-    pub fn handle_settled(&mut self, now: Instant, id: SettleId, outcome: SettleOutcome, head: u64) {
+    pub fn handle_settled(
+        &mut self,
+        now: Instant,
+        id: SettleId,
+        outcome: SettleOutcome,
+        head: u64,
+    ) {
         self.touch(now);
         let Some(key) = self.by_id.get(&id).cloned() else {
             return;
@@ -612,9 +619,7 @@ impl ServerEndpoint {
                 // now does not say whether that attempt moved the money.
                 return self.unresolved(now, &key, format!("refused on retry: {message}"));
             }
-            SettleOutcome::Settled {
-                payer: Some(p), ..
-            } if p != payer => {
+            SettleOutcome::Settled { payer: Some(p), .. } if p != payer => {
                 return self.unresolved(now, &key, format!("facilitator settled for payer {p}"));
             }
             SettleOutcome::Settled {
@@ -638,7 +643,8 @@ impl ServerEndpoint {
                 self.settling -= 1;
                 self.shorten(&key, unix.saturating_add(REFUSED_RETENTION_SECS));
                 self.release_in_flight(now, &session, true);
-                self.events.push_back(ServerEvent::Refused { session, code });
+                self.events
+                    .push_back(ServerEvent::Refused { session, code });
             }
             SettleOutcome::Settled { header, .. } => {
                 let session = r.session.clone();
@@ -722,7 +728,7 @@ impl ServerEndpoint {
                 s.slices == 0
                     && s.in_flight == 0
                     && s.conn.is_none()
-                    && !s.paid_until_ms.is_some_and(|p| p > now_ms)
+                    && s.paid_until_ms.is_none_or(|p| p <= now_ms)
             }
             None => false,
         };
@@ -748,7 +754,7 @@ impl ServerEndpoint {
             };
         };
         s.in_flight = s.in_flight.saturating_sub(1);
-        let lapsed = !s.paid_until_ms.is_some_and(|p| p > now_ms);
+        let lapsed = s.paid_until_ms.is_none_or(|p| p <= now_ms);
         let base = s.paid_until_ms.map_or(now_ms, |p| p.max(now_ms));
         s.paid_until_ms = Some(base + u128::from(s.quote.slice_seconds) * 1000);
         s.slices += 1;
@@ -999,11 +1005,10 @@ impl ServerEndpoint {
     }
 
     fn reschedule(&mut self, session: &str) {
-        let lead_cap;
         let Some(s) = self.sessions.get(session) else {
             return;
         };
-        lead_cap = Duration::from_millis(s.quote.slice_seconds.saturating_mul(333));
+        let lead_cap = Duration::from_millis(s.quote.slice_seconds.saturating_mul(333));
         let lead = self.cfg.expiring_lead.min(lead_cap);
         let next = match (s.conn, s.paid_until_ms) {
             (Some(_), Some(p)) => {
@@ -1055,7 +1060,7 @@ impl ServerEndpoint {
             .filter(|(_, s)| {
                 let idle = s.conn.is_none()
                     && s.in_flight == 0
-                    && !s.paid_until_ms.is_some_and(|p| p > now_ms);
+                    && s.paid_until_ms.is_none_or(|p| p <= now_ms);
                 let end = s.quote.expires.max(expires_at(s).saturating_add(linger));
                 idle && unix > end
             })

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use x402_payer::{EvmExactPayer, LocalSigner, SeededRandom};
 use x402_session::*;
-use x402_types::{
-    CloseCode, ErrorCode, Offer, PathVersion, PaymentPayload, ServerMessage,
-};
+use x402_types::{CloseCode, ErrorCode, Offer, PathVersion, PaymentPayload, ServerMessage};
 
 const U0: u64 = sim::UNIX0;
 
@@ -107,7 +105,11 @@ fn one_payment_one_slice_and_the_same_payload_gets_the_first_answer() {
     let p2 = f.payload();
     let id2 = settle_id(f.pay(0, &p2));
     f.settle(0, id2, settled(), 0);
-    assert_eq!(f.ep.expires_at("q"), U0 + 20, "extends from the current end");
+    assert_eq!(
+        f.ep.expires_at("q"),
+        U0 + 20,
+        "extends from the current end"
+    );
     let p3 = f.payload();
     assert_eq!(refused(f.pay(0, &p3)), ErrorCode::HorizonExceeded);
     let mut credited = 0;
@@ -124,13 +126,20 @@ fn a_slow_settlement_is_credited_when_it_answers_and_retries_never_see_payment_u
     let id = settle_id(f.pay(0, &p));
     // The server's wait ran out (the driver answered 202). The retry attaches.
     for at in [3, 6, 9] {
-        assert!(matches!(f.pay(at, &p), PaymentDecision::Pending { retry_after: 2, .. }));
+        assert!(matches!(
+            f.pay(at, &p),
+            PaymentDecision::Pending { retry_after: 2, .. }
+        ));
     }
     // The facilitator answers late: success. Credited once.
     f.settle(12, id, settled(), 0);
     assert!(matches!(f.pay(13, &p), PaymentDecision::Credited(_)));
     assert_eq!(f.ep.slices("q"), 1);
-    assert_eq!(f.ep.expires_at("q"), U0 + 22, "paid time starts when credited");
+    assert_eq!(
+        f.ep.expires_at("q"),
+        U0 + 22,
+        "paid time starts when credited"
+    );
 }
 
 #[test]
@@ -165,7 +174,14 @@ fn a_refusal_after_an_unknown_attempt_is_unresolved_not_a_refusal() {
     let mut f = fixture();
     let p = f.payload();
     let id = settle_id(f.pay(0, &p));
-    f.settle(1, id, SettleOutcome::Unknown { reason: "cut".into() }, 0);
+    f.settle(
+        1,
+        id,
+        SettleOutcome::Unknown {
+            reason: "cut".into(),
+        },
+        0,
+    );
     f.settle(
         3,
         id,
@@ -180,8 +196,10 @@ fn a_refusal_after_an_unknown_attempt_is_unresolved_not_a_refusal() {
     assert_eq!(code, ErrorCode::SettlementUnknown);
     assert!(code.maybe_spent());
     assert_eq!(f.ep.slices("q"), 0);
-    assert!(std::iter::from_fn(|| f.ep.poll_event())
-        .any(|e| matches!(e, ServerEvent::Unresolved { .. })));
+    assert!(
+        std::iter::from_fn(|| f.ep.poll_event())
+            .any(|e| matches!(e, ServerEvent::Unresolved { .. }))
+    );
 }
 
 #[test]
@@ -189,7 +207,11 @@ fn facilitator_success_for_another_payer_or_amount_credits_nothing() {
     for outcome in [
         SettleOutcome::Settled {
             header: None,
-            payer: Some("0x209693Bc6afc0C5328bA36FaF03C514EF312287C".parse().unwrap()),
+            payer: Some(
+                "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+                    .parse()
+                    .unwrap(),
+            ),
             amount: None,
         },
         SettleOutcome::Settled {
@@ -212,8 +234,19 @@ fn unreachable_facilitator_frees_the_payload_and_definite_refusals_are_recorded(
     let mut f = fixture();
     let p = f.payload();
     let id = settle_id(f.pay(0, &p));
-    f.settle(0, id, SettleOutcome::NotAttempted { reason: "down".into() }, 0);
-    assert_eq!(f.ep.stats().sessions, 0, "a failed first payment leaves no session");
+    f.settle(
+        0,
+        id,
+        SettleOutcome::NotAttempted {
+            reason: "down".into(),
+        },
+        0,
+    );
+    assert_eq!(
+        f.ep.stats().sessions,
+        0,
+        "a failed first payment leaves no session"
+    );
     assert_eq!(f.ep.stats().claims, 0);
     // The same payload later starts over.
     let id = settle_id(f.pay(1, &p));
@@ -259,10 +292,7 @@ fn nonce_claims_and_payment_identifiers() {
         ..f.quote.clone()
     };
     assert_eq!(
-        refused(
-            f.ep
-                .handle_payment(f.t0, &q2, PaymentIn::from_payload(&p).unwrap())
-        ),
+        refused(f.ep.handle_payment(f.t0, &q2, PaymentIn::from_payload(&p).unwrap())),
         ErrorCode::PaymentUsed
     );
     // payment-identifier: same id, other payload -> 409 conflict.
@@ -332,10 +362,7 @@ fn delivery_starts_at_the_first_paid_event_and_unpaid_gaps_are_skipped() {
         oldest_seq: 0,
     };
     // A buyer asking for everything from 0 gets from 500 on, told 500 were skipped.
-    let c = f
-        .ep
-        .connect(f.t0, &q, ConnId(1), Some(0), head)
-        .unwrap();
+    let c = f.ep.connect(f.t0, &q, ConnId(1), Some(0), head).unwrap();
     assert_eq!((c.start, c.skipped, c.lost), (500, 500, 0));
     assert_eq!(c.hello.next_seq, 500);
     // Lapse: 10 s paid, then a renewal at 30 s when the stream is at 800.
@@ -358,9 +385,8 @@ fn delivery_starts_at_the_first_paid_event_and_unpaid_gaps_are_skipped() {
         }
     ));
     // A resume below the floor is raised too; the replay buffer's eviction is reported as lost.
-    let c = f
-        .ep
-        .connect(
+    let c =
+        f.ep.connect(
             f.t0 + Duration::from_secs(31),
             &q,
             ConnId(2),
@@ -388,8 +414,16 @@ fn timers_supersede_and_close_after_the_grace() {
     };
     let h = f.ep.connect(f.t0, &q, ConnId(1), None, head).unwrap();
     // A first connection without a resume point gets what was published since payment.
-    assert_eq!((h.hello.slice_seconds, h.start, h.hello.resumed), (10, 0, false));
-    assert!(f.ep.connect(f.t0, &q, ConnId(2), None, head).unwrap().hello.resumed);
+    assert_eq!(
+        (h.hello.slice_seconds, h.start, h.hello.resumed),
+        (10, 0, false)
+    );
+    assert!(
+        f.ep.connect(f.t0, &q, ConnId(2), None, head)
+            .unwrap()
+            .hello
+            .resumed
+    );
     assert_eq!(
         f.ep.poll_transmit(),
         Some(ServerTransmit::Close {
@@ -447,7 +481,11 @@ fn records_and_sessions_are_swept_once_nothing_needs_them() {
         f.ep.handle_timeout(t);
         if t > f.t0 + Duration::from_secs(100) && t < f.t0 + Duration::from_secs(110) {
             let s = f.ep.stats();
-            assert_eq!((s.sessions, s.records, s.claims), (1, 0, 0), "records gone after validBefore + skew");
+            assert_eq!(
+                (s.sessions, s.records, s.claims),
+                (1, 0, 0),
+                "records gone after validBefore + skew"
+            );
         }
     }
     assert_eq!(f.ep.stats(), EndpointStats::default(), "everything swept");

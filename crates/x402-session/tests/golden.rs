@@ -308,7 +308,15 @@ fn settlement_pending_is_retried_until_final() {
         None,
     );
     assert_eq!(s.server.endpoint.slices("s1"), 1);
-    assert_eq!(s.signatures.get(&1), Some(&1), "one signature for the slice");
+    assert_eq!(
+        s.signatures.get(&1),
+        Some(&1),
+        "one signature for the slice"
+    );
     assert_eq!(s.server.credited, s.server.settled);
-    assert!(s.transcript.iter().any(|l| l.contains("PaymentAccepted slice=1")));
+    assert!(
+        s.transcript
+            .iter()
+            .any(|l| l.contains("PaymentAccepted slice=1"))
+    );
 }

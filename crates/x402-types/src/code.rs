@@ -131,9 +131,9 @@ impl ErrorCode {
             ErrorCode::TokenInvalid | ErrorCode::Unauthorized => 401,
             ErrorCode::QuoteExpired => 410,
             ErrorCode::UnknownStream => 404,
-            ErrorCode::TooManySessions
-            | ErrorCode::TooManyConnections
-            | ErrorCode::RateLimited => 429,
+            ErrorCode::TooManySessions | ErrorCode::TooManyConnections | ErrorCode::RateLimited => {
+                429
+            }
             ErrorCode::BadRequest => 400,
             ErrorCode::FacilitatorUnavailable | ErrorCode::StoreUnavailable => 503,
             ErrorCode::EventsLost | ErrorCode::EventsSkipped | ErrorCode::Other(_) => 200,

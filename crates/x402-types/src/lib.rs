@@ -12,8 +12,8 @@ pub mod uint;
 pub mod version;
 pub mod x402;
 
-pub use code::{ErrorCode, is_retryable_status};
 pub use address::{Address, B65, B256, FixedBytes, Nonce, keccak256};
+pub use code::{ErrorCode, is_retryable_status};
 pub use error::{Error, IntegerError, Result};
 pub use message::{
     ClientMessage, CloseCode, ErrorBody, Event, Hello, MAX_FRAME_BYTES, RenewResponse,

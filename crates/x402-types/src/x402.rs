@@ -507,7 +507,11 @@ impl PaymentPayload {
         else {
             return Ok(None);
         };
-        let bad = || Error::Protocol("payment-identifier id must be 16 to 128 characters of [A-Za-z0-9_-]".into());
+        let bad = || {
+            Error::Protocol(
+                "payment-identifier id must be 16 to 128 characters of [A-Za-z0-9_-]".into(),
+            )
+        };
         let id = id.as_str().ok_or_else(bad)?;
         let ok = (16..=128).contains(&id.len())
             && id

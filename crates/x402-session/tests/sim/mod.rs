@@ -616,7 +616,11 @@ impl Sim {
             self.server.pending_first -= 1;
             // Broadcast: the money moves now, the answer says "pending".
             if self.server.nonces.insert(evm.authorization.nonce) {
-                self.server.settled = self.server.settled.checked_add(evm.authorization.value).unwrap();
+                self.server.settled = self
+                    .server
+                    .settled
+                    .checked_add(evm.authorization.value)
+                    .unwrap();
             }
             SettleOutcome::Pending
         } else if self.server.nonces.contains(&evm.authorization.nonce) {
@@ -652,18 +656,18 @@ impl Sim {
             .endpoint
             .handle_settled(self.now, id, outcome, head);
         self.drain_server();
-        self.resolve_waiters(false);
+        self.resolve_waiters();
     }
 
     /// Answers parked requests whose payment has an outcome (or whose wait is over).
-    fn resolve_waiters(&mut self, only_due: bool) {
+    fn resolve_waiters(&mut self) {
         let waiting = std::mem::take(&mut self.server.waiting);
         for (deadline, who, payment) in waiting {
             match self.server.endpoint.answer(&payment) {
                 PaymentDecision::Credited(_) => self.answer_waiter(who, Ok(())),
                 PaymentDecision::Refused(r) => self.answer_waiter(who, Err(r)),
                 PaymentDecision::Pending { .. } | PaymentDecision::Settle(_) => {
-                    if deadline <= self.now || (only_due && deadline <= self.now) {
+                    if deadline <= self.now {
                         self.server.pending_answers += 1;
                         let r = Refusal::new(ErrorCode::PaymentPending, "settling");
                         self.answer_waiter(who, Err(r));
@@ -959,11 +963,11 @@ impl Sim {
     fn pump_events(&mut self) {
         let conns: Vec<ConnId> = self.server.conns.keys().copied().collect();
         for conn in conns {
-            if !self
+            if self
                 .server
                 .endpoint
                 .deliver_until(conn)
-                .is_some_and(|t| t > self.now)
+                .is_none_or(|t| t <= self.now)
             {
                 continue;
             }
@@ -1095,7 +1099,7 @@ impl Sim {
                 continue;
             }
             if self.server.waiting.iter().any(|w| w.0 <= self.now) {
-                self.resolve_waiters(true);
+                self.resolve_waiters();
                 continue;
             }
             if self

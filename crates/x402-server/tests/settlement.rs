@@ -1,0 +1,320 @@
+//! Settlement outcomes are never lost, on real sockets: the stream server
+//! talks HTTP to a scripted facilitator that really settles (the embedded
+//! one, idempotent for a repeated payload) and then misbehaves on purpose:
+//! answers late, not at all, with garbage, with an oversized body, with a
+//! success for another payer or amount, or `settlement_pending`. In every
+//! case: nothing credited without a settlement, nothing settled left
+//! uncredited, no payment counted twice.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use x402_payer::{EvmExactPayer, LocalSigner};
+use x402_server::{
+    Config, DEV_PAY_TO, EmbeddedFacilitator, Facilitator, HttpFacilitator, Limits, ServerBuilder,
+    SourceConfig, StreamConfig,
+};
+use x402_types::{
+    ErrorBody, ErrorCode, FacilitatorRequest, Offer, PaymentRequiredV2, RenewResponse, Schema,
+    SettleResponse,
+};
+
+const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+/// What the scripted facilitator does on its first `/settle` (later ones answer honestly).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    None,
+    /// Settles, then answers after this long.
+    Slow(Duration),
+    /// Settles, answers HTML.
+    Garbage,
+    /// Settles, answers 1 MiB.
+    Oversized,
+    /// Settles, answers `settlement_pending`.
+    Pending,
+    /// Settles, answers success naming another payer.
+    OtherPayer,
+    /// Settles, answers success with another amount.
+    OtherAmount,
+    /// Answers 500 without settling.
+    Error500,
+}
+
+struct Script {
+    inner: EmbeddedFacilitator,
+    fault: Mutex<Fault>,
+    settles: AtomicU32,
+}
+
+async fn verify(State(s): State<Arc<Script>>, body: Bytes) -> Response {
+    let req = FacilitatorRequest::from_json(&body).unwrap();
+    axum::Json(s.inner.verify(&req).await.unwrap()).into_response()
+}
+
+async fn settle(State(s): State<Arc<Script>>, body: Bytes) -> Response {
+    let req = FacilitatorRequest::from_json(&body).unwrap();
+    s.settles.fetch_add(1, Ordering::SeqCst);
+    let fault = std::mem::replace(&mut *s.fault.lock().unwrap(), Fault::None);
+    if fault == Fault::Error500 {
+        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response();
+    }
+    let mut answer: SettleResponse = s.inner.settle(&req).await.unwrap();
+    match fault {
+        Fault::None | Fault::Error500 => {}
+        Fault::Slow(d) => tokio::time::sleep(d).await,
+        Fault::Garbage => return "<html>gateway timeout</html>".into_response(),
+        Fault::Oversized => return "x".repeat(1 << 20).into_response(),
+        Fault::Pending => {
+            answer.success = false;
+            answer.error_reason = Some("settlement_pending".into());
+        }
+        Fault::OtherPayer => answer.payer = Some(DEV_PAY_TO.into()),
+        Fault::OtherAmount => answer.amount = Some(x402_types::Amount::from(1u64)),
+    }
+    axum::Json(answer).into_response()
+}
+
+struct T {
+    http: String,
+    script: Arc<Script>,
+    state: Arc<x402_server::AppState>,
+    client: reqwest::Client,
+    payer: EvmExactPayer,
+}
+
+async fn start(fault: Fault) -> T {
+    let script = Arc::new(Script {
+        inner: EmbeddedFacilitator::default(),
+        fault: Mutex::new(fault),
+        settles: AtomicU32::new(0),
+    });
+    let app = axum::Router::new()
+        .route("/verify", post(verify))
+        .route("/settle", post(settle))
+        .with_state(script.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let f_addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+
+    let mut cfg = Config::demo("127.0.0.1:0".parse().unwrap());
+    cfg.secret = Some("settlement-test-secret-settlement-test".into());
+    cfg.limits = Limits {
+        payment_wait_secs: 1,
+        facilitator_timeout_secs: 5,
+        ..Limits::default()
+    };
+    cfg.streams = vec![StreamConfig {
+        id: "s".into(),
+        title: "s".into(),
+        description: "test".into(),
+        price_per_minute: "0.06".into(),
+        slice_seconds: 60,
+        network: "base-sepolia".into(),
+        asset: None,
+        pay_to: DEV_PAY_TO.into(),
+        max_timeout_seconds: 60,
+        source: SourceConfig::Api,
+    }];
+    let remote = HttpFacilitator::new(&format!("http://{f_addr}"), Duration::from_secs(5)).unwrap();
+    let server = ServerBuilder::new(cfg)
+        .facilitator(Arc::new(remote))
+        .bind()
+        .await
+        .unwrap();
+    let http = server.http_base().to_string();
+    let state = server.state().clone();
+    server.spawn();
+    T {
+        http,
+        script,
+        state,
+        client: reqwest::Client::new(),
+        payer: EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap()),
+    }
+}
+
+impl T {
+    /// A renew URL and a signed payment for a fresh quote.
+    async fn quote(&self) -> (String, String) {
+        let r = self
+            .client
+            .get(format!("{}/v2/schema/s", self.http))
+            .send()
+            .await
+            .unwrap();
+        let header = r.headers()["PAYMENT-REQUIRED"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let schema = Schema::from_json(&r.bytes().await.unwrap()).unwrap();
+        let offer: Offer = PaymentRequiredV2::from_header(&header)
+            .unwrap()
+            .into_offer()
+            .unwrap();
+        let renew = schema
+            .websocket_endpoint
+            .replace("ws://", "http://")
+            .replace("/stream/", "/renew/");
+        (renew, self.payer.sign(&offer).unwrap().to_header())
+    }
+
+    async fn post(&self, url: &str, payment: &str) -> (u16, Vec<u8>, Option<String>) {
+        let r = self
+            .client
+            .post(url)
+            .header("PAYMENT-SIGNATURE", payment)
+            .send()
+            .await
+            .unwrap();
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        (
+            r.status().as_u16(),
+            r.bytes().await.unwrap().to_vec(),
+            retry,
+        )
+    }
+
+    fn settled(&self) -> usize {
+        self.script.inner.ledger().len()
+    }
+
+    fn credited(&self) -> u64 {
+        self.state.stats.payments.load(Ordering::Relaxed)
+    }
+}
+
+fn code(body: &[u8]) -> ErrorCode {
+    ErrorBody::from_json(body).unwrap().error
+}
+
+/// Retries the same payload (as the client does) until a final answer.
+async fn until_final(t: &T, url: &str, payment: &str) -> (u16, Vec<u8>) {
+    for _ in 0..20 {
+        let (status, body, _) = t.post(url, payment).await;
+        if status != 202 {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("no final answer");
+}
+
+#[tokio::test]
+async fn a_late_success_is_credited_once_and_the_retry_gets_it() {
+    let t = start(Fault::Slow(Duration::from_secs(3))).await;
+    let (url, pay) = t.quote().await;
+    // The server waits 1 s: "pending, retry after N s", a documented answer, never payment_used.
+    let (status, body, retry) = t.post(&url, &pay).await;
+    assert_eq!((status, code(&body)), (202, ErrorCode::PaymentPending));
+    assert_eq!(retry.as_deref(), Some("2"));
+    assert_eq!(ErrorBody::from_json(&body).unwrap().retry_after, Some(2));
+    // Retrying during the settlement attaches to it.
+    let (status, body, _) = t.post(&url, &pay).await;
+    assert_eq!((status, code(&body)), (202, ErrorCode::PaymentPending));
+    let (status, body) = until_final(&t, &url, &pay).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let r: RenewResponse = serde_json::from_slice(&body).unwrap();
+    assert_eq!(r.slices, 1);
+    // Long after: the same answer, no second extension.
+    let (status, body, _) = t.post(&url, &pay).await;
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_slice::<RenewResponse>(&body).unwrap(), r);
+    assert_eq!((t.settled(), t.credited()), (1, 1));
+    assert_eq!(t.script.settles.load(Ordering::SeqCst), 1, "settled once");
+}
+
+#[tokio::test]
+async fn lost_answers_are_settled_again_with_the_same_payload() {
+    for fault in [Fault::Garbage, Fault::Oversized, Fault::Pending] {
+        let t = start(fault).await;
+        let (url, pay) = t.quote().await;
+        let (status, body) = until_final(&t, &url, &pay).await;
+        assert_eq!(status, 200, "{fault:?}: {}", String::from_utf8_lossy(&body));
+        assert_eq!((t.settled(), t.credited()), (1, 1), "{fault:?}");
+        assert_eq!(
+            t.script.settles.load(Ordering::SeqCst),
+            2,
+            "{fault:?}: asked again once"
+        );
+    }
+}
+
+#[tokio::test]
+async fn success_for_another_payer_or_amount_credits_nothing() {
+    for fault in [Fault::OtherPayer, Fault::OtherAmount] {
+        let t = start(fault).await;
+        let (url, pay) = t.quote().await;
+        let (status, body) = until_final(&t, &url, &pay).await;
+        assert_eq!(
+            (status, code(&body)),
+            (502, ErrorCode::SettlementUnknown),
+            "{fault:?}"
+        );
+        assert!(code(&body).maybe_spent());
+        assert_eq!(t.credited(), 0, "{fault:?}");
+        assert_eq!(t.state.stats.unresolved.load(Ordering::Relaxed), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_facilitator_that_is_down_moves_nothing_and_the_retry_starts_over() {
+    let t = start(Fault::None).await;
+    let (url, pay) = t.quote().await;
+    // A server whose facilitator is unreachable: 503, nothing credited, nothing held.
+    let mut cfg = Config::demo("127.0.0.1:0".parse().unwrap());
+    cfg.secret = Some("settlement-test-secret-settlement-test".into());
+    cfg.streams[0].id = "s".into();
+    let dead = HttpFacilitator::new("http://127.0.0.1:9", Duration::from_secs(2)).unwrap();
+    let down = ServerBuilder::new(cfg)
+        .facilitator(Arc::new(dead))
+        .bind()
+        .await
+        .unwrap();
+    let down_state = down.state().clone();
+    let down_http = down.http_base().to_string();
+    down.spawn();
+    let r = t
+        .client
+        .get(format!("{down_http}/v2/schema/s"))
+        .send()
+        .await
+        .unwrap();
+    let schema = Schema::from_json(&r.bytes().await.unwrap()).unwrap();
+    let down_url = schema
+        .websocket_endpoint
+        .replace("ws://", "http://")
+        .replace("/stream/", "/renew/");
+    let (status, body, _) = t.post(&down_url, &pay).await;
+    assert_eq!(
+        (status, code(&body)),
+        (503, ErrorCode::FacilitatorUnavailable)
+    );
+    assert!(code(&body).is_retryable());
+    assert_eq!(down_state.endpoint_stats().claims, 0);
+    assert_eq!(down_state.endpoint_stats().sessions, 0);
+    // A 500 from the facilitator on settle: unknown, asked again, credited once.
+    *t.script.fault.lock().unwrap() = Fault::Error500;
+    let (status, _) = until_final(&t, &url, &pay).await;
+    assert_eq!(status, 200);
+    assert_eq!((t.settled(), t.credited()), (1, 1));
+}
+
+#[tokio::test]
+async fn two_requests_racing_one_payload_credit_one_slice() {
+    let t = start(Fault::Slow(Duration::from_millis(300))).await;
+    let (url, pay) = t.quote().await;
+    let (a, b) = tokio::join!(until_final(&t, &url, &pay), until_final(&t, &url, &pay));
+    assert_eq!((a.0, b.0), (200, 200));
+    assert_eq!(a.1, b.1, "one answer for one payload");
+    assert_eq!((t.settled(), t.credited()), (1, 1));
+}
