@@ -43,7 +43,7 @@ pub async fn run(slices: u64, all: bool) -> Result<u8, Fail> {
         .policy(policy)
         .max_slices(slices)
         .http_transport(Arc::new(
-            blip.http(Arc::new(atomicstream::ReqwestTransport::default())),
+            blip.http(Arc::new(atomicstream::ReqwestTransport::standard()?)),
         ))
         .ws_transport(Arc::new(
             blip.ws(Arc::new(atomicstream::TungsteniteConnector::default())),

@@ -192,10 +192,13 @@ impl ClientBuilder {
         url::Url::parse(&self.http_base).map_err(|e| Error::Config(format!("base URL: {e}")))?;
         Ok(Client {
             inner: Arc::new(Inner {
-                http: self
-                    .http
-                    .clone()
-                    .unwrap_or_else(|| Arc::new(ReqwestTransport::default())),
+                http: match self.http.clone() {
+                    Some(h) => h,
+                    None => Arc::new(
+                        ReqwestTransport::standard()
+                            .map_err(|e| Error::Transport(e.to_string()))?,
+                    ),
+                },
                 ws: self
                     .ws
                     .clone()
@@ -292,10 +295,18 @@ impl Client {
                 resp.status
             )));
         }
-        let schema = Schema::from_json(&resp.body)?;
-        schema.check_version(b.version)?;
-        x402_types::UrlContext::from_schema_url(url.as_str())?
-            .check(&schema.websocket_endpoint, x402_types::EndpointKind::Stream)?;
+        // The same reader and checks the session applies before paying.
+        let ctx = x402_types::UrlContext::from_schema_url(url.as_str())?;
+        let checked = x402_session::read_schema(
+            &ctx,
+            b.version,
+            &x402_session::HttpResponse {
+                status: resp.status,
+                headers: resp.headers.clone(),
+                body: resp.body.clone(),
+            },
+        )?;
+        let schema = checked.schema;
         let requirement = schema.payment_details.requirement();
         let decimals = requirement
             .asset

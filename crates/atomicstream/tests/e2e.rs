@@ -104,9 +104,9 @@ async fn streams_renews_and_resumes(v: PathVersion) {
     let blip = Blip::new();
     let c = client(&env.base, v, "0.01", "1")
         .max_slices(3)
-        .http_transport(Arc::new(
-            blip.http(Arc::new(atomicstream::ReqwestTransport::default())),
-        ))
+        .http_transport(Arc::new(blip.http(Arc::new(
+            atomicstream::ReqwestTransport::standard().unwrap(),
+        ))))
         .ws_transport(Arc::new(
             blip.ws(Arc::new(atomicstream::TungsteniteConnector::default())),
         ))

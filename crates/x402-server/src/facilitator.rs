@@ -375,7 +375,8 @@ impl HttpFacilitator {
     async fn exchange(
         request: reqwest::RequestBuilder,
     ) -> Result<(u16, Vec<u8>), FacilitatorError> {
-        let transport = |e: reqwest::Error| FacilitatorError::Transport(e.to_string());
+        let transport =
+            |e: reqwest::Error| FacilitatorError::Transport(e.without_url().to_string());
         let mut resp = request.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
         // Read at most MAX_ANSWER_BYTES, chunk by chunk: an endless body is refused early.

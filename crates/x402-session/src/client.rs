@@ -1004,70 +1004,10 @@ impl ClientSession {
     }
 
     fn read_schema(&self, resp: &HttpResponse) -> Result<(url::Url, Offer), String> {
-        let schema = Schema::from_json(&resp.body).map_err(|e| e.to_string())?;
-        schema
-            .check_version(self.cfg.version)
-            .map_err(|e| e.to_string())?;
         let ctx = self.ctx.as_ref().ok_or("no URL context")?;
-        let (ws, token) = ctx
-            .check(&schema.websocket_endpoint, EndpointKind::Stream)
-            .map_err(|e| e.to_string())?;
-        if token.is_none() {
-            return Err("websocketEndpoint has no token".into());
-        }
-        let req = schema.payment_details.requirement();
-        let resource = {
-            let mut u = ws.clone();
-            u.set_query(None);
-            u.to_string()
-        };
-        let offer = match self.cfg.version {
-            PathVersion::V1 => match schema.accepts.as_ref().and_then(|a| a.first()) {
-                Some(r) => Offer::V1(r.clone()),
-                None => Offer::from_requirement(
-                    PathVersion::V1,
-                    &req,
-                    &resource,
-                    &schema.stream.description,
-                ),
-            },
-            PathVersion::V2 => match resp.header(headers::PAYMENT_REQUIRED) {
-                Some(h) => {
-                    let pr = PaymentRequiredV2::from_header(h).map_err(|e| e.to_string())?;
-                    match pr.into_offer().ok_or("PAYMENT-REQUIRED has no accepts")? {
-                        Offer::V2 {
-                            accepted,
-                            resource: None,
-                        } => Offer::V2 {
-                            accepted,
-                            resource: Some(ResourceInfo {
-                                url: resource,
-                                description: None,
-                                mime_type: None,
-                            }),
-                        },
-                        offer => offer,
-                    }
-                }
-                None => Offer::from_requirement(
-                    PathVersion::V2,
-                    &req,
-                    &resource,
-                    &schema.stream.description,
-                ),
-            },
-        };
-        // The x402 part must agree with paymentDetails: no bait and switch.
-        let r = offer.requirement();
-        if r.amount != req.amount
-            || r.network != req.network
-            || !r.pay_to.eq_ignore_ascii_case(&req.pay_to)
-            || !r.asset.eq_ignore_ascii_case(&req.asset)
-            || r.scheme != req.scheme
-        {
-            return Err("x402 requirement disagrees with paymentDetails".into());
-        }
-        Ok((ws, offer))
+        read_schema(ctx, self.cfg.version, resp)
+            .map(|r| (r.websocket, r.offer))
+            .map_err(|e| e.to_string())
     }
 
     fn need_payment(&mut self, now: Instant, purpose: Purpose) {
@@ -1487,4 +1427,94 @@ fn retry_kind(resp: &HttpResponse) -> Retry {
         _ if x402_types::is_retryable_status(resp.status) => Retry::Backoff,
         _ => Retry::No,
     }
+}
+
+/// A schema answer that passed every check a client makes before paying.
+#[derive(Debug, Clone)]
+pub struct CheckedSchema {
+    /// The document.
+    pub schema: Schema,
+    /// `websocketEndpoint`, pinned to the schema request (scheme, host, port,
+    /// path prefix, version, stream) and carrying a token.
+    pub websocket: url::Url,
+    /// What to sign: the x402 requirement, agreeing with `paymentDetails`.
+    pub offer: Offer,
+}
+
+/// The one schema reader (session, facade and command line): parses the 402
+/// answer, checks its version and its `websocketEndpoint` against the schema
+/// request (`ctx`), reads the x402 offer (v1 `accepts`, v2 `PAYMENT-REQUIRED`)
+/// and refuses an offer that disagrees with `paymentDetails`.
+pub fn read_schema(
+    ctx: &UrlContext,
+    version: PathVersion,
+    resp: &HttpResponse,
+) -> Result<CheckedSchema, x402_types::Error> {
+    let bad = |m: &str| x402_types::Error::Protocol(m.to_string());
+    let schema = Schema::from_json(&resp.body)?;
+    schema.check_version(version)?;
+    let (ws, token) = ctx.check(&schema.websocket_endpoint, EndpointKind::Stream)?;
+    if token.is_none() {
+        return Err(bad("websocketEndpoint has no token"));
+    }
+    let req = schema.payment_details.requirement();
+    let resource = {
+        let mut u = ws.clone();
+        u.set_query(None);
+        u.to_string()
+    };
+    let offer = match version {
+        PathVersion::V1 => match schema.accepts.as_ref().and_then(|a| a.first()) {
+            Some(r) => Offer::V1(r.clone()),
+            None => Offer::from_requirement(
+                PathVersion::V1,
+                &req,
+                &resource,
+                &schema.stream.description,
+            ),
+        },
+        PathVersion::V2 => match resp.header(headers::PAYMENT_REQUIRED) {
+            Some(h) => {
+                let pr = PaymentRequiredV2::from_header(h)?;
+                match pr
+                    .into_offer()
+                    .ok_or_else(|| bad("PAYMENT-REQUIRED has no accepts"))?
+                {
+                    Offer::V2 {
+                        accepted,
+                        resource: None,
+                    } => Offer::V2 {
+                        accepted,
+                        resource: Some(ResourceInfo {
+                            url: resource,
+                            description: None,
+                            mime_type: None,
+                        }),
+                    },
+                    offer => offer,
+                }
+            }
+            None => Offer::from_requirement(
+                PathVersion::V2,
+                &req,
+                &resource,
+                &schema.stream.description,
+            ),
+        },
+    };
+    // The x402 part must agree with paymentDetails: no bait and switch.
+    let r = offer.requirement();
+    if r.amount != req.amount
+        || r.network != req.network
+        || !r.pay_to.eq_ignore_ascii_case(&req.pay_to)
+        || !r.asset.eq_ignore_ascii_case(&req.asset)
+        || r.scheme != req.scheme
+    {
+        return Err(bad("x402 requirement disagrees with paymentDetails"));
+    }
+    Ok(CheckedSchema {
+        schema,
+        websocket: ws,
+        offer,
+    })
 }

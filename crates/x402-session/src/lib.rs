@@ -8,8 +8,9 @@ mod rng;
 pub mod server;
 
 pub use client::{
-    ClientConfig, ClientEvent, ClientSession, ClientStats, ConnId, EndReason, HttpResponse, Method,
-    ReconnectPolicy, RequestId, Transmit, TransportFailure, default_renew_margin,
+    CheckedSchema, ClientConfig, ClientEvent, ClientSession, ClientStats, ConnId, EndReason,
+    HttpResponse, Method, ReconnectPolicy, RequestId, Transmit, TransportFailure,
+    default_renew_margin, read_schema,
 };
 pub use error::UsageError;
 pub use server::{

@@ -320,3 +320,37 @@ fn settlement_pending_is_retried_until_final() {
             .any(|l| l.contains("PaymentAccepted slice=1"))
     );
 }
+
+#[test]
+fn a_server_that_refuses_and_settles_anyway_cannot_collect_past_the_budget() {
+    // Budget of one slice. The server takes the money and answers "invalid":
+    // the refused authorization stays counted, so no second one is signed.
+    let s = run(
+        SimConfig {
+            budget_slices: 1,
+            ..SimConfig::default()
+        },
+        30,
+        |s| s.server.settle_and_refuse = true,
+        None,
+    );
+    let signed: u32 = s.signatures.values().sum();
+    assert_eq!(
+        signed, 1,
+        "the refused authorization still counts against the budget"
+    );
+    assert_eq!(s.server.settled, x402_types::Amount::from(sim::PRICE));
+    assert_eq!(
+        s.server.endpoint.slices("s1"),
+        0,
+        "nothing was ever credited"
+    );
+    assert!(
+        matches!(
+            s.ended,
+            Some(x402_session::EndReason::PaymentDeclined { policy: true, .. })
+        ),
+        "{:?}",
+        s.ended
+    );
+}

@@ -99,10 +99,17 @@ pub struct Driver {
     inputs_tx: mpsc::Sender<Input>,
     inputs: mpsc::Receiver<Input>,
     live: Option<Live>,
-    reservations: HashMap<u64, Reservation>,
+    /// Signed payments by slice, with their `validBefore`.
+    reservations: HashMap<u64, (Reservation, u64)>,
+    /// Refused payments: still spendable by whoever holds them until their
+    /// `validBefore` (plus skew) passes, so they stay counted until then.
+    held: Vec<(tokio::time::Instant, Reservation)>,
     idle_timeout: Duration,
     events_closed: bool,
 }
+
+/// A refused authorization stays counted this long past its `validBefore` (clock skew).
+const HOLD_SKEW_SECS: u64 = 60;
 
 /// How often an idle socket is pinged, and how long silence means it is dead.
 const PING_EVERY: Duration = Duration::from_secs(15);
@@ -152,6 +159,7 @@ impl Driver {
                 inputs,
                 live: None,
                 reservations: HashMap::new(),
+                held: Vec::new(),
                 idle_timeout: PING_EVERY * 3,
                 events_closed: false,
             },
@@ -205,7 +213,10 @@ impl Driver {
                 Wake::Input(input) => self.feed(input),
                 Wake::Frame(conn, f) => self.on_frame(conn, f).await,
                 Wake::Timeout => self.session.handle_timeout(now()),
-                Wake::Ping => self.ping().await,
+                Wake::Ping => {
+                    self.release_expired_holds();
+                    self.ping().await
+                }
                 Wake::Stop(open) => {
                     stop_open = open;
                     self.session.stop(now())
@@ -221,6 +232,13 @@ impl Driver {
             close_in_background(l.socket, 1000);
         }
         // Reservations still open belong to payments whose fate is unknown: they stay reserved.
+        // Refused ones are released once their validBefore has passed, after the session.
+        for (until, r) in std::mem::take(&mut self.held) {
+            tokio::spawn(async move {
+                tokio::time::sleep_until(until).await;
+                r.release();
+            });
+        }
         self.progress().ended.clone().unwrap_or(EndReason::Stopped)
     }
 
@@ -321,6 +339,18 @@ impl Driver {
         p.paid_until = (remaining > Duration::ZERO).then(|| Instant::now() + remaining);
     }
 
+    /// Releases refused authorizations whose `validBefore` (plus skew) passed.
+    fn release_expired_holds(&mut self) {
+        let now = tokio::time::Instant::now();
+        let (dead, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(until, _)| *until <= now);
+        self.held = live;
+        for (_, r) in dead {
+            r.release();
+        }
+    }
+
     async fn on_event(&mut self, e: ClientEvent) {
         match &e {
             ClientEvent::PaymentNeeded { slice, offer } => {
@@ -334,7 +364,11 @@ impl Driver {
                     }
                     Ok(res) => match self.payer.pay(offer).await {
                         Ok(payload) => {
-                            self.reservations.insert(slice, res);
+                            let valid_before = payload
+                                .exact_evm()
+                                .and_then(|e| e.authorization.valid_before.to_u64())
+                                .unwrap_or(u64::MAX);
+                            self.reservations.insert(slice, (res, valid_before));
                             self.session.handle_payment(now(), slice, payload)
                         }
                         Err(err) => {
@@ -356,7 +390,7 @@ impl Driver {
                 return; // internal: not forwarded
             }
             ClientEvent::PaymentAccepted { slice, .. } => {
-                let amount = self.reservations.remove(slice).map(|r| {
+                let amount = self.reservations.remove(slice).map(|(r, _)| {
                     let a = r.amount();
                     r.commit();
                     a
@@ -373,10 +407,18 @@ impl Driver {
             ClientEvent::PaymentRefused {
                 slice, maybe_spent, ..
             } => {
-                if let Some(r) = self.reservations.remove(slice)
-                    && !maybe_spent
-                {
-                    r.release();
+                // A refused authorization can still be settled by whoever holds
+                // it until its validBefore: it stays counted as spent until then
+                // (forever if the money may have moved).
+                if let Some((r, valid_before)) = self.reservations.remove(slice) {
+                    if *maybe_spent {
+                        r.commit();
+                    } else {
+                        let left = valid_before.saturating_sub(unix_now());
+                        let until = tokio::time::Instant::now()
+                            + Duration::from_secs(left.saturating_add(HOLD_SKEW_SECS));
+                        self.held.push((until, r));
+                    }
                 }
             }
             ClientEvent::Hello(h) => self.progress().hello = Some(h.clone()),

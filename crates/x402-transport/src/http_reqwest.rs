@@ -31,15 +31,12 @@ impl ReqwestTransport {
     }
 }
 
-impl Default for ReqwestTransport {
-    fn default() -> Self {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
-        ReqwestTransport { client }
+impl ReqwestTransport {
+    /// The standard transport: 5 s to connect, 10 s per request, no redirects.
+    /// (There is no `Default`: a client that failed to build must not silently
+    /// fall back to one without timeouts or redirect policy.)
+    pub fn standard() -> Result<Self, TransportError> {
+        Self::new(Duration::from_secs(5), Duration::from_secs(10))
     }
 }
 
@@ -59,13 +56,15 @@ impl HttpTransport for ReqwestTransport {
             req = req.header(k, v);
         }
         let map = |e: reqwest::Error| {
+            // Never echo the URL: it carries the session token.
+            let e = e.without_url();
             if e.is_timeout() {
                 TransportError::Timeout(e.to_string())
             } else {
                 TransportError::Connection(e.to_string())
             }
         };
-        let resp = req.send().await.map_err(map)?;
+        let mut resp = req.send().await.map_err(map)?;
         let status = resp.status().as_u16();
         let headers = resp
             .headers()
@@ -79,14 +78,19 @@ impl HttpTransport for ReqwestTransport {
         if resp.content_length().is_some_and(|l| l > MAX_BODY as u64) {
             return Err(TransportError::Frame("response body too large".into()));
         }
-        let body = resp.bytes().await.map_err(map)?;
-        if body.len() > MAX_BODY {
-            return Err(TransportError::Frame("response body too large".into()));
+        // Capped while reading: a chunked body without a length is cut off at
+        // MAX_BODY, never buffered whole first.
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(map)? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(TransportError::Frame("response body too large".into()));
+            }
+            body.extend_from_slice(&chunk);
         }
         Ok(HttpResponse {
             status,
             headers,
-            body: body.to_vec(),
+            body,
         })
     }
 }

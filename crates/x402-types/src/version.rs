@@ -191,6 +191,12 @@ pub struct UrlContext {
     pub host: String,
     /// The stream id requested.
     pub stream_id: String,
+    /// Whether the schema was fetched over TLS (then every URL must be `https`/`wss`).
+    pub secure: bool,
+    /// The schema request's port (explicit or the scheme's default).
+    pub port: u16,
+    /// The path before `/{ver}/schema/{id}` (empty or `/api`, say).
+    pub prefix: String,
 }
 
 impl UrlContext {
@@ -208,10 +214,23 @@ impl UrlContext {
             });
         }
         let host = u.host_str().unwrap_or_default().to_ascii_lowercase();
+        let secure = match u.scheme() {
+            "https" => true,
+            "http" => false,
+            other => {
+                return Err(Error::PathMismatch {
+                    url: truncate(schema_url),
+                    reason: format!("unexpected scheme {other}"),
+                });
+            }
+        };
         Ok(UrlContext {
             version: ver.parse()?,
             host,
             stream_id: id,
+            secure,
+            port: u.port_or_known_default().unwrap_or(0),
+            prefix: prefix(&u),
         })
     }
 
@@ -220,9 +239,13 @@ impl UrlContext {
     /// parsed URL and its token (`t` query parameter) on success.
     pub fn check(&self, url: &str, kind: EndpointKind) -> Result<(Url, Option<String>), Error> {
         let u = parse_url(url)?;
-        let ok_scheme = match kind {
-            EndpointKind::Stream => matches!(u.scheme(), "ws" | "wss"),
-            _ => matches!(u.scheme(), "http" | "https"),
+        // Scheme pinned to the schema request's: a TLS schema never leads to a
+        // clear-text socket that would carry a bearer payment.
+        let ok_scheme = match (kind, self.secure) {
+            (EndpointKind::Stream, true) => u.scheme() == "wss",
+            (EndpointKind::Stream, false) => u.scheme() == "ws",
+            (_, true) => u.scheme() == "https",
+            (_, false) => u.scheme() == "http",
         };
         if !ok_scheme {
             return Err(Error::PathMismatch {
@@ -236,6 +259,20 @@ impl UrlContext {
                 url: truncate(url),
                 expected: self.host.clone(),
                 found: host,
+            });
+        }
+        let port = u.port_or_known_default().unwrap_or(0);
+        if port != self.port {
+            return Err(Error::HostMismatch {
+                url: truncate(url),
+                expected: format!("{}:{}", self.host, self.port),
+                found: format!("{host}:{port}"),
+            });
+        }
+        if prefix(&u) != self.prefix {
+            return Err(Error::PathMismatch {
+                url: truncate(url),
+                reason: format!("path prefix differs from the schema's ({:?})", self.prefix),
             });
         }
         let (ver, k, id) = tail(&u).ok_or_else(|| Error::PathMismatch {
@@ -280,11 +317,32 @@ fn tail(u: &Url) -> Option<(String, String, String)> {
     Some((segs[n - 3].to_string(), segs[n - 2].to_string(), id))
 }
 
+/// The path segments before the last three, joined (`""` or `"/api"`).
+fn prefix(u: &Url) -> String {
+    let segs: Vec<&str> = u.path_segments().map(|s| s.collect()).unwrap_or_default();
+    let n = segs.len().saturating_sub(3);
+    segs[..n].iter().map(|s| format!("/{s}")).collect()
+}
+
+/// Percent-decodes a path segment (`+` stays `+`: this is a path, not a form).
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), b.get(i + 2).and_then(|c| hex(*c)))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -371,5 +429,40 @@ mod tests {
             ctx.check("not a url", EndpointKind::Renew),
             Err(Error::Url { .. })
         ));
+        // Scheme, port and path prefix are pinned to the schema request's.
+        for bad in [
+            "ws://x402.atomicstream.net/v2/stream/btc?t=tok",
+            "wss://x402.atomicstream.net:8443/v2/stream/btc?t=tok",
+            "wss://x402.atomicstream.net/other/v2/stream/btc?t=tok",
+        ] {
+            assert!(ctx.check(bad, EndpointKind::Stream).is_err(), "{bad}");
+        }
+        let local = UrlContext::from_schema_url("http://127.0.0.1:4021/api/v2/schema/a+b").unwrap();
+        assert_eq!(local.stream_id, "a+b", "+ is not a space in a path");
+        assert!(
+            local
+                .check(
+                    "ws://127.0.0.1:4021/api/v2/stream/a+b?t=x",
+                    EndpointKind::Stream
+                )
+                .is_ok()
+        );
+        assert!(
+            local
+                .check(
+                    "ws://127.0.0.1:4022/api/v2/stream/a+b?t=x",
+                    EndpointKind::Stream
+                )
+                .is_err()
+        );
+        assert!(
+            local
+                .check(
+                    "wss://127.0.0.1:4021/api/v2/stream/a+b?t=x",
+                    EndpointKind::Stream
+                )
+                .is_err()
+        );
+        assert_eq!(percent_decode("a%2Fb%zz%"), "a/b%zz%");
     }
 }

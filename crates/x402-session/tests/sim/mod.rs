@@ -126,6 +126,9 @@ pub struct Server {
     waiting: Vec<(Instant, Waiter, PaymentIn)>,
     pub unresolved: u64,
     pub pending_answers: u64,
+    /// A malicious server: moves the money, then answers "payment invalid".
+    pub settle_and_refuse: bool,
+    pub stolen: Amount,
 }
 
 pub struct Sim {
@@ -137,7 +140,9 @@ pub struct Sim {
     pub payer: EvmExactPayer,
     pub policy: SpendPolicy,
     pub session_budget: Arc<Budget>,
-    reservations: HashMap<u64, Reservation>,
+    reservations: HashMap<u64, (Reservation, u64)>,
+    /// Refused authorizations, counted until their validBefore passes (as the driver does).
+    held: Vec<(u64, Reservation)>,
     to_server: BTreeMap<(Instant, u64), ToServer>,
     to_client: BTreeMap<(Instant, u64), ToClient>,
     conn_last: HashMap<ConnId, Instant>,
@@ -243,6 +248,8 @@ impl Sim {
             waiting: Vec::new(),
             unresolved: 0,
             pending_answers: 0,
+            settle_and_refuse: false,
+            stolen: Amount::ZERO,
         };
         let payer = EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap())
             .with_clock(Arc::new(VClock(unix.clone())))
@@ -262,6 +269,7 @@ impl Sim {
                 Amount::from(PRICE * c.budget_slices),
             )),
             reservations: HashMap::new(),
+            held: Vec::new(),
             to_server: BTreeMap::new(),
             to_client: BTreeMap::new(),
             conn_last: HashMap::new(),
@@ -438,7 +446,14 @@ impl Sim {
                             "two signatures for slice {slice}"
                         );
                         let payload = self.payer.sign(offer).unwrap();
-                        self.reservations.insert(slice, res);
+                        let vb = payload
+                            .exact_evm()
+                            .unwrap()
+                            .authorization
+                            .valid_before
+                            .to_u64()
+                            .unwrap();
+                        self.reservations.insert(slice, (res, vb));
                         self.push_event_line(format!("PaymentNeeded slice={slice} -> signed"));
                         self.client
                             .handle_payment(self.now, slice, payload)
@@ -454,7 +469,7 @@ impl Sim {
                 None
             }
             ClientEvent::PaymentAccepted { slice, .. } => {
-                if let Some(r) = self.reservations.remove(slice) {
+                if let Some((r, _)) = self.reservations.remove(slice) {
                     r.commit();
                 }
                 Some(format!("PaymentAccepted slice={slice}"))
@@ -466,10 +481,12 @@ impl Sim {
                 maybe_spent,
             } => {
                 *self.abandoned_or_refused.entry(*slice).or_default() += 1;
-                if let Some(r) = self.reservations.remove(slice)
-                    && !maybe_spent
-                {
-                    r.release();
+                if let Some((r, vb)) = self.reservations.remove(slice) {
+                    if *maybe_spent {
+                        r.commit();
+                    } else {
+                        self.held.push((vb, r));
+                    }
                 }
                 Some(format!("PaymentRefused slice={slice} {status} {code}"))
             }
@@ -612,7 +629,26 @@ impl Sim {
     fn facilitator_answer(&mut self, id: SettleId, payload: PaymentPayload) {
         let unix = self.unix.load(Ordering::SeqCst);
         let evm = payload.exact_evm().unwrap().clone();
-        let outcome = if self.server.pending_first > 0 {
+        let outcome = if self.server.settle_and_refuse {
+            if self.server.nonces.insert(evm.authorization.nonce) {
+                self.server.settled = self
+                    .server
+                    .settled
+                    .checked_add(evm.authorization.value)
+                    .unwrap();
+                // The money it kept without crediting: not "credited", so the
+                // credited == settled check below does not apply to this server.
+                self.server.stolen = self
+                    .server
+                    .stolen
+                    .checked_add(evm.authorization.value)
+                    .unwrap();
+            }
+            SettleOutcome::Refused {
+                code: ErrorCode::PaymentInvalid,
+                message: "refused (but settled)".into(),
+            }
+        } else if self.server.pending_first > 0 {
             self.server.pending_first -= 1;
             // Broadcast: the money moves now, the answer says "pending".
             if self.server.nonces.insert(evm.authorization.nonce) {
@@ -1032,6 +1068,14 @@ impl Sim {
             let secs = to.duration_since(self.t0).as_millis() as u64 / 1000;
             self.now = to;
             self.unix.store(UNIX0 + secs, Ordering::SeqCst);
+            let unix = UNIX0 + secs;
+            let (dead, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+                .into_iter()
+                .partition(|(vb, _)| vb + 60 < unix);
+            self.held = live;
+            for (_, r) in dead {
+                r.release();
+            }
         }
         self.last_timeout_floor = self.now;
     }
@@ -1178,7 +1222,11 @@ impl Sim {
         );
         if self.server.endpoint.stats().settling == 0 {
             assert_eq!(
-                self.server.credited, self.server.settled,
+                self.server
+                    .credited
+                    .checked_add(self.server.stolen)
+                    .unwrap(),
+                self.server.settled,
                 "a settled payment was not credited"
             );
         }

@@ -1,0 +1,319 @@
+//! The async driver on paused time with in-memory transports: the money
+//! path (reservations committed, held after a refusal, kept for good when
+//! money may have moved), the idle-socket drop and 1009 on an oversized frame.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use x402_payer::{Budget, BudgetScope, EvmExactPayer, LocalSigner, SpendPolicy};
+use x402_session::{ClientConfig, EndReason, ReconnectPolicy};
+use x402_transport::{
+    ConnectError, Driver, HttpResponse, HttpTransport, Method, TransportError, WsConnection,
+    WsConnector, WsFrame,
+};
+use x402_types::{
+    Amount, ErrorBody, ErrorCode, Hello, Network, PathVersion, PaymentDetails, Pricing, Schema,
+    ServerMessage, StreamInfo,
+};
+
+const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+const BASE: &str = "http://test.local";
+const PRICE: u64 = 1_000;
+
+fn schema() -> Vec<u8> {
+    Schema {
+        protocol: "ws402".into(),
+        version: PathVersion::V2,
+        websocket_endpoint: "ws://test.local/v2/stream/s?t=tok".into(),
+        pricing: Pricing {
+            price_per_second: 0.0,
+            currency: "USDC".into(),
+            estimated_duration: 20,
+            price_per_minute: None,
+            price_per_slice: None,
+        },
+        payment_details: PaymentDetails {
+            scheme: "exact".into(),
+            network: Network::BASE_SEPOLIA,
+            asset: "0x036CbD53842c5426634e7929541eC2318f3dCF7e".into(),
+            pay_to: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C".into(),
+            max_amount_required: Amount::from(PRICE),
+            max_timeout_seconds: 30,
+            extra: Some(serde_json::json!({"name": "USDC", "version": "2"})),
+        },
+        stream: StreamInfo {
+            id: "s".into(),
+            title: "s".into(),
+            description: "d".into(),
+        },
+        x402_version: None,
+        error: None,
+        accepts: None,
+    }
+    .to_json()
+    .into_bytes()
+}
+
+fn error(status: u16, code: ErrorCode) -> HttpResponse {
+    HttpResponse {
+        status,
+        headers: vec![],
+        body: serde_json::to_vec(&ErrorBody {
+            error: code,
+            message: String::new(),
+            accepts: None,
+            x402_version: None,
+            retry_after: None,
+        })
+        .unwrap(),
+    }
+}
+
+/// Answers the schema, then each renewal with the next scripted answer.
+struct Http {
+    renewals: Mutex<VecDeque<HttpResponse>>,
+}
+
+#[async_trait]
+impl HttpTransport for Http {
+    async fn request(
+        &self,
+        method: Method,
+        _url: &str,
+        _headers: &[(String, String)],
+    ) -> Result<HttpResponse, TransportError> {
+        match method {
+            Method::Get => Ok(HttpResponse {
+                status: 402,
+                headers: vec![],
+                body: schema(),
+            }),
+            Method::Post => self
+                .renewals
+                .lock()
+                .unwrap()
+                .pop_front()
+                .ok_or_else(|| TransportError::Connection("no more answers".into())),
+        }
+    }
+}
+
+/// Each upgrade succeeds; the test feeds the socket's frames.
+struct Ws {
+    sockets: Mutex<VecDeque<mpsc::Receiver<Result<WsFrame, TransportError>>>>,
+    connects: Mutex<u32>,
+}
+
+struct Socket(mpsc::Receiver<Result<WsFrame, TransportError>>);
+
+#[async_trait]
+impl WsConnection for Socket {
+    async fn recv(&mut self) -> Option<Result<WsFrame, TransportError>> {
+        self.0.recv().await
+    }
+    async fn send_text(&mut self, _text: String) -> Result<(), TransportError> {
+        Ok(())
+    }
+    async fn close(&mut self, _code: u16) -> Result<(), TransportError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl WsConnector for Ws {
+    async fn connect(
+        &self,
+        _url: &str,
+        _headers: &[(String, String)],
+    ) -> Result<(HttpResponse, Box<dyn WsConnection>), ConnectError> {
+        *self.connects.lock().unwrap() += 1;
+        match self.sockets.lock().unwrap().pop_front() {
+            Some(rx) => Ok((
+                HttpResponse {
+                    status: 101,
+                    ..Default::default()
+                },
+                Box::new(Socket(rx)),
+            )),
+            None => Err(ConnectError::Failed(TransportError::Connection(
+                "refused".into(),
+            ))),
+        }
+    }
+}
+
+fn hello(expires_in: u64) -> WsFrame {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    WsFrame::Text(
+        ServerMessage::Hello(Hello {
+            session_id: "q".into(),
+            stream_id: "s".into(),
+            version: PathVersion::V2,
+            slice_seconds: 20,
+            expires_at: now + expires_in,
+            server_time: now,
+            renew_url: "http://test.local/v2/renew/s?t=tok".into(),
+            resumed: false,
+            next_seq: 0,
+        })
+        .to_json(),
+    )
+}
+
+struct Setup {
+    budget: Arc<Budget>,
+    ws: Arc<Ws>,
+    sockets: Vec<mpsc::Sender<Result<WsFrame, TransportError>>>,
+    driver: Driver,
+    handle: x402_transport::DriverHandle,
+}
+
+fn setup(renewals: Vec<HttpResponse>, sockets: usize) -> Setup {
+    let budget = Arc::new(Budget::new(BudgetScope::Lifetime, Amount::from(10 * PRICE)));
+    let policy = SpendPolicy::new(Amount::from(PRICE)).with_shared_budget(budget.clone());
+    let mut txs = Vec::new();
+    let mut rxs = VecDeque::new();
+    for _ in 0..sockets {
+        let (tx, rx) = mpsc::channel(16);
+        txs.push(tx);
+        rxs.push_back(rx);
+    }
+    let ws = Arc::new(Ws {
+        sockets: Mutex::new(rxs),
+        connects: Mutex::new(0),
+    });
+    let mut cfg = ClientConfig::new(BASE, PathVersion::V2, "s");
+    cfg.reconnect = ReconnectPolicy {
+        max_attempts: 2,
+        ..ReconnectPolicy::default()
+    };
+    let (driver, handle) = Driver::new(
+        cfg,
+        Arc::new(Http {
+            renewals: Mutex::new(renewals.into()),
+        }),
+        ws.clone(),
+        Arc::new(EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap())),
+        policy,
+        None,
+    )
+    .unwrap();
+    Setup {
+        budget,
+        ws,
+        sockets: txs,
+        driver,
+        handle,
+    }
+}
+
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn accepted_payments_commit_and_refused_ones_stay_counted_until_valid_before() {
+    // The renewal is refused (402 payment_invalid), then the re-signed one too.
+    let s = setup(
+        vec![
+            error(402, ErrorCode::PaymentInvalid),
+            error(402, ErrorCode::PaymentInvalid),
+        ],
+        1,
+    );
+    let budget = s.budget.clone();
+    s.sockets[0].send(Ok(hello(20))).await.unwrap();
+    let task = tokio::spawn(s.driver.run());
+    settle().await;
+    assert_eq!(
+        budget.committed(),
+        Amount::from(PRICE),
+        "the first slice is committed"
+    );
+    // The renewal margin (4 s before the end) passes: two refused renewals.
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    settle().await;
+    assert_eq!(
+        budget.reserved(),
+        Amount::from(2 * PRICE),
+        "both refused authorizations are still spendable: still counted"
+    );
+    // Long after their validBefore (30 s + 60 s of skew), they are released.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    settle().await;
+    assert_eq!(budget.reserved(), Amount::ZERO);
+    assert_eq!(budget.committed(), Amount::from(PRICE));
+    drop(s.handle);
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_payment_that_may_have_moved_money_stays_spent() {
+    let s = setup(vec![error(409, ErrorCode::PaymentUsed)], 1);
+    let budget = s.budget.clone();
+    s.sockets[0].send(Ok(hello(20))).await.unwrap();
+    let task = tokio::spawn(s.driver.run());
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    settle().await;
+    assert_eq!(budget.committed(), Amount::from(2 * PRICE));
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    settle().await;
+    assert_eq!(
+        budget.committed(),
+        Amount::from(2 * PRICE),
+        "never released"
+    );
+    drop(s.handle);
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_socket_is_dropped_and_reconnected() {
+    let s = setup(vec![], 2);
+    s.sockets[0].send(Ok(hello(600))).await.unwrap();
+    s.sockets[1].send(Ok(hello(600))).await.unwrap();
+    let ws = s.ws.clone();
+    let keep = s.sockets;
+    let task = tokio::spawn(s.driver.run());
+    settle().await;
+    assert_eq!(*ws.connects.lock().unwrap(), 1);
+    // Nothing heard for more than three ping periods (45 s): at the next ping (60 s) the socket is dead.
+    tokio::time::sleep(Duration::from_secs(65)).await;
+    settle().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    settle().await;
+    assert_eq!(
+        *ws.connects.lock().unwrap(),
+        2,
+        "reconnected after the idle drop"
+    );
+    drop(keep);
+    drop(s.handle);
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_oversized_frame_closes_1009_and_ends_the_session() {
+    let s = setup(vec![], 1);
+    s.sockets[0].send(Ok(hello(600))).await.unwrap();
+    s.sockets[0]
+        .send(Err(TransportError::Frame("frame too big".into())))
+        .await
+        .unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(5), s.driver.run())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&reason, EndReason::ProtocolViolation(m) if m.contains("1009")),
+        "{reason:?}"
+    );
+}
