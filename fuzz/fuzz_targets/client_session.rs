@@ -1,7 +1,8 @@
 #![no_main]
 //! Structure-aware: the bytes choose a sequence of inputs to a client session;
-//! text inputs are slices of the fuzz data. Nothing may panic, and the drain
-//! contract and `poll_timeout` monotonicity hold.
+//! text inputs are slices of the fuzz data. Payments asked for are really
+//! signed and handed back, so the fuzzer reaches the socket and renewal code.
+//! Nothing may panic, and the drain contract and `poll_timeout` monotonicity hold.
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
@@ -19,6 +20,9 @@ fuzz_target!(|data: &[u8]| {
     let mut http = Vec::new();
     let mut conns = Vec::new();
     let mut asked = Vec::new();
+    let payer = x402_payer::EvmExactPayer::new(
+        x402_payer::LocalSigner::from_hex("0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80").expect("key"),
+    );
     let mut floor = now;
     let mut i = 0;
     while i < data.len() {
@@ -31,8 +35,8 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         while let Some(e) = s.poll_event() {
-            if let ClientEvent::PaymentNeeded { slice, .. } = e {
-                asked.push(slice);
+            if let ClientEvent::PaymentNeeded { slice, offer } = e {
+                asked.push((slice, offer));
             }
         }
         if let Some(t) = s.poll_timeout() {
@@ -45,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
         i += 2 + len;
         now += Duration::from_millis(u64::from(op) * 37);
         floor = now;
-        let _ = match op % 9 {
+        let _ = match op % 10 {
             0 => match http.pop() {
                 Some(id) => s.handle_http_response(now, id, HttpResponse { status: 402, headers: vec![], body: SCHEMA.as_bytes().to_vec() }),
                 None => s.handle_timeout(now),
@@ -71,7 +75,14 @@ fuzz_target!(|data: &[u8]| {
                 None => s.handle_timeout(now),
             },
             6 => match asked.pop() {
-                Some(slice) => s.handle_payment_declined(now, slice, text.into_owned(), true),
+                Some((slice, _)) => s.handle_payment_declined(now, slice, text.into_owned(), true),
+                None => s.handle_timeout(now),
+            },
+            8 => match asked.pop() {
+                Some((slice, offer)) => match payer.sign(&offer) {
+                    Ok(p) => s.handle_payment(now, slice, p),
+                    Err(_) => s.handle_timeout(now),
+                },
                 None => s.handle_timeout(now),
             },
             7 => match http.pop() {

@@ -1,6 +1,7 @@
 //! Project automation. `cargo xtask <verb>`:
 //!
-//! - `ci`: the gate (fmt, clippy, tests, docs, fuzz smoke).
+//! - `ci`: the gate (fmt, clippy, tests, docs). Fuzzing is `cargo xtask fuzz`
+//!   (cargo-fuzz needs minutes to install, so it is not part of the gate).
 //! - `bench`: benchmarks with baselines, writes `target/bench/report.json`.
 //! - `soak [seconds]`: bounded load and fault run against the reference server.
 //! - `fuzz <target|all> [seconds]`: cargo-fuzz runs (installs cargo-fuzz if missing).

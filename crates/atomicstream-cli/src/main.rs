@@ -393,7 +393,7 @@ async fn run_stream(
         eprintln!();
     }
     eprintln!(
-        "summary: {} slices bought, {} USDC paid, {} events, {} renewals ({} retries), {} reconnects, {:.1}s; ended: {reason:?}",
+        "summary: {} slices bought, {} USDC paid, {} events, {} renewals ({} retries), {} reconnects, {:.1}s",
         p.slices,
         p.paid.to_display(6),
         p.events,
@@ -402,7 +402,51 @@ async fn run_stream(
         p.reconnects,
         started.elapsed().as_secs_f64()
     );
-    Ok(end_code(&reason))
+    let code = end_code(&reason);
+    eprintln!(
+        "ended: {} (exit {code})",
+        explain_end(&reason, &p.paid, &budget)
+    );
+    Ok(code)
+}
+
+/// An end reason in a sentence: what happened and what to do.
+fn explain_end(r: &EndReason, paid: &Amount, budget: &Amount) -> String {
+    let usdc = |a: &Amount| format!("{} USDC", a.to_display(6));
+    match r {
+        EndReason::Stopped => "stopped as asked".into(),
+        EndReason::SliceLimit => "the requested number of slices was bought and used".into(),
+        EndReason::StreamEnded { reason } => format!("the server ended the stream ({reason})"),
+        EndReason::PaymentDeclined { policy: true, .. } => format!(
+            "the spending policy declined the next slice after {} of a {} budget; \
+             raise --budget (or --max-price) to keep streaming",
+            usdc(paid),
+            usdc(budget)
+        ),
+        EndReason::PaymentDeclined { message, .. } => {
+            format!("the wallet could not sign the next payment ({message}); check the key")
+        }
+        EndReason::PaymentRefused { code, message, .. } if code.maybe_spent() => format!(
+            "the server refused a payment that may have moved money ({code}: {message}); \
+             it stays counted against the budget; contact the operator"
+        ),
+        EndReason::PaymentRefused { code, message, .. } => format!(
+            "the server refused the payment twice ({code}: {message}); nothing more was signed"
+        ),
+        EndReason::Superseded => {
+            "another connection took over this session (the same token was opened elsewhere)".into()
+        }
+        EndReason::TokenRejected { code } => format!(
+            "the server no longer accepts this session's token ({code}); run the command again for a new quote"
+        ),
+        EndReason::ConnectionLost { attempts } => format!(
+            "the connection could not be restored after {attempts} attempts; check the network and the server"
+        ),
+        EndReason::ProtocolViolation(m) => {
+            format!("the server broke the protocol ({m}); nothing more was paid")
+        }
+        other => format!("{other:?}"),
+    }
 }
 
 fn describe(e: &ClientEvent) -> String {

@@ -126,7 +126,10 @@ async fn stream_prints_json_lines_and_stops_after_slices() {
             err.contains("summary: 2 slices bought, 0.008 USDC paid"),
             "{err}"
         );
-        assert!(err.contains("SliceLimit"));
+        assert!(
+            err.contains("ended: the requested number of slices was bought and used (exit 0)"),
+            "{err}"
+        );
     }
 }
 
@@ -147,7 +150,10 @@ async fn budget_exhaustion_exits_3_and_missing_key_exits_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(
-        err.contains("1 slices bought") && err.contains("PaymentDeclined"),
+        err.contains("1 slices bought")
+            && err.contains("the spending policy declined the next slice after 0.004 USDC of a 0.004 USDC budget")
+            && err.contains("(exit 3)")
+            && !err.contains("PaymentDeclined {"),
         "{err}"
     );
     // Per-slice cap below the price: refused before any signature.
@@ -317,7 +323,8 @@ async fn ctrl_c_stops_cleanly_with_a_summary() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
-        err.contains("summary: 1 slices bought") && err.contains("ended: Stopped"),
+        err.contains("summary: 1 slices bought")
+            && err.contains("ended: stopped as asked (exit 0)"),
         "{err}"
     );
     // Every stdout line is a complete JSON event even though it was interrupted.

@@ -784,6 +784,7 @@ async fn facilitator_4xx_style_refusals_are_read() {
 async fn expired_sessions_are_swept() {
     let limits = Limits {
         session_linger_secs: 1,
+        sweep_interval_ms: 100,
         ..Limits::default()
     };
     let t = start_with(limits, vec![stream("s", 1, 7)]).await;
@@ -792,7 +793,7 @@ async fn expired_sessions_are_swept() {
     assert_eq!(t.state.endpoint_stats().sessions, 1);
     assert_eq!(close_code(&mut ws).await, Some(4402));
     drop(ws);
-    // Once the quote (7 s) and paid time (1 s) + linger (1 s) are over; the sweeper runs every 5 s.
+    // Once the quote (7 s) and paid time (1 s) + linger (1 s) are over; the sweeper runs every 100 ms.
     let mut left = usize::MAX;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -837,4 +838,179 @@ async fn replay_source_publishes_a_jsonl_file() {
         assert_eq!(d, cycle[(start + i) % 3]);
     }
     let _ = std::fs::remove_file(file);
+}
+
+// ----- attacks (issue: close the attack surface) -----
+
+#[tokio::test]
+async fn paid_time_buys_only_events_published_during_it() {
+    let t = start_with(Limits::default(), vec![stream("s", 2, 60)]).await;
+    // 500 events before the purchase.
+    t.publish(500);
+    let q = t.schema(PathVersion::V2, "s").await;
+    let h = t.pay(&q);
+    let url = format!("{}&from=0", q.schema.websocket_endpoint);
+    let (mut ws, _) = t
+        .connect(&url, Some(("PAYMENT-SIGNATURE", &h)))
+        .await
+        .unwrap();
+    let ServerMessage::Hello(hello) = next_msg(&mut ws).await else {
+        panic!()
+    };
+    assert_eq!(
+        hello.next_seq, 500,
+        "a resume starts at the first paid event"
+    );
+    match next_msg(&mut ws).await {
+        ServerMessage::Error { code, count, .. } => {
+            assert_eq!((code, count), (ErrorCode::EventsSkipped, Some(500)));
+        }
+        other => panic!("{other:?}"),
+    }
+    t.publish(1);
+    assert_eq!(
+        next_event_seq(&mut ws).await,
+        500,
+        "nothing published before the purchase"
+    );
+    // Let the 2 s slice lapse, publish while unpaid, then renew: the gap is skipped, and said so.
+    assert_eq!(close_code(&mut ws).await, Some(4402));
+    t.publish(30);
+    let r = t
+        .renew(&hello.renew_url, PathVersion::V2, Some(&t.pay(&q)))
+        .await;
+    assert_eq!(r.status(), 200);
+    let url = format!("{}&from=501", q.schema.websocket_endpoint);
+    let (mut ws, _) = t.connect(&url, None).await.unwrap();
+    let ServerMessage::Hello(h2) = next_msg(&mut ws).await else {
+        panic!()
+    };
+    assert_eq!(h2.next_seq, 531);
+    match next_msg(&mut ws).await {
+        ServerMessage::Error { code, count, .. } => {
+            assert_eq!((code, count), (ErrorCode::EventsSkipped, Some(30)));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_upgrade_reset_before_the_101_leaves_no_connected_session() {
+    use tokio::io::AsyncWriteExt;
+    let t = start().await;
+    for _ in 0..20 {
+        let q = t.schema(PathVersion::V2, "s").await;
+        let url = url_parts(&q.schema.websocket_endpoint);
+        let mut tcp = tokio::net::TcpStream::connect(&url.0).await.unwrap();
+        let req = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             PAYMENT-SIGNATURE: {}\r\n\r\n",
+            url.1,
+            url.0,
+            t.pay(&q)
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        // Reset: SO_LINGER 0 then drop (a zero linger never blocks the drop).
+        #[allow(deprecated)]
+        tcp.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let st = t.state.endpoint_stats();
+    assert_eq!(st.connections, 0, "no ghost connection: {st:?}");
+    assert_eq!(
+        t.state
+            .stats
+            .sockets
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+/// (host:port, path?query) of a ws:// URL.
+fn url_parts(ws: &str) -> (String, String) {
+    let rest = ws.strip_prefix("ws://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    (host.to_string(), format!("/{path}"))
+}
+
+#[tokio::test]
+async fn secrets_never_appear_in_answers_or_debug() {
+    let mut cfg = Config::demo("127.0.0.1:0".parse().unwrap());
+    let secret = "top-secret-server-key-top-secret-server-key";
+    cfg.secret = Some(secret.into());
+    cfg.streams = vec![stream("s", 60, 60)];
+    cfg.facilitator = Some(x402_server::FacilitatorConfig::Http {
+        url: "http://operator:hunter2@127.0.0.1:9".into(),
+        key: Some("bearer-credential-bearer-credential".into()),
+    });
+    let dbg = format!("{cfg:?}");
+    for leak in [secret, "hunter2", "bearer-credential"] {
+        assert!(!dbg.contains(leak), "Debug leaks {leak}: {dbg}");
+    }
+    let server = ServerBuilder::new(cfg).bind().await.unwrap();
+    let http = server.http_base().to_string();
+    server.spawn();
+    let client = reqwest::Client::new();
+    let health = client
+        .get(format!("{http}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(health.contains("127.0.0.1"), "{health}");
+    // A payment while the facilitator is down: 503, and the body names no credential.
+    let r = client
+        .get(format!("{http}/v2/schema/s"))
+        .send()
+        .await
+        .unwrap();
+    let header = r.headers()["PAYMENT-REQUIRED"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let schema = Schema::from_json(&r.bytes().await.unwrap()).unwrap();
+    let offer = PaymentRequiredV2::from_header(&header)
+        .unwrap()
+        .into_offer()
+        .unwrap();
+    let payer = EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap());
+    let renew = schema
+        .websocket_endpoint
+        .replace("ws://", "http://")
+        .replace("/stream/", "/renew/");
+    let r = client
+        .post(&renew)
+        .header("PAYMENT-SIGNATURE", payer.sign(&offer).unwrap().to_header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body = r.text().await.unwrap();
+    for text in [&health, &body] {
+        for leak in [secret, "hunter2", "operator", "bearer-credential"] {
+            assert!(!text.contains(leak), "leaks {leak}: {text}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_token_for_another_asset_is_refused() {
+    let t = start().await;
+    let q = t.schema(PathVersion::V2, "s").await;
+    let url = q.schema.websocket_endpoint.clone();
+    let token = url.split("t=").nth(1).unwrap();
+    let key = x402_server::token::TokenKey::new(b"test-secret-test-secret-test-secret");
+    let mut claims = key.verify(token).unwrap();
+    claims.asset = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913".into();
+    let forged = url.replace(token, &key.issue(&claims));
+    let (status, body) = error_of(
+        t.connect(&forged, Some(("PAYMENT-SIGNATURE", &t.pay(&q))))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((status, body.error), (401, ErrorCode::TokenInvalid));
 }
