@@ -332,10 +332,19 @@ pub async fn run(secs: u64) -> i32 {
         )));
     }
     let mut rss_peak = rss_start;
+    // Warm-up: the first fifth of the run (at least 5 s). The resident set
+    // after it is the level the end must come back near.
+    let warm_at = started + Duration::from_secs((secs / 5).max(5));
+    let mut rss_warm = None;
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        rss_peak = rss_peak.max(rss_kib());
+        let now_rss = rss_kib();
+        rss_peak = rss_peak.max(now_rss);
+        if rss_warm.is_none() && Instant::now() >= warm_at {
+            rss_warm = Some(now_rss);
+        }
     }
+    let rss_warm = rss_warm.unwrap_or(rss_peak);
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(40), t).await;
     }
@@ -365,7 +374,18 @@ pub async fn run(secs: u64) -> i32 {
             break;
         }
     }
+    // Payment records and nonce claims expire once validBefore (30 s) plus
+    // skew (60 s) has passed: wait for them too.
+    let mut ep = state.endpoint_stats();
+    for _ in 0..120 {
+        if ep.records <= 1 && ep.claims <= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        ep = state.endpoint_stats();
+    }
     let rss_end = rss_kib();
+    let rss_bounded = rss_end * 4 <= rss_warm * 5;
     let credited = ledger.ledger().len() as u64 - u64::from(still_serving);
     let t = &tally;
     let accepted = t.accepted_payments.load(Ordering::Relaxed);
@@ -384,7 +404,10 @@ pub async fn run(secs: u64) -> i32 {
         "sessions_at_end": sessions_at_end,
         "sessions_after_sweep": sessions_after_sweep,
         "still_serving": still_serving,
-        "rss_kib": {"start": rss_start, "peak": rss_peak, "end": rss_end},
+        "records_at_end": ep.records,
+        "claims_at_end": ep.claims,
+        "rss_kib": {"start": rss_start, "after_warm_up": rss_warm, "peak": rss_peak, "end": rss_end},
+        "rss_end_within_25pct_of_warm_up": rss_bounded,
     });
     println!(
         "{}",
@@ -400,7 +423,10 @@ pub async fn run(secs: u64) -> i32 {
         && t.unexplained_gaps.load(Ordering::Relaxed) == 0
         && credited <= accepted + good
         && sockets_left == 0
-        && sessions_after_sweep <= 1;
+        && sessions_after_sweep <= 1
+        && ep.records <= 1
+        && ep.claims <= 1
+        && rss_bounded;
     if ok {
         eprintln!("soak: passed");
         0
