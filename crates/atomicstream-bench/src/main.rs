@@ -760,6 +760,10 @@ fn print(report: &Report) -> Value {
     json!({"machine": machine(), "rows": rows})
 }
 
+/// mimalloc returns freed pages to the OS, so the soak's resident set measures live memory.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

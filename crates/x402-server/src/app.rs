@@ -525,10 +525,11 @@ pub(crate) async fn settle_outcome(
         }
     }
     match f.settle(req).await {
-        Err(FacilitatorError::Transport(e))
-        | Err(FacilitatorError::BadAnswer { message: e, .. }) => {
-            SettleOutcome::Unknown { reason: e }
-        }
+        // Nothing was sent: as good as never asked.
+        Err(FacilitatorError::Unavailable(e)) => SettleOutcome::NotAttempted { reason: e },
+        Err(e) => SettleOutcome::Unknown {
+            reason: e.to_string(),
+        },
         Ok(s) if s.success => SettleOutcome::Settled {
             header: Some(encode_header(&s)),
             payer: s.payer.as_deref().and_then(|p| p.parse().ok()),

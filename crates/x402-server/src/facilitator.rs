@@ -27,6 +27,10 @@ pub enum FacilitatorError {
     /// Network failure or timeout.
     #[error("facilitator unreachable: {0}")]
     Transport(String),
+    /// The facilitator cannot act now and sent nothing (its relayer has no
+    /// gas, its node is syncing): nothing moved, try again later.
+    #[error("facilitator unavailable: {0}")]
+    Unavailable(String),
     /// An answer that is neither a verify/settle response nor a recognisable refusal.
     #[error("facilitator answered {status}: {message}")]
     BadAnswer {

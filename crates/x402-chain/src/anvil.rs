@@ -1,0 +1,190 @@
+//! A local chain for tests and the demo: anvil (from the npm package
+//! `@foundry-rs/anvil`, pinned in `cargo xtask`), started on a free port with
+//! base-sepolia's chain id, with the test USDC token placed at the canonical
+//! base-sepolia USDC address.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::signers::local::PrivateKeySigner;
+
+use crate::token::{IEip3009Token, TEST_USDC_RUNTIME};
+use crate::{ChainError, rpc};
+
+/// The pinned anvil version (npm `@foundry-rs/anvil`).
+pub const ANVIL_VERSION: &str = "1.7.1";
+
+/// anvil's well-known development keys (funded with 10,000 ETH each on start).
+pub const DEV_KEYS: [&str; 4] = [
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+];
+
+/// The canonical USDC address on base-sepolia, where the test token is placed.
+pub const BASE_SEPOLIA_USDC: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+
+/// A running anvil, killed on drop.
+#[derive(Debug)]
+pub struct Anvil {
+    child: Child,
+    port: u16,
+}
+
+/// Where anvil is: `ANVIL_BIN`, then the workspace's `target/tools` (where
+/// `cargo xtask` installs the pinned npm package), then `PATH`.
+pub fn find_anvil() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("ANVIL_BIN")
+        && !p.is_empty()
+    {
+        return Some(PathBuf::from(p));
+    }
+    let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/node_modules");
+    for rel in [
+        "@foundry-rs/anvil-linux-amd64/bin/anvil",
+        "@foundry-rs/anvil-linux-arm64/bin/anvil",
+        "@foundry-rs/anvil-darwin-arm64/bin/anvil",
+        "@foundry-rs/anvil-darwin-amd64/bin/anvil",
+        ".bin/anvil",
+    ] {
+        let p = tools.join(rel);
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("anvil"))
+            .find(|p| p.exists())
+    })
+}
+
+impl Anvil {
+    /// Starts anvil on a free loopback port with `chain_id` and waits until it answers.
+    pub fn start(chain_id: u64) -> Result<Anvil, ChainError> {
+        let bin = find_anvil().ok_or_else(|| {
+            ChainError::Anvil(format!(
+                "anvil not found: run `cargo xtask ci` (installs @foundry-rs/anvil@{ANVIL_VERSION} \
+                 into target/tools) or set ANVIL_BIN"
+            ))
+        })?;
+        let port = free_port()?;
+        let child = Command::new(&bin)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--host",
+                "127.0.0.1",
+                "--chain-id",
+                &chain_id.to_string(),
+                "--silent",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| ChainError::Anvil(format!("{}: {e}", bin.display())))?;
+        let mut a = Anvil { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(ChainError::Anvil("did not start within 20 s".into()));
+            }
+            if let Ok(Some(status)) = a.child.try_wait() {
+                return Err(ChainError::Anvil(format!("exited: {status}")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(a)
+    }
+
+    /// Its JSON-RPC URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A provider signing with `key`.
+    pub fn provider(&self, key: &str) -> Result<DynProvider, ChainError> {
+        let signer: PrivateKeySigner = key
+            .parse()
+            .map_err(|e| ChainError::Config(format!("key: {e}")))?;
+        let url = self
+            .url()
+            .parse()
+            .map_err(|e| ChainError::Config(format!("{e}")))?;
+        Ok(ProviderBuilder::new()
+            .wallet(EthereumWallet::from(signer))
+            .connect_http(url)
+            .erased())
+    }
+
+    /// Places the test USDC at the canonical base-sepolia address (`anvil_setCode`).
+    pub async fn install_test_usdc(&self) -> Result<Address, ChainError> {
+        let p = self.provider(DEV_KEYS[0])?;
+        let addr: Address = BASE_SEPOLIA_USDC.parse().map_err(rpc)?;
+        let code = TEST_USDC_RUNTIME.trim();
+        let _: () = p
+            .raw_request("anvil_setCode".into(), (addr, code))
+            .await
+            .map_err(rpc)?;
+        Ok(addr)
+    }
+
+    /// Mints test USDC (atomic units) to `to`, waiting for the receipt.
+    pub async fn mint(&self, token: Address, to: Address, amount: u64) -> Result<(), ChainError> {
+        let p = self.provider(DEV_KEYS[3])?;
+        let t = IEip3009Token::new(token, p);
+        t.mint(to, U256::from(amount))
+            .send()
+            .await
+            .map_err(rpc)?
+            .get_receipt()
+            .await
+            .map_err(rpc)?;
+        Ok(())
+    }
+
+    /// Test USDC balance of `who` (atomic units).
+    pub async fn usdc_balance(&self, token: Address, who: Address) -> Result<U256, ChainError> {
+        let p = self.provider(DEV_KEYS[3])?;
+        IEip3009Token::new(token, p)
+            .balanceOf(who)
+            .call()
+            .await
+            .map_err(rpc)
+    }
+
+    /// Sets an account's ether balance (wei).
+    pub async fn set_balance(&self, who: Address, wei: U256) -> Result<(), ChainError> {
+        let p = self.provider(DEV_KEYS[0])?;
+        let _: () = p
+            .raw_request("anvil_setBalance".into(), (who, wei))
+            .await
+            .map_err(rpc)?;
+        Ok(())
+    }
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16, ChainError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| ChainError::Anvil(e.to_string()))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| ChainError::Anvil(e.to_string()))
+}

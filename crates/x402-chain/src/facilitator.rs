@@ -1,0 +1,643 @@
+//! The settling EVM facilitator.
+//!
+//! Settles x402 `exact` EIP-3009 payments by calling the token's
+//! `transferWithAuthorization` from a relayer key. Before sending it runs
+//! every check of the embedded verifier, then reads the payer's balance and
+//! the nonce's `authorizationState`, and simulates the exact call: a payment
+//! that would revert is refused with a typed reason and costs no gas. The
+//! relayer's nonces are handed out under a lock so settlements in flight never
+//! collide; the transaction hash is known before it is sent, so a lost answer
+//! is reconciled from the chain (`authorizationState`, the receipt, the
+//! `AuthorizationUsed` logs), never guessed, never settled twice.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alloy::eips::BlockNumberOrTag;
+use alloy::network::{EthereumWallet, TransactionBuilder};
+use alloy::primitives::{Address as EvmAddress, B256, Bytes, U256 as EvmU256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::{Filter, TransactionRequest};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::{SolCall, SolEvent};
+use async_trait::async_trait;
+use x402_payer::{Clock, SystemClock, verify_exact};
+use x402_server::{Facilitator, FacilitatorError};
+use x402_types::{
+    FacilitatorRequest, Network, SettleResponse, SupportedKind, SupportedResponse, VerifyResponse,
+};
+
+use crate::token::IEip3009Token;
+use crate::{ChainError, rpc};
+
+/// How to reach the chain and who pays the gas.
+#[derive(Clone)]
+pub struct EvmConfig {
+    /// JSON-RPC URL (`http://`; `https://` with the `https` feature).
+    pub rpc_url: String,
+    /// The network settled on (its chain id is checked against the node).
+    pub network: Network,
+    /// Relayer private key (hex). Never printed.
+    pub relayer_key: String,
+    /// Blocks a receipt must be buried under before success is reported (1 = mined).
+    pub confirmations: u64,
+    /// How long to wait for a receipt before answering `settlement_pending`.
+    pub receipt_timeout: Duration,
+}
+
+impl std::fmt::Debug for EvmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EvmConfig")
+            .field("network", &self.network)
+            .field("relayer_key", &"<redacted>")
+            .field("confirmations", &self.confirmations)
+            .field("receipt_timeout", &self.receipt_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EvmConfig {
+    /// One confirmation, 20 s receipt wait.
+    pub fn new(
+        rpc_url: impl Into<String>,
+        network: Network,
+        relayer_key: impl Into<String>,
+    ) -> Self {
+        EvmConfig {
+            rpc_url: rpc_url.into(),
+            network,
+            relayer_key: relayer_key.into(),
+            confirmations: 1,
+            receipt_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Reason codes (x402 style) of refusals this facilitator adds to the verifier's.
+pub mod reasons {
+    /// The payer's token balance is below the amount.
+    pub const INSUFFICIENT_FUNDS: &str = "insufficient_funds";
+    /// The authorization's nonce was already used on chain.
+    pub const NONCE_USED: &str = "invalid_exact_evm_nonce_already_used";
+    /// `eth_call` of the exact settlement reverted.
+    pub const SIMULATION_FAILED: &str = "invalid_exact_evm_transaction_simulation_failed";
+    /// The transaction was mined and reverted.
+    pub const REVERTED: &str = "invalid_transaction_state";
+    /// The requirement names another network than the one settled on.
+    pub const WRONG_NETWORK: &str = "invalid_network";
+}
+
+/// The settling EVM facilitator. See the module docs.
+pub struct EvmFacilitator {
+    provider: DynProvider,
+    wallet: EthereumWallet,
+    relayer: EvmAddress,
+    chain_id: u64,
+    network: Network,
+    confirmations: u64,
+    receipt_timeout: Duration,
+    clock: Arc<dyn Clock>,
+    /// The relayer's next nonce (None: read it from the node).
+    next_nonce: tokio::sync::Mutex<Option<u64>>,
+    /// Transactions this facilitator signed, by authorization (payer, nonce).
+    sent: Mutex<HashMap<(EvmAddress, B256), B256>>,
+}
+
+impl std::fmt::Debug for EvmFacilitator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&Facilitator::describe(self))
+    }
+}
+
+/// A checked authorization, in chain types.
+struct Auth {
+    from: EvmAddress,
+    to: EvmAddress,
+    value: EvmU256,
+    valid_after: EvmU256,
+    valid_before: EvmU256,
+    nonce: B256,
+    signature: [u8; 65],
+    token: EvmAddress,
+}
+
+enum Check {
+    Ok(Auth),
+    Invalid(VerifyResponse),
+}
+
+fn invalid(reason: &str, message: String, payer: Option<String>) -> VerifyResponse {
+    VerifyResponse {
+        is_valid: false,
+        invalid_reason: Some(reason.into()),
+        invalid_message: Some(message),
+        payer,
+    }
+}
+
+fn transport<E: std::fmt::Display>(e: E) -> FacilitatorError {
+    FacilitatorError::Transport(e.to_string())
+}
+
+impl EvmFacilitator {
+    /// Connects to the node and checks it serves `cfg.network`.
+    pub async fn connect(cfg: EvmConfig) -> Result<Self, ChainError> {
+        let chain_id = cfg
+            .network
+            .chain_id()
+            .ok_or_else(|| ChainError::Config(format!("{} is not an EVM network", cfg.network)))?;
+        let signer: PrivateKeySigner = cfg
+            .relayer_key
+            .trim()
+            .parse()
+            .map_err(|_| ChainError::Config("relayer key: not a 32-byte hex secret".into()))?;
+        let relayer = signer.address();
+        let wallet = EthereumWallet::from(signer);
+        let url = cfg
+            .rpc_url
+            .parse()
+            .map_err(|e| ChainError::Config(format!("rpc url: {e}")))?;
+        let provider = ProviderBuilder::new()
+            .disable_recommended_fillers()
+            .connect_http(url)
+            .erased();
+        let found = provider.get_chain_id().await.map_err(rpc)?;
+        if found != chain_id {
+            return Err(ChainError::WrongChain {
+                expected: chain_id,
+                found,
+            });
+        }
+        Ok(EvmFacilitator {
+            provider,
+            wallet,
+            relayer,
+            chain_id,
+            network: cfg.network,
+            confirmations: cfg.confirmations.max(1),
+            receipt_timeout: cfg.receipt_timeout,
+            clock: Arc::new(SystemClock),
+            next_nonce: tokio::sync::Mutex::new(None),
+            sent: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The relayer's address (who pays the gas).
+    pub fn relayer(&self) -> x402_types::Address {
+        x402_types::Address(self.relayer.0.0)
+    }
+
+    /// The chain id settled on.
+    pub fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    /// Every check of the embedded verifier, then the network.
+    fn check_offline(&self, req: &FacilitatorRequest) -> Check {
+        let requirement = req.payment_requirements.requirement();
+        if requirement.network != self.network {
+            return Check::Invalid(invalid(
+                reasons::WRONG_NETWORK,
+                format!("this facilitator settles on {}", self.network),
+                None,
+            ));
+        }
+        let from = match verify_exact(
+            &req.payment_payload,
+            &req.payment_requirements,
+            self.clock.unix_now(),
+        ) {
+            Ok(from) => from,
+            Err(f) => return Check::Invalid(invalid(f.reason(), f.to_string(), None)),
+        };
+        let Some(evm) = req.payment_payload.exact_evm() else {
+            return Check::Invalid(invalid("invalid_payload", "not exact EVM".into(), None));
+        };
+        let Ok(token) = requirement.asset.parse::<x402_types::Address>() else {
+            return Check::Invalid(invalid("invalid_payload", "asset".into(), None));
+        };
+        let a = &evm.authorization;
+        Check::Ok(Auth {
+            from: EvmAddress::from(from.0),
+            to: EvmAddress::from(a.to.0),
+            value: EvmU256::from_be_bytes(a.value.atomic().to_be_bytes()),
+            valid_after: EvmU256::from_be_bytes(a.valid_after.to_be_bytes()),
+            valid_before: EvmU256::from_be_bytes(a.valid_before.to_be_bytes()),
+            nonce: B256::from(a.nonce.0),
+            signature: evm.signature.0,
+            token: EvmAddress::from(token.0),
+        })
+    }
+
+    /// The exact settlement call: the (v,r,s) form for 65-byte signatures
+    /// (v normalised to 27/28, as USDC requires), the `bytes` form otherwise.
+    fn calldata(a: &Auth) -> Bytes {
+        let sig = a.signature;
+        let mut v = sig[64];
+        if v < 27 {
+            v += 27;
+        }
+        IEip3009Token::transferWithAuthorization_0Call {
+            from: a.from,
+            to: a.to,
+            value: a.value,
+            validAfter: a.valid_after,
+            validBefore: a.valid_before,
+            nonce: a.nonce,
+            v,
+            r: B256::from_slice(&sig[..32]),
+            s: B256::from_slice(&sig[32..64]),
+        }
+        .abi_encode()
+        .into()
+    }
+
+    /// The `bytes signature` form (for contract wallets; also accepted for EOAs).
+    pub fn calldata_bytes_form(
+        from: x402_types::Address,
+        to: x402_types::Address,
+        value: EvmU256,
+        valid_after: EvmU256,
+        valid_before: EvmU256,
+        nonce: B256,
+        signature: Vec<u8>,
+    ) -> Bytes {
+        IEip3009Token::transferWithAuthorization_1Call {
+            from: EvmAddress::from(from.0),
+            to: EvmAddress::from(to.0),
+            value,
+            validAfter: valid_after,
+            validBefore: valid_before,
+            nonce,
+            signature: signature.into(),
+        }
+        .abi_encode()
+        .into()
+    }
+
+    fn call_request(&self, a: &Auth) -> TransactionRequest {
+        TransactionRequest::default()
+            .with_from(self.relayer)
+            .with_to(a.token)
+            .with_input(Self::calldata(a))
+    }
+
+    async fn authorization_used(&self, a: &Auth) -> Result<bool, FacilitatorError> {
+        IEip3009Token::new(a.token, self.provider.clone())
+            .authorizationState(a.from, a.nonce)
+            .call()
+            .await
+            .map_err(transport)
+    }
+
+    /// The on-chain checks: nonce unused, balance, simulation, relayer gas.
+    /// `Ok(Some(refusal))` is a definite refusal; `Err` means nothing can be said now.
+    async fn check_chain(&self, a: &Auth) -> Result<Option<VerifyResponse>, FacilitatorError> {
+        let payer = Some(a.from.to_string());
+        if self.authorization_used(a).await? {
+            return Ok(Some(invalid(
+                reasons::NONCE_USED,
+                "authorization already used on chain".into(),
+                payer,
+            )));
+        }
+        let balance = IEip3009Token::new(a.token, self.provider.clone())
+            .balanceOf(a.from)
+            .call()
+            .await
+            .map_err(transport)?;
+        if balance < a.value {
+            return Ok(Some(invalid(
+                reasons::INSUFFICIENT_FUNDS,
+                format!("payer balance {balance} is below {}", a.value),
+                payer,
+            )));
+        }
+        let tx = self.call_request(a);
+        if let Err(e) = self.provider.call(tx.clone()).await {
+            return Ok(Some(invalid(
+                reasons::SIMULATION_FAILED,
+                format!("the settlement would revert: {e}"),
+                payer,
+            )));
+        }
+        // The relayer must be able to pay for the gas, or nothing is sent.
+        let gas = self.provider.estimate_gas(tx).await.map_err(transport)?;
+        let fees = self
+            .provider
+            .estimate_eip1559_fees()
+            .await
+            .map_err(transport)?;
+        let cost = EvmU256::from(gas) * EvmU256::from(fees.max_fee_per_gas);
+        let gas_balance = self
+            .provider
+            .get_balance(self.relayer)
+            .await
+            .map_err(transport)?;
+        if gas_balance < cost {
+            return Err(FacilitatorError::Unavailable(format!(
+                "relayer {} has {gas_balance} wei, a settlement needs about {cost}: fund it",
+                self.relayer
+            )));
+        }
+        Ok(None)
+    }
+
+    /// The transaction that used authorization `a`, if it settled it to the
+    /// payee for the amount: ours (remembered) or found in the
+    /// `AuthorizationUsed` logs. Reconciliation reads the chain, never guesses.
+    async fn find_settlement(&self, a: &Auth) -> Result<Option<B256>, FacilitatorError> {
+        let ours = self
+            .sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(a.from, a.nonce))
+            .copied();
+        let candidates = match ours {
+            Some(h) => vec![h],
+            None => {
+                let filter = Filter::new()
+                    .address(a.token)
+                    .event_signature(IEip3009Token::AuthorizationUsed::SIGNATURE_HASH)
+                    .topic1(a.from.into_word())
+                    .topic2(a.nonce)
+                    .from_block(BlockNumberOrTag::Earliest);
+                self.provider
+                    .get_logs(&filter)
+                    .await
+                    .map_err(transport)?
+                    .into_iter()
+                    .filter_map(|l| l.transaction_hash)
+                    .collect()
+            }
+        };
+        for h in candidates {
+            let Some(r) = self
+                .provider
+                .get_transaction_receipt(h)
+                .await
+                .map_err(transport)?
+            else {
+                continue;
+            };
+            if !r.status() {
+                continue;
+            }
+            let paid = r.inner.logs().iter().any(|l| {
+                l.address() == a.token
+                    && IEip3009Token::Transfer::decode_log(&l.inner)
+                        .is_ok_and(|t| t.from == a.from && t.to == a.to && t.value == a.value)
+            });
+            if paid {
+                return Ok(Some(h));
+            }
+        }
+        Ok(None)
+    }
+
+    fn success(&self, a: &Auth, tx: B256) -> SettleResponse {
+        SettleResponse {
+            success: true,
+            error_reason: None,
+            payer: Some(a.from.to_string()),
+            transaction: tx.to_string(),
+            network: self.network.caip2(),
+            amount: Some(x402_types::Amount(x402_types::U256::from_be_bytes(
+                a.value.to_be_bytes::<32>(),
+            ))),
+        }
+    }
+
+    fn failure(&self, a: &Auth, reason: &str, tx: Option<B256>) -> SettleResponse {
+        SettleResponse {
+            success: false,
+            error_reason: Some(reason.into()),
+            payer: Some(a.from.to_string()),
+            transaction: tx.map(|t| t.to_string()).unwrap_or_default(),
+            network: self.network.caip2(),
+            amount: None,
+        }
+    }
+
+    /// Signs and sends the settlement with the relayer's next nonce. The hash
+    /// is recorded before the send, so a lost answer can be reconciled.
+    async fn send(&self, a: &Auth) -> Result<B256, FacilitatorError> {
+        let tx = self.call_request(a);
+        let gas = self
+            .provider
+            .estimate_gas(tx.clone())
+            .await
+            .map_err(transport)?;
+        let fees = self
+            .provider
+            .estimate_eip1559_fees()
+            .await
+            .map_err(transport)?;
+        let mut next = self.next_nonce.lock().await;
+        let nonce = match *next {
+            Some(n) => n,
+            None => self
+                .provider
+                .get_transaction_count(self.relayer)
+                .pending()
+                .await
+                .map_err(transport)?,
+        };
+        let tx = tx
+            .with_nonce(nonce)
+            .with_chain_id(self.chain_id)
+            .with_gas_limit(gas.saturating_mul(12) / 10)
+            .with_max_fee_per_gas(fees.max_fee_per_gas)
+            .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
+        let envelope = tx
+            .build(&self.wallet)
+            .await
+            .map_err(|e| FacilitatorError::Unavailable(format!("cannot sign: {e}")))?;
+        let hash = *envelope.tx_hash();
+        self.sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((a.from, a.nonce), hash);
+        let raw = alloy::eips::Encodable2718::encoded_2718(&envelope);
+        match self.provider.send_raw_transaction(&raw).await {
+            Ok(_) => {
+                *next = Some(nonce + 1);
+                Ok(hash)
+            }
+            Err(e) => {
+                // Was it sent? Ask the node for the hash we computed.
+                let known = self
+                    .provider
+                    .get_transaction_by_hash(hash)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some();
+                if known {
+                    *next = Some(nonce + 1);
+                    return Ok(hash);
+                }
+                // Not known: the node refused it or never got it. Read the
+                // nonce again next time (a gap or a refusal must not stick).
+                *next = None;
+                tracing::warn!(%hash, error = %e, "settlement send failed; will reconcile");
+                Err(transport(format!("send failed: {e}")))
+            }
+        }
+    }
+
+    /// Waits for `hash`'s receipt with the configured confirmations, bounded.
+    async fn wait(&self, hash: B256) -> Result<Option<bool>, FacilitatorError> {
+        let deadline = tokio::time::Instant::now() + self.receipt_timeout;
+        loop {
+            if let Ok(Some(r)) = self.provider.get_transaction_receipt(hash).await {
+                let mined = r.block_number.unwrap_or(0);
+                let head = self.provider.get_block_number().await.unwrap_or(0);
+                if head + 1 >= mined + self.confirmations {
+                    return Ok(Some(r.status()));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Facilitator for EvmFacilitator {
+    async fn verify(&self, req: &FacilitatorRequest) -> Result<VerifyResponse, FacilitatorError> {
+        let a = match self.check_offline(req) {
+            Check::Invalid(v) => return Ok(v),
+            Check::Ok(a) => a,
+        };
+        if let Some(refusal) = self.check_chain(&a).await? {
+            return Ok(refusal);
+        }
+        Ok(VerifyResponse {
+            is_valid: true,
+            invalid_reason: None,
+            invalid_message: None,
+            payer: Some(a.from.to_string()),
+        })
+    }
+
+    async fn settle(&self, req: &FacilitatorRequest) -> Result<SettleResponse, FacilitatorError> {
+        let a = match self.check_offline(req) {
+            Check::Invalid(v) => {
+                // A retry of a payload that settled before its window closed
+                // still gets its success: reconcile before refusing.
+                if let Some(evm) = req.payment_payload.exact_evm()
+                    && let Ok(token) = req
+                        .payment_requirements
+                        .requirement()
+                        .asset
+                        .parse::<x402_types::Address>()
+                {
+                    let a = Auth {
+                        from: EvmAddress::from(evm.authorization.from.0),
+                        to: EvmAddress::from(evm.authorization.to.0),
+                        value: EvmU256::from_be_bytes(
+                            evm.authorization.value.atomic().to_be_bytes(),
+                        ),
+                        valid_after: EvmU256::ZERO,
+                        valid_before: EvmU256::ZERO,
+                        nonce: B256::from(evm.authorization.nonce.0),
+                        signature: evm.signature.0,
+                        token: EvmAddress::from(token.0),
+                    };
+                    if self.network == req.payment_requirements.requirement().network
+                        && self.authorization_used(&a).await.unwrap_or(false)
+                        && let Some(tx) = self.find_settlement(&a).await?
+                    {
+                        return Ok(self.success(&a, tx));
+                    }
+                }
+                let reason = v.invalid_reason.unwrap_or_default();
+                return Ok(SettleResponse {
+                    success: false,
+                    error_reason: Some(reason),
+                    payer: v.payer,
+                    transaction: String::new(),
+                    network: self.network.caip2(),
+                    amount: None,
+                });
+            }
+            Check::Ok(a) => a,
+        };
+        // Already used on chain: ours (a retry after a lost answer) or someone else's.
+        if self.authorization_used(&a).await? {
+            return Ok(match self.find_settlement(&a).await? {
+                Some(tx) => self.success(&a, tx),
+                None => self.failure(&a, reasons::NONCE_USED, None),
+            });
+        }
+        // Sent before but not mined yet (a retry while pending): wait for it, never resend.
+        let pending = self
+            .sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(a.from, a.nonce))
+            .copied();
+        let hash = match pending {
+            Some(h)
+                if self
+                    .provider
+                    .get_transaction_by_hash(h)
+                    .await
+                    .map_err(transport)?
+                    .is_some() =>
+            {
+                h
+            }
+            _ => {
+                if let Some(refusal) = self.check_chain(&a).await? {
+                    let reason = refusal.invalid_reason.unwrap_or_default();
+                    return Ok(self.failure(&a, &reason, None));
+                }
+                self.send(&a).await?
+            }
+        };
+        match self.wait(hash).await? {
+            Some(true) => Ok(self.success(&a, hash)),
+            Some(false) => {
+                // Reverted: did something else use the authorization first?
+                if let Some(tx) = self.find_settlement(&a).await? {
+                    return Ok(self.success(&a, tx));
+                }
+                Ok(self.failure(&a, reasons::REVERTED, Some(hash)))
+            }
+            // Broadcast, receipt not yet seen: pending, as the official facilitator answers.
+            None => Ok(self.failure(&a, "settlement_pending", Some(hash))),
+        }
+    }
+
+    async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
+        let mut kinds = vec![SupportedKind {
+            x402_version: 2,
+            scheme: "exact".into(),
+            network: self.network.caip2(),
+            extra: None,
+        }];
+        kinds.push(SupportedKind {
+            x402_version: 1,
+            scheme: "exact".into(),
+            network: self.network.v1_name(),
+            extra: None,
+        });
+        Ok(SupportedResponse {
+            kinds,
+            extensions: Some(Vec::new()),
+            signers: Some(serde_json::json!({ "eip155:*": [self.relayer.to_string()] })),
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "evm: settles on {} (chain {}) with relayer {}",
+            self.network, self.chain_id, self.relayer
+        )
+    }
+}
