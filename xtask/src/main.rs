@@ -43,7 +43,50 @@ fn cargo_cmd(args: &[&str]) -> Command {
     c
 }
 
+/// Pinned npm packages the tests use: anvil (a local EVM node) and solc-js.
+const NPM_TOOLS: &[(&str, &str)] = &[("@foundry-rs/anvil", "1.7.1"), ("solc", "0.8.37")];
+
+/// Installs the pinned npm tools into `target/tools` when missing or of another version.
+fn tools() -> bool {
+    let dir = root().join("target/tools");
+    let installed = |name: &str, version: &str| {
+        std::fs::read_to_string(dir.join("node_modules").join(name).join("package.json"))
+            .ok()
+            .and_then(|t| serde_json_version(&t))
+            .is_some_and(|v| v == version)
+    };
+    let missing: Vec<String> = NPM_TOOLS
+        .iter()
+        .filter(|(n, v)| !installed(n, v))
+        .map(|(n, v)| format!("{n}@{v}"))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let _ = std::fs::create_dir_all(&dir);
+    let mut c = Command::new("npm");
+    c.args(["install", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&dir)
+        .args(&missing);
+    step("install test tools (npm)", &mut c)
+}
+
+/// The `"version"` of a package.json, without a JSON dependency.
+fn serde_json_version(text: &str) -> Option<String> {
+    let i = text.find("\"version\"")?;
+    let rest = &text[i + 9..];
+    let start = rest.find('"')? + 1;
+    let end = rest[start..].find('"')? + start;
+    Some(rest[start..end].to_string())
+}
+
 fn ci() -> bool {
+    if !tools() {
+        eprintln!(
+            "xtask ci: the test tools (anvil, solc) could not be installed; tests that need them would fail"
+        );
+        return false;
+    }
     let mut doc = cargo_cmd(&["doc", "--workspace", "--no-deps"]);
     doc.env("RUSTDOCFLAGS", "-D warnings");
     let steps: Vec<(&str, Command)> = vec![
@@ -170,13 +213,15 @@ fn main() -> ExitCode {
             let secs = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30);
             fuzz(target, secs)
         }
+        Some("tools") => tools(),
         Some("demo") => step(
             "demo",
             &mut cargo_cmd(&["run", "--release", "-p", "atomicstream-cli", "--", "demo"]),
         ),
         _ => {
             eprintln!(
-                "usage: cargo xtask <verb>\n  ci                       fmt, clippy, tests, docs (the gate)\n  bench [--quick]          benchmarks with baselines -> target/bench/report.json\n  soak [seconds]           bounded load and fault run (default 120)\n  fuzz <target|all> [secs] cargo-fuzz; targets: {}\n  demo                     the embedded demo",
+                "usage: cargo xtask <verb>\n  ci                       fmt, clippy, tests, docs (the gate)\n  bench [--quick]          benchmarks with baselines -> target/bench/report.json\n  soak [seconds]           bounded load and fault run (default 120)\n  fuzz <target|all> [secs] cargo-fuzz; targets: {}\n  tools                    install the pinned test tools (anvil, solc-js) into target/tools
+  demo                     the embedded demo",
                 FUZZ_TARGETS.join(", ")
             );
             return ExitCode::from(2);

@@ -16,7 +16,39 @@ use futures::StreamExt;
 
 use crate::{Fail, exit};
 
-pub async fn run(slices: u64, all: bool) -> Result<u8, Fail> {
+/// The local chain of `demo --chain`: anvil, the test USDC, who pays and who is paid.
+struct LocalChain {
+    anvil: x402_chain::anvil::Anvil,
+    token: x402_chain::EvmAddress,
+    payer: x402_chain::EvmAddress,
+    payee: x402_chain::EvmAddress,
+}
+
+fn chain_err(e: impl std::fmt::Display) -> Fail {
+    Fail(exit::FAILURE, e.to_string())
+}
+
+impl LocalChain {
+    async fn balances(&self) -> Result<(String, String), Fail> {
+        let b = |v: x402_chain::EvmU256| {
+            Amount::from(u64::try_from(v).unwrap_or(u64::MAX)).to_display(6)
+        };
+        Ok((
+            b(self
+                .anvil
+                .usdc_balance(self.token, self.payer)
+                .await
+                .map_err(chain_err)?),
+            b(self
+                .anvil
+                .usdc_balance(self.token, self.payee)
+                .await
+                .map_err(chain_err)?),
+        ))
+    }
+}
+
+pub async fn run(slices: u64, all: bool, on_chain: bool) -> Result<u8, Fail> {
     crate::init_logs("warn");
     let started = Instant::now();
     let mut cfg = x402_server::Config::demo(([127, 0, 0, 1], 0).into());
@@ -24,14 +56,62 @@ pub async fn run(slices: u64, all: bool) -> Result<u8, Fail> {
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| Fail(exit::FAILURE, e.to_string()))?;
     cfg.secret = Some(hex_string(&secret));
-    let server = x402_server::ServerBuilder::new(cfg).bind().await?;
+    let wallet = LocalSigner::random()?;
+    let mut builder = x402_server::ServerBuilder::new(cfg.clone());
+    let chain = if on_chain {
+        use x402_chain::anvil::{Anvil, DEV_KEYS};
+        let anvil = Anvil::start(84532).map_err(chain_err)?;
+        let token = anvil.install_test_usdc().await.map_err(chain_err)?;
+        let payer: x402_chain::EvmAddress = wallet.to_string().parse().map_err(chain_err)?;
+        // The payee is anvil's third account; the relayer (gas) its second.
+        let payee: x402_chain::EvmAddress = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+            .parse()
+            .map_err(chain_err)?;
+        anvil
+            .mint(token, payer, 1_000_000)
+            .await
+            .map_err(chain_err)?;
+        let f = x402_chain::EvmFacilitator::connect(x402_chain::EvmConfig::new(
+            anvil.url(),
+            x402_types::Network::BASE_SEPOLIA,
+            DEV_KEYS[1],
+        ))
+        .await
+        .map_err(chain_err)?;
+        eprintln!(
+            "demo: local chain {} (anvil, chain id 84532), test USDC at {token}",
+            anvil.url()
+        );
+        eprintln!("demo: {}", x402_server::Facilitator::describe(&f));
+        let mut cfg = cfg;
+        cfg.streams[0].pay_to = payee.to_string();
+        builder = x402_server::ServerBuilder::new(cfg).facilitator(Arc::new(f));
+        Some(LocalChain {
+            anvil,
+            token,
+            payer,
+            payee,
+        })
+    } else {
+        None
+    };
+    let server = builder.bind().await?;
     let base = server.http_base().to_string();
     let state = server.state().clone();
     server.spawn();
-    let wallet = LocalSigner::random()?;
-    eprintln!(
-        "demo: server on {base} (embedded facilitator: real EIP-712 checks, nothing settled on chain)"
-    );
+    match &chain {
+        Some(c) => {
+            let (p, q) = c.balances().await?;
+            eprintln!("demo: server on {base}, settling on the local chain");
+            eprintln!(
+                "demo: before: payer {} has {p} USDC, payee {} has {q} USDC",
+                c.payer, c.payee
+            );
+        }
+        None => eprintln!(
+            "demo: server on {base} (embedded facilitator: real EIP-712 checks, nothing settled on chain)"
+        ),
+    }
     eprintln!("demo: development wallet {wallet}");
     let payer = Arc::new(EvmExactPayer::new(wallet));
     let policy = SpendPolicy::new(Amount::from_display("0.01", 6)?)
@@ -75,6 +155,15 @@ pub async fn run(slices: u64, all: bool) -> Result<u8, Fail> {
                 }
             }
             ClientEvent::Ended(r) => break r,
+            ClientEvent::PaymentAccepted {
+                slice,
+                settlement: Some(s),
+            } if !s.transaction.is_empty() => {
+                eprintln!(
+                    "demo: slice {slice} settled on chain in transaction {}",
+                    s.transaction
+                );
+            }
             other => eprintln!("demo: {}", crate::describe(&other)),
         }
     };
@@ -101,9 +190,28 @@ pub async fn run(slices: u64, all: bool) -> Result<u8, Fail> {
         state.stats.payments.load(Ordering::Relaxed)
     );
     eprintln!(
-        "  ended             {reason:?} after {:.1}s",
+        "  ended             {} after {:.1}s",
+        crate::explain_end(&reason, &p.paid, &Amount::from_display("0.10", 6)?),
         started.elapsed().as_secs_f64()
     );
+    if let Some(c) = &chain {
+        // Settlements of the last slices may still be landing.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (p2, q2) = c.balances().await?;
+        let txs = c
+            .anvil
+            .settlements_of(c.token, c.payer)
+            .await
+            .map_err(chain_err)?;
+        eprintln!("  transactions      {} settlements on chain:", txs.len());
+        for t in &txs {
+            eprintln!("                    {t}");
+        }
+        eprintln!(
+            "  on chain          payer {} now has {p2} USDC, payee {} has {q2} USDC",
+            c.payer, c.payee
+        );
+    }
     let ok = matches!(reason, EndReason::SliceLimit | EndReason::Stopped)
         && p.slices == slices
         && p.reconnects >= 1

@@ -94,12 +94,15 @@ enum Cmd {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
-    /// Run only the x402 facilitator API (/verify, /settle, /supported) with the embedded
-    /// verifier (it settles nothing). Off loopback a bearer key is required.
+    /// Run only the x402 facilitator API (/verify, /settle, /supported), for other x402
+    /// servers, v1 and v2. With --evm it settles on chain from a relayer key; without, the
+    /// embedded verifier settles nothing. Off loopback a bearer key is required.
     Facilitator {
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:4022")]
         listen: std::net::SocketAddr,
+        #[command(flatten)]
+        evm: EvmArgs,
         /// Bearer key callers must send (`Authorization: Bearer <key>`), at least 32 bytes.
         /// Required unless listening on loopback.
         #[arg(long, env = "X402_FACILITATOR_KEY", hide_env_values = true)]
@@ -115,7 +118,11 @@ enum Cmd {
         out: PathBuf,
     },
     /// Everything local: server, development wallet, a paid stream that renews, retries and resumes.
+    /// With --chain, on a local anvil chain with real USDC settlement (needs `cargo xtask tools`).
     Demo {
+        /// Settle on a local anvil chain and show the transactions and balances.
+        #[arg(long)]
+        chain: bool,
         /// Slices to buy.
         #[arg(long, default_value_t = 4)]
         slices: u64,
@@ -123,6 +130,29 @@ enum Cmd {
         #[arg(long)]
         all: bool,
     },
+}
+
+/// Settling on an EVM chain.
+#[derive(Debug, Args)]
+struct EvmArgs {
+    /// Settle on chain (transferWithAuthorization from the relayer key).
+    #[arg(long, requires = "rpc_url")]
+    evm: bool,
+    /// JSON-RPC URL of a node of --network.
+    #[arg(long)]
+    rpc_url: Option<String>,
+    /// Network settled on.
+    #[arg(long, default_value = "base-sepolia")]
+    network: String,
+    /// File holding the relayer's hex private key (it pays the gas).
+    #[arg(long)]
+    relayer_key_file: Option<PathBuf>,
+    /// Environment variable holding the relayer key (when no file is given).
+    #[arg(long, default_value = "X402_RELAYER_KEY")]
+    relayer_key_env: String,
+    /// Blocks a settlement must be buried under before it is reported (1 = mined).
+    #[arg(long, default_value_t = 1)]
+    confirmations: u64,
 }
 
 #[derive(Debug, Args)]
@@ -204,6 +234,10 @@ fn init_logs(default: &str) {
         .try_init();
 }
 
+/// mimalloc returns freed pages to the OS: a long-running server's resident set follows its load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -232,11 +266,12 @@ async fn main() -> ExitCode {
         Cmd::Serve { config, listen } => serve(config, listen).await,
         Cmd::Facilitator {
             listen,
+            evm,
             api_key,
             rate,
-        } => facilitator(listen, api_key, rate).await,
+        } => facilitator(listen, evm, api_key, rate).await,
         Cmd::Keygen { out } => keygen(&out),
-        Cmd::Demo { slices, all } => demo::run(slices, all).await,
+        Cmd::Demo { slices, all, chain } => demo::run(slices, all, chain).await,
     };
     match r {
         Ok(code) => ExitCode::from(code),
@@ -569,7 +604,32 @@ async fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) ->
         Some(x402_server::FacilitatorConfig::Embedded)
     );
     let api = cfg.facilitator_api.is_some();
-    let server = x402_server::ServerBuilder::new(cfg.clone()).bind().await?;
+    let mut builder = x402_server::ServerBuilder::new(cfg.clone());
+    if let Some(x402_server::FacilitatorConfig::Evm {
+        rpc_url,
+        network,
+        relayer_key_file,
+        relayer_key_env,
+        confirmations,
+        receipt_timeout_secs,
+    }) = &cfg.facilitator
+    {
+        let key = relayer_key(relayer_key_file.as_deref(), relayer_key_env)?;
+        let f = evm_facilitator(
+            rpc_url,
+            network,
+            key,
+            *confirmations,
+            Duration::from_secs(*receipt_timeout_secs),
+        )
+        .await?;
+        eprintln!(
+            "  facilitator:  {}",
+            x402_server::Facilitator::describe(f.as_ref())
+        );
+        builder = builder.facilitator(f);
+    }
+    let server = builder.bind().await?;
     eprintln!("atomicstream server on {}", server.http_base());
     eprintln!("  catalog:      {}/streams", server.http_base());
     for s in &cfg.streams {
@@ -599,8 +659,43 @@ async fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) ->
     Ok(exit::OK)
 }
 
+/// Reads a relayer key from a file or an environment variable.
+fn relayer_key(file: Option<&std::path::Path>, env: &str) -> Result<String, Fail> {
+    match file {
+        Some(f) => std::fs::read_to_string(f)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| usage(format!("relayer key file {}: {e}", f.display()))),
+        None => std::env::var(env).map_err(|_| {
+            usage(format!(
+                "no relayer key: give --relayer-key-file or set {env}"
+            ))
+        }),
+    }
+}
+
+/// Connects the settling EVM facilitator.
+async fn evm_facilitator(
+    rpc_url: &str,
+    network: &str,
+    key: String,
+    confirmations: u64,
+    receipt_timeout: Duration,
+) -> Result<Arc<x402_chain::EvmFacilitator>, Fail> {
+    let network: x402_types::Network = network
+        .parse()
+        .map_err(|e| usage(format!("network: {e}")))?;
+    let mut cfg = x402_chain::EvmConfig::new(rpc_url, network, key);
+    cfg.confirmations = confirmations;
+    cfg.receipt_timeout = receipt_timeout;
+    let f = x402_chain::EvmFacilitator::connect(cfg)
+        .await
+        .map_err(|e| Fail(exit::FAILURE, e.to_string()))?;
+    Ok(Arc::new(f))
+}
+
 async fn facilitator(
     listen: std::net::SocketAddr,
+    evm: EvmArgs,
     api_key: Option<String>,
     rate: u32,
 ) -> Result<u8, Fail> {
@@ -610,18 +705,31 @@ async fn facilitator(
             "listening beyond loopback needs --api-key (or X402_FACILITATOR_KEY), at least 32 bytes",
         ));
     }
+    let f: Arc<dyn x402_server::Facilitator> = match (&evm.evm, &evm.rpc_url) {
+        (true, Some(url)) => {
+            let key = relayer_key(evm.relayer_key_file.as_deref(), &evm.relayer_key_env)?;
+            evm_facilitator(
+                url,
+                &evm.network,
+                key,
+                evm.confirmations,
+                Duration::from_secs(20),
+            )
+            .await?
+        }
+        _ => Arc::new(x402_server::EmbeddedFacilitator::default()),
+    };
     let l = tokio::net::TcpListener::bind(listen).await?;
     eprintln!(
-        "x402 facilitator API on http://{} (/verify, /settle, /supported){}; embedded verifier: NOTHING IS SETTLED",
+        "x402 facilitator API on http://{} (/verify, /settle, /supported){}; {}",
         l.local_addr()?,
         if api_key.is_some() {
             ", bearer key required"
         } else {
             ""
-        }
+        },
+        f.describe()
     );
-    let f: Arc<dyn x402_server::Facilitator> =
-        Arc::new(x402_server::EmbeddedFacilitator::default());
     match api_key {
         Some(k) => x402_server::serve_facilitator_guarded(l, f, &k, rate).await?,
         None => x402_server::serve_facilitator(l, f).await?,

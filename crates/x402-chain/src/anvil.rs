@@ -164,6 +164,28 @@ impl Anvil {
             .map_err(rpc)
     }
 
+    /// Hashes of the transactions that used an authorization of `payer`
+    /// (`AuthorizationUsed` logs of `token`), oldest first.
+    pub async fn settlements_of(
+        &self,
+        token: Address,
+        payer: Address,
+    ) -> Result<Vec<alloy::primitives::B256>, ChainError> {
+        use alloy::sol_types::SolEvent;
+        let p = self.provider(DEV_KEYS[3])?;
+        let filter = alloy::rpc::types::Filter::new()
+            .address(token)
+            .event_signature(IEip3009Token::AuthorizationUsed::SIGNATURE_HASH)
+            .topic1(payer.into_word())
+            .from_block(alloy::eips::BlockNumberOrTag::Earliest);
+        Ok(p.get_logs(&filter)
+            .await
+            .map_err(rpc)?
+            .into_iter()
+            .filter_map(|l| l.transaction_hash)
+            .collect())
+    }
+
     /// Sets an account's ether balance (wei).
     pub async fn set_balance(&self, who: Address, wei: U256) -> Result<(), ChainError> {
         let p = self.provider(DEV_KEYS[0])?;

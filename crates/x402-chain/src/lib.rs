@@ -6,7 +6,8 @@ pub mod anvil;
 mod facilitator;
 pub mod token;
 
-pub use facilitator::{EvmConfig, EvmFacilitator};
+pub use alloy::primitives::{Address as EvmAddress, U256 as EvmU256};
+pub use facilitator::{EvmConfig, EvmFacilitator, reasons};
 
 /// Errors of connecting to a chain or running the local node.
 #[derive(Debug, thiserror::Error)]

@@ -24,6 +24,37 @@ pub enum FacilitatorConfig {
         #[serde(default)]
         key: Option<String>,
     },
+    /// Settle on an EVM chain from a relayer key (the `x402-chain` crate; the
+    /// `atomicstream` binary builds it, embedders pass
+    /// `x402_chain::EvmFacilitator` to [`crate::ServerBuilder::facilitator`]).
+    Evm {
+        /// JSON-RPC URL of a node of `network`.
+        rpc_url: String,
+        /// The network (`base`, `base-sepolia`, `eip155:84532`, ...).
+        network: String,
+        /// File holding the relayer's hex private key (mode 0600), or...
+        #[serde(default)]
+        relayer_key_file: Option<PathBuf>,
+        /// ...the environment variable holding it.
+        #[serde(default = "default_relayer_env")]
+        relayer_key_env: String,
+        /// Blocks a settlement must be buried under before it counts (1 = mined).
+        #[serde(default = "default_confirmations")]
+        confirmations: u64,
+        /// Seconds to wait for a receipt before answering "pending" (settled later).
+        #[serde(default = "default_receipt_timeout")]
+        receipt_timeout_secs: u64,
+    },
+}
+
+fn default_relayer_env() -> String {
+    "X402_RELAYER_KEY".into()
+}
+fn default_confirmations() -> u64 {
+    1
+}
+fn default_receipt_timeout() -> u64 {
+    20
 }
 
 impl std::fmt::Debug for FacilitatorConfig {
@@ -32,6 +63,14 @@ impl std::fmt::Debug for FacilitatorConfig {
         match self {
             FacilitatorConfig::Embedded => f.write_str("Embedded"),
             FacilitatorConfig::Http { .. } => f.write_str("Http { url: <redacted> }"),
+            FacilitatorConfig::Evm {
+                network,
+                confirmations,
+                ..
+            } => write!(
+                f,
+                "Evm {{ network: {network:?}, confirmations: {confirmations}, rpc_url: <redacted> }}"
+            ),
         }
     }
 }

@@ -77,6 +77,14 @@ impl ServerBuilder {
                 );
                 Arc::new(EmbeddedFacilitator::default())
             }
+            (None, Some(FacilitatorConfig::Evm { .. })) => {
+                return Err(ConfigError::Invalid(
+                    "kind = \"evm\": build x402_chain::EvmFacilitator and pass it with \
+                     ServerBuilder::facilitator (the atomicstream binary does)"
+                        .into(),
+                )
+                .into());
+            }
             (None, Some(FacilitatorConfig::Http { url, key })) => {
                 let mut f = HttpFacilitator::new(
                     url,
