@@ -332,3 +332,24 @@ async fn ctrl_c_stops_cleanly_with_a_summary() {
         serde_json::from_str::<serde_json::Value>(l).unwrap();
     }
 }
+
+#[test]
+fn demo_on_a_local_chain_moves_usdc_and_shows_the_transactions() {
+    let out = bin().args(["demo", "--chain"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("4 settlements on chain"), "{err}");
+    let hashes = err
+        .lines()
+        .filter(|l| {
+            let t = l.trim();
+            t.len() == 66 && t.starts_with("0x")
+        })
+        .count();
+    assert_eq!(hashes, 4, "{err}");
+    assert!(
+        err.contains("payer") && err.contains("now has 0.984 USDC"),
+        "{err}"
+    );
+    assert!(err.contains("has 0.016 USDC"), "{err}");
+}
