@@ -1,6 +1,9 @@
 //! The EIP-3009 token interface USDC offers (alloy `sol!` bindings), and the
 //! test token's runtime bytecode.
 
+// `sol!` generates one constructor argument per ABI parameter.
+#![allow(clippy::too_many_arguments)]
+
 use alloy::sol;
 
 sol! {
