@@ -45,3 +45,48 @@ fn pure_crates_have_no_io_dependencies() {
         }
     }
 }
+
+/// Embedders of the types crate get a small tree: at most 22 crates besides itself
+/// (serde, serde_json, base64, hex, tiny-keccak, thiserror and what they need).
+#[test]
+fn the_types_crate_keeps_a_small_tree() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "-p",
+            "x402-types",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .current_dir(root)
+        .output()
+        .expect("cargo tree runs");
+    assert!(out.status.success());
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let mut crates: Vec<&str> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| *n != "x402-types")
+        .collect();
+    crates.sort_unstable();
+    crates.dedup();
+    assert!(
+        crates.contains(&"serde"),
+        "cargo tree output looks wrong: {tree}"
+    );
+    assert!(
+        crates.len() <= 22,
+        "x402-types pulls {} crates: {crates:?}",
+        crates.len()
+    );
+    for heavy in ["url", "idna", "sha3", "tokio", "reqwest"] {
+        assert!(!crates.contains(&heavy), "x402-types pulls {heavy}");
+    }
+}

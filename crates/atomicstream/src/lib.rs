@@ -189,7 +189,8 @@ impl ClientBuilder {
 
     /// Builds the client.
     pub fn build(self) -> Result<Client> {
-        url::Url::parse(&self.http_base).map_err(|e| Error::Config(format!("base URL: {e}")))?;
+        x402_types::Url::parse(&self.http_base)
+            .map_err(|e| Error::Config(format!("base URL: {e}")))?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http: match self.http.clone() {

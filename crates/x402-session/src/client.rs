@@ -397,7 +397,7 @@ pub struct ClientSession {
     schema_url: String,
     ctx: Option<UrlContext>,
     phase: Phase,
-    ws_url: Option<url::Url>,
+    ws_url: Option<x402_types::Url>,
     renew_url: Option<String>,
     offer: Option<Offer>,
     slice_seconds: Option<u64>,
@@ -1003,7 +1003,7 @@ impl ClientSession {
         }
     }
 
-    fn read_schema(&self, resp: &HttpResponse) -> Result<(url::Url, Offer), String> {
+    fn read_schema(&self, resp: &HttpResponse) -> Result<(x402_types::Url, Offer), String> {
         let ctx = self.ctx.as_ref().ok_or("no URL context")?;
         read_schema(ctx, self.cfg.version, resp)
             .map(|r| (r.websocket, r.offer))
@@ -1222,7 +1222,7 @@ impl ClientSession {
             return;
         };
         if let Some(from) = self.next_seq {
-            url.query_pairs_mut().append_pair("from", &from.to_string());
+            url.append_pair("from", &from.to_string());
         }
         let attach = !self.has_paid_time(now) && self.pending.is_some();
         if !attach && !self.has_paid_time(now) {
@@ -1436,7 +1436,7 @@ pub struct CheckedSchema {
     pub schema: Schema,
     /// `websocketEndpoint`, pinned to the schema request (scheme, host, port,
     /// path prefix, version, stream) and carrying a token.
-    pub websocket: url::Url,
+    pub websocket: x402_types::Url,
     /// What to sign: the x402 requirement, agreeing with `paymentDetails`.
     pub offer: Offer,
 }

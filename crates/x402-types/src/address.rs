@@ -4,13 +4,17 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use sha3::{Digest, Keccak256};
+use tiny_keccak::{Hasher, Keccak};
 
 use crate::error::{Error, truncate};
 
 /// Keccak-256 of `data` (the hash Ethereum uses everywhere).
 pub fn keccak256(data: &[u8]) -> [u8; 32] {
-    Keccak256::digest(data).into()
+    let mut k = Keccak::v256();
+    k.update(data);
+    let mut out = [0u8; 32];
+    k.finalize(&mut out);
+    out
 }
 
 /// A 20-byte EVM address.

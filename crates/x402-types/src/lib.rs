@@ -9,6 +9,7 @@ pub mod message;
 pub mod network;
 pub mod schema;
 pub mod uint;
+pub mod url;
 pub mod version;
 pub mod x402;
 
@@ -22,6 +23,7 @@ pub use message::{
 pub use network::{KnownAsset, Network, known_asset, known_assets, usdc};
 pub use schema::{PaymentDetails, Pricing, Schema, StreamInfo};
 pub use uint::{Amount, U256};
+pub use url::Url;
 pub use version::{EndpointKind, PathVersion, UrlContext};
 pub use x402::{
     Authorization, Eip712Extra, ExactEvmPayload, FacilitatorRequest, Offer, PaymentPayload,

@@ -3,8 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::url::Url;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use url::Url;
 
 use crate::error::{Error, truncate};
 
@@ -122,25 +122,13 @@ impl EndpointKind {
 }
 
 fn parse_url(s: &str) -> Result<Url, Error> {
-    Url::parse(s).map_err(|e| Error::Url {
-        input: truncate(s),
-        message: e.to_string(),
-    })
+    Url::parse(s)
 }
 
 fn versioned(base: &str, ver: PathVersion, kind: EndpointKind, id: &str) -> Result<Url, Error> {
     let mut url = parse_url(base)?;
-    {
-        let mut segs = url.path_segments_mut().map_err(|_| Error::Url {
-            input: truncate(base),
-            message: "cannot be a base".into(),
-        })?;
-        segs.pop_if_empty()
-            .push(ver.segment())
-            .push(kind.segment())
-            .push(id);
-    }
     url.set_query(None);
+    url.push_segments(&[ver.segment(), kind.segment(), id]);
     Ok(url)
 }
 
@@ -164,12 +152,9 @@ pub fn stream_url(
     from: Option<u64>,
 ) -> Result<Url, Error> {
     let mut u = versioned(ws_base, ver, EndpointKind::Stream, id)?;
-    {
-        let mut q = u.query_pairs_mut();
-        q.append_pair("t", token);
-        if let Some(f) = from {
-            q.append_pair("from", &f.to_string());
-        }
+    u.append_pair("t", token);
+    if let Some(f) = from {
+        u.append_pair("from", &f.to_string());
     }
     Ok(u)
 }
@@ -177,7 +162,7 @@ pub fn stream_url(
 /// `{http_base}/{ver}/renew/{id}?t={token}`.
 pub fn renew_url(http_base: &str, ver: PathVersion, id: &str, token: &str) -> Result<Url, Error> {
     let mut u = versioned(http_base, ver, EndpointKind::Renew, id)?;
-    u.query_pairs_mut().append_pair("t", token);
+    u.append_pair("t", token);
     Ok(u)
 }
 
@@ -300,8 +285,9 @@ impl UrlContext {
         }
         let token = u
             .query_pairs()
+            .into_iter()
             .find(|(k, _)| k == "t")
-            .map(|(_, v)| v.into_owned());
+            .map(|(_, v)| v);
         Ok((u, token))
     }
 }
@@ -324,26 +310,7 @@ fn prefix(u: &Url) -> String {
     segs[..n].iter().map(|s| format!("/{s}")).collect()
 }
 
-/// Percent-decodes a path segment (`+` stays `+`: this is a path, not a form).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), b.get(i + 2).and_then(|c| hex(*c)))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+use crate::url::percent_decode;
 
 #[cfg(test)]
 mod tests {
