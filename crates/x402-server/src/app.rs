@@ -119,6 +119,8 @@ pub struct AppState {
     pub next_conn: AtomicU64,
     /// Counters.
     pub stats: Stats,
+    /// What `/metrics` shows.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The driver's clock: tokio's, so tests on paused time control it.
@@ -183,6 +185,7 @@ impl AppState {
             per_ip: Mutex::default(),
             next_conn: 1.into(),
             stats: Stats::default(),
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 
@@ -237,13 +240,33 @@ impl AppState {
     fn on_event(&self, e: ServerEvent) {
         match e {
             ServerEvent::Credited {
-                session, slices, ..
+                session,
+                stream,
+                slices,
+                amount,
             } => {
                 self.stats.payments.fetch_add(1, Ordering::Relaxed);
+                let label = crate::metrics::StreamLabel { stream };
+                self.metrics.credited.get_or_create(&label).inc();
+                self.metrics
+                    .revenue
+                    .get_or_create(&label)
+                    .inc_by(amount.atomic().to_u64().unwrap_or(u64::MAX));
                 tracing::info!(session = %redact(&session), slices, "slice sold");
             }
-            ServerEvent::Refused { session, code } => {
+            ServerEvent::Refused {
+                session,
+                stream,
+                code,
+            } => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .refused
+                    .get_or_create(&crate::metrics::RefusalLabel {
+                        stream,
+                        code: code.to_string(),
+                    })
+                    .inc();
                 tracing::info!(session = %redact(&session), %code, "payment refused");
             }
             ServerEvent::Unresolved {
@@ -253,6 +276,7 @@ impl AppState {
                 reason,
             } => {
                 self.stats.unresolved.fetch_add(1, Ordering::Relaxed);
+                self.metrics.unresolved.inc();
                 tracing::error!(session = %redact(&session), %payer, %nonce, %reason,
                     "settlement outcome unknown: nothing credited; reconcile this payment");
             }
@@ -484,7 +508,25 @@ async fn run_settlement(state: Arc<AppState>, id: SettleId, attempt: u32) {
         jobs.get(&id).map(|j| (j.req.clone(), j.stream.clone()))
     };
     let Some((req, stream)) = job else { return };
+    let started = tokio::time::Instant::now();
     let outcome = settle_outcome(state.facilitator.as_ref(), &req, attempt).await;
+    let kind = match &outcome {
+        SettleOutcome::Settled { .. } => "settled",
+        SettleOutcome::Refused { .. } => "refused",
+        SettleOutcome::Pending => "pending",
+        SettleOutcome::Unknown { .. } => "unknown",
+        SettleOutcome::NotAttempted { .. } => "not_attempted",
+    };
+    if matches!(kind, "unknown" | "not_attempted") {
+        state.metrics.facilitator_errors.inc();
+    }
+    state
+        .metrics
+        .settlement_seconds
+        .get_or_create(&crate::metrics::OutcomeLabel {
+            outcome: kind.into(),
+        })
+        .observe(started.elapsed().as_secs_f64());
     let head = state.streams.get(&stream).map_or(0, |e| e.hub.next_seq());
     let done = state.with_core(|ep, now| {
         ep.handle_settled(now, id, outcome, head);
@@ -579,6 +621,24 @@ fn with_header(mut resp: Response, name: &'static str, value: Option<String>) ->
         resp.headers_mut().insert(name, v);
     }
     resp
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let st = s.endpoint_stats();
+    let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+    s.metrics.sessions.set(gauge(st.sessions));
+    s.metrics.settling.set(gauge(st.settling));
+    s.metrics.sockets.set(
+        i64::try_from(s.stats.sockets.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+    );
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
@@ -923,6 +983,17 @@ impl Connection {
     }
 
     async fn notice(&self, ws: &mut Sink, code: ErrorCode, count: u64) -> bool {
+        self.state
+            .metrics
+            .events_dropped
+            .get_or_create(&crate::metrics::OutcomeLabel {
+                outcome: if code == ErrorCode::EventsSkipped {
+                    "unpaid".into()
+                } else {
+                    "evicted".into()
+                },
+            })
+            .inc_by(count);
         let message = match code {
             ErrorCode::EventsSkipped => {
                 format!("{count} events were published while this session was not paid")
@@ -955,6 +1026,7 @@ impl Connection {
                 return false;
             }
             self.state.stats.events_sent.fetch_add(1, Ordering::Relaxed);
+            self.state.metrics.events_sent.inc();
             self.next = f.seq + 1;
         }
         true
@@ -1033,6 +1105,7 @@ impl Connection {
                     return Step::Close(None);
                 }
                 self.state.stats.events_sent.fetch_add(1, Ordering::Relaxed);
+                self.state.metrics.events_sent.inc();
                 self.next = f.seq + 1;
                 Step::Continue
             }
@@ -1136,6 +1209,7 @@ pub(crate) async fn drive_timers(state: Arc<AppState>) {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/streams", get(streams))
         .route("/{ver}/schema/{id}", get(schema))
         .route("/{ver}/stream/{id}", get(stream))

@@ -7,6 +7,7 @@ pub mod config;
 mod error;
 pub mod facilitator;
 mod hub;
+pub mod metrics;
 pub mod token;
 
 use std::collections::HashMap;

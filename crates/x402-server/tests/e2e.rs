@@ -1014,3 +1014,46 @@ async fn a_token_for_another_asset_is_refused() {
     );
     assert_eq!((status, body.error), (401, ErrorCode::TokenInvalid));
 }
+
+#[tokio::test]
+async fn metrics_show_sales_refusals_and_sockets() {
+    let t = start().await;
+    let q = t.schema(PathVersion::V2, "s").await;
+    let (mut ws, _) = t.open(&q).await;
+    t.publish(3);
+    next_event_seq(&mut ws).await;
+    // One refusal: a bad signature.
+    let mut bad = t.payer.sign(&q.offer).unwrap();
+    if let PaymentPayload::V2(p) = &mut bad
+        && let x402_types::SchemePayload::ExactEvm(e) = &mut p.payload
+    {
+        e.signature.0[5] ^= 1;
+    }
+    let q2 = t.schema(PathVersion::V2, "s").await;
+    let _ = t
+        .connect(
+            &q2.schema.websocket_endpoint,
+            Some(("PAYMENT-SIGNATURE", &bad.to_header())),
+        )
+        .await
+        .unwrap_err();
+    let r = t
+        .client
+        .get(format!("{}/metrics", t.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    for line in [
+        "atomicstream_payments_credited_total{stream=\"s\"} 1",
+        "atomicstream_revenue_atomic_total{stream=\"s\"} 60000",
+        "atomicstream_payments_refused_total{stream=\"s\",code=\"payment_invalid\"} 1",
+        "atomicstream_sockets 1",
+        "atomicstream_sessions 1",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert!(text.contains("atomicstream_settlement_seconds_bucket"), "{text}");
+    assert!(text.contains("atomicstream_events_sent_total"), "{text}");
+}

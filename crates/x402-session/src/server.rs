@@ -251,6 +251,8 @@ pub enum ServerEvent {
     Credited {
         /// Session.
         session: String,
+        /// Its stream.
+        stream: String,
         /// Amount.
         amount: Amount,
         /// Slices bought by the session so far.
@@ -260,6 +262,8 @@ pub enum ServerEvent {
     Refused {
         /// Session.
         session: String,
+        /// Its stream.
+        stream: String,
         /// Code.
         code: ErrorCode,
     },
@@ -642,9 +646,17 @@ impl ServerEndpoint {
                 r.state = RecordState::Refused(Refusal::new(code.clone(), message));
                 self.settling -= 1;
                 self.shorten(&key, unix.saturating_add(REFUSED_RETENTION_SECS));
+                let stream = self
+                    .sessions
+                    .get(&session)
+                    .map(|s| s.quote.stream_id.clone())
+                    .unwrap_or_default();
                 self.release_in_flight(now, &session, true);
-                self.events
-                    .push_back(ServerEvent::Refused { session, code });
+                self.events.push_back(ServerEvent::Refused {
+                    session,
+                    stream,
+                    code,
+                });
             }
             SettleOutcome::Settled { header, .. } => {
                 let session = r.session.clone();
@@ -653,8 +665,14 @@ impl ServerEndpoint {
                 if let Some(r) = self.records.get_mut(&key) {
                     r.state = RecordState::Credited(credit.clone());
                 }
+                let stream = self
+                    .sessions
+                    .get(&session)
+                    .map(|s| s.quote.stream_id.clone())
+                    .unwrap_or_default();
                 self.events.push_back(ServerEvent::Credited {
                     session,
+                    stream,
                     amount,
                     slices: credit.response.slices,
                 });

@@ -1,0 +1,140 @@
+//! Operator metrics in the Prometheus text format (`GET /metrics`), with
+//! `prometheus-client` (the Prometheus project's Rust client).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// A stream label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabel {
+    /// Stream id.
+    pub stream: String,
+}
+
+/// A refusal label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabel {
+    /// Stream id.
+    pub stream: String,
+    /// The refusal code.
+    pub code: String,
+}
+
+/// A facilitator outcome label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `settled`, `refused`, `pending`, `unknown`, `not_attempted`.
+    pub outcome: String,
+}
+
+/// Everything `/metrics` shows.
+pub struct Metrics {
+    registry: Registry,
+    /// Sessions held (set at scrape time).
+    pub sessions: Gauge,
+    /// Live sockets (set at scrape time).
+    pub sockets: Gauge,
+    /// Settlements under way (set at scrape time).
+    pub settling: Gauge,
+    /// Payments credited, per stream.
+    pub credited: Family<StreamLabel, Counter>,
+    /// Revenue per stream in atomic units of its asset.
+    pub revenue: Family<StreamLabel, Counter<u64, AtomicU64>>,
+    /// Payments refused, per stream and code.
+    pub refused: Family<RefusalLabel, Counter>,
+    /// Settlements whose outcome could not be established.
+    pub unresolved: Counter,
+    /// Events sent on sockets.
+    pub events_sent: Counter,
+    /// Events a client asked for but did not get (evicted or unpaid), per kind.
+    pub events_dropped: Family<OutcomeLabel, Counter>,
+    /// Seconds each facilitator settlement attempt took, by outcome.
+    pub settlement_seconds: Family<OutcomeLabel, Histogram>,
+    /// Facilitator attempts that gave no usable answer.
+    pub facilitator_errors: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("atomicstream");
+        let m = Metrics {
+            sessions: Gauge::default(),
+            sockets: Gauge::default(),
+            settling: Gauge::default(),
+            credited: Family::default(),
+            revenue: Family::default(),
+            refused: Family::default(),
+            unresolved: Counter::default(),
+            events_sent: Counter::default(),
+            events_dropped: Family::default(),
+            settlement_seconds: Family::new_with_constructor(|| {
+                Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+            }),
+            facilitator_errors: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("sessions", "Sessions held", m.sessions.clone());
+        registry.register("sockets", "Live WebSocket connections", m.sockets.clone());
+        registry.register("settling", "Settlements under way", m.settling.clone());
+        registry.register(
+            "payments_credited",
+            "Payments settled and credited, per stream",
+            m.credited.clone(),
+        );
+        registry.register(
+            "revenue_atomic",
+            "Revenue per stream in atomic units of its asset",
+            m.revenue.clone(),
+        );
+        registry.register(
+            "payments_refused",
+            "Payments refused, per stream and code",
+            m.refused.clone(),
+        );
+        registry.register(
+            "settlements_unresolved",
+            "Settlements whose outcome could not be established (reconcile them)",
+            m.unresolved.clone(),
+        );
+        registry.register("events_sent", "Events sent on sockets", m.events_sent.clone());
+        registry.register(
+            "events_dropped",
+            "Events not delivered: evicted from the replay buffer or published while unpaid",
+            m.events_dropped.clone(),
+        );
+        registry.register(
+            "settlement_seconds",
+            "Duration of facilitator settlement attempts, by outcome",
+            m.settlement_seconds.clone(),
+        );
+        registry.register(
+            "facilitator_errors",
+            "Facilitator attempts without a usable answer",
+            m.facilitator_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
