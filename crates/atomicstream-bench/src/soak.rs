@@ -336,12 +336,14 @@ pub async fn run(secs: u64) -> i32 {
     // after it is the level the end must come back near.
     let warm_at = started + Duration::from_secs((secs / 5).max(5));
     let mut rss_warm = None;
+    let mut metrics_warm = None;
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now_rss = rss_kib();
         rss_peak = rss_peak.max(now_rss);
         if rss_warm.is_none() && Instant::now() >= warm_at {
             rss_warm = Some(now_rss);
+            metrics_warm = scrape_credited(&base).await;
         }
     }
     let rss_warm = rss_warm.unwrap_or(rss_peak);
@@ -384,6 +386,8 @@ pub async fn run(secs: u64) -> i32 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         ep = state.endpoint_stats();
     }
+    let metrics_end = scrape_credited(&base).await;
+    let metrics_moving = matches!((metrics_warm, metrics_end), (Some(a), Some(b)) if b > a);
     let rss_end = rss_kib();
     let rss_bounded = rss_end * 4 <= rss_warm * 5;
     let credited = ledger.ledger().len() as u64 - u64::from(still_serving);
@@ -404,6 +408,7 @@ pub async fn run(secs: u64) -> i32 {
         "sessions_at_end": sessions_at_end,
         "sessions_after_sweep": sessions_after_sweep,
         "still_serving": still_serving,
+        "metrics_payments_credited": {"after_warm_up": metrics_warm, "end": metrics_end},
         "records_at_end": ep.records,
         "claims_at_end": ep.claims,
         "rss_kib": {"start": rss_start, "after_warm_up": rss_warm, "peak": rss_peak, "end": rss_end},
@@ -426,7 +431,8 @@ pub async fn run(secs: u64) -> i32 {
         && sessions_after_sweep <= 1
         && ep.records <= 1
         && ep.claims <= 1
-        && rss_bounded;
+        && rss_bounded
+        && metrics_moving;
     if ok {
         eprintln!("soak: passed");
         0
@@ -434,4 +440,18 @@ pub async fn run(secs: u64) -> i32 {
         eprintln!("soak: FAILED");
         1
     }
+}
+
+/// `atomicstream_payments_credited_total` of the soak stream, read from `GET /metrics`.
+async fn scrape_credited(base: &str) -> Option<u64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with("atomicstream_payments_credited_total{stream=\"soak\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }

@@ -1,6 +1,7 @@
 //! `atomicstream`: buy, serve and demo x402-paid live streams.
 
 mod demo;
+mod ui;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -43,9 +44,23 @@ Start here:
 #[derive(Debug, Parser)]
 #[command(name = "atomicstream", version, about, after_help = AFTER_HELP)]
 struct Cli {
+    /// Log lines on stderr as `plain` text or `json` objects (for log collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
 }
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
@@ -75,6 +90,8 @@ enum Cmd {
         /// Stop after this many seconds.
         #[arg(long)]
         duration: Option<u64>,
+        #[command(flatten)]
+        show: ShowArgs,
     },
     /// Read a 402 answer (schema JSON, v1 body, or v2 PAYMENT-REQUIRED value) and print the payment header.
     Pay {
@@ -93,6 +110,15 @@ enum Cmd {
         /// Listen address.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Only check the configuration: report every problem with its field, then exit
+        /// (0 when valid, 2 otherwise).
+        #[arg(long)]
+        check: bool,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
     },
     /// Run only the x402 facilitator API (/verify, /settle, /supported), for other x402
     /// servers, v1 and v2. With --evm it settles on chain from a relayer key; without, the
@@ -130,6 +156,27 @@ enum Cmd {
         #[arg(long)]
         all: bool,
     },
+}
+
+/// `atomicstream config ...`.
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// Print a commented server.toml to start from.
+    Example,
+}
+
+/// What `stream` shows on stderr (events always go to stdout, one JSON object per line).
+#[derive(Debug, Args)]
+struct ShowArgs {
+    /// Show nothing on stderr but the end.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Write status changes and session events as JSON lines on stderr (for programs and agents).
+    #[arg(long)]
+    status_json: bool,
+    /// Show amounts in atomic units too.
+    #[arg(long, short)]
+    verbose: bool,
 }
 
 /// Settling on an EVM chain.
@@ -221,9 +268,58 @@ fn policy(p: &PolicyArgs) -> Result<SpendPolicy, Fail> {
     Ok(SpendPolicy::new(cap).with_lifetime_budget(budget))
 }
 
+/// `serve --check`: every problem of a configuration, each with its field.
+fn check_config(path: Option<&std::path::Path>) -> Result<u8, Fail> {
+    let Some(path) = path else {
+        eprintln!("the built-in demo configuration is valid (give --config to check a file)");
+        return Ok(exit::OK);
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+    let cfg: x402_server::Config = match toml::from_str(&text) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "{}: not a valid configuration:\n  - {}",
+                path.display(),
+                e.to_string().trim().replace('\n', "\n    ")
+            );
+            return Ok(exit::USAGE);
+        }
+    };
+    let problems = cfg.problems();
+    if problems.is_empty() {
+        eprintln!(
+            "{}: valid ({} streams, facilitator {})",
+            path.display(),
+            cfg.streams.len(),
+            match &cfg.facilitator {
+                Some(x402_server::FacilitatorConfig::Embedded) => "embedded (settles NOTHING)",
+                Some(x402_server::FacilitatorConfig::Http { .. }) => "http",
+                Some(x402_server::FacilitatorConfig::Evm { .. }) => "evm",
+                None => "none",
+            }
+        );
+        return Ok(exit::OK);
+    }
+    eprintln!("{}: {} problems:", path.display(), problems.len());
+    for p in problems {
+        eprintln!("  - {p}");
+    }
+    Ok(exit::USAGE)
+}
+
 fn init_logs(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    if LOG_FORMAT.get() == Some(&LogFormat::Json) {
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+        return;
+    }
     // Plain lines on stderr; colours only for a terminal.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -252,6 +348,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    let _ = LOG_FORMAT.set(cli.log_format);
     let r = match cli.cmd {
         Cmd::Schema { stream, conn, json } => schema(&stream, &conn, json).await,
         Cmd::Stream {
@@ -261,9 +358,21 @@ async fn main() -> ExitCode {
             limits,
             slices,
             duration,
-        } => run_stream(&stream, &conn, &key, &limits, slices, duration).await,
+            show,
+        } => run_stream(&stream, &conn, &key, &limits, slices, duration, &show).await,
         Cmd::Pay { input, key, limits } => pay(&input, &key, &limits).await,
-        Cmd::Serve { config, listen } => serve(config, listen).await,
+        Cmd::Serve {
+            config,
+            check: true,
+            ..
+        } => check_config(config.as_deref()),
+        Cmd::Serve { config, listen, .. } => serve(config, listen).await,
+        Cmd::Config {
+            cmd: ConfigCmd::Example,
+        } => {
+            print!("{}", x402_server::CONFIG_EXAMPLE);
+            Ok(exit::OK)
+        }
         Cmd::Facilitator {
             listen,
             evm,
@@ -346,6 +455,7 @@ async fn run_stream(
     limits: &PolicyArgs,
     slices: Option<u64>,
     duration: Option<u64>,
+    show: &ShowArgs,
 ) -> Result<u8, Fail> {
     init_logs("warn");
     let signer = load_key(key)?;
@@ -367,15 +477,19 @@ async fn run_stream(
         Ok(s) => s,
         Err(e) => return Err(Fail(error_code(&e), e.to_string())),
     };
-    let tty = std::io::stderr().is_terminal();
+    let mut ui = ui::Ui::new(stream, budget, show.quiet, show.status_json, show.verbose);
     let started = Instant::now();
     let deadline = duration.map(|d| tokio::time::Instant::now() + Duration::from_secs(d));
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     let mut last_status = Instant::now() - Duration::from_secs(1);
     let mut stopping = false;
+    enum Wake {
+        Event(Option<ClientEvent>),
+        Tick,
+    }
     let reason = loop {
-        let ev = tokio::select! {
-            ev = session.next() => ev,
+        let wake = tokio::select! {
+            ev = session.next() => Wake::Event(ev),
             _ = tokio::signal::ctrl_c(), if !stopping => {
                 stopping = true;
                 session.stop();
@@ -386,9 +500,16 @@ async fn run_stream(
                 session.stop();
                 continue;
             }
+            _ = tokio::time::sleep(Duration::from_millis(250)) => Wake::Tick,
         };
-        let Some(ev) = ev else {
-            break EndReason::Stopped;
+        let ev = match wake {
+            Wake::Event(Some(ev)) => ev,
+            Wake::Event(None) => break EndReason::Stopped,
+            Wake::Tick => {
+                last_status = Instant::now();
+                ui.status(&session.progress());
+                continue;
+            }
         };
         match ev {
             ClientEvent::Data(e) => {
@@ -407,30 +528,20 @@ async fn run_stream(
                 }
             }
             ClientEvent::Ended(r) => break r,
-            other if !tty => eprintln!("{}", describe(&other)),
-            _ => {}
+            other => ui.event(&other),
         }
-        if tty && last_status.elapsed() > Duration::from_millis(250) {
+        if last_status.elapsed() >= Duration::from_millis(250) {
             last_status = Instant::now();
-            let p = session.progress();
-            eprint!(
-                "\r\x1b[2K{stream}  slice left {:>5.1}s  events {}  spent {} of {} USDC",
-                p.remaining().as_secs_f64(),
-                p.events,
-                p.paid.to_display(6),
-                budget.to_display(6)
-            );
+            let _ = stdout.flush();
+            ui.status(&session.progress());
         }
     };
     let _ = stdout.flush();
     let p = session.progress();
-    if tty {
-        eprintln!();
-    }
-    eprintln!(
-        "summary: {} slices bought, {} USDC paid, {} events, {} renewals ({} retries), {} reconnects, {:.1}s",
+    let summary = format!(
+        "{} slices bought, {} paid, {} events, {} renewals ({} retries), {} reconnects, {:.1}s",
         p.slices,
-        p.paid.to_display(6),
+        ui.usdc(&p.paid),
         p.events,
         p.renewals,
         p.renew_retries,
@@ -438,10 +549,7 @@ async fn run_stream(
         started.elapsed().as_secs_f64()
     );
     let code = end_code(&reason);
-    eprintln!(
-        "ended: {} (exit {code})",
-        explain_end(&reason, &p.paid, &budget)
-    );
+    ui.end(&summary, &explain_end(&reason, &p.paid, &budget), code);
     Ok(code)
 }
 

@@ -353,3 +353,166 @@ fn demo_on_a_local_chain_moves_usdc_and_shows_the_transactions() {
     );
     assert!(err.contains("has 0.016 USDC"), "{err}");
 }
+
+/// Runs the binary on a pseudo-terminal (Python's `pty`, in every CI image) and returns what the
+/// terminal received.
+fn on_terminal(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg("import pty, sys; sys.exit(pty.spawn(sys.argv[1:]) >> 8)")
+        .arg(env!("CARGO_BIN_EXE_atomicstream"))
+        .args(args)
+        .env("X402_PRIVATE_KEY", KEY)
+        .env("COLUMNS", "200")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("python3 runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_terminal_a_live_status_line_and_a_readable_end() {
+    let base = server().await;
+    let (code, screen) = tokio::task::spawn_blocking(move || {
+        on_terminal(&["stream", "demo-fast", "--base-url", &base, "--slices", "2"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{screen}");
+    // The live line: stream, slice number, time left, spent of budget, events and rate, reconnects.
+    assert!(screen.contains("demo-fast  slice "), "{screen}");
+    assert!(screen.contains(" left  spent 0.00"), "{screen}");
+    assert!(screen.contains(" USDC of "), "{screen}");
+    assert!(screen.contains("/s)  0 reconnects"), "{screen}");
+    // Words, local clock times and USDC; no Debug dumps, no raw unix times.
+    assert!(screen.contains("paid until "), "{screen}");
+    assert!(screen.contains(" left"), "{screen}");
+    assert!(
+        screen.contains("ended: the requested number of slices was bought and used (exit 0)"),
+        "{screen}"
+    );
+    assert!(
+        !screen.contains("SliceLimit") && !screen.contains("Hello("),
+        "{screen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_json_and_quiet_for_programs() {
+    let base = server().await;
+    let mut c = bin();
+    c.args([
+        "stream",
+        "demo-fast",
+        "--base-url",
+        &base,
+        "--slices",
+        "1",
+        "--status-json",
+    ])
+    .env("X402_PRIVATE_KEY", KEY);
+    let out = run(c).await;
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let types: Vec<&str> = lines.iter().filter_map(|l| l["type"].as_str()).collect();
+    assert!(
+        types.contains(&"hello") && types.contains(&"expired"),
+        "{types:?}"
+    );
+    let status = lines
+        .iter()
+        .find(|l| l["type"] == "status")
+        .expect("a status line");
+    assert_eq!(status["slice"], 1, "{status}");
+    assert_eq!(status["spent"], "0.004", "{status}");
+    let end = lines.last().unwrap();
+    assert_eq!(
+        (end["type"].as_str(), end["exit"].as_u64()),
+        (Some("ended"), Some(0))
+    );
+    let mut c = bin();
+    c.args([
+        "stream",
+        "demo-fast",
+        "--base-url",
+        &base,
+        "--slices",
+        "1",
+        "--quiet",
+    ])
+    .env("X402_PRIVATE_KEY", KEY);
+    let out = run(c).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("ended: "), "{err}");
+}
+
+#[test]
+fn config_example_is_valid_and_check_names_each_problem() {
+    let out = bin().args(["config", "example"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let example = String::from_utf8(out.stdout).unwrap();
+    let dir = std::env::temp_dir().join(format!("cfgcheck-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(&good, &example).unwrap();
+    let out = bin()
+        .args(["serve", "--check", "--config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("valid (1 streams"), "{err}");
+    // No facilitator, a short secret, a negative price: three problems, each with its field.
+    let bad_text = example
+        .replace("[facilitator]\nkind = \"embedded\"", "")
+        .replace(
+            "# secret = \"change me: at least thirty-two bytes of random text\"",
+            "secret = \"short\"",
+        )
+        .replace("price_per_minute = \"0.01\"", "price_per_minute = \"-1\"");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, bad_text).unwrap();
+    let out = bin()
+        .args(["serve", "--check", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("3 problems"), "{err}");
+    for field in [
+        "  - facilitator: ",
+        "  - secret: ",
+        "  - streams[0] (btc-usd): ",
+    ] {
+        assert!(err.contains(field), "{field} missing in {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn log_format_json_writes_json_lines() {
+    let mut child = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warn = err
+        .lines()
+        .find(|l| l.contains("NOTHING IS SETTLED"))
+        .unwrap_or_else(|| panic!("{err}"));
+    let v: serde_json::Value = serde_json::from_str(warn).expect("a JSON log line");
+    assert_eq!(v["level"], "WARN", "{v}");
+}

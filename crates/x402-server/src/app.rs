@@ -628,9 +628,9 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
     s.metrics.sessions.set(gauge(st.sessions));
     s.metrics.settling.set(gauge(st.settling));
-    s.metrics.sockets.set(
-        i64::try_from(s.stats.sockets.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
-    );
+    s.metrics
+        .sockets
+        .set(i64::try_from(s.stats.sockets.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     (
         [(
             "content-type",

@@ -356,6 +356,52 @@ impl Config {
         }
     }
 
+    /// Every problem of the configuration, each naming its field
+    /// (`streams[1] (eth-usd).price_per_minute: ...`). Empty when it is valid.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.facilitator.is_none() {
+            out.push(format!("facilitator: {NO_FACILITATOR}"));
+        }
+        if let Some(api) = &self.facilitator_api
+            && api.key.len() < 32
+        {
+            out.push("facilitator_api.key: must be at least 32 bytes".into());
+        }
+        if let Some(s) = &self.secret
+            && s.len() < crate::app::MIN_SECRET_LEN
+        {
+            out.push(format!(
+                "secret: must be at least {} bytes (got {})",
+                crate::app::MIN_SECRET_LEN,
+                s.len()
+            ));
+        }
+        for (field, v) in [
+            ("public_http", &self.public_http),
+            ("public_ws", &self.public_ws),
+        ] {
+            if let Some(u) = v
+                && let Err(e) = x402_types::Url::parse(u)
+            {
+                out.push(format!("{field}: {e}"));
+            }
+        }
+        if self.streams.is_empty() {
+            out.push("streams: no stream is configured ([[streams]])".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in self.streams.iter().enumerate() {
+            if !seen.insert(&s.id) {
+                out.push(format!("streams[{i}].id: duplicate stream id {}", s.id));
+            }
+            if let Err(ConfigError::Invalid(m)) = s.resolve() {
+                out.push(format!("streams[{i}] ({}): {m}", s.id));
+            }
+        }
+        out
+    }
+
     /// Checks every stream.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.facilitator.is_none() {
@@ -389,6 +435,55 @@ impl Config {
         Ok(())
     }
 }
+
+/// A commented `server.toml` to start from (`atomicstream config example`).
+pub const EXAMPLE: &str = r#"# atomicstream server configuration. Check it with: atomicstream serve --config server.toml --check
+listen = "127.0.0.1:4021"
+# What clients see, behind a TLS proxy (defaults to http://{listen} and ws://{listen}):
+# public_http = "https://x402.example.com"
+# public_ws = "wss://x402.example.com"
+# Token secret, at least 32 bytes (or X402_SERVER_SECRET). Without one a random secret is used
+# and tokens do not survive a restart.
+# secret = "change me: at least thirty-two bytes of random text"
+
+# Who verifies and settles payments. Required.
+[facilitator]
+kind = "embedded"                 # verifies, settles NOTHING: local testing only
+# kind = "http"                   # a remote x402 facilitator
+# url = "https://facilitator.example.com"
+# kind = "evm"                    # settle on chain yourself (see docs/server.md)
+# rpc_url = "http://127.0.0.1:8545"
+# network = "base-sepolia"
+# relayer_key_file = "relayer.key"
+# confirmations = 1
+
+# Serve /facilitator/{verify,settle,supported} for your own servers (off unless present):
+# [facilitator_api]
+# key = "at least thirty-two bytes, sent as Authorization: Bearer <key>"
+# requests_per_second = 50
+
+[[streams]]
+id = "btc-usd"                    # [A-Za-z0-9_-]+, used in URLs
+title = "BTC/USD"
+description = "Trades and quotes"
+price_per_minute = "0.01"         # display units of the asset (USDC)
+slice_seconds = 300               # what one payment buys
+network = "base-sepolia"          # or "base", "eip155:8453", ...
+pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"   # your address
+max_timeout_seconds = 60          # payment validity window and unpaid quote lifetime
+source = { kind = "synthetic", rate = 10, symbol = "BTC-USD" }
+# source = { kind = "replay", file = "events.jsonl", rate = 5, looping = true }
+# source = { kind = "api" }       # publish from your program (x402_server::Publisher)
+
+[limits]
+# max_sessions = 100000
+# max_connections_per_ip = 64
+# replay_buffer = 1024
+# horizon_slices = 2
+# payment_wait_secs = 5
+# facilitator_timeout_secs = 10
+# session_linger_secs = 600
+"#;
 
 /// A stream's payment terms, resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -523,6 +618,29 @@ max_sessions = 10
         c.streams[0].id = "../x".into();
         assert!(c.validate().is_err());
         assert!(Config::from_toml("listen = 5").is_err());
+    }
+
+    #[test]
+    fn the_example_is_valid_and_problems_name_their_fields() {
+        let c = Config::from_toml(EXAMPLE).unwrap();
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        let mut bad = c.clone();
+        bad.facilitator = None;
+        bad.secret = Some("short".into());
+        bad.streams[0].price_per_minute = "-1".into();
+        bad.streams.push(bad.streams[0].clone());
+        let p = bad.problems();
+        assert!(p.iter().any(|m| m.starts_with("facilitator: ")), "{p:?}");
+        assert!(p.iter().any(|m| m.starts_with("secret: ")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("streams[0] (btc-usd): ") && m.contains("price")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|m| m.starts_with("streams[1].id: duplicate")),
+            "{p:?}"
+        );
     }
 
     #[test]

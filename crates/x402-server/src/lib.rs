@@ -20,7 +20,8 @@ use tokio::task::JoinHandle;
 
 pub use app::{AppState, RemoteAddr, StreamEntry, router};
 pub use config::{
-    Config, DEV_PAY_TO, FacilitatorApiConfig, FacilitatorConfig, Limits, SourceConfig, StreamConfig,
+    Config, DEV_PAY_TO, EXAMPLE as CONFIG_EXAMPLE, FacilitatorApiConfig, FacilitatorConfig, Limits,
+    SourceConfig, StreamConfig,
 };
 pub use error::{ApiError, ConfigError, Error};
 pub use facilitator::{

@@ -108,7 +108,11 @@ impl Default for Metrics {
             "Settlements whose outcome could not be established (reconcile them)",
             m.unresolved.clone(),
         );
-        registry.register("events_sent", "Events sent on sockets", m.events_sent.clone());
+        registry.register(
+            "events_sent",
+            "Events sent on sockets",
+            m.events_sent.clone(),
+        );
         registry.register(
             "events_dropped",
             "Events not delivered: evicted from the replay buffer or published while unpaid",

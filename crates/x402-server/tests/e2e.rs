@@ -1054,6 +1054,9 @@ async fn metrics_show_sales_refusals_and_sockets() {
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
-    assert!(text.contains("atomicstream_settlement_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("atomicstream_settlement_seconds_bucket"),
+        "{text}"
+    );
     assert!(text.contains("atomicstream_events_sent_total"), "{text}");
 }
