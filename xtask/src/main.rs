@@ -60,16 +60,39 @@ fn tools() -> bool {
         .filter(|(n, v)| !installed(n, v))
         .map(|(n, v)| format!("{n}@{v}"))
         .collect();
-    if missing.is_empty() {
-        return true;
-    }
     let _ = std::fs::create_dir_all(&dir);
-    let mut c = Command::new("npm");
-    c.args(["install", "--no-audit", "--no-fund", "--prefix"])
-        .arg(&dir)
-        .args(&missing);
-    step("install test tools (npm)", &mut c)
+    if !missing.is_empty() {
+        let mut c = Command::new("npm");
+        c.args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir)
+            .args(&missing);
+        if !step("install test tools (npm)", &mut c) {
+            return false;
+        }
+    }
+    // The official x402 Python SDK, for the interop test of the EVM facilitator.
+    let py = dir.join("py");
+    if !py.join(format!("x402-{X402_PY}.dist-info")).exists() {
+        let mut c = Command::new("python3");
+        c.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+        ])
+        .arg(&py)
+        .arg(format!("x402[evm]=={X402_PY}"));
+        if !step("install the official x402 Python SDK (pip)", &mut c) {
+            return false;
+        }
+    }
+    true
 }
+
+/// The official x402 Python SDK version the interop test uses.
+const X402_PY: &str = "2.25.0";
 
 /// The `"version"` of a package.json, without a JSON dependency.
 fn serde_json_version(text: &str) -> Option<String> {
@@ -220,7 +243,7 @@ fn main() -> ExitCode {
         ),
         _ => {
             eprintln!(
-                "usage: cargo xtask <verb>\n  ci                       fmt, clippy, tests, docs (the gate)\n  bench [--quick]          benchmarks with baselines -> target/bench/report.json\n  soak [seconds]           bounded load and fault run (default 120)\n  fuzz <target|all> [secs] cargo-fuzz; targets: {}\n  tools                    install the pinned test tools (anvil, solc-js) into target/tools
+                "usage: cargo xtask <verb>\n  ci                       fmt, clippy, tests, docs (the gate)\n  bench [--quick]          benchmarks with baselines -> target/bench/report.json\n  soak [seconds]           bounded load and fault run (default 120)\n  fuzz <target|all> [secs] cargo-fuzz; targets: {}\n  tools                    install the pinned test tools (anvil, solc-js, the x402 Python SDK) into target/tools
   demo                     the embedded demo",
                 FUZZ_TARGETS.join(", ")
             );

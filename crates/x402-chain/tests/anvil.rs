@@ -351,3 +351,109 @@ fn the_committed_bytecode_is_what_the_source_compiles_to() {
         "contracts/TestUSDC.runtime.hex is stale: regenerate it with contracts/compile.js"
     );
 }
+
+/// The official x402 Python SDK (pinned, installed by `cargo xtask tools` into target/tools/py)
+/// signs a v2 payment; our facilitator API (as `atomicstream facilitator --evm` serves it)
+/// verifies and settles it on chain.
+#[tokio::test]
+async fn payments_made_by_the_official_python_sdk_settle_through_our_facilitator_api() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let py = dir.join("../../target/tools/py");
+    assert!(
+        py.join("x402").exists(),
+        "the official x402 SDK is not installed: run `cargo xtask tools`"
+    );
+    let c = chain(0, 8).await;
+    let sdk_key = DEV_KEYS[3];
+    let sdk_addr: Address = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
+        .parse()
+        .unwrap();
+    c.anvil.mint(c.token, sdk_addr, 1_000_000).await.unwrap();
+    // Our facilitator API, behind its bearer key, settling with the EVM facilitator.
+    let key = "interop-api-key-interop-api-key-interop";
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", l.local_addr().unwrap());
+    let f: Arc<dyn Facilitator> = Arc::new(
+        EvmFacilitator::connect(EvmConfig::new(
+            c.anvil.url(),
+            Network::BASE_SEPOLIA,
+            DEV_KEYS[1],
+        ))
+        .await
+        .unwrap(),
+    );
+    tokio::spawn(x402_server::serve_facilitator_guarded(l, f, key, 100));
+    let http = reqwest::Client::new();
+    let supported: serde_json::Value = http
+        .get(format!("{api}/supported"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        supported.to_string().contains("eip155:84532"),
+        "{supported}"
+    );
+    let pay_to: Address = PAY_TO.parse().unwrap();
+    let payee0 = c.usdc(pay_to).await;
+    for _ in 0..2 {
+        let requirement = requirement().to_v2();
+        let required = serde_json::json!({
+            "x402Version": 2,
+            "resource": {"url": "ws://h/v2/stream/s", "description": "t", "mimeType": "application/json"},
+            "accepts": [requirement],
+        });
+        let mut child = std::process::Command::new("python3")
+            .arg(dir.join("tests/interop/official_pay.py"))
+            .env("PYTHONPATH", &py)
+            .env("X402_SDK_KEY", sdk_key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(required.to_string().as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let payload: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let body = serde_json::json!({
+            "x402Version": 2,
+            "paymentPayload": payload,
+            "paymentRequirements": requirement,
+        });
+        for path in ["verify", "settle"] {
+            let r: serde_json::Value = http
+                .post(format!("{api}/{path}"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let ok = if path == "verify" {
+                &r["isValid"]
+            } else {
+                &r["success"]
+            };
+            assert_eq!(ok, true, "{path}: {r}");
+        }
+    }
+    assert_eq!(c.usdc(pay_to).await, payee0 + U256::from(2 * PRICE));
+}
