@@ -211,23 +211,14 @@ impl EvmFacilitator {
             Ok(from) => from,
             Err(f) => return Check::Invalid(invalid(f.reason(), f.to_string(), None)),
         };
-        let Some(evm) = req.payment_payload.exact_evm() else {
-            return Check::Invalid(invalid("invalid_payload", "not exact EVM".into(), None));
-        };
-        let Ok(token) = requirement.asset.parse::<x402_types::Address>() else {
-            return Check::Invalid(invalid("invalid_payload", "asset".into(), None));
-        };
-        let a = &evm.authorization;
-        Check::Ok(Auth {
-            from: EvmAddress::from(from.0),
-            to: EvmAddress::from(a.to.0),
-            value: EvmU256::from_be_bytes(a.value.atomic().to_be_bytes()),
-            valid_after: EvmU256::from_be_bytes(a.valid_after.to_be_bytes()),
-            valid_before: EvmU256::from_be_bytes(a.valid_before.to_be_bytes()),
-            nonce: B256::from(a.nonce.0),
-            signature: evm.signature.0,
-            token: EvmAddress::from(token.0),
-        })
+        match Self::auth_of(req) {
+            Some(a) if a.from == EvmAddress::from(from.0) => Check::Ok(a),
+            _ => Check::Invalid(invalid(
+                "invalid_payload",
+                "not an exact EVM payment".into(),
+                None,
+            )),
+        }
     }
 
     /// The exact settlement call: the (v,r,s) form for 65-byte signatures
@@ -344,16 +335,42 @@ impl EvmFacilitator {
         Ok(None)
     }
 
+    /// The transaction this facilitator signed for authorization `a`, if any.
+    fn sent_tx(&self, a: &Auth) -> Option<B256> {
+        self.sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(a.from, a.nonce))
+            .copied()
+    }
+
+    /// The authorization of a request as it stands, before any check.
+    fn auth_of(req: &FacilitatorRequest) -> Option<Auth> {
+        let evm = req.payment_payload.exact_evm()?;
+        let token = req
+            .payment_requirements
+            .requirement()
+            .asset
+            .parse::<x402_types::Address>()
+            .ok()?;
+        let a = &evm.authorization;
+        Some(Auth {
+            from: EvmAddress::from(a.from.0),
+            to: EvmAddress::from(a.to.0),
+            value: EvmU256::from_be_bytes(a.value.atomic().to_be_bytes()),
+            valid_after: EvmU256::from_be_bytes(a.valid_after.to_be_bytes()),
+            valid_before: EvmU256::from_be_bytes(a.valid_before.to_be_bytes()),
+            nonce: B256::from(a.nonce.0),
+            signature: evm.signature.0,
+            token: EvmAddress::from(token.0),
+        })
+    }
+
     /// The transaction that used authorization `a`, if it settled it to the
     /// payee for the amount: ours (remembered) or found in the
     /// `AuthorizationUsed` logs. Reconciliation reads the chain, never guesses.
     async fn find_settlement(&self, a: &Auth) -> Result<Option<B256>, FacilitatorError> {
-        let ours = self
-            .sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(a.from, a.nonce))
-            .copied();
+        let ours = self.sent_tx(a);
         let candidates = match ours {
             Some(h) => vec![h],
             None => {
@@ -529,31 +546,12 @@ impl Facilitator for EvmFacilitator {
             Check::Invalid(v) => {
                 // A retry of a payload that settled before its window closed
                 // still gets its success: reconcile before refusing.
-                if let Some(evm) = req.payment_payload.exact_evm()
-                    && let Ok(token) = req
-                        .payment_requirements
-                        .requirement()
-                        .asset
-                        .parse::<x402_types::Address>()
+                if let Some(a) = Self::auth_of(req)
+                    && self.network == req.payment_requirements.requirement().network
+                    && self.authorization_used(&a).await.unwrap_or(false)
+                    && let Some(tx) = self.find_settlement(&a).await?
                 {
-                    let a = Auth {
-                        from: EvmAddress::from(evm.authorization.from.0),
-                        to: EvmAddress::from(evm.authorization.to.0),
-                        value: EvmU256::from_be_bytes(
-                            evm.authorization.value.atomic().to_be_bytes(),
-                        ),
-                        valid_after: EvmU256::ZERO,
-                        valid_before: EvmU256::ZERO,
-                        nonce: B256::from(evm.authorization.nonce.0),
-                        signature: evm.signature.0,
-                        token: EvmAddress::from(token.0),
-                    };
-                    if self.network == req.payment_requirements.requirement().network
-                        && self.authorization_used(&a).await.unwrap_or(false)
-                        && let Some(tx) = self.find_settlement(&a).await?
-                    {
-                        return Ok(self.success(&a, tx));
-                    }
+                    return Ok(self.success(&a, tx));
                 }
                 let reason = v.invalid_reason.unwrap_or_default();
                 return Ok(SettleResponse {
@@ -575,12 +573,7 @@ impl Facilitator for EvmFacilitator {
             });
         }
         // Sent before but not mined yet (a retry while pending): wait for it, never resend.
-        let pending = self
-            .sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(a.from, a.nonce))
-            .copied();
+        let pending = self.sent_tx(&a);
         let hash = match pending {
             Some(h)
                 if self
