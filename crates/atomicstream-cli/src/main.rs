@@ -763,7 +763,30 @@ async fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) ->
             "  WARNING: facilitator = embedded. Payments are verified but NOTHING IS SETTLED: no money moves."
         );
     }
-    server.run().await?;
+    // SIGTERM or Ctrl-C: stop accepting, close sockets with 1012 (clients resume elsewhere),
+    // finish the settlements under way, then exit.
+    let shutdown = async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async {
+                    match term.as_mut() {
+                        Some(t) => { t.recv().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    };
+    server.run_until(shutdown).await?;
+    eprintln!("atomicstream server stopped");
     Ok(exit::OK)
 }
 

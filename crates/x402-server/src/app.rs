@@ -113,6 +113,8 @@ pub struct AppState {
     settled: Notify,
     /// Woken whenever the endpoint's next timeout may have moved.
     timers: Notify,
+    /// Set when the server shuts down: sockets close with 1012.
+    closing: tokio::sync::watch::Sender<bool>,
     /// Sockets per client IP.
     pub per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Connection ids.
@@ -182,11 +184,17 @@ impl AppState {
             jobs: Mutex::default(),
             settled: Notify::new(),
             timers: Notify::new(),
+            closing: tokio::sync::watch::channel(false).0,
             per_ip: Mutex::default(),
             next_conn: 1.into(),
             stats: Stats::default(),
             metrics: crate::metrics::Metrics::default(),
         }
+    }
+
+    /// Starts a graceful shutdown: every socket closes with 1012 (service restart).
+    pub fn shutdown(&self) {
+        self.closing.send_replace(true);
     }
 
     fn core(&self) -> MutexGuard<'_, ServerEndpoint> {
@@ -1058,8 +1066,21 @@ impl Connection {
             if !self.catch_up(&mut tx).await {
                 break 'outer None;
             }
+            let mut closing = self.state.closing.subscribe();
+            let already = *closing.borrow_and_update();
+            if already {
+                break 'outer Some(CloseCode::Other(1012));
+            }
             loop {
                 let step = tokio::select! {
+                    r = closing.changed() => {
+                        let now_closing = r.is_ok() && *closing.borrow_and_update();
+                        if now_closing {
+                            Step::Close(Some(CloseCode::Other(1012)))
+                        } else {
+                            Step::Continue
+                        }
+                    }
                     frame = self.live.recv() => self.on_live(&mut tx, frame).await,
                     msg = rx_ws.next() => self.on_client(&mut tx, msg).await,
                     t = self.rx.recv() => match t {

@@ -234,6 +234,41 @@ impl Server {
 
     /// Serves until the task is dropped.
     pub async fn run(self) -> Result<(), Error> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully: stops
+    /// accepting, closes every socket with 1012 (service restart: the client
+    /// resumes, here or on another instance, without paying again), and waits
+    /// (at most `drain`) for settlements under way to finish, so no outcome is
+    /// lost with the process.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let drain = Duration::from_secs(self.state.cfg.limits.facilitator_timeout_secs.max(1) * 3);
+        let state = self.state.clone();
+        tokio::select! {
+            r = self.serve() => r,
+            () = shutdown => {
+                tracing::info!("shutting down: closing sockets, finishing settlements");
+                state.shutdown();
+                let deadline = tokio::time::Instant::now() + drain;
+                while state.endpoint_stats().settling > 0 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let left = state.endpoint_stats().settling;
+                if left > 0 {
+                    tracing::error!(left, "shut down with settlements still under way");
+                }
+                // Let the close frames go out.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn serve(self) -> Result<(), Error> {
         let Server {
             state,
             listener,

@@ -1060,3 +1060,12 @@ async fn metrics_show_sales_refusals_and_sockets() {
     );
     assert!(text.contains("atomicstream_events_sent_total"), "{text}");
 }
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_1012_so_clients_resume_elsewhere() {
+    let t = start().await;
+    let q = t.schema(PathVersion::V2, "s").await;
+    let (mut ws, _) = t.open(&q).await;
+    t.state.shutdown();
+    assert_eq!(close_code(&mut ws).await, Some(1012));
+}

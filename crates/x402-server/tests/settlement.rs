@@ -83,6 +83,8 @@ async fn settle(State(s): State<Arc<Script>>, body: Bytes) -> Response {
 
 struct T {
     http: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<Result<(), x402_server::Error>>>,
     script: Arc<Script>,
     state: Arc<x402_server::AppState>,
     client: reqwest::Client,
@@ -130,9 +132,14 @@ async fn start(fault: Fault) -> T {
         .unwrap();
     let http = server.http_base().to_string();
     let state = server.state().clone();
-    server.spawn();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(server.run_until(async move {
+        let _ = stopped.await;
+    }));
     T {
         http,
+        stop: Some(stop),
+        served: Some(served),
         script,
         state,
         client: reqwest::Client::new(),
@@ -317,4 +324,21 @@ async fn two_requests_racing_one_payload_credit_one_slice() {
     assert_eq!((a.0, b.0), (200, 200));
     assert_eq!(a.1, b.1, "one answer for one payload");
     assert_eq!((t.settled(), t.credited()), (1, 1));
+}
+
+#[tokio::test]
+async fn shutdown_finishes_settlements_under_way_before_exiting() {
+    let mut t = start(Fault::Slow(Duration::from_secs(2))).await;
+    let (url, pay) = t.quote().await;
+    let (status, _, _) = t.post(&url, &pay).await;
+    assert_eq!(status, 202, "the settlement is still under way");
+    assert_eq!(t.credited(), 0);
+    // SIGTERM, as it were: the server stops, but only once the settlement has an outcome.
+    let _ = t.stop.take().unwrap().send(());
+    t.served.take().unwrap().await.unwrap().unwrap();
+    assert_eq!(
+        (t.settled(), t.credited()),
+        (1, 1),
+        "the outcome was recorded before exiting"
+    );
 }
