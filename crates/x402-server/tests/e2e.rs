@@ -1069,3 +1069,52 @@ async fn shutdown_closes_sockets_with_1012_so_clients_resume_elsewhere() {
     t.state.shutdown();
     assert_eq!(close_code(&mut ws).await, Some(1012));
 }
+
+#[tokio::test]
+async fn two_sockets_racing_one_payload_credit_one_slice() {
+    let t = start().await;
+    let q = t.schema(PathVersion::V2, "s").await;
+    let h = t.pay(&q);
+    let url = q.schema.websocket_endpoint.clone();
+    let (a, b) = tokio::join!(
+        t.connect(&url, Some(("PAYMENT-SIGNATURE", &h))),
+        t.connect(&url, Some(("PAYMENT-SIGNATURE", &h)))
+    );
+    let opened = [a.is_ok(), b.is_ok()].iter().filter(|x| **x).count();
+    assert!(opened >= 1, "the payload buys the slice");
+    assert_eq!(t.credited(), 1, "one payload, one settlement");
+    assert_eq!(
+        t.state
+            .stats
+            .payments
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test]
+async fn query_and_path_rejections_answer_the_json_error_body() {
+    let t = start().await;
+    for url in [
+        format!("{}/v2/renew/s?t=a&t=b", t.http),
+        format!("{}/v2/renew/s?from=1&from=2", t.http),
+    ] {
+        let r = t.client.post(&url).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{url}");
+        assert_eq!(
+            r.json::<ErrorBody>().await.unwrap().error,
+            ErrorCode::BadRequest
+        );
+    }
+    let r = t
+        .client
+        .get(format!("{}/nowhere", t.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<ErrorBody>().await.unwrap().error,
+        ErrorCode::UnknownStream
+    );
+}

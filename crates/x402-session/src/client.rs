@@ -30,8 +30,9 @@ pub enum Method {
     Post,
 }
 
-/// Something the driver must send.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Something the driver must send. Its `Debug` shows header names only: a
+/// payment header is a spendable authorization.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Transmit {
     /// Perform an HTTP request and report with `handle_http_response` or `handle_http_error`.
     Http {
@@ -67,6 +68,44 @@ pub enum Transmit {
         /// Close code.
         code: u16,
     },
+}
+
+impl std::fmt::Debug for Transmit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = |h: &[(String, String)]| -> Vec<String> {
+            h.iter().map(|(k, _)| format!("{k}: <redacted>")).collect()
+        };
+        match self {
+            Transmit::Http {
+                id,
+                method,
+                url,
+                headers,
+            } => f
+                .debug_struct("Http")
+                .field("id", id)
+                .field("method", method)
+                .field("url", url)
+                .field("headers", &names(headers))
+                .finish(),
+            Transmit::WsConnect { conn, url, headers } => f
+                .debug_struct("WsConnect")
+                .field("conn", conn)
+                .field("url", url)
+                .field("headers", &names(headers))
+                .finish(),
+            Transmit::WsSend { conn, text } => f
+                .debug_struct("WsSend")
+                .field("conn", conn)
+                .field("text", text)
+                .finish(),
+            Transmit::WsClose { conn, code } => f
+                .debug_struct("WsClose")
+                .field("conn", conn)
+                .field("code", code)
+                .finish(),
+        }
+    }
 }
 
 /// An HTTP answer handed to the session.

@@ -89,3 +89,51 @@ fn garbage_from_the_server_ends_with_a_protocol_violation() {
         ));
     }
 }
+
+#[test]
+fn debug_output_never_shows_a_spendable_payment() {
+    use x402_payer::{EvmExactPayer, LocalSigner};
+    let now = Instant::now();
+    let mut s = ClientSession::new(
+        ClientConfig::new("https://h.example", PathVersion::V2, "s"),
+        now,
+        1_750_000_000,
+    )
+    .unwrap();
+    s.open(now).unwrap();
+    let Some(Transmit::Http { id, .. }) = s.poll_transmit() else {
+        panic!()
+    };
+    let schema = r#"{"protocol":"ws402","version":"2","websocketEndpoint":"wss://h.example/v2/stream/s?t=tok","pricing":{"pricePerSecond":0.001,"currency":"USDC","estimatedDuration":4},"paymentDetails":{"scheme":"exact","network":"base-sepolia","asset":"0x036CbD53842c5426634e7929541eC2318f3dCF7e","payTo":"0x209693Bc6afc0C5328bA36FaF03C514EF312287C","maxAmountRequired":"1000","maxTimeoutSeconds":60,"extra":{"name":"USDC","version":"2"}},"stream":{"id":"s","title":"","description":""}}"#;
+    s.handle_http_response(
+        now,
+        id,
+        HttpResponse {
+            status: 402,
+            headers: vec![],
+            body: schema.as_bytes().to_vec(),
+        },
+    )
+    .unwrap();
+    let Some(ClientEvent::PaymentNeeded { slice, offer }) = s.poll_event() else {
+        panic!()
+    };
+    let payer = EvmExactPayer::new(
+        LocalSigner::from_hex("0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80")
+            .unwrap(),
+    );
+    let payload = payer.sign(&offer).unwrap();
+    let header = payload.to_header();
+    s.handle_payment(now, slice, payload).unwrap();
+    let dbg = format!("{s:?}");
+    assert!(
+        !dbg.contains(&header),
+        "the payment header leaks through Debug"
+    );
+    assert!(dbg.contains("<redacted>"));
+    // The header does go out where it must: on the upgrade.
+    let Some(Transmit::WsConnect { headers, .. }) = s.poll_transmit() else {
+        panic!()
+    };
+    assert_eq!(headers[0].1, header);
+}
