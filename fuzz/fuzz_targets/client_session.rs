@@ -71,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
                 None => s.handle_timeout(now),
             },
             5 => match conns.pop() {
-                Some(c) => s.handle_ws_closed(now, c, if op & 16 == 0 { None } else { Some(4402) }),
+                Some(c) => s.handle_ws_closed(now, c, if op & 16 == 0 { None } else { Some(x402_types::CloseCode::from(u16::from(op) * 37)) }),
                 None => s.handle_timeout(now),
             },
             6 => match asked.pop() {

@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use x402_types::x402::headers;
 use x402_types::{
-    EndpointKind, ErrorBody, ErrorCode, Event, Hello, Offer, PathVersion, PaymentPayload,
-    PaymentRequiredV2, RenewResponse, ResourceInfo, Schema, ServerMessage, SettleResponse,
-    UrlContext, x402::decode_header,
+    CloseCode, EndpointKind, ErrorBody, ErrorCode, Event, Hello, Offer, PathVersion,
+    PaymentPayload, PaymentRequiredV2, RenewResponse, ResourceInfo, Schema, ServerMessage,
+    SettleResponse, UrlContext, x402::decode_header,
 };
 
 use crate::error::UsageError;
@@ -66,7 +66,7 @@ pub enum Transmit {
         /// Connection.
         conn: ConnId,
         /// Close code.
-        code: u16,
+        code: CloseCode,
     },
 }
 
@@ -619,7 +619,7 @@ impl ClientSession {
     /// Stops the session: closes the socket and ends with [`EndReason::Stopped`].
     pub fn stop(&mut self, now: Instant) -> Result<(), UsageError> {
         self.input(now)?;
-        self.end(EndReason::Stopped, 1000);
+        self.end(EndReason::Stopped, Some(CloseCode::Normal));
         Ok(())
     }
 
@@ -671,7 +671,7 @@ impl ClientSession {
         self.stop_paying(now, EndReason::PaymentDeclined { message, policy });
         if purpose == Some(Purpose::Upgrade) && !self.has_paid_time(now) {
             let reason = self.no_more.clone().unwrap_or(EndReason::Stopped);
-            self.end(reason, 1000);
+            self.end(reason, Some(CloseCode::Normal));
         }
         Ok(())
     }
@@ -709,7 +709,7 @@ impl ClientSession {
                     EndReason::ConnectionLost {
                         attempts: self.reconnect_attempt - 1,
                     },
-                    1000,
+                    Some(CloseCode::Normal),
                 );
             } else {
                 self.phase = Phase::Idle;
@@ -774,7 +774,7 @@ impl ClientSession {
             Err(e) => {
                 self.end(
                     EndReason::ProtocolViolation(format!("bad frame: {e}")),
-                    1008,
+                    Some(CloseCode::Policy),
                 );
                 return Ok(());
             }
@@ -782,7 +782,7 @@ impl ClientSession {
         if !hello && !matches!(msg, ServerMessage::Hello(_) | ServerMessage::Unknown { .. }) {
             self.end(
                 EndReason::ProtocolViolation("first message was not hello".into()),
-                1008,
+                Some(CloseCode::Policy),
             );
             return Ok(());
         }
@@ -817,12 +817,14 @@ impl ClientSession {
                 }
                 self.events.push_back(ClientEvent::Expired);
                 if let Some(reason) = self.no_more.clone() {
-                    self.end(reason, 1000);
+                    self.end(reason, Some(CloseCode::Normal));
                 } else if self.pending.is_none() && self.asking.is_none() {
                     self.need_payment(now, Purpose::Renew);
                 }
             }
-            ServerMessage::End { reason } => self.end(EndReason::StreamEnded { reason }, 1000),
+            ServerMessage::End { reason } => {
+                self.end(EndReason::StreamEnded { reason }, Some(CloseCode::Normal))
+            }
             ServerMessage::Error {
                 code: ErrorCode::EventsLost,
                 count,
@@ -853,7 +855,7 @@ impl ClientSession {
         &mut self,
         now: Instant,
         conn: ConnId,
-        code: Option<u16>,
+        code: Option<CloseCode>,
     ) -> Result<(), UsageError> {
         self.input(now)?;
         let live = match self.phase {
@@ -864,16 +866,18 @@ impl ClientSession {
             return Ok(());
         }
         match code {
-            Some(4409) => self.end(EndReason::Superseded, 0),
-            Some(4401) => self.end(EndReason::TokenRejected { code: 4401 }, 0),
-            Some(1008) | Some(1009) => self.end(
-                EndReason::ProtocolViolation(format!("server closed with {code:?}")),
-                0,
+            Some(CloseCode::Superseded) => self.end(EndReason::Superseded, None),
+            Some(CloseCode::TokenInvalid) => {
+                self.end(EndReason::TokenRejected { code: 4401 }, None)
+            }
+            Some(c @ (CloseCode::Policy | CloseCode::TooBig)) => self.end(
+                EndReason::ProtocolViolation(format!("server closed with {}", c.code())),
+                None,
             ),
-            Some(4402) => {
+            Some(CloseCode::PaymentExpired) => {
                 self.paid_until = Some(now.min(self.paid_until.unwrap_or(now)));
                 if let Some(reason) = self.no_more.clone() {
-                    self.end(reason, 0);
+                    self.end(reason, None);
                 } else {
                     self.phase = Phase::Down;
                     if self.renew_req.is_none() && self.asking.is_none() {
@@ -895,7 +899,7 @@ impl ClientSession {
         if self.end_at.is_some_and(|t| t <= now) {
             self.end_at = None;
             let reason = self.no_more.clone().unwrap_or(EndReason::Stopped);
-            self.end(reason, 1000);
+            self.end(reason, Some(CloseCode::Normal));
             return Ok(());
         }
         if self.renew_retry_at.is_some_and(|t| t <= now) {
@@ -964,17 +968,14 @@ impl ClientSession {
         });
     }
 
-    fn end(&mut self, reason: EndReason, close_code: u16) {
+    fn end(&mut self, reason: EndReason, close: Option<CloseCode>) {
         if self.phase == Phase::Ended {
             return;
         }
-        if close_code != 0
+        if let Some(code) = close
             && let Phase::Live { conn, .. } | Phase::Connecting { conn, .. } = self.phase
         {
-            self.transmits.push_back(Transmit::WsClose {
-                conn,
-                code: close_code,
-            });
+            self.transmits.push_back(Transmit::WsClose { conn, code });
         }
         self.phase = Phase::Ended;
         self.renew_at = None;
@@ -995,7 +996,7 @@ impl ClientSession {
     }
 
     fn protocol_violation(&mut self, msg: String) {
-        self.end(EndReason::ProtocolViolation(msg), 1008);
+        self.end(EndReason::ProtocolViolation(msg), Some(CloseCode::Policy));
     }
 
     fn on_schema(&mut self, now: Instant, resp: HttpResponse) {
@@ -1006,7 +1007,7 @@ impl ClientSession {
                     "unknown stream: {}",
                     body.map(|b| b.message).unwrap_or_default()
                 )),
-                0,
+                None,
             );
             return;
         }
@@ -1018,7 +1019,7 @@ impl ClientSession {
                     EndReason::ConnectionLost {
                         attempts: self.reconnect_attempt - 1,
                     },
-                    0,
+                    None,
                 );
             } else {
                 let d = self.backoff(self.reconnect_attempt);
@@ -1068,7 +1069,7 @@ impl ClientSession {
         {
             self.stop_paying(now, EndReason::SliceLimit);
             if purpose == Purpose::Upgrade && !self.has_paid_time(now) {
-                self.end(EndReason::SliceLimit, 1000);
+                self.end(EndReason::SliceLimit, Some(CloseCode::Normal));
             }
             return;
         }
@@ -1167,7 +1168,7 @@ impl ClientSession {
             if !self.has_paid_time(now)
                 || purpose == Purpose::Upgrade && !matches!(self.phase, Phase::Live { .. })
             {
-                self.end(reason, 1000);
+                self.end(reason, Some(CloseCode::Normal));
             } else {
                 self.stop_paying(now, reason);
             }
@@ -1194,7 +1195,10 @@ impl ClientSession {
                 }
                 Err(e) => self.protocol_violation(format!("renew answer: {e}")),
             },
-            401 | 410 => self.end(EndReason::TokenRejected { code: resp.status }, 1000),
+            401 | 410 => self.end(
+                EndReason::TokenRejected { code: resp.status },
+                Some(CloseCode::Normal),
+            ),
             s => match retry_kind(&resp) {
                 Retry::HorizonLater => {
                     // Bought far enough ahead: keep the payload, try again later.
@@ -1214,7 +1218,7 @@ impl ClientSession {
     fn on_upgrade_refused(&mut self, now: Instant, paid_slice: Option<u64>, resp: HttpResponse) {
         self.phase = Phase::Down;
         match resp.status {
-            401 | 410 => self.end(EndReason::TokenRejected { code: resp.status }, 0),
+            401 | 410 => self.end(EndReason::TokenRejected { code: resp.status }, None),
             404 => self.protocol_violation("stream no longer exists".into()),
             402 if let Some(slice) = paid_slice
                 && ErrorBody::from_json(&resp.body)
@@ -1226,7 +1230,7 @@ impl ClientSession {
                 self.accept_payment(slice, None);
                 self.paid_until = Some(now);
                 if let Some(reason) = self.no_more.clone() {
-                    self.end(reason, 0);
+                    self.end(reason, None);
                 } else {
                     self.need_payment(now, Purpose::Upgrade);
                 }
@@ -1238,7 +1242,7 @@ impl ClientSession {
                 // No paid time left on the server's clock: pay on the next upgrade.
                 self.paid_until = Some(now);
                 if let Some(reason) = self.no_more.clone() {
-                    self.end(reason, 0);
+                    self.end(reason, None);
                 } else {
                     self.need_payment(now, Purpose::Upgrade);
                 }
@@ -1292,7 +1296,7 @@ impl ClientSession {
         if self.has_paid_time(now) || self.pending.is_some() {
             self.connect(now);
         } else if let Some(reason) = self.no_more.clone() {
-            self.end(reason, 0);
+            self.end(reason, None);
         } else {
             self.need_payment(now, Purpose::Upgrade);
         }
@@ -1306,13 +1310,13 @@ impl ClientSession {
                 EndReason::ConnectionLost {
                     attempts: self.reconnect_attempt - 1,
                 },
-                0,
+                None,
             );
             return;
         }
         if self.no_more.is_some() && !self.has_paid_time(now) {
             let reason = self.no_more.clone().unwrap_or(EndReason::Stopped);
-            self.end(reason, 0);
+            self.end(reason, None);
             return;
         }
         let delay = self.backoff(self.reconnect_attempt);

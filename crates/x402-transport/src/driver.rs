@@ -257,13 +257,15 @@ impl Driver {
             }
             Some(Ok(WsFrame::Closed(code))) => {
                 self.live = None;
-                self.session.handle_ws_closed(t, conn, code)
+                self.session
+                    .handle_ws_closed(t, conn, code.map(x402_types::CloseCode::from))
             }
             Some(Err(TransportError::Frame(_))) => {
                 if let Some(l) = self.live.take() {
                     close_in_background(l.socket, 1009);
                 }
-                self.session.handle_ws_closed(t, conn, Some(1009))
+                self.session
+                    .handle_ws_closed(t, conn, Some(x402_types::CloseCode::TooBig))
             }
             Some(Err(_)) | None => {
                 self.live = None;
@@ -469,7 +471,7 @@ impl Driver {
                 if self.live.as_ref().is_some_and(|l| l.conn == conn)
                     && let Some(l) = self.live.take()
                 {
-                    close_in_background(l.socket, code);
+                    close_in_background(l.socket, code.code());
                 }
             }
         }

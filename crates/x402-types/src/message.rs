@@ -48,6 +48,12 @@ impl CloseCode {
     }
 }
 
+impl std::fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.code())
+    }
+}
+
 impl From<u16> for CloseCode {
     fn from(c: u16) -> Self {
         match c {

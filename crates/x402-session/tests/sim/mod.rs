@@ -1189,7 +1189,9 @@ impl Sim {
             ToClient::Closed { conn, code } => {
                 self.transcript
                     .push(format!("{} ! closed {code:?}", self.elapsed()));
-                self.client.handle_ws_closed(now, conn, code).unwrap();
+                self.client
+                    .handle_ws_closed(now, conn, code.map(CloseCode::from))
+                    .unwrap();
             }
         }
         self.drain_client();
