@@ -516,3 +516,69 @@ fn log_format_json_writes_json_lines() {
     let v: serde_json::Value = serde_json::from_str(warn).expect("a JSON log line");
     assert_eq!(v["level"], "WARN", "{v}");
 }
+
+#[test]
+fn facilitator_evm_serves_the_api_for_a_chain_behind_its_key() {
+    let anvil = x402_chain::anvil::Anvil::start(84532).expect("anvil (run `cargo xtask tools`)");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let key = "cli-facilitator-key-cli-facilitator-key";
+    let mut child = bin()
+        .args([
+            "facilitator",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--evm",
+            "--rpc-url",
+            &anvil.url(),
+            "--network",
+            "base-sepolia",
+            "--api-key",
+            key,
+        ])
+        .env("X402_RELAYER_KEY", x402_chain::anvil::DEV_KEYS[1])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut body = String::new();
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if let Some(b) = http_get(port, "/supported", key) {
+            body = b;
+            break;
+        }
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        body.contains("eip155:84532") && body.contains("base-sepolia"),
+        "{body} / {err}"
+    );
+    assert!(
+        body.contains("0x70997970C51812dc3A010C7d01b50e0d17dc79C8"),
+        "relayer listed: {body}"
+    );
+    assert!(
+        err.contains("bearer key required") && err.contains("relayer 0x70997970"),
+        "{err}"
+    );
+}
+
+/// A plain HTTP/1.1 GET over loopback with a bearer key; the body of a 200, if any.
+fn http_get(port: u16, path: &str, key: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
