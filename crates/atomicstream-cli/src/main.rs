@@ -385,7 +385,7 @@ async fn main() -> ExitCode {
     match r {
         Ok(code) => ExitCode::from(code),
         Err(Fail(code, msg)) => {
-            eprintln!("error: {msg}");
+            eprintln!("error: {msg} (exit {code})");
             ExitCode::from(code)
         }
     }

@@ -172,7 +172,11 @@ async fn budget_exhaustion_exits_3_and_missing_key_exits_2() {
     c.args(["stream", "demo-fast", "--base-url", &base]);
     let out = run(c).await;
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("X402_PRIVATE_KEY"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("X402_PRIVATE_KEY") && err.contains("(exit 2)"),
+        "{err}"
+    );
     // Nothing listening: transport failure, 5.
     let mut c = bin();
     c.args(["stream", "demo-fast", "--base-url", "http://127.0.0.1:9"])
