@@ -74,6 +74,9 @@ impl EvmConfig {
     }
 }
 
+/// How far back reconciliation looks for an authorization's use (about a day on Base).
+const LOG_WINDOW_BLOCKS: u64 = 50_000;
+
 /// Reason codes (x402 style) of refusals this facilitator adds to the verifier's.
 pub mod reasons {
     /// The payer's token balance is below the amount.
@@ -374,12 +377,17 @@ impl EvmFacilitator {
         let candidates = match ours {
             Some(h) => vec![h],
             None => {
+                // An authorization lives for minutes: a recent window of blocks holds its
+                // use, and RPC providers refuse log queries over the whole history.
+                let head = self.provider.get_block_number().await.map_err(transport)?;
                 let filter = Filter::new()
                     .address(a.token)
                     .event_signature(IEip3009Token::AuthorizationUsed::SIGNATURE_HASH)
                     .topic1(a.from.into_word())
                     .topic2(a.nonce)
-                    .from_block(BlockNumberOrTag::Earliest);
+                    .from_block(BlockNumberOrTag::Number(
+                        head.saturating_sub(LOG_WINDOW_BLOCKS),
+                    ));
                 self.provider
                     .get_logs(&filter)
                     .await
