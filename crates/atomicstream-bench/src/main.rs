@@ -270,6 +270,8 @@ pub(crate) async fn local_server(streams: Vec<StreamConfig>, limits: Limits) -> 
     cfg.secret = Some("bench-secret-bench-secret-bench-secret".into());
     cfg.streams = streams;
     cfg.limits = limits;
+    // Every bench client pays from 127.0.0.1.
+    cfg.limits.payments_per_ip_per_minute = u32::MAX;
     let s = ServerBuilder::new(cfg)
         .bind()
         .await
@@ -530,6 +532,7 @@ async fn bench_handshake(r: &mut Report) {
 async fn bench_fanout(r: &mut Report, sessions: usize) {
     let limits = Limits {
         max_connections_per_ip: 100_000,
+        payments_per_ip_per_minute: 1_000_000,
         ..Limits::default()
     };
     let local = local_server(vec![stream_cfg("f", 3600)], limits).await;
@@ -635,7 +638,7 @@ async fn bench_scale(r: &mut Report, counts: &[usize]) {
     let _ = std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:{port}\"\nsecret = \"bench-secret-bench-secret-bench-secret\"\n[facilitator]\nkind = \"embedded\"\n[limits]\nmax_connections_per_ip = 1000000\nmax_sessions = 1000000\n[[streams]]\nid = \"idle\"\nprice_per_minute = \"0.06\"\nslice_seconds = 3600\npay_to = \"{DEV_PAY_TO}\"\nmax_timeout_seconds = 3600\nsource = {{ kind = \"api\" }}\n"
+            "listen = \"127.0.0.1:{port}\"\nsecret = \"bench-secret-bench-secret-bench-secret\"\n[facilitator]\nkind = \"embedded\"\n[limits]\nmax_connections_per_ip = 1000000\npayments_per_ip_per_minute = 1000000\nmax_sessions = 1000000\n[[streams]]\nid = \"idle\"\nprice_per_minute = \"0.06\"\nslice_seconds = 3600\npay_to = \"{DEV_PAY_TO}\"\nmax_timeout_seconds = 3600\nsource = {{ kind = \"api\" }}\n"
         ),
     );
     for &n in counts {

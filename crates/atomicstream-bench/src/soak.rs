@@ -274,6 +274,7 @@ pub async fn run(secs: u64) -> i32 {
     // Short quotes and lingering so that the sweeper's work shows within the run.
     let limits = Limits {
         max_connections_per_ip: 100_000,
+        payments_per_ip_per_minute: 1_000_000,
         header_timeout_secs: 3,
         replay_buffer: 2048,
         session_linger_secs: 5,

@@ -117,6 +117,8 @@ pub struct AppState {
     closing: tokio::sync::watch::Sender<bool>,
     /// Sockets per client IP.
     pub per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Payment token buckets per client IP (last refill, tokens).
+    payment_rate: Mutex<HashMap<IpAddr, (Instant, f64)>>,
     /// Connection ids.
     pub next_conn: AtomicU64,
     /// Counters.
@@ -186,6 +188,7 @@ impl AppState {
             timers: Notify::new(),
             closing: tokio::sync::watch::channel(false).0,
             per_ip: Mutex::default(),
+            payment_rate: Mutex::default(),
             next_conn: 1.into(),
             stats: Stats::default(),
             metrics: crate::metrics::Metrics::default(),
@@ -411,6 +414,36 @@ impl AppState {
             slice_seconds: e.cfg.slice_seconds,
             renew_url,
         })
+    }
+
+    /// Counts a request carrying a payment from `ip` against a token bucket of
+    /// `payments_per_ip_per_minute` (refilled continuously); `Err` (429) when empty.
+    fn admit_payment(&self, ip: IpAddr) -> Result<(), ApiError> {
+        let per_minute = f64::from(self.cfg.limits.payments_per_ip_per_minute.max(1));
+        let now = now();
+        let mut m = self.payment_rate.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() > 10_000 {
+            // Full buckets carry no information: forget them.
+            m.retain(|_, (t, tokens)| {
+                *tokens + now.saturating_duration_since(*t).as_secs_f64() * per_minute / 60.0
+                    < per_minute
+            });
+        }
+        let (last, tokens) = m.entry(ip).or_insert((now, per_minute));
+        let refill = now.saturating_duration_since(*last).as_secs_f64() * per_minute / 60.0;
+        *tokens = (*tokens + refill).min(per_minute);
+        *last = now;
+        if *tokens < 1.0 {
+            let mut err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                "too many payments from this address; retry the same payment shortly",
+            );
+            err.retry_after = Some(((1.0 - *tokens) * 60.0 / per_minute).ceil().max(1.0) as u64);
+            return Err(err);
+        }
+        *tokens -= 1.0;
+        Ok(())
     }
 
     /// Buys one slice with a payment header: the endpoint decides, settlement
@@ -787,6 +820,7 @@ async fn renew(
     State(s): State<Arc<AppState>>,
     p: Result<Path<(String, String)>, PathRejection>,
     q: Result<Query<TokenQuery>, QueryRejection>,
+    Extension(RemoteAddr(addr)): Extension<RemoteAddr>,
     headers: HeaderMap,
 ) -> Response {
     let result = async {
@@ -802,6 +836,7 @@ async fn renew(
                 format!("{} header is required", v.payment_header()),
             )
         })?;
+        s.admit_payment(addr.ip())?;
         let credit = s.pay(v, e, &quote, header).await?;
         Ok::<_, ApiError>((v, credit))
     }
@@ -876,7 +911,10 @@ async fn stream(
         let header = payment_header(v, &headers)?;
         let guard = ip_guard(&s, addr.ip())?;
         let settlement = match header {
-            Some(h) => s.pay(v, e, &quote, h).await?.settlement,
+            Some(h) => {
+                s.admit_payment(addr.ip())?;
+                s.pay(v, e, &quote, h).await?.settlement
+            }
             None => None,
         };
         // Only a paid session opens; the session is connected once the 101 is out.

@@ -211,6 +211,9 @@ pub struct Limits {
     pub payment_wait_secs: u64,
     /// Milliseconds between sweeps of idle sessions and expired payment records.
     pub sweep_interval_ms: u64,
+    /// Requests carrying a payment accepted per client address and minute (429 beyond):
+    /// every payment costs a record and a facilitator call, so a flood is bounded.
+    pub payments_per_ip_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -228,6 +231,7 @@ impl Default for Limits {
             session_linger_secs: 600,
             payment_wait_secs: 5,
             sweep_interval_ms: 5_000,
+            payments_per_ip_per_minute: 120,
         }
     }
 }

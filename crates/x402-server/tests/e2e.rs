@@ -1118,3 +1118,37 @@ async fn query_and_path_rejections_answer_the_json_error_body() {
         ErrorCode::UnknownStream
     );
 }
+
+#[tokio::test]
+async fn payments_per_address_are_rate_limited() {
+    let limits = Limits {
+        payments_per_ip_per_minute: 3,
+        ..Limits::default()
+    };
+    let t = start_with(limits, vec![stream("s", 60, 60)]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let q = t.schema(PathVersion::V2, "s").await;
+        let renew = q
+            .schema
+            .websocket_endpoint
+            .replace("ws://", "http://")
+            .replace("/stream/", "/renew/");
+        let r = t.renew(&renew, PathVersion::V2, Some(&t.pay(&q))).await;
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            assert!(r.headers().get("retry-after").is_some());
+            assert_eq!(
+                r.json::<ErrorBody>().await.unwrap().error,
+                ErrorCode::RateLimited
+            );
+        }
+    }
+    assert_eq!(statuses[..3], [200, 200, 200], "{statuses:?}");
+    assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
+    assert_eq!(
+        t.credited(),
+        3,
+        "nothing beyond the limit reached the facilitator"
+    );
+}
