@@ -743,28 +743,27 @@ impl Sim {
             }
             Waiter::Upgrade { conn, from } => match result {
                 Ok(()) => self.upgrade(conn, from),
-                Err(r) => self.send_to_client(
-                    ToClient::Upgrade {
-                        conn,
-                        result: Err(Some(Self::error_resp(&r))),
-                    },
-                    Some(conn),
-                ),
+                Err(r) => self.refuse_upgrade(conn, &r),
             },
         }
+    }
+
+    /// Answers an upgrade with a refusal.
+    fn refuse_upgrade(&mut self, conn: ConnId, r: &Refusal) {
+        self.send_to_client(
+            ToClient::Upgrade {
+                conn,
+                result: Err(Some(Self::error_resp(r))),
+            },
+            Some(conn),
+        );
     }
 
     /// Completes an upgrade: check, 101, connect, hello, notices.
     fn upgrade(&mut self, conn: ConnId, from: Option<u64>) {
         let quote = self.server.quote.clone();
         if let Err(r) = self.server.endpoint.check_connect(self.now, &quote) {
-            self.send_to_client(
-                ToClient::Upgrade {
-                    conn,
-                    result: Err(Some(Self::error_resp(&r))),
-                },
-                Some(conn),
-            );
+            self.refuse_upgrade(conn, &r);
             return;
         }
         self.send_to_client(
@@ -890,13 +889,7 @@ impl Sim {
             ToServer::Connect { conn, url, headers } => {
                 if Self::token_of(&url) != self.server.token {
                     let r = Refusal::new(ErrorCode::TokenInvalid, "bad mac");
-                    self.send_to_client(
-                        ToClient::Upgrade {
-                            conn,
-                            result: Err(Some(Self::error_resp(&r))),
-                        },
-                        Some(conn),
-                    );
+                    self.refuse_upgrade(conn, &r);
                     return;
                 }
                 let from: Option<u64> = url.split("from=").nth(1).and_then(|f| f.parse().ok());
