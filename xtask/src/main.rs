@@ -243,7 +243,8 @@ fn main() -> ExitCode {
         ),
         _ => {
             eprintln!(
-                "usage: cargo xtask <verb>\n  ci                       fmt, clippy, tests, docs (the gate)\n  bench [--quick]          benchmarks with baselines -> target/bench/report.json\n  soak [seconds]           bounded load and fault run (default 120)\n  fuzz <target|all> [secs] cargo-fuzz; targets: {}\n  tools                    install the pinned test tools (anvil, solc-js, the x402 Python SDK) into target/tools
+                "usage: cargo xtask <verb>\n  ci                       fmt, clippy, tests, docs (the gate)\n  bench [--quick] [--peers] benchmarks with baselines -> target/bench/report.json
+                           (--peers: payments signed/s by the official x402 SDKs where installed)\n  soak [seconds]           bounded load and fault run (default 120)\n  fuzz <target|all> [secs] cargo-fuzz; targets: {}\n  tools                    install the pinned test tools (anvil, solc-js, the x402 Python SDK) into target/tools
   demo                     the embedded demo",
                 FUZZ_TARGETS.join(", ")
             );

@@ -121,6 +121,97 @@ impl Report {
     }
 }
 
+/// Payments signed per second by the official x402 SDKs beside ours, in the same run.
+/// A peer that is not installed (`cargo xtask tools` installs the Python one) is reported
+/// as such, not failed.
+fn bench_peers(r: &mut Report) {
+    let payer = signer_payer();
+    let req = x402_types::Requirement {
+        scheme: "exact".into(),
+        network: x402_types::Network::BASE_SEPOLIA,
+        amount: Amount::from(10_000),
+        asset: "0x036CbD53842c5426634e7929541eC2318f3dCF7e".into(),
+        pay_to: DEV_PAY_TO.into(),
+        max_timeout_seconds: 60,
+        extra: Some(json!({"name": "USDC", "version": "2"})),
+    };
+    let offer = Offer::from_requirement(PathVersion::V2, &req, "http://x/v2/stream/s", "d");
+    let n = 1_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        let _ = payer.sign(&offer);
+    }
+    let ours = n as f64 / t.elapsed().as_secs_f64();
+    let py = std::path::Path::new("target/tools/py");
+    let script = format!(
+        r#"
+import json, time
+from eth_account import Account
+from x402 import x402ClientSync
+from x402.mechanisms.evm.exact import ExactEvmScheme
+from x402.schemas import PaymentRequired
+req = PaymentRequired.model_validate({required})
+c = x402ClientSync()
+c.register("eip155:*", ExactEvmScheme(Account.from_key("{KEY}")))
+c.create_payment_payload(req)
+n = 300
+t = time.perf_counter()
+for _ in range(n):
+    c.create_payment_payload(req)
+print(n / (time.perf_counter() - t))
+"#,
+        required = json!({
+            "x402Version": 2,
+            "resource": {"url": "http://x/v2/stream/s", "description": "d", "mimeType": "application/json"},
+            "accepts": [req.to_v2()],
+        })
+    );
+    let python = if py.join("x402").exists() {
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(&script)
+            .env("PYTHONPATH", py)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+    } else {
+        None
+    };
+    match python {
+        Some(rate) => r.ratio(
+            "7. payments signed/s: ours vs official x402 Python SDK",
+            ours,
+            "ops/s",
+            "x402 (PyPI) ExactEvmScheme",
+            rate,
+            1.0,
+        ),
+        None => r.plain(
+            "7. official x402 Python SDK",
+            0.0,
+            "ops/s",
+            "not installed (cargo xtask tools)",
+            None,
+        ),
+    }
+    // The TypeScript SDK is not installed by the tools verb: reported, not measured.
+    if !std::path::Path::new("target/tools/node_modules/@x402/evm").exists() {
+        r.plain(
+            "7. official x402 TypeScript SDK",
+            0.0,
+            "ops/s",
+            "not installed",
+            None,
+        );
+    }
+}
+
 fn signer_payer() -> EvmExactPayer {
     EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap_or_else(|_| unreachable!("constant key")))
 }
@@ -791,6 +882,10 @@ async fn main() {
     }
     eprintln!("bench: scale (server in its own process)");
     bench_scale(&mut r, if quick { &[1_000] } else { &[1_000, 10_000] }).await;
+    if args.iter().any(|a| a == "--peers") {
+        eprintln!("bench: peers (official x402 SDKs, where installed)");
+        bench_peers(&mut r);
+    }
     let json = print(&r);
     let _ = std::fs::create_dir_all("target/bench");
     let _ = std::fs::write(
