@@ -126,16 +126,7 @@ impl Report {
 /// as such, not failed.
 fn bench_peers(r: &mut Report) {
     let payer = signer_payer();
-    let req = x402_types::Requirement {
-        scheme: "exact".into(),
-        network: x402_types::Network::BASE_SEPOLIA,
-        amount: Amount::from(10_000),
-        asset: "0x036CbD53842c5426634e7929541eC2318f3dCF7e".into(),
-        pay_to: DEV_PAY_TO.into(),
-        max_timeout_seconds: 60,
-        extra: Some(json!({"name": "USDC", "version": "2"})),
-    };
-    let offer = Offer::from_requirement(PathVersion::V2, &req, "http://x/v2/stream/s", "d");
+    let (req, offer) = bench_offer();
     let n = 1_000;
     let t = Instant::now();
     for _ in 0..n {
@@ -212,13 +203,8 @@ print(n / (time.perf_counter() - t))
     }
 }
 
-fn signer_payer() -> EvmExactPayer {
-    EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap_or_else(|_| unreachable!("constant key")))
-}
-
-fn bench_signing(r: &mut Report) {
-    use k256::ecdsa::{RecoveryId, Signature, SigningKey, VerifyingKey};
-    let payer = signer_payer();
+/// The requirement and offer the signing benchmarks sign (0.01 USDC on base-sepolia).
+fn bench_offer() -> (x402_types::Requirement, Offer) {
     let req = x402_types::Requirement {
         scheme: "exact".into(),
         network: x402_types::Network::BASE_SEPOLIA,
@@ -229,6 +215,17 @@ fn bench_signing(r: &mut Report) {
         extra: Some(json!({"name": "USDC", "version": "2"})),
     };
     let offer = Offer::from_requirement(PathVersion::V2, &req, "http://x/v2/stream/s", "d");
+    (req, offer)
+}
+
+fn signer_payer() -> EvmExactPayer {
+    EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap_or_else(|_| unreachable!("constant key")))
+}
+
+fn bench_signing(r: &mut Report) {
+    use k256::ecdsa::{RecoveryId, Signature, SigningKey, VerifyingKey};
+    let payer = signer_payer();
+    let (req, offer) = bench_offer();
     let n = 2_000;
     let key = SigningKey::from_slice(&hex_key()).unwrap_or_else(|_| unreachable!("constant key"));
     let digest = [7u8; 32];

@@ -495,10 +495,9 @@ impl AppState {
             match answer {
                 PaymentDecision::Credited(c) => return Ok(c),
                 PaymentDecision::Refused(r) => return Err(self.refusal(v, e, r)),
-                PaymentDecision::Pending { .. } | PaymentDecision::Settle(_)
+                PaymentDecision::Pending { retry_after, .. }
                     if tokio::time::Instant::now() >= deadline =>
                 {
-                    let retry_after = self.core().config().pending_retry_after;
                     return Err(pending(retry_after));
                 }
                 _ => {}

@@ -1228,24 +1228,14 @@ impl ClientSession {
                 // (an earlier attempt whose answer was lost) and the time it bought
                 // has run out. Count it, then pay for the next slice.
                 self.accept_payment(slice, None);
-                self.paid_until = Some(now);
-                if let Some(reason) = self.no_more.clone() {
-                    self.end(reason, None);
-                } else {
-                    self.need_payment(now, Purpose::Upgrade);
-                }
+                self.paid_time_gone(now);
             }
             402 if paid_slice.is_some() => {
                 self.refuse_payment(now, 402, &resp.body, Purpose::Upgrade)
             }
             402 => {
                 // No paid time left on the server's clock: pay on the next upgrade.
-                self.paid_until = Some(now);
-                if let Some(reason) = self.no_more.clone() {
-                    self.end(reason, None);
-                } else {
-                    self.need_payment(now, Purpose::Upgrade);
-                }
+                self.paid_time_gone(now);
             }
             _ if paid_slice.is_some() => match retry_kind(&resp) {
                 Retry::Pending(after) => {
@@ -1257,6 +1247,17 @@ impl ClientSession {
                 Retry::No => self.refuse_payment(now, resp.status, &resp.body, Purpose::Upgrade),
             },
             _ => self.connection_lost(now),
+        }
+    }
+
+    /// The server says no paid time is left: end if no more payments are
+    /// wanted, otherwise pay for the next slice on the next upgrade.
+    fn paid_time_gone(&mut self, now: Instant) {
+        self.paid_until = Some(now);
+        if let Some(reason) = self.no_more.clone() {
+            self.end(reason, None);
+        } else {
+            self.need_payment(now, Purpose::Upgrade);
         }
     }
 
