@@ -140,7 +140,7 @@ fn invalid(reason: &str, message: String, payer: Option<String>) -> VerifyRespon
 }
 
 fn transport<E: std::fmt::Display>(e: E) -> FacilitatorError {
-    FacilitatorError::Transport(e.to_string())
+    FacilitatorError::Transport(crate::scrub_urls(&e.to_string()))
 }
 
 impl EvmFacilitator {
@@ -224,8 +224,10 @@ impl EvmFacilitator {
         }
     }
 
-    /// The exact settlement call: the (v,r,s) form for 65-byte signatures
-    /// (v normalised to 27/28, as USDC requires), the `bytes` form otherwise.
+    /// The exact settlement call, in the (v,r,s) form with `v` normalised to
+    /// 27/28 as USDC requires. x402 `exact` signatures are 65 bytes today; the
+    /// token's `bytes` overload (`transferWithAuthorization_1Call`, used by the
+    /// tests) is the one contract-wallet signatures will take.
     fn calldata(a: &Auth) -> Bytes {
         let sig = a.signature;
         let mut v = sig[64];
@@ -242,29 +244,6 @@ impl EvmFacilitator {
             v,
             r: B256::from_slice(&sig[..32]),
             s: B256::from_slice(&sig[32..64]),
-        }
-        .abi_encode()
-        .into()
-    }
-
-    /// The `bytes signature` form (for contract wallets; also accepted for EOAs).
-    pub fn calldata_bytes_form(
-        from: x402_types::Address,
-        to: x402_types::Address,
-        value: EvmU256,
-        valid_after: EvmU256,
-        valid_before: EvmU256,
-        nonce: B256,
-        signature: Vec<u8>,
-    ) -> Bytes {
-        IEip3009Token::transferWithAuthorization_1Call {
-            from: EvmAddress::from(from.0),
-            to: EvmAddress::from(to.0),
-            value,
-            validAfter: valid_after,
-            validBefore: valid_before,
-            nonce,
-            signature: signature.into(),
         }
         .abi_encode()
         .into()
@@ -373,52 +352,50 @@ impl EvmFacilitator {
     /// payee for the amount: ours (remembered) or found in the
     /// `AuthorizationUsed` logs. Reconciliation reads the chain, never guesses.
     async fn find_settlement(&self, a: &Auth) -> Result<Option<B256>, FacilitatorError> {
-        let ours = self.sent_tx(a);
-        let candidates = match ours {
-            Some(h) => vec![h],
-            None => {
-                // An authorization lives for minutes: a recent window of blocks holds its
-                // use, and RPC providers refuse log queries over the whole history.
-                let head = self.provider.get_block_number().await.map_err(transport)?;
-                let filter = Filter::new()
-                    .address(a.token)
-                    .event_signature(IEip3009Token::AuthorizationUsed::SIGNATURE_HASH)
-                    .topic1(a.from.into_word())
-                    .topic2(a.nonce)
-                    .from_block(BlockNumberOrTag::Number(
-                        head.saturating_sub(LOG_WINDOW_BLOCKS),
-                    ));
-                self.provider
-                    .get_logs(&filter)
-                    .await
-                    .map_err(transport)?
-                    .into_iter()
-                    .filter_map(|l| l.transaction_hash)
-                    .collect()
-            }
-        };
-        for h in candidates {
-            let Some(r) = self
-                .provider
-                .get_transaction_receipt(h)
-                .await
-                .map_err(transport)?
-            else {
-                continue;
-            };
-            if !r.status() {
-                continue;
-            }
-            let paid = r.inner.logs().iter().any(|l| {
-                l.address() == a.token
-                    && IEip3009Token::Transfer::decode_log(&l.inner)
-                        .is_ok_and(|t| t.from == a.from && t.to == a.to && t.value == a.value)
-            });
-            if paid {
+        // Ours first (no log query); if it did not settle the authorization (it
+        // reverted because another transaction used it first), the logs say which did.
+        if let Some(h) = self.sent_tx(a)
+            && self.settled_by(h, a).await?
+        {
+            return Ok(Some(h));
+        }
+        // An authorization lives for minutes: a recent window of blocks holds its
+        // use, and RPC providers refuse log queries over the whole history.
+        let head = self.provider.get_block_number().await.map_err(transport)?;
+        let filter = Filter::new()
+            .address(a.token)
+            .event_signature(IEip3009Token::AuthorizationUsed::SIGNATURE_HASH)
+            .topic1(a.from.into_word())
+            .topic2(a.nonce)
+            .from_block(BlockNumberOrTag::Number(
+                head.saturating_sub(LOG_WINDOW_BLOCKS),
+            ));
+        let logs = self.provider.get_logs(&filter).await.map_err(transport)?;
+        for h in logs.into_iter().filter_map(|l| l.transaction_hash) {
+            if self.settled_by(h, a).await? {
                 return Ok(Some(h));
             }
         }
         Ok(None)
+    }
+
+    /// Whether transaction `h` succeeded and moved the authorization's amount
+    /// from the payer to the payee on the token.
+    async fn settled_by(&self, h: B256, a: &Auth) -> Result<bool, FacilitatorError> {
+        let Some(r) = self
+            .provider
+            .get_transaction_receipt(h)
+            .await
+            .map_err(transport)?
+        else {
+            return Ok(false);
+        };
+        Ok(r.status()
+            && r.inner.logs().iter().any(|l| {
+                l.address() == a.token
+                    && IEip3009Token::Transfer::decode_log(&l.inner)
+                        .is_ok_and(|t| t.from == a.from && t.to == a.to && t.value == a.value)
+            }))
     }
 
     fn success(&self, a: &Auth, tx: B256) -> SettleResponse {
@@ -506,6 +483,7 @@ impl EvmFacilitator {
                 // Not known: the node refused it or never got it. Read the
                 // nonce again next time (a gap or a refusal must not stick).
                 *next = None;
+                let e = crate::scrub_urls(&e.to_string());
                 tracing::warn!(%hash, error = %e, "settlement send failed; will reconcile");
                 Err(transport(format!("send failed: {e}")))
             }

@@ -33,5 +33,47 @@ pub enum ChainError {
 }
 
 pub(crate) fn rpc<E: std::fmt::Display>(e: E) -> ChainError {
-    ChainError::Rpc(e.to_string())
+    ChainError::Rpc(scrub_urls(&e.to_string()))
+}
+
+/// Error text without URLs: RPC URLs often carry an API key, and these texts
+/// reach logs and, through the server, answers.
+pub(crate) fn scrub_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let next = |s: &str| {
+        [s.find("http://"), s.find("https://")]
+            .into_iter()
+            .flatten()
+            .min()
+    };
+    while let Some(i) = next(rest) {
+        out.push_str(&rest[..i]);
+        out.push_str("<rpc url>");
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | ',' | ']'))
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_are_scrubbed_from_error_text() {
+        assert_eq!(
+            super::scrub_urls(
+                "error sending request for url (https://base.example/v2/SECRETKEY): timed out"
+            ),
+            "error sending request for url (<rpc url>): timed out"
+        );
+        assert_eq!(
+            super::scrub_urls("a http://h:1/x and https://k@h/y end"),
+            "a <rpc url> and <rpc url> end"
+        );
+        assert_eq!(super::scrub_urls("no url here"), "no url here");
+    }
 }
