@@ -646,11 +646,7 @@ impl ServerEndpoint {
                 r.state = RecordState::Refused(Refusal::new(code.clone(), message));
                 self.settling -= 1;
                 self.shorten(&key, unix.saturating_add(REFUSED_RETENTION_SECS));
-                let stream = self
-                    .sessions
-                    .get(&session)
-                    .map(|s| s.quote.stream_id.clone())
-                    .unwrap_or_default();
+                let stream = self.stream_of(&session);
                 self.release_in_flight(now, &session, true);
                 self.events.push_back(ServerEvent::Refused {
                     session,
@@ -665,11 +661,7 @@ impl ServerEndpoint {
                 if let Some(r) = self.records.get_mut(&key) {
                     r.state = RecordState::Credited(credit.clone());
                 }
-                let stream = self
-                    .sessions
-                    .get(&session)
-                    .map(|s| s.quote.stream_id.clone())
-                    .unwrap_or_default();
+                let stream = self.stream_of(&session);
                 self.events.push_back(ServerEvent::Credited {
                     session,
                     stream,
@@ -697,9 +689,12 @@ impl ServerEndpoint {
         let Some(r) = self.records.get_mut(key) else {
             return;
         };
+        // The client hears what it needs; the facilitator's own words (which may
+        // name its infrastructure) go to the operator through the event.
         r.state = RecordState::Refused(Refusal::new(
             ErrorCode::SettlementUnknown,
-            format!("the settlement's outcome is unknown ({reason}); nothing was credited"),
+            "the settlement's outcome could not be established; nothing was credited; \
+             the money may have moved: keep it counted, the operator reconciles it",
         ));
         let (session, payer, nonce) = (r.session.clone(), r.payer, r.nonce);
         self.settling -= 1;
@@ -976,13 +971,23 @@ impl ServerEndpoint {
         }
     }
 
+    /// How long before the end of paid time `expiring` is sent: the configured
+    /// lead, at most a third of a slice.
+    fn expiring_lead(&self, s: &Session) -> Duration {
+        self.cfg.expiring_lead.min(Duration::from_millis(
+            s.quote.slice_seconds.saturating_mul(333),
+        ))
+    }
+
+    /// The stream a session buys ("" once it is gone).
+    fn stream_of(&self, session: &str) -> String {
+        self.sessions
+            .get(session)
+            .map(|s| s.quote.stream_id.clone())
+            .unwrap_or_default()
+    }
+
     fn session_timeout(&mut self, now: Instant, session: &str) {
-        let lead_cap = Duration::from_millis(
-            self.sessions
-                .get(session)
-                .map_or(0, |s| s.quote.slice_seconds.saturating_mul(333)),
-        );
-        let lead = self.cfg.expiring_lead.min(lead_cap);
         let grace = self.cfg.grace;
         let Some(s) = self.sessions.get(session) else {
             return;
@@ -990,6 +995,7 @@ impl ServerEndpoint {
         let (Some(conn), Some(p)) = (s.conn, s.paid_until_ms) else {
             return;
         };
+        let lead = self.expiring_lead(s);
         let until = self.at(p);
         let Some(s) = self.sessions.get_mut(session) else {
             return;
@@ -1026,8 +1032,7 @@ impl ServerEndpoint {
         let Some(s) = self.sessions.get(session) else {
             return;
         };
-        let lead_cap = Duration::from_millis(s.quote.slice_seconds.saturating_mul(333));
-        let lead = self.cfg.expiring_lead.min(lead_cap);
+        let lead = self.expiring_lead(s);
         let next = match (s.conn, s.paid_until_ms) {
             (Some(_), Some(p)) => {
                 let until = self.at(p);
