@@ -15,6 +15,6 @@ pub use client::{
 pub use error::UsageError;
 pub use server::{
     Connected, Credit, EndpointConfig, EndpointStats, PaymentDecision, PaymentIn, PaymentKey,
-    Quote, Refusal, ServerEndpoint, ServerEvent, ServerTransmit, SettleId, SettleJob,
-    SettleOutcome, StreamHead,
+    PaymentRecord, PaymentStatus, Quote, Refusal, ServerEndpoint, ServerEvent, ServerTransmit,
+    SessionState, SettleId, SettleJob, SettleOutcome, SettledPlan, StreamHead,
 };

@@ -3,8 +3,10 @@
 //! and resume planning. Sans I/O: the reference server (`x402-server`) and
 //! the simulation in this crate's tests drive the same code.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use x402_types::{
     Address, Amount, CloseCode, ErrorCode, Hello, Nonce, PathVersion, PaymentPayload,
@@ -14,7 +16,7 @@ use x402_types::{
 pub use crate::client::ConnId;
 
 /// A definite answer refusing a request, in the shared vocabulary.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[error("{code}: {message}")]
 pub struct Refusal {
     /// The code (its [`ErrorCode::status`] is the HTTP status).
@@ -39,8 +41,21 @@ impl Refusal {
 }
 
 /// Identifies one payload for idempotency: its authorization nonce and signature.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct PaymentKey(String);
+
+impl PaymentKey {
+    /// The key as text (a store's key material).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A key read back from a store.
+    pub fn from_stored(s: String) -> Self {
+        PaymentKey(s)
+    }
+}
 
 /// Identifies one settlement the driver runs for the endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -145,7 +160,7 @@ impl Default for EndpointConfig {
 }
 
 /// A credited payment's answer, recorded so that a retry gets it again.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credit {
     /// The renew answer.
     pub response: RenewResponse,
@@ -318,41 +333,181 @@ pub struct EndpointStats {
     pub settling: usize,
 }
 
+/// A session's paid state: everything that several server instances sharing
+/// one store must agree on. Serializable; the rules that change it are its
+/// methods, so a store only compares and swaps.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SessionState {
+    /// End of paid time (unix milliseconds); `None` until the first credit.
+    #[serde(default)]
+    pub paid_until_ms: Option<u64>,
+    /// Slices bought so far.
+    #[serde(default)]
+    pub slices: u64,
+    /// Events below this sequence number were not paid for.
+    #[serde(default)]
+    pub floor_seq: u64,
+    /// Payments being settled: payment key -> unix second after which it no
+    /// longer counts (its `validBefore` plus skew), so a crashed instance's
+    /// settlement cannot block the horizon forever.
+    #[serde(default)]
+    pub in_flight: BTreeMap<PaymentKey, u64>,
+    /// Connections made so far; the latest one holds the session.
+    #[serde(default)]
+    pub connections: u64,
+}
+
+impl SessionState {
+    /// End of paid time in unix seconds (0 if never paid).
+    pub fn expires_at(&self) -> u64 {
+        self.paid_until_ms.map_or(0, |ms| ms.div_ceil(1000))
+    }
+
+    /// Whether paid time remains at `now_ms`.
+    pub fn is_paid(&self, now_ms: u64) -> bool {
+        self.paid_until_ms.is_some_and(|p| p > now_ms)
+    }
+
+    /// Unix second until which a store must keep this state.
+    pub fn retain_until(&self, unix: u64, linger_secs: u64) -> u64 {
+        let last_flight = self.in_flight.values().copied().max().unwrap_or(0);
+        self.expires_at()
+            .max(last_flight)
+            .max(unix)
+            .saturating_add(linger_secs)
+    }
+
+    /// The horizon rule: admits payment `key` when paid time left plus every
+    /// slice being settled plus this one stays within `horizon` slices.
+    pub fn admit(
+        &mut self,
+        key: &PaymentKey,
+        deadline: u64,
+        now_ms: u64,
+        slice_seconds: u64,
+        horizon: u64,
+    ) -> Result<(), Refusal> {
+        let unix = now_ms / 1000;
+        self.in_flight.retain(|_, d| *d >= unix);
+        let remaining = u128::from(self.paid_until_ms.map_or(0, |p| p.saturating_sub(now_ms)));
+        let slice_ms = u128::from(slice_seconds) * 1000;
+        let flying = self.in_flight.len() as u128;
+        let horizon = horizon.max(1);
+        if remaining + slice_ms * (flying + 1) > slice_ms * u128::from(horizon) {
+            return Err(Refusal::new(
+                ErrorCode::HorizonExceeded,
+                format!("prepaid horizon of {horizon} slices reached; renew later"),
+            ));
+        }
+        self.in_flight.insert(key.clone(), deadline);
+        Ok(())
+    }
+
+    /// A settlement for `key` ended without credit.
+    pub fn release(&mut self, key: &PaymentKey) {
+        self.in_flight.remove(key);
+    }
+
+    /// Credits one settled slice for `key`: paid time grows by a slice from
+    /// the later of now and the current end. When paid time had lapsed,
+    /// events published before `head` are not bought (the floor moves).
+    pub fn credit(&mut self, key: &PaymentKey, now_ms: u64, slice_seconds: u64, head: u64) {
+        self.in_flight.remove(key);
+        let lapsed = !self.is_paid(now_ms);
+        let base = self.paid_until_ms.map_or(now_ms, |p| p.max(now_ms));
+        self.paid_until_ms = Some(base.saturating_add(slice_seconds.saturating_mul(1000)));
+        self.slices += 1;
+        if lapsed && head > self.floor_seq {
+            self.floor_seq = head;
+        }
+    }
+}
+
+/// Where a payment's settlement stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PaymentStatus {
+    /// The first attempt is under way.
+    Settling,
+    /// An earlier attempt's answer was pending or lost; settling again.
+    Retrying,
+    /// Settled and credited: the recorded answer.
+    Credited(Credit),
+    /// Refused, or unresolved ([`ErrorCode::SettlementUnknown`]): the recorded answer.
+    Refused(Refusal),
+}
+
+impl PaymentStatus {
+    /// Still waiting for a final answer.
+    pub fn is_settling(&self) -> bool {
+        matches!(self, PaymentStatus::Settling | PaymentStatus::Retrying)
+    }
+}
+
+/// A payload's record: its claim and its settlement's outcome. Serializable,
+/// so a store can share it between instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRecord {
+    /// The session it pays for.
+    pub session: String,
+    /// The authorizer.
+    pub payer: Address,
+    /// The authorization nonce.
+    pub nonce: Nonce,
+    /// The amount authorized.
+    pub amount: Amount,
+    /// `validBefore` (unix seconds).
+    pub valid_before: u64,
+    /// The x402 `payment-identifier`, if any.
+    pub payment_id: Option<String>,
+    /// Where the settlement stands.
+    pub status: PaymentStatus,
+    /// Settlement attempts whose answer was pending or lost.
+    pub attempts: u32,
+    /// Forgotten after this unix second.
+    pub expires: u64,
+}
+
+/// What a settlement's outcome does, computed by
+/// [`ServerEndpoint::plan_settled`] without changing the endpoint, so that a
+/// shared store can commit it before [`ServerEndpoint::apply_settled`] makes
+/// it visible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettledPlan {
+    /// The payload.
+    pub key: PaymentKey,
+    /// The record afterwards; `None`: forget it (nothing moved, a retry starts over).
+    pub record: Option<PaymentRecord>,
+    /// The session afterwards; `None`: unchanged.
+    pub session: Option<SessionState>,
+    /// Why the outcome could not be established (for operators), if so.
+    pub unresolved: Option<String>,
+}
+
+impl SettledPlan {
+    /// Whether the store must commit this plan (a retry changes nothing shared).
+    pub fn is_final(&self) -> bool {
+        self.record.as_ref().is_none_or(|r| !r.status.is_settling())
+    }
+}
+
 #[derive(Debug)]
 struct Session {
     quote: Quote,
-    paid_until_ms: Option<u128>,
-    slices: u64,
-    /// Events below this were not paid for.
-    floor_seq: u64,
-    in_flight: u32,
+    state: SessionState,
     conn: Option<ConnId>,
-    connected_before: bool,
+    /// `state.connections` when `conn` connected.
+    conn_gen: u64,
     expiring_sent: bool,
     expired_sent: bool,
     timer: Option<Instant>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum RecordState {
-    Settling,
-    Retrying,
-    Credited(Credit),
-    Refused(Refusal),
-}
-
 #[derive(Debug)]
 struct Record {
     id: SettleId,
-    session: String,
-    payer: Address,
-    nonce: Nonce,
-    amount: Amount,
-    valid_before: u64,
-    payment_id: Option<String>,
-    state: RecordState,
-    attempts: u32,
-    expires: u64,
+    rec: PaymentRecord,
+    /// This endpoint runs its settlement (else another instance does).
+    local: bool,
 }
 
 /// The server's protocol, sans I/O: quotes and sessions, nonce claims, the
@@ -373,6 +528,16 @@ struct Record {
 ///    [`poll_settle`](Self::poll_settle) and [`poll_event`](Self::poll_event);
 ///    call [`handle_timeout`](Self::handle_timeout) at
 ///    [`poll_timeout`](Self::poll_timeout).
+///
+/// Several instances sharing a store: before deciding, load the shared
+/// [`SessionState`] and [`PaymentRecord`]s and
+/// [`import_session`](Self::import_session) /
+/// [`import_record`](Self::import_record) them; commit what
+/// [`export_session`](Self::export_session) / [`export_record`](Self::export_record)
+/// give after [`handle_payment`](Self::handle_payment) (or
+/// [`abandon`](Self::abandon) on a conflict); split settlement outcomes into
+/// [`plan_settled`](Self::plan_settled), a commit, and
+/// [`apply_settled`](Self::apply_settled). The rules stay here either way.
 ///
 /// The endpoint never reads a clock: wall time is derived from the anchor
 /// given to [`new`](Self::new).
@@ -435,18 +600,20 @@ impl ServerEndpoint {
 
     /// Wall time (unix seconds) at `now`, on the endpoint's anchor.
     pub fn unix_now(&self, now: Instant) -> u64 {
-        (self.unix_ms(now) / 1000) as u64
+        self.unix_ms(now) / 1000
     }
 
-    fn unix_ms(&self, now: Instant) -> u128 {
+    /// Wall time (unix milliseconds) at `now`, on the endpoint's anchor.
+    pub fn unix_ms(&self, now: Instant) -> u64 {
         let (base, unix) = self.anchor;
-        u128::from(unix) * 1000 + now.saturating_duration_since(base).as_millis()
+        let since = u64::try_from(now.saturating_duration_since(base).as_millis()).unwrap_or(0);
+        unix.saturating_mul(1000).saturating_add(since)
     }
 
-    fn at(&self, unix_ms: u128) -> Instant {
+    fn at(&self, unix_ms: u64) -> Instant {
         let (base, unix) = self.anchor;
-        let ms = unix_ms.saturating_sub(u128::from(unix) * 1000);
-        base + Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX / 4))
+        let ms = unix_ms.saturating_sub(unix.saturating_mul(1000));
+        base + Duration::from_millis(ms.min(u64::MAX / 4))
     }
 
     fn touch(&mut self, now: Instant) {
@@ -466,21 +633,155 @@ impl ServerEndpoint {
 
     /// Slices bought by a session (0 if unknown).
     pub fn slices(&self, session: &str) -> u64 {
-        self.sessions.get(session).map_or(0, |s| s.slices)
+        self.sessions.get(session).map_or(0, |s| s.state.slices)
     }
 
     /// End of a session's paid time in unix seconds (0 if never paid).
     pub fn expires_at(&self, session: &str) -> u64 {
-        self.sessions.get(session).map_or(0, expires_at)
+        self.sessions
+            .get(session)
+            .map_or(0, |s| s.state.expires_at())
     }
 
-    fn response(s: &Session) -> RenewResponse {
-        RenewResponse {
-            session_id: s.quote.id.clone(),
-            expires_at: expires_at(s),
-            slice_seconds: s.quote.slice_seconds,
-            slices: s.slices,
+    // ----- shared state -----
+
+    /// A session's shared state, to commit to a store.
+    pub fn export_session(&self, session: &str) -> Option<SessionState> {
+        self.sessions.get(session).map(|s| s.state.clone())
+    }
+
+    /// A payload's record, to commit to a store.
+    pub fn export_record(&self, key: &PaymentKey) -> Option<PaymentRecord> {
+        self.records.get(key).map(|r| r.rec.clone())
+    }
+
+    /// The session with a live socket here, for each of these ids (a store's
+    /// notice that a session changed concerns only those).
+    pub fn has_connection(&self, session: &str) -> bool {
+        self.sessions.get(session).is_some_and(|s| s.conn.is_some())
+    }
+
+    /// Sessions with a socket here whose timer is due by `now`: a driver
+    /// sharing a store refreshes them before [`handle_timeout`](Self::handle_timeout)
+    /// so that time paid on another instance is seen before `expired`.
+    pub fn due_sessions(&self, now: Instant) -> Vec<String> {
+        self.timers
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    /// Takes a session's shared state from a store. A renewal made elsewhere
+    /// reaches this instance's socket (`renewed`, and `events_skipped` when
+    /// the floor moved); a connection made elsewhere supersedes the socket
+    /// here (4409). `quote` creates the session when this instance has not
+    /// seen it; `None` updates only a known one.
+    pub fn import_session(
+        &mut self,
+        now: Instant,
+        session: &str,
+        quote: Option<&Quote>,
+        state: SessionState,
+    ) {
+        self.touch(now);
+        if !self.sessions.contains_key(session) {
+            let Some(q) = quote else { return };
+            self.sessions
+                .insert(session.to_string(), new_session(q.clone()));
         }
+        let Some(s) = self.sessions.get_mut(session) else {
+            return;
+        };
+        let old = std::mem::replace(&mut s.state, state);
+        // Settlements this instance runs count even if the store lags.
+        for (k, r) in &self.records {
+            if r.local && r.rec.status.is_settling() && r.rec.session == session {
+                s.state
+                    .in_flight
+                    .entry(k.clone())
+                    .or_insert(r.rec.valid_before.saturating_add(self.cfg.skew_secs));
+            }
+        }
+        let renewed = s.state.slices > old.slices;
+        if renewed {
+            s.expiring_sent = false;
+            s.expired_sent = false;
+        }
+        if let Some(conn) = s.conn {
+            if s.state.connections > s.conn_gen {
+                s.conn = None;
+                self.conns.remove(&conn);
+                self.transmits.push_back(ServerTransmit::Close {
+                    conn,
+                    code: CloseCode::Superseded,
+                });
+            } else if renewed {
+                if s.state.floor_seq > old.floor_seq {
+                    self.transmits.push_back(ServerTransmit::Skip {
+                        conn,
+                        seq: s.state.floor_seq,
+                    });
+                }
+                self.transmits.push_back(ServerTransmit::Message {
+                    conn,
+                    msg: ServerMessage::Renewed {
+                        expires_at: s.state.expires_at(),
+                        slices: s.state.slices,
+                    },
+                });
+            }
+        }
+        self.reschedule(session);
+    }
+
+    /// Takes a payload's record from a store (another instance claimed it).
+    /// A record this endpoint is settling itself is kept as it is.
+    pub fn import_record(&mut self, now: Instant, key: &PaymentKey, rec: PaymentRecord) {
+        self.touch(now);
+        if let Some(r) = self.records.get_mut(key) {
+            if !(r.local && r.rec.status.is_settling()) {
+                r.rec.status = rec.status;
+            }
+            return;
+        }
+        self.next_id += 1;
+        let id = SettleId(self.next_id);
+        self.by_id.insert(id, key.clone());
+        self.claims.insert((rec.payer, rec.nonce), key.clone());
+        if let Some(pid) = &rec.payment_id {
+            self.payment_ids.insert(pid.clone(), key.clone());
+        }
+        self.record_expiry.insert((rec.expires, key.clone()));
+        self.records.insert(
+            key.clone(),
+            Record {
+                id,
+                rec,
+                local: false,
+            },
+        );
+    }
+
+    /// Takes over a record whose settling instance died: this endpoint
+    /// settles the same payload again (as a retry: the first attempt's fate
+    /// is unknown) and returns the settlement to run.
+    pub fn adopt(&mut self, now: Instant, key: &PaymentKey, rec: PaymentRecord) -> SettleId {
+        self.touch(now);
+        self.forget(key);
+        self.import_record(now, key, rec);
+        let Some(r) = self.records.get_mut(key) else {
+            return SettleId(0);
+        };
+        r.local = true;
+        r.rec.status = PaymentStatus::Retrying;
+        r.rec.attempts = r.rec.attempts.max(1);
+        self.settling += 1;
+        let (id, deadline) = (r.id, r.rec.valid_before.saturating_add(self.cfg.skew_secs));
+        if let Some(s) = self.sessions.get_mut(&r.rec.session) {
+            s.state.in_flight.insert(key.clone(), deadline);
+        }
+        id
     }
 
     // ----- payments -----
@@ -489,7 +790,7 @@ impl ServerEndpoint {
     pub fn handle_payment(&mut self, now: Instant, quote: &Quote, p: PaymentIn) -> PaymentDecision {
         self.touch(now);
         if let Some(r) = self.records.get(&p.key) {
-            if r.session != quote.id {
+            if r.rec.session != quote.id {
                 return PaymentDecision::Refused(Refusal::new(
                     ErrorCode::PaymentUsed,
                     "this payment was made for another session",
@@ -526,19 +827,17 @@ impl ServerEndpoint {
                 .insert(quote.id.clone(), new_session(quote.clone()));
         }
         let now_ms = self.unix_ms(now);
-        let horizon = self.cfg.horizon_slices.max(1);
+        let horizon = self.cfg.horizon_slices;
+        let deadline = p.valid_before.saturating_add(self.cfg.skew_secs);
         let Some(s) = self.sessions.get_mut(&quote.id) else {
             return PaymentDecision::Refused(quote_expired());
         };
-        let remaining = s.paid_until_ms.map_or(0, |p| p.saturating_sub(now_ms));
-        let slice_ms = u128::from(s.quote.slice_seconds) * 1000;
-        if remaining + slice_ms * (u128::from(s.in_flight) + 1) > slice_ms * u128::from(horizon) {
-            return PaymentDecision::Refused(Refusal::new(
-                ErrorCode::HorizonExceeded,
-                format!("prepaid horizon of {horizon} slices reached; renew later"),
-            ));
+        if let Err(r) = s
+            .state
+            .admit(&p.key, deadline, now_ms, s.quote.slice_seconds, horizon)
+        {
+            return PaymentDecision::Refused(r);
         }
-        s.in_flight += 1;
         self.next_id += 1;
         let id = SettleId(self.next_id);
         let expires = p
@@ -549,15 +848,18 @@ impl ServerEndpoint {
             p.key.clone(),
             Record {
                 id,
-                session: quote.id.clone(),
-                payer: p.payer,
-                nonce: p.nonce,
-                amount: p.amount,
-                valid_before: p.valid_before,
-                payment_id: p.payment_id.clone(),
-                state: RecordState::Settling,
-                attempts: 0,
-                expires,
+                rec: PaymentRecord {
+                    session: quote.id.clone(),
+                    payer: p.payer,
+                    nonce: p.nonce,
+                    amount: p.amount,
+                    valid_before: p.valid_before,
+                    payment_id: p.payment_id.clone(),
+                    status: PaymentStatus::Settling,
+                    attempts: 0,
+                    expires,
+                },
+                local: true,
             },
         );
         self.by_id.insert(id, p.key.clone());
@@ -577,19 +879,32 @@ impl ServerEndpoint {
                 "the facilitator could not be asked; nothing moved; retry the same payment",
             ));
         };
-        match &r.state {
-            RecordState::Settling | RecordState::Retrying => PaymentDecision::Pending {
+        match &r.rec.status {
+            PaymentStatus::Settling | PaymentStatus::Retrying => PaymentDecision::Pending {
                 id: r.id,
                 retry_after: self.cfg.pending_retry_after,
             },
-            RecordState::Credited(c) => PaymentDecision::Credited(c.clone()),
-            RecordState::Refused(f) => PaymentDecision::Refused(f.clone()),
+            PaymentStatus::Credited(c) => PaymentDecision::Credited(c.clone()),
+            PaymentStatus::Refused(f) => PaymentDecision::Refused(f.clone()),
         }
     }
 
     /// The current answer for a payload (after waiting on its settlement).
     pub fn answer(&self, payment: &PaymentIn) -> PaymentDecision {
         self.decision(&payment.key)
+    }
+
+    /// Gives up settlement `id` before anything was asked of the facilitator
+    /// (its claim could not be committed to a shared store): as if never seen.
+    pub fn abandon(&mut self, now: Instant, id: SettleId) {
+        self.handle_settled(
+            now,
+            id,
+            SettleOutcome::NotAttempted {
+                reason: "abandoned before settling".into(),
+            },
+            0,
+        );
     }
 
     /// The facilitator answered (or failed to) about settlement `id`.
@@ -602,199 +917,269 @@ impl ServerEndpoint {
         outcome: SettleOutcome,
         head: u64,
     ) {
-        self.touch(now);
-        let Some(key) = self.by_id.get(&id).cloned() else {
-            return;
-        };
-        let unix = self.unix_now(now);
-        let Some(r) = self.records.get_mut(&key) else {
-            return;
-        };
-        if !matches!(r.state, RecordState::Settling | RecordState::Retrying) {
-            return;
+        let state = self
+            .by_id
+            .get(&id)
+            .and_then(|k| self.records.get(k))
+            .and_then(|r| self.sessions.get(&r.rec.session))
+            .map(|s| s.state.clone());
+        if let Some(plan) = self.plan_settled(now, id, outcome, head, state) {
+            self.apply_settled(now, id, plan);
         }
-        let first = r.attempts == 0;
-        let (payer, amount, valid_before) = (r.payer, r.amount, r.valid_before);
-        let unresolved = |why: String| SettleOutcome::Unknown { reason: why };
+    }
+
+    /// What the outcome of settlement `id` does to its record and to the
+    /// session `state` (the store's copy when sharing one, else the local
+    /// one), without changing anything. `None` when `id` is not settling here.
+    pub fn plan_settled(
+        &self,
+        now: Instant,
+        id: SettleId,
+        outcome: SettleOutcome,
+        head: u64,
+        state: Option<SessionState>,
+    ) -> Option<SettledPlan> {
+        let key = self.by_id.get(&id)?.clone();
+        let r = self.records.get(&key)?;
+        if !r.local || !r.rec.status.is_settling() {
+            return None;
+        }
+        let unix = self.unix_now(now);
+        let now_ms = self.unix_ms(now);
+        let slice_seconds = self
+            .sessions
+            .get(&r.rec.session)
+            .map_or(0, |s| s.quote.slice_seconds);
+        let mut rec = r.rec.clone();
+        let mut session = state;
+        let first = rec.attempts == 0;
+        let mut unresolved = None;
         let outcome = match outcome {
-            SettleOutcome::NotAttempted { reason } if !first => unresolved(reason),
+            SettleOutcome::NotAttempted { reason } if !first => SettleOutcome::Unknown { reason },
+            // An earlier attempt's fate is unknown: "nonce used" or "expired"
+            // now does not say whether that attempt moved the money.
             SettleOutcome::Refused { message, .. } if !first => {
-                // An earlier attempt's fate is unknown: "nonce used" or "expired"
-                // now does not say whether that attempt moved the money.
-                return self.unresolved(now, &key, format!("refused on retry: {message}"));
+                unresolved = Some(format!("refused on retry: {message}"));
+                SettleOutcome::Unknown { reason: message }
             }
-            SettleOutcome::Settled { payer: Some(p), .. } if p != payer => {
-                return self.unresolved(now, &key, format!("facilitator settled for payer {p}"));
+            SettleOutcome::Settled { payer: Some(p), .. } if p != rec.payer => {
+                unresolved = Some(format!("facilitator settled for payer {p}"));
+                SettleOutcome::Unknown {
+                    reason: p.to_string(),
+                }
             }
             SettleOutcome::Settled {
                 amount: Some(a), ..
-            } if a != amount => {
-                return self.unresolved(now, &key, format!("facilitator settled amount {a}"));
+            } if a != rec.amount => {
+                unresolved = Some(format!("facilitator settled amount {a}"));
+                SettleOutcome::Unknown {
+                    reason: a.to_string(),
+                }
             }
             o => o,
         };
-        match outcome {
+        if unresolved.is_none()
+            && matches!(
+                outcome,
+                SettleOutcome::Pending | SettleOutcome::Unknown { .. }
+            )
+            && unix > rec.valid_before.saturating_add(self.cfg.skew_secs)
+        {
+            unresolved = Some("no final answer before validBefore passed".into());
+        }
+        if unresolved.is_some() {
+            // Nothing credited, claim kept. The client hears what it needs; the
+            // facilitator's own words (which may name its infrastructure) go
+            // to the operator.
+            rec.status = PaymentStatus::Refused(Refusal::new(
+                ErrorCode::SettlementUnknown,
+                "the settlement's outcome could not be established; nothing was credited; \
+                 the money may have moved: keep it counted, the operator reconciles it",
+            ));
+            if let Some(s) = session.as_mut() {
+                s.release(&key);
+            }
+            return Some(SettledPlan {
+                key,
+                record: Some(rec),
+                session,
+                unresolved,
+            });
+        }
+        let record = match outcome {
             SettleOutcome::NotAttempted { .. } => {
-                // Nothing moved: forget the payload entirely; a retry starts over.
-                let session = r.session.clone();
-                self.forget(&key);
-                self.settling -= 1;
-                self.release_in_flight(now, &session, true);
+                if let Some(s) = session.as_mut() {
+                    s.release(&key);
+                }
+                None
             }
             SettleOutcome::Refused { code, message } => {
-                let session = r.session.clone();
-                r.state = RecordState::Refused(Refusal::new(code.clone(), message));
-                self.settling -= 1;
-                self.shorten(&key, unix.saturating_add(REFUSED_RETENTION_SECS));
-                let stream = self.stream_of(&session);
-                self.release_in_flight(now, &session, true);
+                rec.status = PaymentStatus::Refused(Refusal::new(code, message));
+                rec.expires = rec.expires.min(unix.saturating_add(REFUSED_RETENTION_SECS));
+                if let Some(s) = session.as_mut() {
+                    s.release(&key);
+                }
+                Some(rec)
+            }
+            SettleOutcome::Settled { header, .. } => {
+                let response = match session.as_mut() {
+                    Some(s) => {
+                        s.credit(&key, now_ms, slice_seconds, head);
+                        RenewResponse {
+                            session_id: rec.session.clone(),
+                            expires_at: s.expires_at(),
+                            slice_seconds,
+                            slices: s.slices,
+                        }
+                    }
+                    // Swept while settling (cannot happen: in-flight sessions are kept).
+                    None => RenewResponse {
+                        session_id: rec.session.clone(),
+                        expires_at: 0,
+                        slice_seconds: 0,
+                        slices: 0,
+                    },
+                };
+                rec.status = PaymentStatus::Credited(Credit {
+                    response,
+                    settlement: header,
+                });
+                Some(rec)
+            }
+            SettleOutcome::Pending | SettleOutcome::Unknown { .. } => {
+                rec.status = PaymentStatus::Retrying;
+                rec.attempts += 1;
+                // Nothing shared changes while retrying.
+                session = None;
+                Some(rec)
+            }
+        };
+        Some(SettledPlan {
+            key,
+            record,
+            session,
+            unresolved,
+        })
+    }
+
+    /// Makes a planned outcome visible: the record's answer, the session's
+    /// paid time, socket notices and operator events.
+    pub fn apply_settled(&mut self, now: Instant, id: SettleId, plan: SettledPlan) {
+        self.touch(now);
+        let SettledPlan {
+            key,
+            record,
+            session: state,
+            unresolved,
+        } = plan;
+        let Some(r) = self.records.get(&key) else {
+            return;
+        };
+        if r.id != id || !r.local || !r.rec.status.is_settling() {
+            return;
+        }
+        let session = r.rec.session.clone();
+        let (payer, nonce) = (r.rec.payer, r.rec.nonce);
+        let Some(rec) = record else {
+            // Nothing moved: forget the payload entirely; a retry starts over.
+            self.settling -= 1;
+            self.forget(&key);
+            self.import_or_release(now, &session, &key, state, true);
+            return;
+        };
+        let status = rec.status.clone();
+        let (old_expires, expires) = (r.rec.expires, rec.expires);
+        if let Some(r) = self.records.get_mut(&key) {
+            r.rec = rec;
+        }
+        if old_expires != expires {
+            self.record_expiry.remove(&(old_expires, key.clone()));
+            self.record_expiry.insert((expires, key.clone()));
+        }
+        if status.is_settling() {
+            self.retries.insert((now + self.cfg.settle_retry, id));
+            return;
+        }
+        self.settling -= 1;
+        let stream = self.stream_of(&session);
+        match (&status, unresolved) {
+            (_, Some(reason)) => {
+                self.import_or_release(now, &session, &key, state, false);
+                self.events.push_back(ServerEvent::Unresolved {
+                    session,
+                    payer,
+                    nonce,
+                    reason,
+                });
+            }
+            (PaymentStatus::Credited(c), None) => {
+                let slices = c.response.slices;
+                let amount = self.records.get(&key).map(|r| r.rec.amount);
+                self.import_or_release(now, &session, &key, state, false);
+                self.events.push_back(ServerEvent::Credited {
+                    session,
+                    stream,
+                    amount: amount.unwrap_or_default(),
+                    slices,
+                });
+            }
+            (PaymentStatus::Refused(f), None) => {
+                let code = f.code.clone();
+                self.import_or_release(now, &session, &key, state, true);
                 self.events.push_back(ServerEvent::Refused {
                     session,
                     stream,
                     code,
                 });
             }
-            SettleOutcome::Settled { header, .. } => {
-                let session = r.session.clone();
-                self.settling -= 1;
-                let credit = self.credit(now, &session, head, header);
-                if let Some(r) = self.records.get_mut(&key) {
-                    r.state = RecordState::Credited(credit.clone());
-                }
-                let stream = self.stream_of(&session);
-                self.events.push_back(ServerEvent::Credited {
-                    session,
-                    stream,
-                    amount,
-                    slices: credit.response.slices,
-                });
-            }
-            SettleOutcome::Pending | SettleOutcome::Unknown { .. } => {
-                if unix > valid_before.saturating_add(self.cfg.skew_secs) {
-                    return self.unresolved(
-                        now,
-                        &key,
-                        "no final answer before validBefore passed".into(),
-                    );
-                }
-                r.state = RecordState::Retrying;
-                r.attempts += 1;
-                self.retries.insert((now + self.cfg.settle_retry, id));
-            }
+            _ => {}
         }
     }
 
-    /// Finishes a record as "unknown": nothing credited, claim kept, operators told.
-    fn unresolved(&mut self, now: Instant, key: &PaymentKey, reason: String) {
-        let Some(r) = self.records.get_mut(key) else {
-            return;
-        };
-        // The client hears what it needs; the facilitator's own words (which may
-        // name its infrastructure) go to the operator through the event.
-        r.state = RecordState::Refused(Refusal::new(
-            ErrorCode::SettlementUnknown,
-            "the settlement's outcome could not be established; nothing was credited; \
-             the money may have moved: keep it counted, the operator reconciles it",
-        ));
-        let (session, payer, nonce) = (r.session.clone(), r.payer, r.nonce);
-        self.settling -= 1;
-        self.release_in_flight(now, &session, false);
-        self.events.push_back(ServerEvent::Unresolved {
-            session,
-            payer,
-            nonce,
-            reason,
+    /// Applies a planned session state (or, without one, releases the
+    /// payment's in-flight slot locally). A failed first payment leaves no
+    /// session behind when `drop_unused`.
+    fn import_or_release(
+        &mut self,
+        now: Instant,
+        session: &str,
+        key: &PaymentKey,
+        state: Option<SessionState>,
+        drop_unused: bool,
+    ) {
+        match state {
+            Some(st) => self.import_session(now, session, None, st),
+            None => {
+                if let Some(s) = self.sessions.get_mut(session) {
+                    s.state.release(key);
+                }
+            }
+        }
+        let now_ms = self.unix_ms(now);
+        let unused = self.sessions.get(session).is_some_and(|s| {
+            s.state.slices == 0
+                && s.state.in_flight.is_empty()
+                && s.conn.is_none()
+                && !s.state.is_paid(now_ms)
         });
-    }
-
-    fn shorten(&mut self, key: &PaymentKey, until: u64) {
-        if let Some(r) = self.records.get_mut(key)
-            && until < r.expires
-        {
-            self.record_expiry.remove(&(r.expires, key.clone()));
-            r.expires = until;
-            self.record_expiry.insert((until, key.clone()));
+        if drop_unused && unused {
+            self.remove_session(session);
         }
+        self.reschedule(session);
     }
 
     fn forget(&mut self, key: &PaymentKey) {
         if let Some(r) = self.records.remove(key) {
             self.by_id.remove(&r.id);
-            self.record_expiry.remove(&(r.expires, key.clone()));
-            if self.claims.get(&(r.payer, r.nonce)) == Some(key) {
-                self.claims.remove(&(r.payer, r.nonce));
+            self.record_expiry.remove(&(r.rec.expires, key.clone()));
+            if self.claims.get(&(r.rec.payer, r.rec.nonce)) == Some(key) {
+                self.claims.remove(&(r.rec.payer, r.rec.nonce));
             }
-            if let Some(pid) = r.payment_id
+            if let Some(pid) = r.rec.payment_id
                 && self.payment_ids.get(&pid) == Some(key)
             {
                 self.payment_ids.remove(&pid);
             }
-        }
-    }
-
-    fn release_in_flight(&mut self, now: Instant, session: &str, drop_unused: bool) {
-        let session = session.to_string();
-        let now_ms = self.unix_ms(now);
-        let unused = match self.sessions.get_mut(&session) {
-            Some(s) => {
-                s.in_flight = s.in_flight.saturating_sub(1);
-                s.slices == 0
-                    && s.in_flight == 0
-                    && s.conn.is_none()
-                    && s.paid_until_ms.is_none_or(|p| p <= now_ms)
-            }
-            None => false,
-        };
-        // A failed first payment leaves no state behind.
-        if drop_unused && unused {
-            self.remove_session(&session);
-        }
-        self.reschedule(&session);
-    }
-
-    fn credit(&mut self, now: Instant, session: &str, head: u64, header: Option<String>) -> Credit {
-        let now_ms = self.unix_ms(now);
-        let Some(s) = self.sessions.get_mut(session) else {
-            // Swept while settling (cannot happen: in-flight sessions are kept).
-            return Credit {
-                response: RenewResponse {
-                    session_id: session.to_string(),
-                    expires_at: 0,
-                    slice_seconds: 0,
-                    slices: 0,
-                },
-                settlement: header,
-            };
-        };
-        s.in_flight = s.in_flight.saturating_sub(1);
-        let lapsed = s.paid_until_ms.is_none_or(|p| p <= now_ms);
-        let base = s.paid_until_ms.map_or(now_ms, |p| p.max(now_ms));
-        s.paid_until_ms = Some(base + u128::from(s.quote.slice_seconds) * 1000);
-        s.slices += 1;
-        s.expiring_sent = false;
-        s.expired_sent = false;
-        if lapsed && head > s.floor_seq {
-            // Paid time starts now: what was published before is not bought.
-            s.floor_seq = head;
-            if let Some(conn) = s.conn {
-                self.transmits
-                    .push_back(ServerTransmit::Skip { conn, seq: head });
-            }
-        }
-        let response = Self::response(s);
-        if let Some(conn) = s.conn {
-            self.transmits.push_back(ServerTransmit::Message {
-                conn,
-                msg: ServerMessage::Renewed {
-                    expires_at: response.expires_at,
-                    slices: response.slices,
-                },
-            });
-        }
-        self.reschedule(session);
-        Credit {
-            response,
-            settlement: header,
         }
     }
 
@@ -805,7 +1190,7 @@ impl ServerEndpoint {
     pub fn check_connect(&self, now: Instant, quote: &Quote) -> Result<(), Refusal> {
         let now_ms = self.unix_ms(now);
         match self.sessions.get(&quote.id) {
-            Some(s) if s.paid_until_ms.is_some_and(|p| p > now_ms) => Ok(()),
+            Some(s) if s.state.is_paid(now_ms) => Ok(()),
             Some(_) => Err(payment_required("no paid time left: pay for a slice")),
             None if self.unix_now(now) > quote.expires => Err(quote_expired()),
             None => Err(payment_required("a payment is required")),
@@ -816,6 +1201,9 @@ impl ServerEndpoint {
     /// time; a previous socket is closed with 4409. `from` is the client's
     /// resume point; delivery starts no earlier than the session's first paid
     /// event and no earlier than the replay buffer's oldest.
+    ///
+    /// The session's `connections` count grows by one; an instance sharing a
+    /// store commits it (its socket elsewhere is then superseded).
     pub fn connect(
         &mut self,
         now: Instant,
@@ -830,24 +1218,28 @@ impl ServerEndpoint {
         let Some(s) = self.sessions.get_mut(&quote.id) else {
             return Err(payment_required("a payment is required"));
         };
-        if let Some(old) = s.conn.replace(conn) {
+        if let Some(old) = s.conn.replace(conn)
+            && old != conn
+        {
             self.conns.remove(&old);
             self.transmits.push_back(ServerTransmit::Close {
                 conn: old,
                 code: CloseCode::Superseded,
             });
         }
-        let resumed = s.connected_before;
-        s.connected_before = true;
+        let resumed = s.state.connections > 0;
+        s.state.connections += 1;
+        s.conn_gen = s.state.connections;
         // Without a resume point a first connection gets what was published
         // since its first paid moment (a slow settlement does not cost events);
         // a later one starts live.
-        let default = if resumed { head.next_seq } else { s.floor_seq };
+        let floor = s.state.floor_seq;
+        let default = if resumed { head.next_seq } else { floor };
         let mut start = from.unwrap_or(default).min(head.next_seq);
         let mut skipped = 0;
-        if start < s.floor_seq {
-            skipped = s.floor_seq - start;
-            start = s.floor_seq;
+        if start < floor {
+            skipped = floor - start;
+            start = floor;
         }
         let mut lost = 0;
         if start < head.oldest_seq {
@@ -859,7 +1251,7 @@ impl ServerEndpoint {
             stream_id: s.quote.stream_id.clone(),
             version: s.quote.version,
             slice_seconds: s.quote.slice_seconds,
-            expires_at: expires_at(s),
+            expires_at: s.state.expires_at(),
             server_time,
             renew_url: s.quote.renew_url.clone(),
             resumed,
@@ -892,7 +1284,7 @@ impl ServerEndpoint {
     /// Events may be sent on `conn` until this instant (the end of paid time), if it is live.
     pub fn deliver_until(&self, conn: ConnId) -> Option<Instant> {
         let s = self.sessions.get(self.conns.get(&conn)?)?;
-        (s.conn == Some(conn)).then(|| self.at(s.paid_until_ms.unwrap_or(0)))
+        (s.conn == Some(conn)).then(|| self.at(s.state.paid_until_ms.unwrap_or(0)))
     }
 
     // ----- outputs and time -----
@@ -921,7 +1313,7 @@ impl ServerEndpoint {
         self.by_id
             .get(&id)
             .and_then(|k| self.records.get(k))
-            .is_some_and(|r| matches!(r.state, RecordState::Settling | RecordState::Retrying))
+            .is_some_and(|r| r.local && r.rec.status.is_settling())
     }
 
     /// When to call [`handle_timeout`](Self::handle_timeout).
@@ -947,11 +1339,12 @@ impl ServerEndpoint {
         {
             self.retries.remove(&(t, id));
             if let Some(r) = self.by_id.get(&id).and_then(|k| self.records.get(k))
-                && r.state == RecordState::Retrying
+                && r.local
+                && r.rec.status == PaymentStatus::Retrying
             {
                 self.jobs.push_back(SettleJob {
                     id,
-                    attempt: r.attempts,
+                    attempt: r.rec.attempts,
                 });
             }
         }
@@ -992,15 +1385,16 @@ impl ServerEndpoint {
         let Some(s) = self.sessions.get(session) else {
             return;
         };
-        let (Some(conn), Some(p)) = (s.conn, s.paid_until_ms) else {
+        let (Some(conn), Some(p)) = (s.conn, s.state.paid_until_ms) else {
             return;
         };
         let lead = self.expiring_lead(s);
         let until = self.at(p);
+        let unix = self.unix_now(now);
         let Some(s) = self.sessions.get_mut(session) else {
             return;
         };
-        let exp = expires_at(s);
+        let exp = s.state.expires_at();
         if !s.expiring_sent && now + lead >= until {
             s.expiring_sent = true;
             self.transmits.push_back(ServerTransmit::Message {
@@ -1018,7 +1412,8 @@ impl ServerEndpoint {
                 msg: ServerMessage::Expired { expires_at: exp },
             });
         }
-        if s.expired_sent && now >= until + grace && s.in_flight == 0 {
+        let flying = s.state.in_flight.values().any(|d| *d >= unix);
+        if s.expired_sent && now >= until + grace && !flying {
             s.conn = None;
             self.conns.remove(&conn);
             self.transmits.push_back(ServerTransmit::Close {
@@ -1033,7 +1428,7 @@ impl ServerEndpoint {
             return;
         };
         let lead = self.expiring_lead(s);
-        let next = match (s.conn, s.paid_until_ms) {
+        let next = match (s.conn, s.state.paid_until_ms) {
             (Some(_), Some(p)) => {
                 let until = self.at(p);
                 Some(if !s.expiring_sent {
@@ -1082,9 +1477,12 @@ impl ServerEndpoint {
             .iter()
             .filter(|(_, s)| {
                 let idle = s.conn.is_none()
-                    && s.in_flight == 0
-                    && s.paid_until_ms.is_none_or(|p| p <= now_ms);
-                let end = s.quote.expires.max(expires_at(s).saturating_add(linger));
+                    && s.state.in_flight.values().all(|d| *d < unix)
+                    && !s.state.is_paid(now_ms);
+                let end = s
+                    .quote
+                    .expires
+                    .max(s.state.expires_at().saturating_add(linger));
                 idle && unix > end
             })
             .map(|(k, _)| k.clone())
@@ -1099,9 +1497,12 @@ impl ServerEndpoint {
             let settling = self
                 .records
                 .get(&key)
-                .is_some_and(|r| matches!(r.state, RecordState::Settling | RecordState::Retrying));
+                .is_some_and(|r| r.local && r.rec.status.is_settling());
             if settling {
                 // Resolved by its own deadline; look again later.
+                if let Some(r) = self.records.get_mut(&key) {
+                    r.rec.expires = unix + self.cfg.skew_secs;
+                }
                 self.record_expiry.insert((unix + self.cfg.skew_secs, key));
                 break;
             }
@@ -1113,21 +1514,13 @@ impl ServerEndpoint {
 fn new_session(quote: Quote) -> Session {
     Session {
         quote,
-        paid_until_ms: None,
-        slices: 0,
-        floor_seq: 0,
-        in_flight: 0,
+        state: SessionState::default(),
         conn: None,
-        connected_before: false,
+        conn_gen: 0,
         expiring_sent: false,
         expired_sent: false,
         timer: None,
     }
-}
-
-fn expires_at(s: &Session) -> u64 {
-    s.paid_until_ms
-        .map_or(0, |ms| u64::try_from(ms.div_ceil(1000)).unwrap_or(u64::MAX))
 }
 
 fn quote_expired() -> Refusal {
