@@ -23,7 +23,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, broadcast, mpsc};
 use x402_session::{
     ConnId, Connected, Credit, EndpointConfig, PaymentDecision, PaymentIn, Quote, Refusal,
-    ServerEndpoint, ServerEvent, ServerTransmit, SettleId, SettleOutcome,
+    ServerEndpoint, ServerEvent, ServerTransmit, SettleId, SettleOutcome, StreamHead,
 };
 use x402_types::x402::{PaymentRequiredV2, ResourceInfo, encode_header};
 use x402_types::{
@@ -36,6 +36,7 @@ use crate::config::{Config, StreamConfig, Terms};
 use crate::error::ApiError;
 use crate::facilitator::{Facilitator, FacilitatorError};
 use crate::hub::{Frame, Hub};
+use crate::store::{Commit, RedisStore, StoreError};
 use crate::token::{Claims, TokenError, TokenKey, redact};
 
 /// The client's address, attached to every request by the accept loop.
@@ -90,6 +91,7 @@ pub struct Stats {
 struct Job {
     req: FacilitatorRequest,
     stream: String,
+    session: String,
 }
 
 /// Everything the handlers share.
@@ -107,6 +109,8 @@ pub struct AppState {
     /// Facilitator.
     pub facilitator: Arc<dyn Facilitator>,
     core: Mutex<ServerEndpoint>,
+    /// Shared state of several instances (`[store] kind = "redis"`).
+    store: Option<RedisStore>,
     mailboxes: Mutex<HashMap<ConnId, mpsc::Sender<ServerTransmit>>>,
     jobs: Mutex<HashMap<SettleId, Job>>,
     /// Woken whenever a settlement has an outcome.
@@ -166,6 +170,7 @@ impl AppState {
         streams: HashMap<String, StreamEntry>,
         tokens: TokenKey,
         facilitator: Arc<dyn Facilitator>,
+        store: Option<RedisStore>,
     ) -> Self {
         let ecfg = EndpointConfig {
             max_sessions: cfg.limits.max_sessions,
@@ -176,6 +181,7 @@ impl AppState {
         };
         AppState {
             core: Mutex::new(ServerEndpoint::new(ecfg, now(), unix_now())),
+            store,
             cfg,
             http_base,
             ws_base,
@@ -212,6 +218,305 @@ impl AppState {
     /// What the endpoint holds (sessions, records, claims).
     pub fn endpoint_stats(&self) -> x402_session::EndpointStats {
         self.core().stats()
+    }
+
+    /// Whether a socket of `session` is held here.
+    pub(crate) fn has_connection(&self, session: &str) -> bool {
+        self.core().has_connection(session)
+    }
+
+    /// Takes a session's state from the shared store (a renewal or a
+    /// connection made on another instance). Failures are logged: the next
+    /// notice or timer tries again.
+    pub(crate) async fn refresh(self: &Arc<Self>, session: &str) {
+        let Some(store) = &self.store else { return };
+        match store.load_session(session).await {
+            Ok(v) if v.exists => {
+                self.with_core(|ep, now| ep.import_session(now, session, None, v.state));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot refresh a session from the store"),
+        }
+    }
+
+    /// Before a socket upgrade: the session as the store has it.
+    async fn refresh_for_connect(self: &Arc<Self>, quote: &Quote) -> Result<(), ApiError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let v = store.load_session(&quote.id).await.map_err(store_down)?;
+        if v.exists {
+            self.with_core(|ep, now| ep.import_session(now, &quote.id, Some(quote), v.state));
+        }
+        Ok(())
+    }
+
+    /// Connects a socket through the store: its connection number makes it
+    /// the session's holder (a socket on another instance is superseded).
+    async fn connect_shared(
+        self: &Arc<Self>,
+        store: &RedisStore,
+        quote: &Quote,
+        conn: ConnId,
+        from: Option<u64>,
+        head: StreamHead,
+    ) -> Result<Connected, Refusal> {
+        let unavailable = |e: StoreError| Refusal::new(ErrorCode::StoreUnavailable, e.to_string());
+        let v = store.load_session(&quote.id).await.map_err(unavailable)?;
+        let n = store
+            .connect_session(&quote.id)
+            .await
+            .map_err(unavailable)?
+            .filter(|_| v.exists)
+            .ok_or_else(|| Refusal::new(ErrorCode::PaymentRequired, "a payment is required"))?;
+        let mut state = v.state;
+        state.connections = n.saturating_sub(1);
+        let r = self.with_core(|ep, now| {
+            ep.import_session(now, &quote.id, Some(quote), state);
+            ep.connect(now, quote, conn, from, head)
+        });
+        if let Err(e) = store.notify(&quote.id).await {
+            tracing::warn!(error = %e, "connection not announced to other instances");
+        }
+        r
+    }
+
+    /// Decides a payment against the shared store: load what the endpoint
+    /// needs, let it decide, and commit a new claim before anything is asked
+    /// of the facilitator (a conflict means another instance changed
+    /// something: load and decide again).
+    async fn decide_shared(
+        self: &Arc<Self>,
+        store: &RedisStore,
+        stream: &str,
+        quote: &Quote,
+        p: &PaymentIn,
+        req: &FacilitatorRequest,
+    ) -> Result<PaymentDecision, ApiError> {
+        let payload =
+            serde_json::to_string(req).map_err(|e| store_down(StoreError::from_text(e)))?;
+        for _ in 0..8 {
+            let loaded = store
+                .load(
+                    &quote.id,
+                    Some((&p.key, &p.payer, &p.nonce, p.payment_id.as_deref())),
+                )
+                .await
+                .map_err(store_down)?;
+            if loaded.orphan_claim {
+                return Ok(PaymentDecision::Refused(Refusal::new(
+                    ErrorCode::PaymentUsed,
+                    "this authorization's nonce was already used",
+                )));
+            }
+            if let Some(r) = loaded.records.iter().find(|r| {
+                r.key == p.key
+                    && r.record.status.is_settling()
+                    && !r.owner_alive
+                    && r.owner != store.instance()
+            }) {
+                // Its settling instance died: take the settlement over.
+                if store.adopt(&r.key, &r.owner).await.map_err(store_down)? {
+                    let Ok(req) = FacilitatorRequest::from_json(r.payload.as_bytes()) else {
+                        tracing::error!(payer = %r.record.payer, nonce = %r.record.nonce,
+                            "a dead instance's settlement has no readable payload; reconcile it");
+                        continue;
+                    };
+                    let session = loaded.session.clone();
+                    let id = self.with_core(|ep, now| {
+                        if session.exists {
+                            ep.import_session(now, &quote.id, Some(quote), session.state);
+                        }
+                        ep.adopt(now, &r.key, r.record.clone())
+                    });
+                    tracing::warn!(payer = %r.record.payer, nonce = %r.record.nonce,
+                        "taking over the settlement of an instance that died");
+                    self.start_settlement(id, req, stream, &quote.id, 1);
+                }
+                continue;
+            }
+            let session = loaded.session;
+            let own = loaded.records.iter().any(|r| r.key == p.key);
+            let (decision, commit) = self.with_core(|ep, now| {
+                if !own {
+                    ep.drop_foreign(&p.key);
+                }
+                if session.exists {
+                    ep.import_session(now, &quote.id, Some(quote), session.state.clone());
+                }
+                for r in &loaded.records {
+                    ep.import_record(now, &r.key, r.record.clone());
+                }
+                let d = ep.handle_payment(now, quote, p.clone());
+                let linger = ep.config().linger_secs;
+                let unix = ep.unix_now(now);
+                let commit = match &d {
+                    PaymentDecision::Settle(_) => ep
+                        .export_session(&quote.id)
+                        .zip(ep.export_record(&p.key))
+                        .map(|(st, rec)| {
+                            let until = st.retain_until(unix, linger).max(quote.expires + linger);
+                            (st, rec, until)
+                        }),
+                    _ => None,
+                };
+                (d, commit)
+            });
+            let PaymentDecision::Settle(id) = decision else {
+                return Ok(decision);
+            };
+            let Some((state, rec, until)) = commit else {
+                self.with_core(|ep, now| ep.abandon(now, id));
+                continue;
+            };
+            match store
+                .begin(
+                    &quote.id,
+                    session.version,
+                    &state,
+                    until,
+                    &p.key,
+                    &rec,
+                    &payload,
+                )
+                .await
+            {
+                Ok(Commit::Done) => return Ok(decision),
+                Ok(_) => self.with_core(|ep, now| ep.abandon(now, id)),
+                Err(e) => {
+                    // Never settle a payment that could not be recorded.
+                    self.with_core(|ep, now| ep.abandon(now, id));
+                    return Err(store_down(e));
+                }
+            }
+        }
+        Err(store_down(StoreError::from_text(
+            "too many concurrent changes",
+        )))
+    }
+
+    /// Loads a payment's record again (it settles on another instance).
+    async fn refresh_payment(self: &Arc<Self>, store: &RedisStore, quote: &Quote, p: &PaymentIn) {
+        let Ok(loaded) = store
+            .load(
+                &quote.id,
+                Some((&p.key, &p.payer, &p.nonce, p.payment_id.as_deref())),
+            )
+            .await
+        else {
+            return;
+        };
+        self.with_core(|ep, now| {
+            if loaded.session.exists {
+                ep.import_session(now, &quote.id, Some(quote), loaded.session.state);
+            }
+            for r in loaded.records.into_iter().filter(|r| r.key == p.key) {
+                ep.import_record(now, &r.key, r.record);
+            }
+        });
+    }
+
+    /// Keeps a settlement's payload and runs its attempt in its own task.
+    fn start_settlement(
+        self: &Arc<Self>,
+        id: SettleId,
+        req: FacilitatorRequest,
+        stream: &str,
+        session: &str,
+        attempt: u32,
+    ) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id,
+            Job {
+                req,
+                stream: stream.to_string(),
+                session: session.to_string(),
+            },
+        );
+        tokio::spawn(run_settlement(self.clone(), id, attempt));
+    }
+
+    /// Commits a settlement's outcome to the store before it is credited
+    /// here; a store that cannot be reached is tried again until it can (the
+    /// outcome is never dropped; the payer's retries hear `payment_pending`).
+    async fn settled_shared(
+        self: &Arc<Self>,
+        store: &RedisStore,
+        id: SettleId,
+        session: &str,
+        outcome: SettleOutcome,
+        head: u64,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let loaded = match store.load_session(session).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "settlement outcome waits for the store");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            let planned = self.with_core(|ep, now| {
+                let state = if loaded.exists {
+                    Some(loaded.state.clone())
+                } else {
+                    ep.export_session(session)
+                };
+                let plan = ep.plan_settled(now, id, outcome.clone(), head, state)?;
+                let before = ep.export_record(&plan.key)?;
+                let unix = ep.unix_now(now);
+                let until = plan
+                    .session
+                    .as_ref()
+                    .map_or(unix, |s| s.retain_until(unix, ep.config().linger_secs));
+                Some((plan, before, until))
+            });
+            let Some((plan, before, until)) = planned else {
+                return;
+            };
+            if !plan.is_final() {
+                self.with_core(|ep, now| ep.apply_settled(now, id, plan));
+                return;
+            }
+            let credited = plan.session.is_some()
+                && matches!(
+                    plan.record.as_ref().map(|r| &r.status),
+                    Some(x402_session::PaymentStatus::Credited(_))
+                );
+            match store
+                .finish(
+                    session,
+                    loaded.version,
+                    plan.session.as_ref(),
+                    until,
+                    &plan.key,
+                    &before,
+                    plan.record.as_ref(),
+                )
+                .await
+            {
+                Ok(Commit::Done) => {
+                    self.with_core(|ep, now| ep.apply_settled(now, id, plan));
+                    if credited && let Err(e) = store.notify(session).await {
+                        tracing::warn!(error = %e, "renewal not announced to other instances");
+                    }
+                    return;
+                }
+                Ok(Commit::Conflict) => {}
+                Ok(Commit::Lost) => {
+                    tracing::warn!("another instance took this settlement over");
+                    self.with_core(|ep, now| ep.disown(now, id));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "settlement outcome waits for the store");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
     }
 
     /// Feeds the endpoint, then drains every output: socket transmits to the
@@ -469,17 +774,16 @@ impl AppState {
             payment_payload: payload,
             payment_requirements: self.requirements(v, e),
         };
-        let decision = self.with_core(|ep, now| ep.handle_payment(now, quote, payment.clone()));
+        let decision = match &self.store {
+            None => self.with_core(|ep, now| ep.handle_payment(now, quote, payment.clone())),
+            Some(store) => {
+                self.decide_shared(store, &e.cfg.id, quote, &payment, &req)
+                    .await?
+            }
+        };
         match decision {
             PaymentDecision::Settle(id) => {
-                self.jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(
-                    id,
-                    Job {
-                        req,
-                        stream: e.cfg.id.clone(),
-                    },
-                );
-                tokio::spawn(run_settlement(self.clone(), id, 0));
+                self.start_settlement(id, req, &e.cfg.id, &quote.id, 0);
             }
             PaymentDecision::Pending { .. } => {}
             PaymentDecision::Credited(c) => return Ok(c),
@@ -502,9 +806,20 @@ impl AppState {
                 }
                 _ => {}
             }
+            let poll = async {
+                match &self.store {
+                    // Settling on another instance: look at the store now and then.
+                    Some(store) => {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        self.refresh_payment(store, quote, &payment).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep_until(deadline) => {}
+                _ = poll => {}
             }
         }
     }
@@ -529,6 +844,18 @@ fn payment_identifier_declaration() -> Value {
     })
 }
 
+/// 503 `store_unavailable`: nothing was recorded, nothing will be settled.
+fn store_down(e: StoreError) -> ApiError {
+    tracing::warn!(error = %e, "shared store unavailable");
+    let mut err = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::StoreUnavailable,
+        "the server cannot record payments right now; nothing was settled; retry the same payment shortly",
+    );
+    err.retry_after = Some(1);
+    err
+}
+
 fn pending(retry_after: u64) -> ApiError {
     let mut e = ApiError::new(
         StatusCode::ACCEPTED,
@@ -545,9 +872,12 @@ fn pending(retry_after: u64) -> ApiError {
 async fn run_settlement(state: Arc<AppState>, id: SettleId, attempt: u32) {
     let job = {
         let jobs = state.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        jobs.get(&id).map(|j| (j.req.clone(), j.stream.clone()))
+        jobs.get(&id)
+            .map(|j| (j.req.clone(), j.stream.clone(), j.session.clone()))
     };
-    let Some((req, stream)) = job else { return };
+    let Some((req, stream, session)) = job else {
+        return;
+    };
     let started = tokio::time::Instant::now();
     let outcome = settle_outcome(state.facilitator.as_ref(), &req, attempt).await;
     let kind = match &outcome {
@@ -568,10 +898,15 @@ async fn run_settlement(state: Arc<AppState>, id: SettleId, attempt: u32) {
         })
         .observe(started.elapsed().as_secs_f64());
     let head = state.streams.get(&stream).map_or(0, |e| e.hub.next_seq());
-    let done = state.with_core(|ep, now| {
-        ep.handle_settled(now, id, outcome, head);
-        !ep.is_settling(id)
-    });
+    match &state.store {
+        None => state.with_core(|ep, now| ep.handle_settled(now, id, outcome, head)),
+        Some(store) => {
+            state
+                .settled_shared(store, id, &session, outcome, head)
+                .await;
+        }
+    }
+    let done = !state.core().is_settling(id);
     if done {
         state
             .jobs
@@ -917,6 +1252,7 @@ async fn stream(
             None => None,
         };
         // Only a paid session opens; the session is connected once the 101 is out.
+        s.refresh_for_connect(&quote).await?;
         s.core()
             .check_connect(now(), &quote)
             .map_err(|r| s.refusal(v, e, r))?;
@@ -982,19 +1318,30 @@ impl Connection {
             .unwrap_or_else(|p| p.into_inner())
             .insert(conn, tx);
         let head = hub.head();
-        let connected = state.with_core(|ep, now| ep.connect(now, &quote, conn, from, head));
+        let connected = match &state.store {
+            None => state.with_core(|ep, now| ep.connect(now, &quote, conn, from, head)),
+            Some(store) => {
+                let store = store.clone();
+                state.connect_shared(&store, &quote, conn, from, head).await
+            }
+        };
         let (mut sink, stream) = socket.split();
         let c = match connected {
             Ok(c) => c,
-            Err(_) => {
+            Err(r) => {
                 // Paid time ran out between the check and the 101.
                 state
                     .mailboxes
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&conn);
+                let code = if r.code == ErrorCode::StoreUnavailable {
+                    1013 // try again later
+                } else {
+                    CloseCode::PaymentExpired.code()
+                };
                 let frame = CloseFrame {
-                    code: CloseCode::PaymentExpired.code(),
+                    code,
                     reason: "".into(),
                 };
                 let _ = tokio::time::timeout(
@@ -1253,6 +1600,13 @@ pub(crate) async fn drive_timers(state: Arc<AppState>) {
             Some(d) => {
                 tokio::select! {
                     _ = tokio::time::sleep_until(d.into()) => {
+                        if state.store.is_some() {
+                            // Time paid on another instance must be seen before `expired`.
+                            let due = state.core().due_sessions(now());
+                            for session in due {
+                                state.refresh(&session).await;
+                            }
+                        }
                         state.with_core(|ep, now| ep.handle_timeout(now));
                     }
                     _ = &mut notified => {}

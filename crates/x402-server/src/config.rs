@@ -79,6 +79,50 @@ impl std::fmt::Debug for FacilitatorConfig {
 pub const NO_FACILITATOR: &str = "the config must name its facilitator: [facilitator] kind = \"http\", url = \"...\" \
 (or kind = \"embedded\" for local testing: it verifies payments but settles nothing)";
 
+/// Where sessions, payment records and events live.
+#[derive(Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// In this process (the default): one instance; a restart forgets paid time.
+    #[default]
+    Memory,
+    /// Redis, shared by every instance of a deployment: scale out, survive restarts.
+    Redis {
+        /// `redis://[user:password@]host:port[/db]`.
+        url: String,
+        /// Prefix of every key (several deployments may share one Redis).
+        #[serde(default = "default_prefix")]
+        prefix: String,
+        /// Longest wait for one Redis operation, in milliseconds.
+        #[serde(default = "default_store_timeout")]
+        timeout_ms: u64,
+    },
+}
+
+fn default_prefix() -> String {
+    "x402:".into()
+}
+fn default_store_timeout() -> u64 {
+    1000
+}
+
+impl std::fmt::Debug for StoreConfig {
+    // The URL may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreConfig::Memory => f.write_str("Memory"),
+            StoreConfig::Redis {
+                prefix, timeout_ms, ..
+            } => f
+                .debug_struct("Redis")
+                .field("url", &"<redacted>")
+                .field("prefix", prefix)
+                .field("timeout_ms", timeout_ms)
+                .finish(),
+        }
+    }
+}
+
 /// The standard facilitator API served by a stream server, for the operator's own servers.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 pub struct FacilitatorApiConfig {
@@ -257,6 +301,9 @@ pub struct Config {
     /// Serve the standard facilitator API under `/facilitator` (off unless configured).
     #[serde(default)]
     pub facilitator_api: Option<FacilitatorApiConfig>,
+    /// Where state lives (`[store]`; in memory unless configured).
+    #[serde(default)]
+    pub store: StoreConfig,
     /// Streams.
     #[serde(default)]
     pub streams: Vec<StreamConfig>,
@@ -275,6 +322,7 @@ impl std::fmt::Debug for Config {
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("facilitator", &self.facilitator)
             .field("facilitator_api", &self.facilitator_api)
+            .field("store", &self.store)
             .field("streams", &self.streams)
             .field("limits", &self.limits)
             .finish()
@@ -330,6 +378,7 @@ impl Config {
             secret: None,
             facilitator: Some(FacilitatorConfig::Embedded),
             facilitator_api: None,
+            store: StoreConfig::Memory,
             streams: vec![
                 stream(
                     "btc-usd",
@@ -371,6 +420,18 @@ impl Config {
             && api.key.len() < 32
         {
             out.push("facilitator_api.key: must be at least 32 bytes".into());
+        }
+        if let StoreConfig::Redis { url, .. } = &self.store {
+            if !url.starts_with("redis://") && !url.starts_with("unix://") {
+                out.push("store.url: must start with redis:// (or unix://)".into());
+            }
+            if self.secret.is_none() && std::env::var_os("X402_SERVER_SECRET").is_none() {
+                out.push(
+                    "secret: instances sharing a store must share the token secret \
+                     (set `secret` or X402_SERVER_SECRET on every instance)"
+                        .into(),
+                );
+            }
         }
         if let Some(s) = &self.secret
             && s.len() < crate::app::MIN_SECRET_LEN
@@ -426,6 +487,16 @@ impl Config {
                 crate::app::MIN_SECRET_LEN
             )));
         }
+        if matches!(self.store, StoreConfig::Redis { .. })
+            && self.secret.is_none()
+            && std::env::var_os("X402_SERVER_SECRET").is_none()
+        {
+            return Err(ConfigError::Invalid(
+                "[store] kind = \"redis\" needs a shared token secret: set `secret` (or \
+                 X402_SERVER_SECRET) to the same value on every instance"
+                    .into(),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for s in &self.streams {
             if !seen.insert(&s.id) {
@@ -460,6 +531,14 @@ kind = "embedded"                 # verifies, settles NOTHING: local testing onl
 # network = "base-sepolia"
 # relayer_key_file = "relayer.key"
 # confirmations = 1
+
+# Where sessions, payment records and events live. Default: in this process. With Redis,
+# several instances behind a load balancer share them and a restart loses no paid time
+# (every instance needs the same `secret`; see docs/server.md):
+# [store]
+# kind = "redis"
+# url = "redis://127.0.0.1:6379"
+# prefix = "x402:"
 
 # Serve /facilitator/{verify,settle,supported} for your own servers (off unless present):
 # [facilitator_api]

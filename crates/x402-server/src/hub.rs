@@ -77,28 +77,35 @@ impl Hub {
 
     /// Publishes pre-encoded JSON.
     pub fn publish_raw(&self, data: Box<serde_json::value::RawValue>) -> u64 {
-        let ts = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
         let mut b = self.lock();
         let seq = b.next_seq;
         b.next_seq += 1;
-        let text: Arc<str> = ServerMessage::Event(Event {
+        let frame = Frame {
             seq,
-            data,
-            ts: Some(ts),
-        })
-        .to_json()
-        .into();
-        let frame = Frame { seq, text };
+            text: event_text(seq, data).into(),
+        };
+        self.append(b, frame);
+        seq
+    }
+
+    /// Takes a frame published elsewhere (another instance, through the
+    /// shared store) with its own sequence number; older ones are ignored.
+    pub fn push(&self, seq: u64, text: Arc<str>) {
+        let mut b = self.lock();
+        if seq < b.next_seq {
+            return;
+        }
+        b.next_seq = seq + 1;
+        self.append(b, Frame { seq, text });
+    }
+
+    fn append(&self, mut b: std::sync::MutexGuard<'_, Buffer>, frame: Frame) {
         if b.frames.len() >= b.cap {
             b.frames.pop_front();
         }
         b.frames.push_back(frame.clone());
         // Sent under the lock so live order equals seq order.
         let _ = self.live.send(frame);
-        seq
     }
 
     /// The seq the next event will get.
@@ -136,6 +143,44 @@ impl Hub {
             frames,
             lost,
             next: b.next_seq,
+        }
+    }
+}
+
+/// The `event` frame of `data` with sequence number `seq`, stamped now.
+pub(crate) fn event_text(seq: u64, data: Box<serde_json::value::RawValue>) -> String {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    ServerMessage::Event(Event {
+        seq,
+        data,
+        ts: Some(ts),
+    })
+    .to_json()
+}
+
+/// Where a source's events go: this instance's hub, or the shared store.
+#[async_trait::async_trait]
+pub(crate) trait Sink: Send {
+    /// Publishes one event; `false` ends the source (the hub is gone, or
+    /// this instance no longer leads the stream).
+    async fn publish(&mut self, data: Box<serde_json::value::RawValue>) -> bool;
+}
+
+/// A source publishing into this instance's hub.
+pub(crate) struct HubSink(pub(crate) std::sync::Weak<Hub>);
+
+#[async_trait::async_trait]
+impl Sink for HubSink {
+    async fn publish(&mut self, data: Box<serde_json::value::RawValue>) -> bool {
+        match self.0.upgrade() {
+            Some(h) => {
+                h.publish_raw(data);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -221,21 +266,25 @@ fn interval(rate: f64) -> Duration {
     Duration::from_secs_f64(1.0 / rate.clamp(0.001, 100_000.0))
 }
 
-/// Runs a synthetic source until the hub is dropped.
-pub async fn run_synthetic(hub: std::sync::Weak<Hub>, symbol: String, rate: f64, pad: usize) {
+/// Runs a synthetic source until its sink refuses.
+pub(crate) async fn run_synthetic(mut sink: impl Sink, symbol: String, rate: f64, pad: usize) {
     let mut source = Synthetic::new(&symbol, 402, pad);
     let mut tick = tokio::time::interval(interval(rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
-        let Some(h) = hub.upgrade() else { return };
-        h.publish(&source.next_event());
+        let Ok(raw) = serde_json::value::to_raw_value(&source.next_event()) else {
+            continue;
+        };
+        if !sink.publish(raw).await {
+            return;
+        }
     }
 }
 
 /// Runs a JSON Lines replay until the file ends (or forever when looping).
-pub async fn run_replay(
-    hub: std::sync::Weak<Hub>,
+pub(crate) async fn run_replay(
+    mut sink: impl Sink,
     path: std::path::PathBuf,
     rate: f64,
     looping: bool,
@@ -268,8 +317,9 @@ pub async fn run_replay(
     loop {
         for e in &events {
             tick.tick().await;
-            let Some(h) = hub.upgrade() else { return };
-            h.publish_raw(e.clone());
+            if !sink.publish(e.clone()).await {
+                return;
+            }
         }
         if !looping {
             return;

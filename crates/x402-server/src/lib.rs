@@ -3,11 +3,13 @@
 #![warn(missing_docs)]
 
 mod app;
+mod cluster;
 pub mod config;
 mod error;
 pub mod facilitator;
 mod hub;
 pub mod metrics;
+pub mod store;
 pub mod token;
 
 use std::collections::HashMap;
@@ -21,7 +23,7 @@ use tokio::task::JoinHandle;
 pub use app::{AppState, RemoteAddr, StreamEntry, router};
 pub use config::{
     Config, DEV_PAY_TO, EXAMPLE as CONFIG_EXAMPLE, FacilitatorApiConfig, FacilitatorConfig, Limits,
-    SourceConfig, StreamConfig,
+    SourceConfig, StoreConfig, StreamConfig,
 };
 pub use error::{ApiError, ConfigError, Error};
 pub use facilitator::{
@@ -29,6 +31,7 @@ pub use facilitator::{
     facilitator_router,
 };
 pub use hub::{Frame, Hub, Publisher, Synthetic};
+pub use store::{RedisStore, StoreError};
 
 /// Builds a [`Server`].
 pub struct ServerBuilder {
@@ -99,34 +102,46 @@ impl ServerBuilder {
                 Arc::new(f)
             }
         };
+        let store = match &self.cfg.store {
+            StoreConfig::Memory => None,
+            StoreConfig::Redis {
+                url,
+                prefix,
+                timeout_ms,
+            } => Some(
+                RedisStore::connect(url, prefix, Duration::from_millis((*timeout_ms).max(10)))
+                    .await
+                    .map_err(|e| ConfigError::Invalid(format!("store: {e}")))?,
+            ),
+        };
         let mut streams = HashMap::new();
         let mut tasks = Vec::new();
+        let cap = self.cfg.limits.replay_buffer;
         for sc in &self.cfg.streams {
             let terms = sc.resolve()?;
-            let hub = Hub::new(self.cfg.limits.replay_buffer, self.cfg.limits.send_queue);
-            let weak = Arc::downgrade(&hub);
-            match &sc.source {
-                SourceConfig::Synthetic { rate, symbol, pad } => {
-                    tasks.push(tokio::spawn(hub::run_synthetic(
-                        weak,
-                        symbol.clone(),
-                        *rate,
-                        *pad,
+            let hub = Hub::new(cap, self.cfg.limits.send_queue);
+            match &store {
+                // One instance: the source publishes into the hub.
+                None => tasks.push(tokio::spawn(run_source(
+                    hub::HubSink(Arc::downgrade(&hub)),
+                    sc.source.clone(),
+                ))),
+                // Several: the instance holding the lease publishes into the
+                // store, every instance reads from it.
+                Some(st) => {
+                    tasks.push(tokio::spawn(cluster::lead(
+                        st.clone(),
+                        sc.id.clone(),
+                        sc.source.clone(),
+                        cap,
+                    )));
+                    tasks.push(tokio::spawn(cluster::read_events(
+                        st.clone(),
+                        hub.clone(),
+                        sc.id.clone(),
+                        cap,
                     )));
                 }
-                SourceConfig::Replay {
-                    file,
-                    rate,
-                    looping,
-                } => {
-                    tasks.push(tokio::spawn(hub::run_replay(
-                        weak,
-                        file.clone(),
-                        *rate,
-                        *looping,
-                    )));
-                }
-                SourceConfig::Api => {}
             }
             streams.insert(
                 sc.id.clone(),
@@ -146,7 +161,12 @@ impl ServerBuilder {
             streams,
             tokens,
             facilitator.clone(),
+            store.clone(),
         ));
+        if let Some(st) = store {
+            tasks.push(tokio::spawn(cluster::heartbeat(st.clone())));
+            tasks.push(tokio::spawn(cluster::notices(state.clone(), st)));
+        }
         let mut router = router(state.clone());
         // The facilitator API only when configured, and then behind a bearer key.
         if let Some(api) = api {
@@ -310,6 +330,21 @@ impl Server {
     pub fn spawn(self) -> (SocketAddr, JoinHandle<Result<(), Error>>) {
         let addr = self.addr;
         (addr, tokio::spawn(self.run()))
+    }
+}
+
+/// Runs a configured source into `sink` until the sink refuses.
+pub(crate) async fn run_source(sink: impl hub::Sink, source: SourceConfig) {
+    match source {
+        SourceConfig::Synthetic { rate, symbol, pad } => {
+            hub::run_synthetic(sink, symbol, rate, pad).await;
+        }
+        SourceConfig::Replay {
+            file,
+            rate,
+            looping,
+        } => hub::run_replay(sink, file, rate, looping).await,
+        SourceConfig::Api => {}
     }
 }
 

@@ -352,8 +352,9 @@ pub struct SessionState {
     /// settlement cannot block the horizon forever.
     #[serde(default)]
     pub in_flight: BTreeMap<PaymentKey, u64>,
-    /// Connections made so far; the latest one holds the session.
-    #[serde(default)]
+    /// Connections made so far; the latest one holds the session. Not part
+    /// of the serialized form: a store keeps it as its own atomic counter.
+    #[serde(skip)]
     pub connections: u64,
 }
 
@@ -782,6 +783,36 @@ impl ServerEndpoint {
             s.state.in_flight.insert(key.clone(), deadline);
         }
         id
+    }
+
+    /// Forgets a record another instance holds, when the store no longer has it.
+    pub fn drop_foreign(&mut self, key: &PaymentKey) {
+        if self.records.get(key).is_some_and(|r| !r.local) {
+            self.forget(key);
+        }
+    }
+
+    /// Another instance took over settlement `id` (this one was thought
+    /// dead): stop treating it as this endpoint's; its outcome arrives
+    /// through the store.
+    pub fn disown(&mut self, now: Instant, id: SettleId) {
+        self.touch(now);
+        let Some(key) = self.by_id.get(&id).cloned() else {
+            return;
+        };
+        let Some(r) = self.records.get_mut(&key) else {
+            return;
+        };
+        if !(r.local && r.rec.status.is_settling()) {
+            return;
+        }
+        r.local = false;
+        self.settling -= 1;
+        let session = r.rec.session.clone();
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.state.release(&key);
+        }
+        self.reschedule(&session);
     }
 
     // ----- payments -----

@@ -1,0 +1,220 @@
+//! Several instances on one store: the background tasks that keep an
+//! instance in step with the others.
+//!
+//! - a heartbeat (`alive:{instance}`), so others can take over the
+//!   settlements of an instance that died;
+//! - change notices: a session renewed or reconnected elsewhere reaches the
+//!   socket held here (`renewed`, or a 4409 close);
+//! - events: each stream's source runs on one instance at a time (a lease,
+//!   taken over when its holder dies) and appends to a Redis Stream with the
+//!   sequence number as entry id; every instance reads that stream into its
+//!   local hub, so any instance delivers live events and resumes from any
+//!   sequence the stream still holds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::AsyncCommands;
+use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
+use serde_json::value::RawValue;
+
+use crate::app::AppState;
+use crate::config::SourceConfig;
+use crate::hub::{Hub, Sink, event_text};
+use crate::store::RedisStore;
+
+/// How long a heartbeat or a source lease lasts without renewal.
+pub(crate) const LEASE: Duration = Duration::from_secs(3);
+/// How often they are renewed.
+const BEAT: Duration = Duration::from_secs(1);
+
+/// Keeps this instance marked alive.
+pub(crate) async fn heartbeat(store: RedisStore) {
+    loop {
+        if let Err(e) = store.heartbeat(LEASE).await {
+            tracing::warn!(error = %e, "heartbeat not recorded");
+        }
+        tokio::time::sleep(BEAT).await;
+    }
+}
+
+/// Applies other instances' changes to the sessions whose sockets are here.
+pub(crate) async fn notices(state: Arc<AppState>, store: RedisStore) {
+    loop {
+        match store.subscribe().await {
+            Ok(mut ps) => {
+                let mut msgs = ps.on_message();
+                while let Some(m) = msgs.next().await {
+                    let Ok(session) = m.get_payload::<String>() else {
+                        continue;
+                    };
+                    if state.has_connection(&session) {
+                        state.refresh(&session).await;
+                    }
+                }
+                tracing::warn!("change notices interrupted; subscribing again");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot subscribe to change notices"),
+        }
+        tokio::time::sleep(BEAT).await;
+    }
+}
+
+fn seq_of(id: &str) -> Option<u64> {
+    id.split_once('-').and_then(|(ms, _)| ms.parse().ok())
+}
+
+fn frame_of(map: &std::collections::HashMap<String, redis::Value>) -> Option<Arc<str>> {
+    match map.get("f")? {
+        redis::Value::BulkString(b) => std::str::from_utf8(b).ok().map(Arc::from),
+        _ => None,
+    }
+}
+
+/// Reads a stream's events from the store into this instance's hub.
+pub(crate) async fn read_events(store: RedisStore, hub: Arc<Hub>, stream: String, cap: usize) {
+    let key = store.events_key(&stream);
+    loop {
+        if let Err(e) = read_events_once(&store, &hub, &key, cap).await {
+            tracing::warn!(stream, error = %e, "event reader interrupted; reconnecting");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn read_events_once(
+    store: &RedisStore,
+    hub: &Hub,
+    key: &str,
+    cap: usize,
+) -> Result<(), crate::store::StoreError> {
+    let mut conn = store.dedicated().await?;
+    // What the stream holds newer than this hub: the replay buffer.
+    let recent: StreamRangeReply = conn.xrevrange_count(key, "+", "-", cap).await?;
+    let mut last = "0-0".to_string();
+    for e in recent.ids.iter().rev() {
+        if let (Some(seq), Some(text)) = (seq_of(&e.id), frame_of(&e.map)) {
+            hub.push(seq, text);
+        }
+        last = e.id.clone();
+    }
+    let opts = StreamReadOptions::default().block(1000).count(1024);
+    loop {
+        let reply: Option<StreamReadReply> = conn.xread_options(&[key], &[&last], &opts).await?;
+        for k in reply.map(|r| r.keys).unwrap_or_default() {
+            for e in k.ids {
+                if let (Some(seq), Some(text)) = (seq_of(&e.id), frame_of(&e.map)) {
+                    hub.push(seq, text);
+                }
+                last = e.id;
+            }
+        }
+    }
+}
+
+/// Runs a stream's source while this instance holds its lease.
+pub(crate) async fn lead(store: RedisStore, stream: String, source: SourceConfig, cap: usize) {
+    if matches!(source, SourceConfig::Api) {
+        return;
+    }
+    loop {
+        match store.lease(&stream, LEASE).await {
+            Ok(true) => {
+                tracing::info!(stream, "running the stream's source here");
+                let leading = Arc::new(AtomicBool::new(true));
+                let keeper =
+                    tokio::spawn(keep_lease(store.clone(), stream.clone(), leading.clone()));
+                match StoreSink::new(store.clone(), &stream, cap, leading.clone()).await {
+                    Ok(sink) => crate::run_source(sink, source.clone()).await,
+                    Err(e) => tracing::warn!(stream, error = %e, "cannot start the source"),
+                }
+                leading.store(false, Ordering::Relaxed);
+                keeper.abort();
+                tracing::info!(stream, "no longer running the stream's source");
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(stream, error = %e, "source lease unavailable"),
+        }
+        tokio::time::sleep(BEAT).await;
+    }
+}
+
+async fn keep_lease(store: RedisStore, stream: String, leading: Arc<AtomicBool>) {
+    loop {
+        tokio::time::sleep(BEAT).await;
+        if !matches!(store.lease(&stream, LEASE).await, Ok(true)) {
+            leading.store(false, Ordering::Relaxed);
+            return;
+        }
+    }
+}
+
+/// Appends a leading source's events to the stream in the store.
+struct StoreSink {
+    store: RedisStore,
+    key: String,
+    next: u64,
+    cap: usize,
+    leading: Arc<AtomicBool>,
+}
+
+impl StoreSink {
+    async fn new(
+        store: RedisStore,
+        stream: &str,
+        cap: usize,
+        leading: Arc<AtomicBool>,
+    ) -> Result<Self, crate::store::StoreError> {
+        let key = store.events_key(stream);
+        let mut conn = store.conn();
+        let last: StreamRangeReply = conn.xrevrange_count(&key, "+", "-", 1).await?;
+        let next = last
+            .ids
+            .first()
+            .and_then(|e| seq_of(&e.id))
+            .map_or(0, |s| s + 1);
+        Ok(StoreSink {
+            store,
+            key,
+            next,
+            cap,
+            leading,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for StoreSink {
+    async fn publish(&mut self, data: Box<RawValue>) -> bool {
+        if !self.leading.load(Ordering::Relaxed) {
+            return false;
+        }
+        let seq = self.next;
+        let text = event_text(seq, data);
+        let mut conn = self.store.conn();
+        let r: Result<String, _> = redis::cmd("XADD")
+            .arg(&self.key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.cap)
+            .arg(format!("{seq}-1"))
+            .arg("f")
+            .arg(text)
+            .query_async(&mut conn)
+            .await;
+        match r {
+            Ok(_) => {
+                self.next += 1;
+                true
+            }
+            Err(e) => {
+                // An id not above the last means another instance published
+                // this sequence number: it leads now.
+                tracing::warn!(error = %e, "event not appended; giving up the source");
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! Shared state for several server instances: Redis.
+//!
+//! The rules stay in [`x402_session::ServerEndpoint`]; this store only loads
+//! what the endpoint needs and commits what it decided, atomically (Lua
+//! scripts run whole in Redis): a session's state is compared and swapped by
+//! version, a payment's claim is set only if absent, and a settlement's
+//! outcome is written only by the instance that owns it.
+//!
+//! Keys (all under the configured prefix):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `s:{session}` | hash | `v` version, `j` [`SessionState`] JSON, `c` connections |
+//! | `r:{payment key}` | hash | `j` [`PaymentRecord`] JSON, `o` owner instance (while settling), `d` the payload to settle |
+//! | `c:{payer}:{nonce}` | string | the payment key holding the authorization |
+//! | `i:{payment-identifier}` | string | the payment key holding the identifier |
+//! | `alive:{instance}` | string | present while the instance lives (3 s lease) |
+//! | `e:{stream}` | stream | the stream's events (entry id `{seq}-1`), capped at the replay buffer |
+//! | `lease:{stream}` | string | the instance running the stream's source |
+//! | `notify` | channel | session ids whose state changed |
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use serde::Deserialize;
+use x402_session::{PaymentKey, PaymentRecord, SessionState};
+use x402_types::{Address, Nonce};
+
+/// A store operation failed: Redis is unreachable, slow, or answered
+/// something unexpected. Nothing was committed that the caller relies on.
+#[derive(Debug, thiserror::Error)]
+#[error("shared store: {0}")]
+pub struct StoreError(String);
+
+impl StoreError {
+    /// An error described in words.
+    pub(crate) fn from_text(e: impl std::fmt::Display) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+/// A session's shared state and the version to compare against.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Versioned {
+    /// 0 when the store has never seen the session.
+    pub version: u64,
+    /// The state (default when absent).
+    pub state: SessionState,
+    /// Whether the store holds the session.
+    pub exists: bool,
+}
+
+/// A payment record as stored, with its settling owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The payment key.
+    pub key: PaymentKey,
+    /// The record.
+    pub record: PaymentRecord,
+    /// The instance settling it ("" once final).
+    pub owner: String,
+    /// Whether that instance is alive.
+    pub owner_alive: bool,
+    /// The facilitator request to settle (JSON), kept while settling so a
+    /// surviving instance can take the settlement over.
+    pub payload: String,
+}
+
+/// What a payment needs to know before the endpoint decides.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// The session.
+    pub session: Versioned,
+    /// Records touching this payment: its own, and those holding its
+    /// authorization or its payment identifier.
+    pub records: Vec<Stored>,
+    /// The authorization or identifier is held by a payload whose record is gone.
+    pub orphan_claim: bool,
+}
+
+/// The answer of a compare-and-set commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Written.
+    Done,
+    /// Someone else changed it first: load again and decide again.
+    Conflict,
+    /// The record is no longer this instance's to finish (taken over).
+    Lost,
+}
+
+/// Redis, shared by every instance of a deployment.
+#[derive(Clone)]
+pub struct RedisStore {
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: String,
+    instance: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+const LOAD: &str = r#"
+local p = ARGV[1]
+local function rec(k)
+  local r = redis.call('HMGET', p .. 'r:' .. k, 'j', 'o', 'd')
+  if not r[1] then return nil end
+  local o = r[2] or ''
+  local alive = false
+  if o ~= '' then alive = redis.call('EXISTS', p .. 'alive:' .. o) == 1 end
+  return {k = k, j = r[1], o = o, d = r[3] or '', a = alive}
+end
+local out = {recs = {}}
+local s = redis.call('HMGET', KEYS[1], 'v', 'j', 'c')
+out.v = tonumber(s[1] or '0')
+out.j = s[2] or ''
+out.c = tonumber(s[3] or '0')
+if ARGV[2] ~= '' then
+  local own = rec(ARGV[2])
+  if own then table.insert(out.recs, own) end
+  for i = 2, 3 do
+    if KEYS[i] ~= '' then
+      local k = redis.call('GET', KEYS[i])
+      if k and k ~= ARGV[2] then
+        local r = rec(k)
+        if r then table.insert(out.recs, r) else out.orphan = true end
+      end
+    end
+  end
+end
+if #out.recs == 0 then out.recs = nil end
+return cjson.encode(out)
+"#;
+
+const BEGIN: &str = r#"
+local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if v ~= tonumber(ARGV[1]) then return 'conflict' end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'conflict' end
+local c = redis.call('GET', KEYS[3])
+if c and c ~= ARGV[8] then return 'conflict' end
+if ARGV[9] == '1' then
+  local i = redis.call('GET', KEYS[4])
+  if i and i ~= ARGV[8] then return 'conflict' end
+end
+redis.call('HSET', KEYS[1], 'v', v + 1, 'j', ARGV[2])
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+redis.call('HSET', KEYS[2], 'j', ARGV[4], 'o', ARGV[5], 'd', ARGV[6])
+redis.call('PEXPIREAT', KEYS[2], ARGV[7])
+redis.call('SET', KEYS[3], ARGV[8], 'PXAT', ARGV[7])
+if ARGV[9] == '1' then redis.call('SET', KEYS[4], ARGV[8], 'PXAT', ARGV[7]) end
+return 'ok'
+"#;
+
+const FINISH: &str = r#"
+local o = redis.call('HGET', KEYS[2], 'o')
+if o ~= ARGV[6] then return 'lost' end
+if ARGV[2] ~= '' then
+  local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+  if v ~= tonumber(ARGV[1]) then return 'conflict' end
+  redis.call('HSET', KEYS[1], 'v', v + 1, 'j', ARGV[2])
+  redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+end
+if ARGV[4] == '' then
+  redis.call('DEL', KEYS[2])
+  if redis.call('GET', KEYS[3]) == ARGV[7] then redis.call('DEL', KEYS[3]) end
+  if ARGV[8] == '1' and redis.call('GET', KEYS[4]) == ARGV[7] then redis.call('DEL', KEYS[4]) end
+else
+  redis.call('HSET', KEYS[2], 'j', ARGV[4], 'o', '', 'd', '')
+  redis.call('PEXPIREAT', KEYS[2], ARGV[5])
+  redis.call('PEXPIREAT', KEYS[3], ARGV[5])
+  if ARGV[8] == '1' then redis.call('PEXPIREAT', KEYS[4], ARGV[5]) end
+end
+return 'ok'
+"#;
+
+const ADOPT: &str = r#"
+if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'o', ARGV[2])
+return 1
+"#;
+
+const CONNECT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+return redis.call('HINCRBY', KEYS[1], 'c', 1)
+"#;
+
+const LEASE: &str = r#"
+local h = redis.call('GET', KEYS[1])
+if h == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not h then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+#[derive(Deserialize)]
+struct LoadedRaw {
+    v: f64,
+    j: String,
+    c: f64,
+    #[serde(default)]
+    recs: Vec<RecRaw>,
+    #[serde(default)]
+    orphan: bool,
+}
+
+#[derive(Deserialize)]
+struct RecRaw {
+    k: String,
+    j: String,
+    o: String,
+    d: String,
+    a: bool,
+}
+
+fn ms(unix_secs: u64) -> u64 {
+    unix_secs.saturating_mul(1000)
+}
+
+impl RedisStore {
+    /// Connects (the connection manager reconnects by itself).
+    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            .set_number_of_retries(1);
+        let conn = tokio::time::timeout(
+            timeout * 2,
+            ConnectionManager::new_with_config(client.clone(), cfg),
+        )
+        .await
+        .map_err(|_| StoreError("redis did not answer in time".into()))??;
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).map_err(|e| StoreError(format!("no randomness: {e}")))?;
+        Ok(RedisStore {
+            client,
+            conn,
+            prefix: prefix.to_string(),
+            instance: hex::encode(id),
+            timeout,
+        })
+    }
+
+    /// This instance's id (the owner of its settlements).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A dedicated connection (subscriptions and blocking reads must not
+    /// share the multiplexed one).
+    pub(crate) async fn dedicated(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
+        let c = tokio::time::timeout(
+            self.timeout * 2,
+            self.client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| StoreError("redis did not answer in time".into()))??;
+        Ok(c)
+    }
+
+    fn session_key(&self, session: &str) -> String {
+        format!("{}s:{session}", self.prefix)
+    }
+
+    fn record_key(&self, key: &PaymentKey) -> String {
+        format!("{}r:{}", self.prefix, key.as_str())
+    }
+
+    fn claim_key(&self, payer: &Address, nonce: &Nonce) -> String {
+        format!("{}c:{payer}:{nonce}", self.prefix)
+    }
+
+    fn pid_key(&self, pid: &str) -> String {
+        format!("{}i:{pid}", self.prefix)
+    }
+
+    pub(crate) fn events_key(&self, stream: &str) -> String {
+        format!("{}e:{stream}", self.prefix)
+    }
+
+    pub(crate) fn lease_key(&self, stream: &str) -> String {
+        format!("{}lease:{stream}", self.prefix)
+    }
+
+    fn notify_channel(&self) -> String {
+        format!("{}notify", self.prefix)
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &str,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        let s = redis::Script::new(script);
+        let mut inv = s.prepare_invoke();
+        for k in keys {
+            inv.key(k);
+        }
+        for a in args {
+            inv.arg(a);
+        }
+        tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
+            .await
+            .map_err(|_| StoreError("redis did not answer in time".into()))?
+            .map_err(StoreError::from)
+    }
+
+    /// Loads a session and, for a payment, its record and the records holding
+    /// its authorization and its payment identifier.
+    pub async fn load(
+        &self,
+        session: &str,
+        payment: Option<(&PaymentKey, &Address, &Nonce, Option<&str>)>,
+    ) -> Result<Loaded, StoreError> {
+        let (own, claim, pid) = match payment {
+            Some((k, payer, nonce, pid)) => (
+                k.as_str().to_string(),
+                self.claim_key(payer, nonce),
+                pid.map(|p| self.pid_key(p)).unwrap_or_default(),
+            ),
+            None => (String::new(), String::new(), String::new()),
+        };
+        let raw: String = self
+            .run(
+                LOAD,
+                &[self.session_key(session), claim, pid],
+                &[self.prefix.clone(), own],
+            )
+            .await?;
+        let raw: LoadedRaw = serde_json::from_str(&raw)
+            .map_err(|e| StoreError(format!("unreadable answer: {e}")))?;
+        let mut out = Loaded {
+            orphan_claim: raw.orphan,
+            ..Loaded::default()
+        };
+        if !raw.j.is_empty() {
+            let mut state: SessionState = serde_json::from_str(&raw.j)
+                .map_err(|e| StoreError(format!("unreadable session: {e}")))?;
+            state.connections = raw.c as u64;
+            out.session = Versioned {
+                version: raw.v as u64,
+                state,
+                exists: true,
+            };
+        } else {
+            out.session.version = raw.v as u64;
+        }
+        for r in raw.recs {
+            let record: PaymentRecord = serde_json::from_str(&r.j)
+                .map_err(|e| StoreError(format!("unreadable record: {e}")))?;
+            out.records.push(Stored {
+                key: PaymentKey::from_stored(r.k),
+                record,
+                owner: r.o,
+                owner_alive: r.a,
+                payload: r.d,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Loads only a session.
+    pub async fn load_session(&self, session: &str) -> Result<Versioned, StoreError> {
+        Ok(self.load(session, None).await?.session)
+    }
+
+    /// Claims a payment: the session moves from `version` to `state` (the
+    /// payment in flight), the record is created owned by this instance with
+    /// the payload to settle, and the authorization (and identifier) point to
+    /// it; all or nothing. `Conflict` when anything changed since loading.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn begin(
+        &self,
+        session: &str,
+        version: u64,
+        state: &SessionState,
+        session_until: u64,
+        key: &PaymentKey,
+        record: &PaymentRecord,
+        payload: &str,
+    ) -> Result<Commit, StoreError> {
+        let pid = record.payment_id.as_deref();
+        let r: String = self
+            .run(
+                BEGIN,
+                &[
+                    self.session_key(session),
+                    self.record_key(key),
+                    self.claim_key(&record.payer, &record.nonce),
+                    pid.map(|p| self.pid_key(p)).unwrap_or_else(|| "-".into()),
+                ],
+                &[
+                    version.to_string(),
+                    json(state)?,
+                    ms(session_until).to_string(),
+                    json(record)?,
+                    self.instance.clone(),
+                    payload.to_string(),
+                    ms(record.expires).to_string(),
+                    key.as_str().to_string(),
+                    if pid.is_some() { "1" } else { "0" }.into(),
+                ],
+            )
+            .await?;
+        Ok(if r == "ok" {
+            Commit::Done
+        } else {
+            Commit::Conflict
+        })
+    }
+
+    /// Finishes a settlement this instance owns: the record's final state
+    /// (`None`: forget the payload and free its authorization), and the
+    /// session's state when it changed (compared against `version`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish(
+        &self,
+        session: &str,
+        version: u64,
+        state: Option<&SessionState>,
+        session_until: u64,
+        key: &PaymentKey,
+        before: &PaymentRecord,
+        record: Option<&PaymentRecord>,
+    ) -> Result<Commit, StoreError> {
+        let pid = before.payment_id.as_deref();
+        let r: String = self
+            .run(
+                FINISH,
+                &[
+                    self.session_key(session),
+                    self.record_key(key),
+                    self.claim_key(&before.payer, &before.nonce),
+                    pid.map(|p| self.pid_key(p)).unwrap_or_else(|| "-".into()),
+                ],
+                &[
+                    version.to_string(),
+                    state.map(json).transpose()?.unwrap_or_default(),
+                    ms(session_until).to_string(),
+                    record.map(json).transpose()?.unwrap_or_default(),
+                    ms(record.map_or(0, |r| r.expires)).to_string(),
+                    self.instance.clone(),
+                    key.as_str().to_string(),
+                    if pid.is_some() { "1" } else { "0" }.into(),
+                ],
+            )
+            .await?;
+        Ok(match r.as_str() {
+            "ok" => Commit::Done,
+            "lost" => Commit::Lost,
+            _ => Commit::Conflict,
+        })
+    }
+
+    /// Takes over the settlement of a record whose owner died. `true` when
+    /// this instance now owns it.
+    pub async fn adopt(&self, key: &PaymentKey, dead: &str) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .run(
+                ADOPT,
+                &[self.record_key(key), format!("{}alive:{dead}", self.prefix)],
+                &[dead.to_string(), self.instance.clone()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Counts a new connection of a session; its number (the latest holds
+    /// the session), or `None` when the store does not hold the session.
+    pub async fn connect_session(&self, session: &str) -> Result<Option<u64>, StoreError> {
+        let n: i64 = self.run(CONNECT, &[self.session_key(session)], &[]).await?;
+        Ok(u64::try_from(n).ok())
+    }
+
+    /// Tells every instance that a session changed.
+    pub async fn notify(&self, session: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 =
+            tokio::time::timeout(self.timeout, conn.publish(self.notify_channel(), session))
+                .await
+                .map_err(|_| StoreError("redis did not answer in time".into()))??;
+        Ok(())
+    }
+
+    /// Marks this instance alive for `ttl`.
+    pub async fn heartbeat(&self, ttl: Duration) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let key = format!("{}alive:{}", self.prefix, self.instance);
+        let _: () = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("SET")
+                .arg(key)
+                .arg("1")
+                .arg("PX")
+                .arg(ms)
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| StoreError("redis did not answer in time".into()))??;
+        Ok(())
+    }
+
+    /// Takes or keeps the lease of a stream's source for `ttl`; `true` when held.
+    pub async fn lease(&self, stream: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .run(
+                LEASE,
+                &[self.lease_key(stream)],
+                &[self.instance.clone(), ttl.as_millis().to_string()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Subscribes to session change notices.
+    pub(crate) async fn subscribe(&self) -> Result<redis::aio::PubSub, StoreError> {
+        let mut ps = tokio::time::timeout(self.timeout * 2, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| StoreError("redis did not answer in time".into()))??;
+        ps.subscribe(self.notify_channel()).await?;
+        Ok(ps)
+    }
+
+    /// A health check.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String =
+            tokio::time::timeout(self.timeout, redis::cmd("PING").query_async(&mut conn))
+                .await
+                .map_err(|_| StoreError("redis did not answer in time".into()))??;
+        Ok(())
+    }
+
+    /// The multiplexed connection.
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError(format!("cannot encode: {e}")))
+}
