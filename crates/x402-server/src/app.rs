@@ -136,12 +136,13 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-pub(crate) fn unix_now() -> u64 {
+fn unix_ms_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct TokenQuery {
@@ -180,7 +181,7 @@ impl AppState {
             ..EndpointConfig::default()
         };
         AppState {
-            core: Mutex::new(ServerEndpoint::new(ecfg, now(), unix_now())),
+            core: Mutex::new(ServerEndpoint::with_unix_ms(ecfg, now(), unix_ms_now())),
             store,
             cfg,
             http_base,

@@ -572,10 +572,17 @@ const MAX_RETENTION_SECS: u64 = 24 * 3600;
 impl ServerEndpoint {
     /// A new endpoint; `unix_now` is the wall time (unix seconds) at `now`.
     pub fn new(cfg: EndpointConfig, now: Instant, unix_now: u64) -> Self {
+        Self::with_unix_ms(cfg, now, unix_now.saturating_mul(1000))
+    }
+
+    /// A new endpoint; `unix_ms` is the wall time (unix milliseconds) at
+    /// `now`. Instances sharing a store anchor with milliseconds: paid time
+    /// is compared across them.
+    pub fn with_unix_ms(cfg: EndpointConfig, now: Instant, unix_ms: u64) -> Self {
         ServerEndpoint {
             next_sweep: now + cfg.sweep_interval,
             cfg,
-            anchor: (now, unix_now),
+            anchor: (now, unix_ms),
             sessions: HashMap::new(),
             conns: HashMap::new(),
             records: HashMap::new(),
@@ -606,14 +613,14 @@ impl ServerEndpoint {
 
     /// Wall time (unix milliseconds) at `now`, on the endpoint's anchor.
     pub fn unix_ms(&self, now: Instant) -> u64 {
-        let (base, unix) = self.anchor;
+        let (base, anchor_ms) = self.anchor;
         let since = u64::try_from(now.saturating_duration_since(base).as_millis()).unwrap_or(0);
-        unix.saturating_mul(1000).saturating_add(since)
+        anchor_ms.saturating_add(since)
     }
 
     fn at(&self, unix_ms: u64) -> Instant {
-        let (base, unix) = self.anchor;
-        let ms = unix_ms.saturating_sub(unix.saturating_mul(1000));
+        let (base, anchor_ms) = self.anchor;
+        let ms = unix_ms.saturating_sub(anchor_ms);
         base + Duration::from_millis(ms.min(u64::MAX / 4))
     }
 
