@@ -70,6 +70,9 @@ fn tools() -> bool {
             return false;
         }
     }
+    if !redis_server() {
+        return false;
+    }
     // The official x402 Python SDK, for the interop test of the EVM facilitator.
     let py = dir.join("py");
     if !py.join(format!("x402-{X402_PY}.dist-info")).exists() {
@@ -91,6 +94,61 @@ fn tools() -> bool {
     true
 }
 
+/// The Redis major version the cluster tests run against (Debian 12's package).
+const REDIS_MAJOR: &str = "7.";
+
+fn redis_version() -> Option<String> {
+    let out = Command::new("redis-server").arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // "Redis server v=7.0.15 sha=..."
+    let v = text.split("v=").nth(1)?.split_whitespace().next()?.to_string();
+    Some(v)
+}
+
+/// `redis-server` for the cluster tests: Debian's package, installed with
+/// apt-get when missing (as root, or through sudo).
+fn redis_server() -> bool {
+    if let Some(v) = redis_version() {
+        if v.starts_with(REDIS_MAJOR) {
+            return true;
+        }
+        eprintln!("xtask: redis-server {v} found; the tests expect {REDIS_MAJOR}x");
+        return true;
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let apt = |args: &[&str]| {
+        let mut c = if root {
+            Command::new("apt-get")
+        } else {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        };
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    let install = ["install", "-y", "--no-install-recommends", "redis-server"];
+    if !step("install redis-server (apt-get)", &mut apt(&install))
+        && !(step("apt-get update", &mut apt(&["update"]))
+            && step("install redis-server (apt-get)", &mut apt(&install)))
+    {
+        return false;
+    }
+    match redis_version() {
+        Some(v) => {
+            eprintln!("xtask: redis-server {v}");
+            true
+        }
+        None => {
+            eprintln!("xtask: redis-server is still not runnable after apt-get install");
+            false
+        }
+    }
+}
+
 /// The official x402 Python SDK version the interop test uses.
 const X402_PY: &str = "2.25.0";
 
@@ -106,7 +164,7 @@ fn serde_json_version(text: &str) -> Option<String> {
 fn ci() -> bool {
     if !tools() {
         eprintln!(
-            "xtask ci: the test tools (anvil, solc) could not be installed; tests that need them would fail"
+            "xtask ci: the test tools (anvil, solc, redis-server, the x402 Python SDK) could not be installed; tests that need them would fail"
         );
         return false;
     }
