@@ -98,10 +98,18 @@ fn tools() -> bool {
 const REDIS_MAJOR: &str = "7.";
 
 fn redis_version() -> Option<String> {
-    let out = Command::new("redis-server").arg("--version").output().ok()?;
+    let out = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     // "Redis server v=7.0.15 sha=..."
-    let v = text.split("v=").nth(1)?.split_whitespace().next()?.to_string();
+    let v = text
+        .split("v=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .to_string();
     Some(v)
 }
 

@@ -52,7 +52,11 @@ fn redis_server() -> PathBuf {
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(["/usr/bin".into(), "/usr/sbin".into(), "/usr/local/bin".into()])
+        .chain([
+            "/usr/bin".into(),
+            "/usr/sbin".into(),
+            "/usr/local/bin".into(),
+        ])
         .map(|d| d.join("redis-server"))
         .find(|p| p.is_file())
         .expect(
@@ -79,7 +83,14 @@ impl Redis {
     fn spawn(port: u16, dir: PathBuf) -> Redis {
         let child = Command::new(redis_server())
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
             .arg("--dir")
             .arg(&dir)
             .stdout(Stdio::null())
@@ -145,6 +156,11 @@ struct Instance {
 impl Instance {
     /// Starts an instance on `port` sharing `redis`; clients are told to use `public`.
     async fn start(redis: &Redis, port: u16, public: u16) -> Instance {
+        Self::start_with(redis, port, public, "kind = \"embedded\"").await
+    }
+
+    /// With this `[facilitator]` section.
+    async fn start_with(redis: &Redis, port: u16, public: u16, facilitator: &str) -> Instance {
         let dir = scratch("instance");
         let config = dir.join("server.toml");
         std::fs::write(
@@ -156,7 +172,7 @@ public_ws = "ws://127.0.0.1:{public}"
 secret = "{SECRET}"
 
 [facilitator]
-kind = "embedded"
+{facilitator}
 
 [store]
 kind = "redis"
@@ -281,9 +297,14 @@ fn payer() -> EvmExactPayer {
 }
 
 async fn quote(i: &Instance) -> Quote {
-    let r = reqwest::get(format!("{}/v2/schema/s", i.http())).await.unwrap();
+    let r = reqwest::get(format!("{}/v2/schema/s", i.http()))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 402);
-    let header = r.headers()["PAYMENT-REQUIRED"].to_str().unwrap().to_string();
+    let header = r.headers()["PAYMENT-REQUIRED"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let schema = Schema::from_json(&r.bytes().await.unwrap()).unwrap();
     let token = schema
         .websocket_endpoint
@@ -336,7 +357,9 @@ async fn connect(
         req.headers_mut()
             .insert(PathVersion::V2.payment_header(), p.parse().unwrap());
     }
-    tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
 }
 
 async fn next_msg(ws: &mut Ws) -> ServerMessage {
@@ -551,7 +574,10 @@ async fn kill_9_of_the_socket_holder_the_client_resumes_elsewhere_without_paying
             _ => {}
         }
     }
-    assert!(killed && resumed, "the socket holder was killed and the client resumed");
+    assert!(
+        killed && resumed,
+        "the socket holder was killed and the client resumed"
+    );
     // The first slice is paid with the upgrade (hello), the others are renewals.
     assert_eq!(payments, 3, "four slices, four payments: {log:#?}");
     assert_eq!(
@@ -579,7 +605,10 @@ async fn all_instances_restarted_sessions_and_paid_time_survive() {
     let mut ws = connect(&inst[1], &q, Some(seq + 1), None).await.unwrap();
     let h2 = hello(&mut ws).await;
     assert!(h2.resumed);
-    assert_eq!(h2.expires_at, h.expires_at, "paid time survived the restart");
+    assert_eq!(
+        h2.expires_at, h.expires_at,
+        "paid time survived the restart"
+    );
     let (next, _) = next_event(&mut ws).await;
     assert_eq!(next, seq + 1, "events survived too");
     // The payment is still known: replaying it credits nothing new.
@@ -623,7 +652,10 @@ async fn redis_down_means_503_and_nothing_credited_then_service_returns() {
         }
     }
     let h = hello(ws.as_mut().unwrap()).await;
-    assert_eq!(h.expires_at, r.expires_at, "paid time survived Redis' restart");
+    assert_eq!(
+        h.expires_at, r.expires_at,
+        "paid time survived Redis' restart"
+    );
     assert_eq!(a.credited().await + inst[1].credited().await, 2);
     drop(redis);
 }
@@ -669,3 +701,100 @@ impl Drop for Balancer {
     }
 }
 
+/// A facilitator whose first settlement hangs (the instance asking it dies
+/// meanwhile); later ones go through to the embedded facilitator.
+struct HangsOnce {
+    inner: x402_server::EmbeddedFacilitator,
+    settles: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl x402_server::Facilitator for HangsOnce {
+    async fn verify(
+        &self,
+        req: &x402_types::FacilitatorRequest,
+    ) -> Result<x402_types::VerifyResponse, x402_server::FacilitatorError> {
+        self.inner.verify(req).await
+    }
+
+    async fn settle(
+        &self,
+        req: &x402_types::FacilitatorRequest,
+    ) -> Result<x402_types::SettleResponse, x402_server::FacilitatorError> {
+        if self.settles.fetch_add(1, Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        self.inner.settle(req).await
+    }
+
+    async fn supported(
+        &self,
+    ) -> Result<x402_types::SupportedResponse, x402_server::FacilitatorError> {
+        self.inner.supported().await
+    }
+
+    fn describe(&self) -> String {
+        "hangs once".into()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_whose_instance_died_is_taken_over_and_credited_once() {
+    let f = Arc::new(HangsOnce {
+        inner: x402_server::EmbeddedFacilitator::default(),
+        settles: AtomicUsize::new(0),
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fport = l.local_addr().unwrap().port();
+    tokio::spawn(x402_server::serve_facilitator(l, f.clone()));
+    let redis = Redis::start();
+    let public = free_port();
+    let section = format!("kind = \"http\"\nurl = \"http://127.0.0.1:{fport}\"");
+    let mut a = Instance::start_with(&redis, free_port(), public, &section).await;
+    let b = Instance::start_with(&redis, free_port(), public, &section).await;
+    let q = quote(&a).await;
+    let p = sign(&q);
+
+    // A claims the payment and asks the facilitator, which hangs; A dies.
+    let pending = tokio::spawn({
+        let (url, token, p) = (a.http(), q.token.clone(), p.clone());
+        async move {
+            let _ = reqwest::Client::new()
+                .post(format!("{url}/v2/renew/s?t={token}"))
+                .header(PathVersion::V2.payment_header(), p)
+                .send()
+                .await;
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f.settles.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "A never asked the facilitator");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.kill();
+    pending.abort();
+
+    // The payer retries the same payment on B: while A's heartbeat lasts it
+    // is pending (never settled twice at once), then B takes it over.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let r = loop {
+        let (status, body) = renew(&b, &q, &p).await;
+        match status {
+            200 => break RenewResponse::from_json(body.as_bytes()).unwrap(),
+            202 => {}
+            s => panic!("unexpected {s}: {body}"),
+        }
+        assert!(Instant::now() < deadline, "never taken over");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(r.slices, 1);
+    assert_eq!(f.inner.ledger().len(), 1, "settled once");
+    assert_eq!(
+        f.settles.load(Ordering::SeqCst),
+        2,
+        "asked twice: A (lost), B"
+    );
+    // Retried again: the recorded answer.
+    assert_eq!(renewed(&b, &q, &p).await, r);
+    assert_eq!(b.credited().await, 1);
+}

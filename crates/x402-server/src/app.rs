@@ -143,7 +143,6 @@ fn unix_ms_now() -> u64 {
         .unwrap_or(0)
 }
 
-
 #[derive(Debug, Deserialize)]
 pub(crate) struct TokenQuery {
     t: Option<String>,
