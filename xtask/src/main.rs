@@ -294,8 +294,12 @@ fn main() -> ExitCode {
             bench_bin(&rest)
         }
         Some("soak") => {
-            let secs = args.get(1).map(String::as_str).unwrap_or("120");
-            bench_bin(&["soak", secs])
+            let mut rest: Vec<&str> = vec!["soak"];
+            if args.get(1).is_none_or(|a| a.starts_with("--")) {
+                rest.push("120");
+            }
+            rest.extend(args[1..].iter().map(String::as_str));
+            bench_bin(&rest)
         }
         Some("fuzz") => {
             let target = args.get(1).map(String::as_str).unwrap_or("all");
@@ -310,7 +314,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: cargo xtask <verb>\n  ci                       fmt, clippy, tests, docs (the gate)\n  bench [--quick] [--peers] benchmarks with baselines -> target/bench/report.json
-                           (--peers: payments signed/s by the official x402 SDKs where installed)\n  soak [seconds]           bounded load and fault run (default 120)\n  fuzz <target|all> [secs] cargo-fuzz; targets: {}\n  tools                    install the pinned test tools (anvil, solc-js, the x402 Python SDK) into target/tools
+                           (--peers: payments signed/s by the official x402 SDKs where installed)\n  soak [seconds] [--instances N --redis]\n                           bounded load and fault run (default 120 s; several instances share one Redis behind a balancer)\n  fuzz <target|all> [secs] cargo-fuzz; targets: {}\n  tools                    install the pinned test tools (anvil, solc-js, the x402 Python SDK) into target/tools
   demo                     the embedded demo",
                 FUZZ_TARGETS.join(", ")
             );

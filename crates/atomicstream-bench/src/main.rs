@@ -860,7 +860,14 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("soak") {
         let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(120);
-        std::process::exit(soak::run(secs).await);
+        let instances = args
+            .iter()
+            .position(|a| a == "--instances")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        let redis = args.iter().any(|a| a == "--redis");
+        std::process::exit(soak::run(secs, instances, redis).await);
     }
     let quick = args.iter().any(|a| a == "--quick");
     let mut r = Report::default();

@@ -92,6 +92,8 @@ struct Tally {
     bad_attempts: AtomicU64,
     bad_accepted: AtomicU64,
     failures: AtomicU64,
+    /// Paid time left when a session ended for any reason but "used up" or "stopped".
+    lost_paid_ms: AtomicU64,
 }
 
 async fn good_client(base: String, seed: u64, until: Instant, tally: Arc<Tally>) {
@@ -147,6 +149,8 @@ async fn good_client(base: String, seed: u64, until: Instant, tally: Arc<Tally>)
                 Some(ClientEvent::Ended(r)) => {
                     if !matches!(r, EndReason::SliceLimit | EndReason::Stopped) {
                         tally.failures.fetch_add(1, Ordering::Relaxed);
+                        let left = u64::try_from(s.remaining().as_millis()).unwrap_or(u64::MAX);
+                        tally.lost_paid_ms.fetch_add(left, Ordering::Relaxed);
                     }
                     break;
                 }
@@ -270,7 +274,108 @@ async fn bad_client(base: String, kind: u64, until: Instant, tally: Arc<Tally>) 
 }
 
 /// Runs the soak for `secs` seconds; returns the process exit code.
-pub async fn run(secs: u64) -> i32 {
+/// A `redis-server` child for the soak (killed on drop).
+struct RedisChild(std::process::Child);
+
+impl Drop for RedisChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis() -> Option<(RedisChild, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let child = RedisChild(child);
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some((child, port));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// A TCP balancer: each connection goes to the next backend that accepts.
+async fn balancer(backends: Vec<std::net::SocketAddr>) -> Option<String> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
+    let addr = l.local_addr().ok()?;
+    tokio::spawn(async move {
+        let mut next = 0usize;
+        loop {
+            let Ok((mut inbound, _)) = l.accept().await else {
+                continue;
+            };
+            next += 1;
+            let backends = backends.clone();
+            tokio::spawn(async move {
+                for k in 0..backends.len() {
+                    let b = backends[(next + k) % backends.len()];
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(b).await {
+                        let _ = out.set_nodelay(true);
+                        let _ = inbound.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Some(format!("127.0.0.1:{}", addr.port()))
+}
+
+/// Runs the soak: `instances` servers (several need `redis`, and then sit
+/// behind a round-robin balancer sharing one Redis).
+pub async fn run(secs: u64, instances: usize, redis: bool) -> i32 {
+    let instances = instances.max(1);
+    if instances > 1 && !redis {
+        eprintln!("soak: several instances share state through Redis: add --redis");
+        return 2;
+    }
+    let redis_child = if redis {
+        match start_redis() {
+            Some(r) => Some(r),
+            None => {
+                eprintln!("soak: cannot start redis-server (`cargo xtask tools` installs it)");
+                return 1;
+            }
+        }
+    } else {
+        None
+    };
+    // Ports first, so that every instance can name the balancer as its public address.
+    let mut listeners = Vec::new();
+    for _ in 0..instances {
+        match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+            Ok(a) => listeners.push(a),
+            Err(e) => {
+                eprintln!("soak: no port: {e}");
+                return 1;
+            }
+        }
+    }
+    let public = if instances > 1 {
+        balancer(listeners.clone()).await
+    } else {
+        None
+    };
     // Short quotes and lingering so that the sweeper's work shows within the run.
     let limits = Limits {
         max_connections_per_ip: 100_000,
@@ -282,6 +387,17 @@ pub async fn run(secs: u64) -> i32 {
     };
     let mut cfg =
         x402_server::Config::demo("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()));
+    if let Some((_, port)) = &redis_child {
+        cfg.store = x402_server::StoreConfig::Redis {
+            url: format!("redis://127.0.0.1:{port}"),
+            prefix: "soak:".into(),
+            timeout_ms: 1000,
+        };
+    }
+    if let Some(p) = &public {
+        cfg.public_http = Some(format!("http://{p}"));
+        cfg.public_ws = Some(format!("ws://{p}"));
+    }
     cfg.secret = Some("soak-secret-soak-secret-soak-secret-soak".into());
     let mut sc = stream_cfg("soak", 3);
     sc.max_timeout_seconds = 30;
@@ -292,28 +408,53 @@ pub async fn run(secs: u64) -> i32 {
     };
     cfg.streams = vec![sc];
     cfg.limits = limits;
+    // One ledger for all instances: it counts every settlement once.
     let ledger = Arc::new(EmbeddedFacilitator::default());
-    let server = match x402_server::ServerBuilder::new(cfg)
-        .facilitator(ledger.clone())
-        .bind()
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("soak: cannot start server: {e}");
-            return 1;
-        }
+    let mut states = Vec::new();
+    let mut base = String::new();
+    for addr in &listeners {
+        let mut cfg = cfg.clone();
+        cfg.listen = *addr;
+        let server = match x402_server::ServerBuilder::new(cfg)
+            .facilitator(ledger.clone())
+            .bind()
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("soak: cannot start server: {e}");
+                return 1;
+            }
+        };
+        base = server.http_base().to_string();
+        states.push(server.state().clone());
+        server.spawn();
+    }
+    let stats = || {
+        states.iter().fold(
+            atomicstream::session::EndpointStats::default(),
+            |mut acc, s| {
+                let e = s.endpoint_stats();
+                acc.sessions += e.sessions;
+                acc.records += e.records;
+                acc.claims += e.claims;
+                acc.settling += e.settling;
+                acc.connections += e.connections;
+                acc
+            },
+        )
     };
-    let base = server.http_base().to_string();
-    let state = server.state().clone();
-    server.spawn();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_start = rss_kib();
     let started = Instant::now();
     let until = started + Duration::from_secs(secs);
     let tally = Arc::new(Tally::default());
     let (good, bad) = (240u64, 60u64);
-    eprintln!("soak: {good} honest clients and {bad} misbehaving ones for {secs} s against {base}");
+    let store = if redis { "Redis" } else { "memory" };
+    eprintln!(
+        "soak: {good} honest clients and {bad} misbehaving ones for {secs} s against {base} \
+         ({instances} instance(s), state in {store})"
+    );
     let mut tasks = Vec::new();
     for i in 0..good {
         tasks.push(tokio::spawn(good_client(
@@ -344,7 +485,7 @@ pub async fn run(secs: u64) -> i32 {
         rss_peak = rss_peak.max(now_rss);
         if rss_warm.is_none() && Instant::now() >= warm_at {
             rss_warm = Some(now_rss);
-            metrics_warm = scrape_credited(&base).await;
+            metrics_warm = scrape_all(&states).await;
         }
     }
     let rss_warm = rss_warm.unwrap_or(rss_peak);
@@ -353,7 +494,10 @@ pub async fn run(secs: u64) -> i32 {
     }
     // Let the server notice the closed sockets.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let sockets_left = state.stats.sockets.load(Ordering::Relaxed);
+    let sockets_left: u64 = states
+        .iter()
+        .map(|s| s.stats.sockets.load(Ordering::Relaxed))
+        .sum();
     // Still serving: a fresh honest client can buy a slice.
     let fresh = Client::builder()
         .base_url(&base)
@@ -368,26 +512,27 @@ pub async fn run(secs: u64) -> i32 {
         None => false,
     };
     // Wait for the sweeper to drop the sessions whose paid time and linger passed.
-    let sessions_at_end = state.endpoint_stats().sessions;
+    let sessions_at_end = stats().sessions;
     let mut sessions_after_sweep = sessions_at_end;
     for _ in 0..60 {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        sessions_after_sweep = state.endpoint_stats().sessions;
-        if sessions_after_sweep <= 1 {
+        sessions_after_sweep = stats().sessions;
+        if sessions_after_sweep <= instances {
             break;
         }
     }
     // Payment records and nonce claims expire once validBefore (30 s) plus
     // skew (60 s) has passed: wait for them too.
-    let mut ep = state.endpoint_stats();
+    // (The fresh client's session may be known on every instance.)
+    let mut ep = stats();
     for _ in 0..120 {
-        if ep.records <= 1 && ep.claims <= 1 {
+        if ep.records <= instances && ep.claims <= instances {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        ep = state.endpoint_stats();
+        ep = stats();
     }
-    let metrics_end = scrape_credited(&base).await;
+    let metrics_end = scrape_all(&states).await;
     let metrics_moving = matches!((metrics_warm, metrics_end), (Some(a), Some(b)) if b > a);
     let rss_end = rss_kib();
     let rss_bounded = rss_end * 4 <= rss_warm * 5;
@@ -401,6 +546,9 @@ pub async fn run(secs: u64) -> i32 {
         "reconnects": t.reconnects.load(Ordering::Relaxed),
         "unexplained_gaps": t.unexplained_gaps.load(Ordering::Relaxed),
         "client_failures": t.failures.load(Ordering::Relaxed),
+        "paid_seconds_lost": t.lost_paid_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        "instances": instances,
+        "store": store,
         "misbehaving_attempts": t.bad_attempts.load(Ordering::Relaxed),
         "bad_payments_accepted": t.bad_accepted.load(Ordering::Relaxed),
         "payments_credited": credited,
@@ -429,9 +577,10 @@ pub async fn run(secs: u64) -> i32 {
         && t.unexplained_gaps.load(Ordering::Relaxed) == 0
         && credited <= accepted + good
         && sockets_left == 0
-        && sessions_after_sweep <= 1
-        && ep.records <= 1
-        && ep.claims <= 1
+        && sessions_after_sweep <= instances
+        && ep.records <= instances
+        && ep.claims <= instances
+        && t.lost_paid_ms.load(Ordering::Relaxed) == 0
         && rss_bounded
         && metrics_moving;
     if ok {
@@ -441,6 +590,15 @@ pub async fn run(secs: u64) -> i32 {
         eprintln!("soak: FAILED");
         1
     }
+}
+
+/// Credited payments summed over every instance's `/metrics`.
+async fn scrape_all(states: &[Arc<x402_server::AppState>]) -> Option<u64> {
+    let mut sum = 0;
+    for s in states {
+        sum += scrape_credited(&format!("http://{}", s.cfg.listen)).await?;
+    }
+    Some(sum)
 }
 
 /// `atomicstream_payments_credited_total` of the soak stream, read from `GET /metrics`.
