@@ -139,10 +139,11 @@ fn redis_server() -> bool {
         c
     };
     let install = ["install", "-y", "--no-install-recommends", "redis-server"];
-    if !step("install redis-server (apt-get)", &mut apt(&install))
-        && !(step("apt-get update", &mut apt(&["update"]))
-            && step("install redis-server (apt-get)", &mut apt(&install)))
-    {
+    // A fresh machine may not have package lists yet: update, then try again.
+    let installed = step("install redis-server (apt-get)", &mut apt(&install))
+        || (step("apt-get update", &mut apt(&["update"]))
+            && step("install redis-server (apt-get)", &mut apt(&install)));
+    if !installed {
         return false;
     }
     match redis_version() {

@@ -245,7 +245,7 @@ impl Synthetic {
         let step = (self.next_f64() - 0.5) * 0.002;
         self.price = (self.price * (1.0 + step)).max(0.01);
         let px = (self.price * 100.0).round() / 100.0;
-        let mut v = if self.n % 2 == 0 {
+        let mut v = if self.n.is_multiple_of(2) {
             let spread = 0.01 + (self.next_f64() * 0.05 * 100.0).round() / 100.0;
             serde_json::json!({"type": "quote", "symbol": self.symbol, "bid": px, "ask": ((px + spread) * 100.0).round() / 100.0})
         } else {
