@@ -190,6 +190,17 @@ pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
 max_timeout_seconds = 60
 source = {{ kind = "synthetic", rate = 20, symbol = "BTC-USD" }}
 
+[[streams]]
+id = "api"
+title = "API"
+description = "published from another process"
+price_per_minute = "0.06"
+slice_seconds = 60
+network = "base-sepolia"
+pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+max_timeout_seconds = 60
+source = {{ kind = "api" }}
+
 [limits]
 payment_wait_secs = 3
 "#,
@@ -797,4 +808,68 @@ async fn a_settlement_whose_instance_died_is_taken_over_and_credited_once() {
     // Retried again: the recorded answer.
     assert_eq!(renewed(&b, &q, &p).await, r);
     assert_eq!(b.credited().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_published_from_another_process_reach_every_instance_in_order() {
+    let (redis, inst, _) = cluster(2).await;
+    let mut sockets = Vec::new();
+    for i in &inst {
+        let r = reqwest::get(format!("{}/v2/schema/api", i.http()))
+            .await
+            .unwrap();
+        let header = r.headers()["PAYMENT-REQUIRED"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let schema = Schema::from_json(&r.bytes().await.unwrap()).unwrap();
+        let offer = PaymentRequiredV2::from_header(&header)
+            .unwrap()
+            .into_offer()
+            .unwrap();
+        let url = schema.websocket_endpoint.replace(
+            &format!("127.0.0.1:{}", url_port(&schema.websocket_endpoint)),
+            &format!("127.0.0.1:{}", i.port),
+        );
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert(
+            PathVersion::V2.payment_header(),
+            payer().sign(&offer).unwrap().to_header().parse().unwrap(),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        hello(&mut ws).await;
+        sockets.push(ws);
+    }
+    let publisher = x402_server::RedisStore::connect(&redis.url(), "x402:", Duration::from_secs(1))
+        .await
+        .unwrap();
+    for n in 0..5 {
+        let seq = publisher
+            .publish("api", 1024, &serde_json::json!({"n": n}))
+            .await
+            .unwrap();
+        assert_eq!(seq, n);
+    }
+    for ws in &mut sockets {
+        for n in 0..5u64 {
+            match next_msg(ws).await {
+                ServerMessage::Event(e) => {
+                    assert_eq!(e.seq, n);
+                    assert_eq!(e.data.get(), format!("{{\"n\":{n}}}"));
+                }
+                m => panic!("expected an event, got {m:?}"),
+            }
+        }
+    }
+}
+
+fn url_port(url: &str) -> u16 {
+    url.split("127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }

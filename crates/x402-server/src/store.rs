@@ -542,6 +542,59 @@ impl RedisStore {
         Ok(n == 1)
     }
 
+    /// Publishes one event into a stream's shared log, from any process
+    /// (the `api` source of a cluster: every instance delivers it). Returns
+    /// its sequence number. Concurrent publishers never share a number: the
+    /// entry id is the sequence number and Redis refuses one not above the
+    /// last, in which case this reads the last again and retries.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), x402_server::StoreError> {
+    /// let store = x402_server::RedisStore::connect(
+    ///     "redis://127.0.0.1:6379", "x402:", std::time::Duration::from_secs(1)).await?;
+    /// let seq = store.publish("prices", 1024, &serde_json::json!({"price": 101.5})).await?;
+    /// # let _ = seq; Ok(()) }
+    /// ```
+    pub async fn publish(
+        &self,
+        stream: &str,
+        cap: usize,
+        data: &serde_json::Value,
+    ) -> Result<u64, StoreError> {
+        use redis::streams::StreamRangeReply;
+        let key = self.events_key(stream);
+        let raw = serde_json::value::to_raw_value(data)
+            .map_err(|e| StoreError(format!("cannot encode: {e}")))?;
+        let mut conn = self.conn.clone();
+        let mut last_err = StoreError("no attempt".into());
+        for _ in 0..16 {
+            let last: StreamRangeReply = conn.xrevrange_count(&key, "+", "-", 1).await?;
+            let seq = last
+                .ids
+                .first()
+                .and_then(|e| e.id.split_once('-'))
+                .and_then(|(ms, _)| ms.parse::<u64>().ok())
+                .map_or(0, |s| s + 1);
+            let text = crate::hub::event_text(seq, raw.clone());
+            let r: Result<String, redis::RedisError> = redis::cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(cap.max(1))
+                .arg(format!("{seq}-1"))
+                .arg("f")
+                .arg(text)
+                .query_async(&mut conn)
+                .await;
+            match r {
+                Ok(_) => return Ok(seq),
+                Err(e) if e.to_string().contains("equal or smaller") => last_err = e.into(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last_err)
+    }
+
     /// Subscribes to session change notices.
     pub(crate) async fn subscribe(&self) -> Result<redis::aio::PubSub, StoreError> {
         let mut ps = tokio::time::timeout(self.timeout * 2, self.client.get_async_pubsub())
