@@ -354,7 +354,23 @@ pub(crate) struct Local {
 }
 
 pub(crate) async fn local_server(streams: Vec<StreamConfig>, limits: Limits) -> Local {
+    local_server_on(streams, limits, None).await
+}
+
+/// A local server whose state lives in Redis at `redis` (a URL), if given.
+pub(crate) async fn local_server_on(
+    streams: Vec<StreamConfig>,
+    limits: Limits,
+    redis: Option<&str>,
+) -> Local {
     let mut cfg = Config::demo("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()));
+    if let Some(url) = redis {
+        cfg.store = x402_server::StoreConfig::Redis {
+            url: url.to_string(),
+            prefix: format!("bench{}:", std::process::id()),
+            timeout_ms: 1000,
+        };
+    }
     cfg.secret = Some("bench-secret-bench-secret-bench-secret".into());
     cfg.streams = streams;
     cfg.limits = limits;
@@ -538,8 +554,9 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[i.min(v.len() - 1)]
 }
 
-async fn bench_handshake(r: &mut Report) {
-    let local = local_server(vec![stream_cfg("h", 3600)], Limits::default()).await;
+async fn bench_handshake(r: &mut Report, redis: Option<&str>) {
+    let local = local_server_on(vec![stream_cfg("h", 3600)], Limits::default(), redis).await;
+    let tag = if redis.is_some() { " (Redis)" } else { "" };
     let http = reqwest::Client::new();
     let client = bench_client(&local);
     let rounds = 200;
@@ -604,26 +621,40 @@ async fn bench_handshake(r: &mut Report) {
     }
     let base: Vec<f64> = base_http.iter().zip(&base_ws).map(|(a, b)| a + b).collect();
     r.latency_pair(
-        "3. schema -> hello",
+        &format!("3. schema -> hello{tag}"),
         full,
         "bare HTTP round trip + bare upgrade",
         base,
     );
     r.latency_pair(
-        "3. one renewal",
+        &format!("3. one renewal{tag}"),
         renew,
         "bare HTTP POST round trip",
         base_post,
     );
 }
 
-async fn bench_fanout(r: &mut Report, sessions: usize) {
+async fn bench_fanout(r: &mut Report, sessions: usize, redis: Option<&str>) {
     let limits = Limits {
         max_connections_per_ip: 100_000,
         payments_per_ip_per_minute: 1_000_000,
         ..Limits::default()
     };
-    let local = local_server(vec![stream_cfg("f", 3600)], limits).await;
+    let local = local_server_on(vec![stream_cfg("f", 3600)], limits, redis).await;
+    let tag = if redis.is_some() { " (Redis)" } else { "" };
+    // Through Redis the events go into the shared log, as another process would publish them.
+    let shared = match redis {
+        Some(url) => Some(
+            x402_server::RedisStore::connect(
+                url,
+                &format!("bench{}:", std::process::id()),
+                Duration::from_secs(1),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        ),
+        None => None,
+    };
     let http = reqwest::Client::new();
     let payer = signer_payer();
     let mut readers = Vec::new();
@@ -666,7 +697,15 @@ async fn bench_fanout(r: &mut Report, sessions: usize) {
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     for i in 0..n {
         tick.tick().await;
-        publisher.publish(&json!({"i": i, "px": 100.0}));
+        let data = json!({"i": i, "px": 100.0});
+        match &shared {
+            Some(st) => {
+                let _ = st.publish("f", 1024, &data).await;
+            }
+            None => {
+                publisher.publish(&data);
+            }
+        }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let secs = t.elapsed().as_secs_f64();
@@ -683,21 +722,21 @@ async fn bench_fanout(r: &mut Report, sessions: usize) {
     let mut l2 = lats.clone();
     let p99 = percentile(&mut l2, 0.99);
     r.plain(
-        &format!("4. fan-out to {sessions}: events delivered/s"),
+        &format!("4. fan-out to {sessions}{tag}: events delivered/s"),
         count as f64 / secs,
         "events/s",
         &format!("no loss ({count}/{expected})"),
         Some(count == expected),
     );
     r.plain(
-        &format!("4. fan-out to {sessions}: latency p50"),
+        &format!("4. fan-out to {sessions}{tag}: latency p50"),
         percentile(&mut lats, 0.5),
         "ms",
         "report",
         None,
     );
     r.plain(
-        &format!("4. fan-out to {sessions}: latency p99"),
+        &format!("4. fan-out to {sessions}{tag}: latency p99"),
         p99,
         "ms",
         "p99 < 50 ms",
@@ -879,10 +918,24 @@ async fn main() {
     bench_receive(&mut r, 100, if quick { 20_000 } else { 200_000 }).await;
     bench_receive(&mut r, 4096, if quick { 5_000 } else { 50_000 }).await;
     eprintln!("bench: handshake");
-    bench_handshake(&mut r).await;
+    bench_handshake(&mut r, None).await;
     eprintln!("bench: fan-out");
     for n in [1, 100, 1000] {
-        bench_fanout(&mut r, n).await;
+        bench_fanout(&mut r, n, None).await;
+    }
+    // --redis: the same rows with the server's state in a local redis-server.
+    let redis = if args.iter().any(|a| a == "--redis") {
+        soak::start_redis()
+    } else {
+        None
+    };
+    if let Some((_, port)) = &redis {
+        let url = format!("redis://127.0.0.1:{port}");
+        eprintln!("bench: handshake and fan-out through Redis");
+        bench_handshake(&mut r, Some(&url)).await;
+        for n in [1, 100, 1000] {
+            bench_fanout(&mut r, n, Some(&url)).await;
+        }
     }
     eprintln!("bench: scale (server in its own process)");
     bench_scale(&mut r, if quick { &[1_000] } else { &[1_000, 10_000] }).await;

@@ -275,7 +275,7 @@ async fn bad_client(base: String, kind: u64, until: Instant, tally: Arc<Tally>) 
 
 /// Runs the soak for `secs` seconds; returns the process exit code.
 /// A `redis-server` child for the soak (killed on drop).
-struct RedisChild(std::process::Child);
+pub(crate) struct RedisChild(std::process::Child);
 
 impl Drop for RedisChild {
     fn drop(&mut self) {
@@ -284,7 +284,7 @@ impl Drop for RedisChild {
     }
 }
 
-fn start_redis() -> Option<(RedisChild, u16)> {
+pub(crate) fn start_redis() -> Option<(RedisChild, u16)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .ok()?
         .local_addr()

@@ -701,6 +701,15 @@ impl ServerEndpoint {
         let Some(s) = self.sessions.get_mut(session) else {
             return;
         };
+        let mut state = state;
+        state.connections = state.connections.max(s.state.connections);
+        if state.slices < s.state.slices {
+            // An older copy (a load that raced a newer commit): paid time
+            // never goes back; only the connection count is news.
+            let mut newer = s.state.clone();
+            newer.connections = state.connections;
+            state = newer;
+        }
         let old = std::mem::replace(&mut s.state, state);
         // Settlements this instance runs count even if the store lags.
         for (k, r) in &self.records {

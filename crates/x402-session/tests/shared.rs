@@ -295,3 +295,20 @@ proptest! {
         prop_assert!(paid + (admitted + 1) * 10_000 > horizon * 10_000 || admitted as usize == tries);
     }
 }
+
+#[test]
+fn an_older_copy_never_takes_paid_time_back() {
+    let t0 = Instant::now();
+    let mut a = Inst::new(t0);
+    let (p1, p2) = (payment(1), payment(2));
+    let id = settle_id(a.ep.handle_payment(a.at(0), &quote(), p1));
+    a.ep.handle_settled(a.at(0), id, settled(), 0);
+    let old = a.ep.export_session("q").unwrap();
+    let id = settle_id(a.ep.handle_payment(a.at(1), &quote(), p2));
+    a.ep.handle_settled(a.at(1), id, settled(), 0);
+    let expires = a.ep.expires_at("q");
+    // A load that started before the second credit lands after it.
+    a.ep.import_session(a.at(2), "q", None, old);
+    assert_eq!(a.ep.slices("q"), 2);
+    assert_eq!(a.ep.expires_at("q"), expires);
+}
