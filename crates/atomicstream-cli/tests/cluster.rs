@@ -642,6 +642,18 @@ async fn redis_down_means_503_and_nothing_credited_then_service_returns() {
     let e = ErrorBody::from_json(body.as_bytes()).unwrap();
     assert_eq!(e.error, ErrorCode::StoreUnavailable);
     assert!(connect(&inst[1], &q, None, Some(&p)).await.is_err());
+    let metrics = reqwest::get(format!("{}/metrics", a.http()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let store_errors: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("atomicstream_store_errors_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("store_errors in /metrics");
+    assert!(store_errors >= 1.0, "the operator sees the outage");
     redis.signal("-CONT");
     // Back: the same payment is accepted, once.
     let r = renewed(a, &q, &p).await;

@@ -220,6 +220,12 @@ impl AppState {
         self.core().stats()
     }
 
+    /// A store failure as the client's 503, counted for `/metrics`.
+    fn store_down(&self, e: StoreError) -> ApiError {
+        self.metrics.store_errors.inc();
+        store_down(e)
+    }
+
     /// Whether a socket of `session` is held here.
     pub(crate) fn has_connection(&self, session: &str) -> bool {
         self.core().has_connection(session)
@@ -244,7 +250,10 @@ impl AppState {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let v = store.load_session(&quote.id).await.map_err(store_down)?;
+        let v = store
+            .load_session(&quote.id)
+            .await
+            .map_err(|e| self.store_down(e))?;
         if v.exists {
             self.with_core(|ep, now| ep.import_session(now, &quote.id, Some(quote), v.state));
         }
@@ -261,7 +270,10 @@ impl AppState {
         from: Option<u64>,
         head: StreamHead,
     ) -> Result<Connected, Refusal> {
-        let unavailable = |e: StoreError| Refusal::new(ErrorCode::StoreUnavailable, e.to_string());
+        let unavailable = |e: StoreError| {
+            self.metrics.store_errors.inc();
+            Refusal::new(ErrorCode::StoreUnavailable, e.to_string())
+        };
         let v = store.load_session(&quote.id).await.map_err(unavailable)?;
         let n = store
             .connect_session(&quote.id)
@@ -294,7 +306,7 @@ impl AppState {
         req: &FacilitatorRequest,
     ) -> Result<PaymentDecision, ApiError> {
         let payload =
-            serde_json::to_string(req).map_err(|e| store_down(StoreError::from_text(e)))?;
+            serde_json::to_string(req).map_err(|e| self.store_down(StoreError::from_text(e)))?;
         for _ in 0..8 {
             let loaded = store
                 .load(
@@ -302,7 +314,7 @@ impl AppState {
                     Some((&p.key, &p.payer, &p.nonce, p.payment_id.as_deref())),
                 )
                 .await
-                .map_err(store_down)?;
+                .map_err(|e| self.store_down(e))?;
             if loaded.orphan_claim {
                 return Ok(PaymentDecision::Refused(Refusal::new(
                     ErrorCode::PaymentUsed,
@@ -316,7 +328,11 @@ impl AppState {
                     && r.owner != store.instance()
             }) {
                 // Its settling instance died: take the settlement over.
-                if store.adopt(&r.key, &r.owner).await.map_err(store_down)? {
+                if store
+                    .adopt(&r.key, &r.owner)
+                    .await
+                    .map_err(|e| self.store_down(e))?
+                {
                     let Ok(req) = FacilitatorRequest::from_json(r.payload.as_bytes()) else {
                         tracing::error!(payer = %r.record.payer, nonce = %r.record.nonce,
                             "a dead instance's settlement has no readable payload; reconcile it");
@@ -386,13 +402,11 @@ impl AppState {
                 Err(e) => {
                     // Never settle a payment that could not be recorded.
                     self.with_core(|ep, now| ep.abandon(now, id));
-                    return Err(store_down(e));
+                    return Err(self.store_down(e));
                 }
             }
         }
-        Err(store_down(StoreError::from_text(
-            "too many concurrent changes",
-        )))
+        Err(self.store_down(StoreError::from_text("too many concurrent changes")))
     }
 
     /// Loads a payment's record again (it settles on another instance).
@@ -452,6 +466,7 @@ impl AppState {
             let loaded = match store.load_session(session).await {
                 Ok(v) => v,
                 Err(e) => {
+                    self.metrics.store_errors.inc();
                     tracing::warn!(error = %e, "settlement outcome waits for the store");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -511,6 +526,7 @@ impl AppState {
                     return;
                 }
                 Err(e) => {
+                    self.metrics.store_errors.inc();
                     tracing::warn!(error = %e, "settlement outcome waits for the store");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub settlement_seconds: Family<OutcomeLabel, Histogram>,
     /// Facilitator attempts that gave no usable answer.
     pub facilitator_errors: Counter,
+    /// Shared-store (Redis) operations that failed or timed out.
+    pub store_errors: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -83,6 +85,7 @@ impl Default for Metrics {
                 Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
             }),
             facilitator_errors: Counter::default(),
+            store_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("sessions", "Sessions held", m.sessions.clone());
@@ -127,6 +130,11 @@ impl Default for Metrics {
             "facilitator_errors",
             "Facilitator attempts without a usable answer",
             m.facilitator_errors.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Shared-store (Redis) operations that failed or timed out",
+            m.store_errors.clone(),
         );
         Metrics { registry, ..m }
     }
