@@ -275,6 +275,13 @@ impl AppState {
             Refusal::new(ErrorCode::StoreUnavailable, e.to_string())
         };
         let v = store.load_session(&quote.id).await.map_err(unavailable)?;
+        // Paid time first: a refused upgrade must not supersede a socket elsewhere.
+        self.with_core(|ep, now| {
+            if v.exists {
+                ep.import_session(now, &quote.id, Some(quote), v.state.clone());
+            }
+            ep.check_connect(now, quote)
+        })?;
         let n = store
             .connect_session(&quote.id)
             .await

@@ -168,20 +168,31 @@ return 'ok'
 "#;
 
 const FINISH: &str = r#"
-local o = redis.call('HGET', KEYS[2], 'o')
-if o ~= ARGV[6] then return 'lost' end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 'lost' end
+local o = redis.call('HGET', KEYS[2], 'o') or ''
+if o ~= ARGV[6] then
+  -- Not (or no longer) ours. A definite outcome still ends a record that is
+  -- settling elsewhere, and a settlement beats an unresolved answer; but only
+  -- the owner may forget a payload (another attempt may be under way).
+  if ARGV[9] == 'forget' then return 'lost' end
+  if o == '' and not (ARGV[9] == 'credit' and redis.call('HGET', KEYS[2], 'u') == '1') then
+    return 'lost'
+  end
+end
 if ARGV[2] ~= '' then
   local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
   if v ~= tonumber(ARGV[1]) then return 'conflict' end
   redis.call('HSET', KEYS[1], 'v', v + 1, 'j', ARGV[2])
   redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 end
-if ARGV[4] == '' then
+if ARGV[9] == 'forget' then
   redis.call('DEL', KEYS[2])
   if redis.call('GET', KEYS[3]) == ARGV[7] then redis.call('DEL', KEYS[3]) end
   if ARGV[8] == '1' and redis.call('GET', KEYS[4]) == ARGV[7] then redis.call('DEL', KEYS[4]) end
 else
-  redis.call('HSET', KEYS[2], 'j', ARGV[4], 'o', '', 'd', '')
+  local u = '0'
+  if ARGV[9] == 'unresolved' then u = '1' end
+  redis.call('HSET', KEYS[2], 'j', ARGV[4], 'o', '', 'd', '', 'u', u)
   redis.call('PEXPIREAT', KEYS[2], ARGV[5])
   redis.call('PEXPIREAT', KEYS[3], ARGV[5])
   if ARGV[8] == '1' then redis.call('PEXPIREAT', KEYS[4], ARGV[5]) end
@@ -438,9 +449,12 @@ impl RedisStore {
         })
     }
 
-    /// Finishes a settlement this instance owns: the record's final state
-    /// (`None`: forget the payload and free its authorization), and the
-    /// session's state when it changed (compared against `version`).
+    /// Finishes a settlement: the record's final state (`None`: forget the
+    /// payload and free its authorization; only its owner may), and the
+    /// session's state when it changed (compared against `version`). A
+    /// definite outcome also ends a record another instance took over, and
+    /// a settlement replaces an unresolved outcome (it is the fact that
+    /// answer lacked); otherwise `Lost`.
     #[allow(clippy::too_many_arguments)]
     pub async fn finish(
         &self,
@@ -471,6 +485,7 @@ impl RedisStore {
                     self.instance.clone(),
                     key.as_str().to_string(),
                     if pid.is_some() { "1" } else { "0" }.into(),
+                    finish_kind(record).into(),
                 ],
             )
             .await?;
@@ -617,6 +632,18 @@ impl RedisStore {
     /// The multiplexed connection.
     pub(crate) fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+}
+
+fn finish_kind(record: Option<&PaymentRecord>) -> &'static str {
+    use x402_session::PaymentStatus;
+    match record.map(|r| &r.status) {
+        None => "forget",
+        Some(PaymentStatus::Credited(_)) => "credit",
+        Some(PaymentStatus::Refused(r)) if r.code == x402_types::ErrorCode::SettlementUnknown => {
+            "unresolved"
+        }
+        Some(_) => "final",
     }
 }
 
