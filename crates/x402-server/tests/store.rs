@@ -26,21 +26,24 @@ fn redis() -> Redis {
         .local_addr()
         .unwrap()
         .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server not found: `cargo xtask tools` installs Debian's redis-server");
+    let r = Redis(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: `cargo xtask tools` installs Debian's redis-server"),
+        port,
+    );
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Redis(child, port);
+            return r;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -177,9 +180,11 @@ async fn a_settlement_beats_an_unresolved_answer_and_only_the_owner_forgets() {
         Commit::Done
     );
     // Then A's answer arrives: settled. The fact replaces the ignorance.
-    let mut paid = SessionState::default();
-    paid.slices = 1;
-    paid.paid_until_ms = Some(10_000);
+    let paid = SessionState {
+        slices: 1,
+        paid_until_ms: Some(10_000),
+        ..SessionState::default()
+    };
     let done = record(credited(1));
     assert_eq!(
         a.finish("q", 2, Some(&paid), until, &key, &rec, Some(&done))
