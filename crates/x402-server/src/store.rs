@@ -212,6 +212,16 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 return redis.call('HINCRBY', KEYS[1], 'c', 1)
 "#;
 
+const PUBLISH: &str = r#"
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local seq = 0
+if #top > 0 then
+  seq = tonumber(string.match(top[1][1], '^(%d+)-')) + 1
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'f', ARGV[1] .. seq .. ARGV[2])
+return seq
+"#;
+
 const LEASE: &str = r#"
 local h = redis.call('GET', KEYS[1])
 if h == ARGV[1] then
@@ -559,9 +569,9 @@ impl RedisStore {
 
     /// Publishes one event into a stream's shared log, from any process
     /// (the `api` source of a cluster: every instance delivers it). Returns
-    /// its sequence number. Concurrent publishers never share a number: the
-    /// entry id is the sequence number and Redis refuses one not above the
-    /// last, in which case this reads the last again and retries.
+    /// its sequence number. Concurrent publishers never share a number: one
+    /// script reads the stream's last entry and appends with the next number
+    /// as its id.
     ///
     /// ```no_run
     /// # async fn f() -> Result<(), x402_server::StoreError> {
@@ -576,38 +586,24 @@ impl RedisStore {
         cap: usize,
         data: &serde_json::Value,
     ) -> Result<u64, StoreError> {
-        use redis::streams::StreamRangeReply;
-        let key = self.events_key(stream);
         let raw = serde_json::value::to_raw_value(data)
             .map_err(|e| StoreError(format!("cannot encode: {e}")))?;
-        let mut conn = self.conn.clone();
-        let mut last_err = StoreError("no attempt".into());
-        for _ in 0..16 {
-            let last: StreamRangeReply = conn.xrevrange_count(&key, "+", "-", 1).await?;
-            let seq = last
-                .ids
-                .first()
-                .and_then(|e| e.id.split_once('-'))
-                .and_then(|(ms, _)| ms.parse::<u64>().ok())
-                .map_or(0, |s| s + 1);
-            let text = crate::hub::event_text(seq, raw.clone());
-            let r: Result<String, redis::RedisError> = redis::cmd("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(cap.max(1))
-                .arg(format!("{seq}-1"))
-                .arg("f")
-                .arg(text)
-                .query_async(&mut conn)
-                .await;
-            match r {
-                Ok(_) => return Ok(seq),
-                Err(e) if e.to_string().contains("equal or smaller") => last_err = e.into(),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(last_err)
+        // The frame with sequence number 0, split around the number: the
+        // script numbers it atomically (the next after the stream's last).
+        let text = crate::hub::event_text(0, raw);
+        let head = r#"{"type":"event","seq":"#;
+        let tail = text
+            .strip_prefix(head)
+            .and_then(|t| t.strip_prefix('0'))
+            .ok_or_else(|| StoreError("unexpected event frame".into()))?;
+        let seq: u64 = self
+            .run(
+                PUBLISH,
+                &[self.events_key(stream)],
+                &[head.to_string(), tail.to_string(), cap.max(1).to_string()],
+            )
+            .await?;
+        Ok(seq)
     }
 
     /// Subscribes to session change notices.
