@@ -290,7 +290,7 @@ fn check_config(path: Option<&std::path::Path>) -> Result<u8, Fail> {
     let problems = cfg.problems();
     if problems.is_empty() {
         eprintln!(
-            "{}: valid ({} streams, facilitator {})",
+            "{}: valid ({} streams, facilitator {}, state {})",
             path.display(),
             cfg.streams.len(),
             match &cfg.facilitator {
@@ -298,6 +298,10 @@ fn check_config(path: Option<&std::path::Path>) -> Result<u8, Fail> {
                 Some(x402_server::FacilitatorConfig::Http { .. }) => "http",
                 Some(x402_server::FacilitatorConfig::Evm { .. }) => "evm",
                 None => "none",
+            },
+            match &cfg.store {
+                x402_server::StoreConfig::Memory => "in memory (one instance; lost on restart)",
+                x402_server::StoreConfig::Redis { .. } => "in Redis (shared by instances)",
             }
         );
         return Ok(exit::OK);

@@ -498,6 +498,25 @@ fn config_example_is_valid_and_check_names_each_problem() {
     ] {
         assert!(err.contains(field), "{field} missing in {err}");
     }
+    // A Redis store without a shared secret: instances could not read each other's tokens.
+    let redis_text = example.replace(
+        "# [store]\n# kind = \"redis\"\n# url = \"redis://127.0.0.1:6379\"",
+        "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"",
+    );
+    assert_ne!(redis_text, example, "the example shows the [store] section");
+    let redis = dir.join("redis.toml");
+    std::fs::write(&redis, redis_text).unwrap();
+    let out = bin()
+        .args(["serve", "--check", "--config", redis.to_str().unwrap()])
+        .env_remove("X402_SERVER_SECRET")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("  - secret: instances sharing a store"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
