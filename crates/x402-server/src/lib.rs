@@ -244,8 +244,13 @@ impl Server {
         &self.state.ws_base
     }
 
-    /// A publisher for a stream.
+    /// A publisher for a stream. `None` for an unknown stream, and when the
+    /// state is in Redis: there every instance delivers the shared log, fed
+    /// with [`RedisStore::publish`] from any process.
     pub fn publisher(&self, stream: &str) -> Option<Publisher> {
+        if !matches!(self.state.cfg.store, StoreConfig::Memory) {
+            return None;
+        }
         self.state
             .streams
             .get(stream)
