@@ -1483,7 +1483,14 @@ impl ServerEndpoint {
                 } else if !s.expired_sent {
                     until
                 } else {
-                    until + self.cfg.grace
+                    // The 4402 close waits for payments in flight; if none
+                    // settles, until the last one's deadline (never a timer
+                    // in the past: that would fire again at once).
+                    let last_flight = s.state.in_flight.values().copied().max();
+                    let close = until + self.cfg.grace;
+                    last_flight.map_or(close, |d| {
+                        close.max(self.at(d.saturating_add(1).saturating_mul(1000)))
+                    })
                 })
             }
             _ => None,

@@ -490,3 +490,37 @@ fn records_and_sessions_are_swept_once_nothing_needs_them() {
     }
     assert_eq!(f.ep.stats(), EndpointStats::default(), "everything swept");
 }
+
+/// A renewal still settling when paid time plus grace has passed: the close
+/// waits for it, and the timer never fires in the past (it used to be
+/// rescheduled at a past instant, and `handle_timeout` spun forever; found by
+/// the property test with a facilitator answering `settlement_pending`).
+#[test]
+fn a_renewal_settling_past_the_grace_delays_the_close_without_spinning() {
+    let mut f = fixture();
+    let p = f.payload();
+    let id = settle_id(f.pay(0, &p));
+    f.settle(0, id, settled(), 0);
+    let q = f.quote.clone();
+    let head = StreamHead {
+        next_seq: 0,
+        oldest_seq: 0,
+    };
+    f.ep.connect(f.t0, &q, ConnId(1), None, head).unwrap();
+    // The next slice's settlement stays pending beyond expiry (10 s) + grace (5 s).
+    let p2 = f.payload();
+    let id2 = settle_id(f.pay(8, &p2));
+    f.settle(8, id2, SettleOutcome::Pending, 0);
+    let t = f.t0 + Duration::from_secs(16);
+    f.ep.handle_timeout(t);
+    let next = f.ep.poll_timeout().unwrap();
+    assert!(next > t, "a timer in the past would fire again at once");
+    let closes = std::iter::from_fn(|| f.ep.poll_transmit())
+        .filter(|t| matches!(t, ServerTransmit::Close { .. }))
+        .count();
+    assert_eq!(closes, 0, "the renewal may still land");
+    // It lands: paid time continues, no close.
+    while let Some(_j) = f.ep.poll_settle() {}
+    f.settle(17, id2, settled(), 0);
+    assert_eq!(f.ep.slices("q"), 2);
+}
