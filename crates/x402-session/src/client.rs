@@ -448,6 +448,8 @@ pub struct ClientSession {
     asking: Option<(u64, Purpose)>,
     resigns: u32,
     renew_req: Option<RequestId>,
+    /// The slice whose payment the renew request in flight carries.
+    renew_slice: Option<u64>,
     renew_at: Option<Instant>,
     renew_retry_at: Option<Instant>,
     renew_attempt: u32,
@@ -492,6 +494,7 @@ impl ClientSession {
             asking: None,
             resigns: 0,
             renew_req: None,
+            renew_slice: None,
             renew_at: None,
             renew_retry_at: None,
             renew_attempt: 0,
@@ -1103,6 +1106,7 @@ impl ClientSession {
         };
         let id = self.request_id();
         self.renew_req = Some(id);
+        self.renew_slice = self.pending.as_ref().map(|p| p.slice);
         self.stats.renew_attempts += 1;
         self.transmits.push_back(Transmit::Http {
             id,
@@ -1178,6 +1182,18 @@ impl ClientSession {
     }
 
     fn on_renew_response(&mut self, now: Instant, resp: HttpResponse) {
+        let carried = self.renew_slice.take();
+        if carried.is_some() && carried != self.pending.as_ref().map(|p| p.slice) {
+            // The answer about a payment already settled otherwise (its
+            // acceptance came through an upgrade); it says nothing about the
+            // payment now pending. Only the paid time it reports counts.
+            if resp.status == 200
+                && let Ok(r) = RenewResponse::from_json(&resp.body)
+            {
+                self.update_expiry(now, r.expires_at, None, r.slices);
+            }
+            return;
+        }
         match resp.status {
             200 => match RenewResponse::from_json(&resp.body) {
                 Ok(r) => {

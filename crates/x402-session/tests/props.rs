@@ -127,3 +127,43 @@ proptest! {
         }
     }
 }
+
+/// A case the property test found: slice 6's renewal answers were lost, its
+/// paid time ran out, the reconnect carrying its payload heard "accepted,
+/// no time left" and slice 7 was signed; then the late answer to slice 6's
+/// renewal was taken as slice 7's acceptance, and slice 8 was asked for
+/// while slice 7's time was still ahead. Answers now belong to the slice
+/// their request carried.
+#[test]
+fn a_late_renew_answer_for_an_older_slice_is_not_the_new_slices() {
+    let mut s = Sim::new(SimConfig {
+        version: PathVersion::V2,
+        slice_seconds: 9,
+        budget_slices: 7,
+        faults: Faults {
+            latency_ms: 257,
+            jitter_ms: 374,
+            drop_http_permille: 196,
+            cut_permille: 5,
+        },
+        seed: 6543714646680094194,
+        buffer_cap: 2,
+        ..Default::default()
+    });
+    s.server.settle_delay = std::time::Duration::from_millis(0);
+    s.server.pending_first = 1;
+    s.start();
+    let mut t = 0;
+    for step in [Some(11u64), Some(11), Some(23), None, Some(0), Some(18)] {
+        match step {
+            Some(0) => s.server.drop_renew_answers += 1,
+            Some(secs) => {
+                t += secs;
+                let at = s.at(t);
+                s.run_until(at);
+            }
+            None => s.cut(),
+        }
+        s.check_invariants();
+    }
+}
