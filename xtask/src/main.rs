@@ -117,10 +117,11 @@ fn redis_version() -> Option<String> {
 /// apt-get when missing (as root, or through sudo).
 fn redis_server() -> bool {
     if let Some(v) = redis_version() {
-        if v.starts_with(REDIS_MAJOR) {
-            return true;
+        // Another major version is used, with a word: the tests need only
+        // scripts, streams and pub/sub (Redis 6.2 and later).
+        if !v.starts_with(REDIS_MAJOR) {
+            eprintln!("xtask: redis-server {v} found; the tests expect {REDIS_MAJOR}x");
         }
-        eprintln!("xtask: redis-server {v} found; the tests expect {REDIS_MAJOR}x");
         return true;
     }
     let root = Command::new("id")

@@ -274,24 +274,20 @@ impl AppState {
             self.metrics.store_errors.inc();
             Refusal::new(ErrorCode::StoreUnavailable, e.to_string())
         };
-        let v = store.load_session(&quote.id).await.map_err(unavailable)?;
-        // Paid time first: a refused upgrade must not supersede a socket elsewhere.
-        self.with_core(|ep, now| {
-            if v.exists {
-                ep.import_session(now, &quote.id, Some(quote), v.state.clone());
-            }
-            ep.check_connect(now, quote)
-        })?;
+        // The session was loaded from the store before the 101
+        // (`refresh_for_connect`). Paid time first: a refused upgrade must
+        // not supersede a socket elsewhere.
+        self.with_core(|ep, now| ep.check_connect(now, quote))?;
         let n = store
             .connect_session(&quote.id)
             .await
             .map_err(unavailable)?
-            .filter(|_| v.exists)
             .ok_or_else(|| Refusal::new(ErrorCode::PaymentRequired, "a payment is required"))?;
-        let mut state = v.state;
-        state.connections = n.saturating_sub(1);
         let r = self.with_core(|ep, now| {
-            ep.import_session(now, &quote.id, Some(quote), state);
+            if let Some(mut state) = ep.export_session(&quote.id) {
+                state.connections = n.saturating_sub(1);
+                ep.import_session(now, &quote.id, Some(quote), state);
+            }
             ep.connect(now, quote, conn, from, head)
         });
         if let Err(e) = store.notify(&quote.id).await {
@@ -316,10 +312,7 @@ impl AppState {
             serde_json::to_string(req).map_err(|e| self.store_down(StoreError::from_text(e)))?;
         for _ in 0..8 {
             let loaded = store
-                .load(
-                    &quote.id,
-                    Some((&p.key, &p.payer, &p.nonce, p.payment_id.as_deref())),
-                )
+                .load(&quote.id, Some(p))
                 .await
                 .map_err(|e| self.store_down(e))?;
             if loaded.orphan_claim {
@@ -418,13 +411,7 @@ impl AppState {
 
     /// Loads a payment's record again (it settles on another instance).
     async fn refresh_payment(self: &Arc<Self>, store: &RedisStore, quote: &Quote, p: &PaymentIn) {
-        let Ok(loaded) = store
-            .load(
-                &quote.id,
-                Some((&p.key, &p.payer, &p.nonce, p.payment_id.as_deref())),
-            )
-            .await
-        else {
+        let Ok(loaded) = store.load(&quote.id, Some(p)).await else {
             return;
         };
         self.with_core(|ep, now| {
@@ -473,10 +460,7 @@ impl AppState {
             let loaded = match store.load_session(session).await {
                 Ok(v) => v,
                 Err(e) => {
-                    self.metrics.store_errors.inc();
-                    tracing::warn!(error = %e, "settlement outcome waits for the store");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    self.wait_for_store(e, &mut backoff).await;
                     continue;
                 }
             };
@@ -532,14 +516,17 @@ impl AppState {
                     self.with_core(|ep, now| ep.disown(now, id));
                     return;
                 }
-                Err(e) => {
-                    self.metrics.store_errors.inc();
-                    tracing::warn!(error = %e, "settlement outcome waits for the store");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
+                Err(e) => self.wait_for_store(e, &mut backoff).await,
             }
         }
+    }
+
+    /// A settlement outcome waits for an unreachable store: count, log, back off.
+    async fn wait_for_store(&self, e: StoreError, backoff: &mut Duration) {
+        self.metrics.store_errors.inc();
+        tracing::warn!(error = %e, "settlement outcome waits for the store");
+        tokio::time::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(Duration::from_secs(2));
     }
 
     /// Feeds the endpoint, then drains every output: socket transmits to the

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 
 use crate::app::AppState;
 use crate::config::SourceConfig;
-use crate::hub::{Hub, Sink, event_text};
+use crate::hub::{Hub, Sink};
 use crate::store::RedisStore;
 
 /// How long a heartbeat or a source lease lasts without renewal.
@@ -126,10 +126,14 @@ pub(crate) async fn lead(store: RedisStore, stream: String, source: SourceConfig
                 let leading = Arc::new(AtomicBool::new(true));
                 let keeper =
                     tokio::spawn(keep_lease(store.clone(), stream.clone(), leading.clone()));
-                match StoreSink::new(store.clone(), &stream, cap, leading.clone()).await {
-                    Ok(sink) => crate::run_source(sink, source.clone()).await,
-                    Err(e) => tracing::warn!(stream, error = %e, "cannot start the source"),
-                }
+                let sink = StoreSink {
+                    store: store.clone(),
+                    stream: stream.clone(),
+                    next: None,
+                    cap,
+                    leading: leading.clone(),
+                };
+                crate::run_source(sink, source.clone()).await;
                 leading.store(false, Ordering::Relaxed);
                 keeper.abort();
                 tracing::info!(stream, "no longer running the stream's source");
@@ -154,35 +158,12 @@ async fn keep_lease(store: RedisStore, stream: String, leading: Arc<AtomicBool>)
 /// Appends a leading source's events to the stream in the store.
 struct StoreSink {
     store: RedisStore,
-    key: String,
-    next: u64,
+    stream: String,
+    /// The next sequence number, once known: an append that finds another
+    /// number means another instance published meanwhile (it leads now).
+    next: Option<u64>,
     cap: usize,
     leading: Arc<AtomicBool>,
-}
-
-impl StoreSink {
-    async fn new(
-        store: RedisStore,
-        stream: &str,
-        cap: usize,
-        leading: Arc<AtomicBool>,
-    ) -> Result<Self, crate::store::StoreError> {
-        let key = store.events_key(stream);
-        let mut conn = store.conn();
-        let last: StreamRangeReply = conn.xrevrange_count(&key, "+", "-", 1).await?;
-        let next = last
-            .ids
-            .first()
-            .and_then(|e| seq_of(&e.id))
-            .map_or(0, |s| s + 1);
-        Ok(StoreSink {
-            store,
-            key,
-            next,
-            cap,
-            leading,
-        })
-    }
 }
 
 #[async_trait::async_trait]
@@ -191,28 +172,21 @@ impl Sink for StoreSink {
         if !self.leading.load(Ordering::Relaxed) {
             return false;
         }
-        let seq = self.next;
-        let text = event_text(seq, data);
-        let mut conn = self.store.conn();
-        let r: Result<String, _> = redis::cmd("XADD")
-            .arg(&self.key)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.cap)
-            .arg(format!("{seq}-1"))
-            .arg("f")
-            .arg(text)
-            .query_async(&mut conn)
-            .await;
-        match r {
-            Ok(_) => {
-                self.next += 1;
+        match self
+            .store
+            .append(&self.stream, self.cap, data, self.next)
+            .await
+        {
+            Ok(Some(seq)) => {
+                self.next = Some(seq + 1);
                 true
             }
+            Ok(None) => {
+                tracing::warn!(stream = %self.stream, "another instance published: giving up the source");
+                false
+            }
             Err(e) => {
-                // An id not above the last means another instance published
-                // this sequence number: it leads now.
-                tracing::warn!(error = %e, "event not appended; giving up the source");
+                tracing::warn!(stream = %self.stream, error = %e, "event not appended; giving up the source");
                 false
             }
         }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
-use x402_session::{PaymentKey, PaymentRecord, SessionState};
+use x402_session::{PaymentIn, PaymentKey, PaymentRecord, SessionState};
 use x402_types::{Address, Nonce};
 
 /// A store operation failed: Redis is unreachable, slow, or answered
@@ -218,6 +218,7 @@ local seq = 0
 if #top > 0 then
   seq = tonumber(string.match(top[1][1], '^(%d+)-')) + 1
 end
+if ARGV[4] ~= '' and tonumber(ARGV[4]) ~= seq then return -1 end
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'f', ARGV[1] .. seq .. ARGV[2])
 return seq
 "#;
@@ -255,6 +256,17 @@ struct RecRaw {
     a: bool,
 }
 
+/// Waits at most `limit` for a Redis operation.
+async fn timed<T, E: Into<StoreError>>(
+    limit: Duration,
+    op: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, op)
+        .await
+        .map_err(|_| StoreError("redis did not answer in time".into()))?
+        .map_err(Into::into)
+}
+
 fn ms(unix_secs: u64) -> u64 {
     unix_secs.saturating_mul(1000)
 }
@@ -267,12 +279,11 @@ impl RedisStore {
             .set_response_timeout(Some(timeout))
             .set_connection_timeout(Some(timeout))
             .set_number_of_retries(1);
-        let conn = tokio::time::timeout(
+        let conn = timed(
             timeout * 2,
             ConnectionManager::new_with_config(client.clone(), cfg),
         )
-        .await
-        .map_err(|_| StoreError("redis did not answer in time".into()))??;
+        .await?;
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).map_err(|e| StoreError(format!("no randomness: {e}")))?;
         Ok(RedisStore {
@@ -297,13 +308,11 @@ impl RedisStore {
     /// A dedicated connection (subscriptions and blocking reads must not
     /// share the multiplexed one).
     pub(crate) async fn dedicated(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
-        let c = tokio::time::timeout(
+        timed(
             self.timeout * 2,
             self.client.get_multiplexed_async_connection(),
         )
         .await
-        .map_err(|_| StoreError("redis did not answer in time".into()))??;
-        Ok(c)
     }
 
     fn session_key(&self, session: &str) -> String {
@@ -349,10 +358,7 @@ impl RedisStore {
         for a in args {
             inv.arg(a);
         }
-        tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
-            .await
-            .map_err(|_| StoreError("redis did not answer in time".into()))?
-            .map_err(StoreError::from)
+        timed(self.timeout, inv.invoke_async(&mut conn)).await
     }
 
     /// Loads a session and, for a payment, its record and the records holding
@@ -360,13 +366,16 @@ impl RedisStore {
     pub async fn load(
         &self,
         session: &str,
-        payment: Option<(&PaymentKey, &Address, &Nonce, Option<&str>)>,
+        payment: Option<&PaymentIn>,
     ) -> Result<Loaded, StoreError> {
         let (own, claim, pid) = match payment {
-            Some((k, payer, nonce, pid)) => (
-                k.as_str().to_string(),
-                self.claim_key(payer, nonce),
-                pid.map(|p| self.pid_key(p)).unwrap_or_default(),
+            Some(p) => (
+                p.key.as_str().to_string(),
+                self.claim_key(&p.payer, &p.nonce),
+                p.payment_id
+                    .as_deref()
+                    .map(|i| self.pid_key(i))
+                    .unwrap_or_default(),
             ),
             None => (String::new(), String::new(), String::new()),
         };
@@ -529,10 +538,7 @@ impl RedisStore {
     /// Tells every instance that a session changed.
     pub async fn notify(&self, session: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let _: i64 =
-            tokio::time::timeout(self.timeout, conn.publish(self.notify_channel(), session))
-                .await
-                .map_err(|_| StoreError("redis did not answer in time".into()))??;
+        let _: i64 = timed(self.timeout, conn.publish(self.notify_channel(), session)).await?;
         Ok(())
     }
 
@@ -541,18 +547,16 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let key = format!("{}alive:{}", self.prefix, self.instance);
-        let _: () = tokio::time::timeout(
+        timed(
             self.timeout,
             redis::cmd("SET")
                 .arg(key)
                 .arg("1")
                 .arg("PX")
                 .arg(ms)
-                .query_async(&mut conn),
+                .query_async::<()>(&mut conn),
         )
         .await
-        .map_err(|_| StoreError("redis did not answer in time".into()))??;
-        Ok(())
     }
 
     /// Takes or keeps the lease of a stream's source for `ttl`; `true` when held.
@@ -588,46 +592,49 @@ impl RedisStore {
     ) -> Result<u64, StoreError> {
         let raw = serde_json::value::to_raw_value(data)
             .map_err(|e| StoreError(format!("cannot encode: {e}")))?;
+        self.append(stream, cap, raw, None)
+            .await?
+            .ok_or_else(|| StoreError("event not appended".into()))
+    }
+
+    /// Appends an event with the next sequence number, atomically; with
+    /// `expected`, only if that is the next number (`None` otherwise: another
+    /// publisher got there first).
+    pub(crate) async fn append(
+        &self,
+        stream: &str,
+        cap: usize,
+        data: Box<serde_json::value::RawValue>,
+        expected: Option<u64>,
+    ) -> Result<Option<u64>, StoreError> {
         // The frame with sequence number 0, split around the number: the
-        // script numbers it atomically (the next after the stream's last).
-        let text = crate::hub::event_text(0, raw);
+        // script numbers it (the next after the stream's last).
+        let text = crate::hub::event_text(0, data);
         let head = r#"{"type":"event","seq":"#;
         let tail = text
             .strip_prefix(head)
             .and_then(|t| t.strip_prefix('0'))
             .ok_or_else(|| StoreError("unexpected event frame".into()))?;
-        let seq: u64 = self
+        let seq: i64 = self
             .run(
                 PUBLISH,
                 &[self.events_key(stream)],
-                &[head.to_string(), tail.to_string(), cap.max(1).to_string()],
+                &[
+                    head.to_string(),
+                    tail.to_string(),
+                    cap.max(1).to_string(),
+                    expected.map(|e| e.to_string()).unwrap_or_default(),
+                ],
             )
             .await?;
-        Ok(seq)
+        Ok(u64::try_from(seq).ok())
     }
 
     /// Subscribes to session change notices.
     pub(crate) async fn subscribe(&self) -> Result<redis::aio::PubSub, StoreError> {
-        let mut ps = tokio::time::timeout(self.timeout * 2, self.client.get_async_pubsub())
-            .await
-            .map_err(|_| StoreError("redis did not answer in time".into()))??;
+        let mut ps = timed(self.timeout * 2, self.client.get_async_pubsub()).await?;
         ps.subscribe(self.notify_channel()).await?;
         Ok(ps)
-    }
-
-    /// A health check.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _: String =
-            tokio::time::timeout(self.timeout, redis::cmd("PING").query_async(&mut conn))
-                .await
-                .map_err(|_| StoreError("redis did not answer in time".into()))??;
-        Ok(())
-    }
-
-    /// The multiplexed connection.
-    pub(crate) fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
     }
 }
 

@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use x402_server::store::{Commit, RedisStore};
-use x402_session::{Credit, PaymentKey, PaymentRecord, PaymentStatus, Refusal, SessionState};
+use x402_session::{
+    Credit, PaymentIn, PaymentKey, PaymentRecord, PaymentStatus, Refusal, SessionState,
+};
 use x402_types::{ErrorCode, RenewResponse};
 
 struct Redis(Child, u16);
@@ -76,6 +78,18 @@ fn record(status: PaymentStatus) -> PaymentRecord {
     }
 }
 
+/// What the server reads from a payload, for the record's authorization.
+fn payment_in(key: &PaymentKey, r: &PaymentRecord) -> PaymentIn {
+    PaymentIn {
+        key: key.clone(),
+        payer: r.payer,
+        nonce: r.nonce,
+        amount: r.amount,
+        valid_before: r.valid_before,
+        payment_id: None,
+    }
+}
+
 fn in_flight(key: &PaymentKey) -> SessionState {
     let mut s = SessionState::default();
     s.in_flight.insert(key.clone(), 4_000_000_060);
@@ -130,10 +144,7 @@ async fn claims_are_all_or_nothing_and_versions_are_compared() {
         Commit::Conflict
     );
     // What B loads for that payload: A's record holds the authorization.
-    let l = b
-        .load("q", Some((&other, &dup.payer, &dup.nonce, None)))
-        .await
-        .unwrap();
+    let l = b.load("q", Some(&payment_in(&other, &dup))).await.unwrap();
     assert_eq!(l.records.len(), 1);
     assert_eq!(l.records[0].key, key);
     assert_eq!(l.records[0].owner, a.instance());
@@ -192,10 +203,7 @@ async fn a_settlement_beats_an_unresolved_answer_and_only_the_owner_forgets() {
             .unwrap(),
         Commit::Done
     );
-    let l = b
-        .load("q", Some((&key, &rec.payer, &rec.nonce, None)))
-        .await
-        .unwrap();
+    let l = b.load("q", Some(&payment_in(&key, &rec))).await.unwrap();
     assert_eq!(l.session.state.slices, 1);
     assert_eq!(l.records[0].record.status, credited(1));
     // A final answer is final: a late refusal changes nothing.
