@@ -1262,7 +1262,10 @@ async fn stream(
             None => None,
         };
         // Only a paid session opens; the session is connected once the 101 is out.
-        s.refresh_for_connect(&quote).await?;
+        // (A payment just decided has already brought the store's session here.)
+        if header.is_none() {
+            s.refresh_for_connect(&quote).await?;
+        }
         s.core()
             .check_connect(now(), &quote)
             .map_err(|r| s.refusal(v, e, r))?;
