@@ -181,9 +181,12 @@ impl Driver {
             return EndReason::ProtocolViolation(format!("driver misuse: {e}"));
         }
         let mut stop_open = true;
-        let mut ping = tokio::time::interval(PING_EVERY);
+        // The first ping is due one period from now. (Awaiting an interval's
+        // immediate first tick costs up to a timer tick: tokio rounds deadlines
+        // up to the next millisecond, which was most of the handshake's overhead.)
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await;
         loop {
             self.drain().await;
             if self.session.is_ended() {

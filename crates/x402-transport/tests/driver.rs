@@ -317,3 +317,30 @@ async fn an_oversized_frame_closes_1009_and_ends_the_session() {
         "{reason:?}"
     );
 }
+
+/// With instant transports, a session reaches `hello` without waiting on any
+/// timer. (It used to await an interval's first tick, which tokio rounds up to
+/// the next millisecond: most of the handshake's overhead in `cargo xtask bench`.)
+#[tokio::test(start_paused = true)]
+async fn the_handshake_waits_on_no_timer() {
+    let mut s = setup(vec![], 1);
+    s.sockets[0].send(Ok(hello(20))).await.unwrap();
+    // Off the timer's millisecond grid, as real time always is.
+    tokio::time::advance(Duration::from_micros(300)).await;
+    let t0 = tokio::time::Instant::now();
+    let task = tokio::spawn(s.driver.run());
+    loop {
+        match s.handle.events.recv().await {
+            Some(x402_session::ClientEvent::Hello(_)) => break,
+            Some(_) => continue,
+            None => panic!("the driver stopped before hello"),
+        }
+    }
+    // Paused time only moves when every task waits on a timer.
+    assert_eq!(
+        t0.elapsed(),
+        Duration::ZERO,
+        "a timer was awaited before hello"
+    );
+    task.abort();
+}
