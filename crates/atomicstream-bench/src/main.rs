@@ -787,6 +787,201 @@ async fn bench_fanout(r: &mut Report, sessions: usize, redis: Option<&str>) {
     );
 }
 
+/// The frame our server sends for `data` as event `seq` (what the bare server sends too).
+fn event_frame(seq: u64, data: &Value) -> String {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    ServerMessage::Event(x402_types::Event {
+        seq,
+        data: serde_json::value::to_raw_value(data).unwrap_or_else(|_| unreachable!()),
+        ts: Some(ts),
+    })
+    .to_json()
+}
+
+/// A bare tokio-tungstenite broadcast server: accept, send a first frame once
+/// subscribed, then every broadcast frame to every socket. No payment, no rules.
+async fn bare_broadcast_server(
+    frames: tokio::sync::broadcast::Sender<tokio_tungstenite::tungstenite::Utf8Bytes>,
+) -> String {
+    use futures::SinkExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("addr: {e}"));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = tcp.set_nodelay(true);
+            let mut rx = frames.subscribe();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                if ws
+                    .send(Message::Text("{\"type\":\"hello\"}".into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                loop {
+                    match rx.recv().await {
+                        Ok(f) => {
+                            if ws.send(Message::Text(f)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    });
+    format!("ws://{addr}/")
+}
+
+/// Reads `n` events on each socket (after its first frame) and returns when
+/// every socket has them all, or has stopped.
+async fn drain_all(sockets: Vec<Ws>, n: u64) -> tokio::sync::oneshot::Receiver<u64> {
+    let (ready_tx, ready) = tokio::sync::mpsc::channel::<()>(sockets.len().max(1));
+    let mut tasks = Vec::new();
+    for mut ws in sockets {
+        let ready_tx = ready_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let _first = ws.next().await;
+            let _ = ready_tx.send(()).await;
+            let mut got = 0u64;
+            while got < n {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) if t.as_str().starts_with("{\"type\":\"event\"") => {
+                        got += 1
+                    }
+                    Some(Ok(_)) => {}
+                    _ => break,
+                }
+            }
+            got
+        }));
+    }
+    drop(ready_tx);
+    let count = tasks.len() as u64;
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    let mut ready = ready;
+    for _ in 0..count {
+        let _ = ready.recv().await;
+    }
+    tokio::spawn(async move {
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap_or(0);
+        }
+        let _ = done_tx.send(total);
+    });
+    done
+}
+
+/// Server broadcast throughput: `sockets` subscribers, `n` events of `size`
+/// bytes published in a burst, ours (paid sockets on the reference server)
+/// against a bare tokio-tungstenite broadcast server, same frames, same
+/// client code; rounds alternate, medians with the spread of round ratios.
+async fn bench_broadcast(r: &mut Report, sockets: usize, size: usize, n: u64, rounds: usize) {
+    let limits = Limits {
+        replay_buffer: n as usize + 10,
+        send_queue: n as usize + 10,
+        max_connections_per_ip: 100_000,
+        payments_per_ip_per_minute: 1_000_000,
+        ..Limits::default()
+    };
+    let ids: Vec<String> = (0..rounds).map(|i| format!("b{i}")).collect();
+    let local = local_server(ids.iter().map(|i| stream_cfg(i, 3600)).collect(), limits).await;
+    let http = reqwest::Client::new();
+    let payer = signer_payer();
+    let payloads: Vec<Value> = (0..n).map(|i| payload(size, i)).collect();
+    let (mut ours, mut bare) = (Vec::new(), Vec::new());
+    let mut delivered = (0u64, 0u64);
+    for id in &ids {
+        // Bare server.
+        let (tx, _) = tokio::sync::broadcast::channel(n as usize + 10);
+        let url = bare_broadcast_server(tx.clone()).await;
+        let mut socks = Vec::with_capacity(sockets);
+        for _ in 0..sockets {
+            socks.push(
+                bare_connect(&url, None)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        let done = drain_all(socks, n).await;
+        let t = Instant::now();
+        for (i, p) in payloads.iter().enumerate() {
+            let _ = tx.send(event_frame(i as u64, p).into());
+        }
+        delivered.0 += done.await.unwrap_or(0);
+        bare.push((sockets as u64 * n) as f64 / t.elapsed().as_secs_f64());
+        drop(tx);
+        // Ours.
+        let mut socks = Vec::with_capacity(sockets);
+        for _ in 0..sockets {
+            let (schema, offer) = quote(&http, &local.base, id).await;
+            let pay = payer
+                .sign(&offer)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .to_header();
+            socks.push(
+                bare_connect(&schema.websocket_endpoint, Some(&pay))
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        let done = drain_all(socks, n).await;
+        let publisher = local
+            .server_state
+            .streams
+            .get(id.as_str())
+            .map(|e| x402_server::Publisher::new(e.hub.clone()))
+            .unwrap_or_else(|| unreachable!());
+        let t = Instant::now();
+        for p in &payloads {
+            publisher.publish(p);
+        }
+        delivered.1 += done.await.unwrap_or(0);
+        ours.push((sockets as u64 * n) as f64 / t.elapsed().as_secs_f64());
+    }
+    let ratios: Vec<f64> = ours.iter().zip(&bare).map(|(o, b)| o / b).collect();
+    let (lo, hi) = spread(&ratios);
+    let label = if size <= 100 { "~100 B" } else { "~4 KiB" };
+    let expected = (sockets * rounds) as u64 * n;
+    r.plain(
+        &format!("4b. server broadcast ({label}): frames delivered, ours / bare"),
+        delivered.1 as f64,
+        "frames",
+        &format!("no loss: {} and {} of {expected}", delivered.1, delivered.0),
+        Some(delivered == (expected, expected)),
+    );
+    r.ratio(
+        &format!("4b. server broadcast to {sockets} sockets ({label}), frames/s"),
+        percentile(&mut ours, 0.5),
+        "frames/s",
+        &format!(
+            "bare tokio-tungstenite broadcast server (median of {rounds} rounds; round ratios {lo:.2}-{hi:.2})"
+        ),
+        percentile(&mut bare, 0.5),
+        0.9,
+    );
+}
+
+fn spread(v: &[f64]) -> (f64, f64) {
+    (
+        v.iter().copied().fold(f64::INFINITY, f64::min),
+        v.iter().copied().fold(0.0, f64::max),
+    )
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
@@ -797,28 +992,224 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-async fn bench_scale(r: &mut Report, counts: &[usize]) {
-    // The server runs in its own process so its resident set is its own.
-    let exe =
-        std::env::var("ATOMICSTREAM_BIN").unwrap_or_else(|_| "target/release/atomicstream".into());
-    let dir = std::env::temp_dir().join(format!("atomicstream-bench-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&dir);
-    let cfg = dir.join("server.toml");
-    let port = 41_000 + (std::process::id() % 1000) as u16;
-    let _ = std::fs::write(
-        &cfg,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\nsecret = \"bench-secret-bench-secret-bench-secret\"\n[facilitator]\nkind = \"embedded\"\n[limits]\nmax_connections_per_ip = 1000000\npayments_per_ip_per_minute = 1000000\nmax_sessions = 1000000\n[[streams]]\nid = \"idle\"\nprice_per_minute = \"0.06\"\nslice_seconds = 3600\npay_to = \"{DEV_PAY_TO}\"\nmax_timeout_seconds = 3600\nsource = {{ kind = \"api\" }}\n"
-        ),
-    );
-    for &n in counts {
-        let mut child = match std::process::Command::new(&exe)
+/// `atomicstream serve` in its own process (so its resident set and its cores'
+/// work are its own) with one stream `id` and the given source (TOML inline table).
+struct ServerProcess {
+    child: std::process::Child,
+    base: String,
+    dir: std::path::PathBuf,
+}
+
+impl ServerProcess {
+    async fn start(id: &str, source: &str, port_offset: u16) -> Result<ServerProcess, String> {
+        let exe = std::env::var("ATOMICSTREAM_BIN")
+            .unwrap_or_else(|_| "target/release/atomicstream".into());
+        let dir = std::env::temp_dir().join(format!(
+            "atomicstream-bench-{}-{port_offset}",
+            std::process::id()
+        ));
+        let _ = std::fs::create_dir_all(&dir);
+        let cfg = dir.join("server.toml");
+        let port = 41_000 + (std::process::id() % 1000) as u16 + port_offset;
+        let _ = std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nsecret = \"bench-secret-bench-secret-bench-secret\"\n[facilitator]\nkind = \"embedded\"\n[limits]\nmax_connections_per_ip = 1000000\npayments_per_ip_per_minute = 1000000\nmax_sessions = 1000000\n[[streams]]\nid = \"{id}\"\nprice_per_minute = \"0.06\"\nslice_seconds = 3600\npay_to = \"{DEV_PAY_TO}\"\nmax_timeout_seconds = 3600\nsource = {source}\n"
+            ),
+        );
+        let child = std::process::Command::new(&exe)
             .args(["serve", "--config", cfg.to_str().unwrap_or_default()])
             .env("RUST_LOG", "error")
             .stderr(std::process::Stdio::null())
             .spawn()
-        {
-            Ok(c) => c,
+            .map_err(|e| format!("{exe}: {e} (run `cargo build --release` first)"))?;
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        for _ in 0..100 {
+            if http.get(format!("{base}/healthz")).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(ServerProcess { child, base, dir })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Opens `n` paid sockets on stream `id` (schema, signature, paid upgrade
+/// each), `parallel` at a time; sockets use a small read buffer, as a
+/// client holding thousands of them would.
+async fn open_paid(base: &str, id: &str, n: usize, parallel: usize) -> (Vec<Ws>, usize) {
+    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+    let http = reqwest::Client::new();
+    let payer = Arc::new(signer_payer());
+    let opened: Vec<Option<Ws>> = futures::stream::iter(0..n)
+        .map(|_| {
+            let (http, payer) = (http.clone(), payer.clone());
+            async move {
+                let (schema, offer) = quote(&http, base, id).await;
+                let pay = payer.sign(&offer).ok()?.to_header();
+                let mut req = schema
+                    .websocket_endpoint
+                    .as_str()
+                    .into_client_request()
+                    .ok()?;
+                req.headers_mut()
+                    .insert("PAYMENT-SIGNATURE", pay.parse().ok()?);
+                let cfg = WebSocketConfig::default().read_buffer_size(4096);
+                tokio_tungstenite::connect_async_with_config(req, Some(cfg), true)
+                    .await
+                    .ok()
+                    .map(|(ws, _)| ws)
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    let failed = opened.iter().filter(|o| o.is_none()).count();
+    (opened.into_iter().flatten().collect(), failed)
+}
+
+/// 10,000 paid sessions at 10 events/s each (100,000 events/s out of the
+/// server), the server in its own process: every session must receive every
+/// event of a 100-event window, in order; latency is the event's publication
+/// stamp to its receipt.
+async fn bench_fanout_process(r: &mut Report, sessions: usize, window: u64) {
+    let server = match ServerProcess::start("f", "{ kind = \"synthetic\", rate = 10.0 }", 500).await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            r.plain(
+                &format!("4c. fan-out to {sessions}: {e}"),
+                f64::NAN,
+                "",
+                "server",
+                Some(false),
+            );
+            return;
+        }
+    };
+    let t = Instant::now();
+    let (sockets, failed) = open_paid(&server.base, "f", sessions, 8).await;
+    let open_secs = t.elapsed().as_secs_f64();
+    // The window starts a second after every socket is open.
+    let latest = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    let mut readers = Vec::with_capacity(sockets.len());
+    for mut ws in sockets {
+        let (latest, start) = (latest.clone(), start.clone());
+        readers.push(tokio::spawn(async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            let mut lats: Vec<f32> = Vec::with_capacity(window as usize);
+            let mut next_expected: Option<u64> = None;
+            let mut in_order = true;
+            while let Some(Ok(m)) = ws.next().await {
+                let Message::Text(t) = m else { continue };
+                let Ok(ServerMessage::Event(e)) = ServerMessage::parse(t.as_str()) else {
+                    continue;
+                };
+                latest.fetch_max(e.seq, Relaxed);
+                let a = start.load(Relaxed);
+                if e.seq < a {
+                    continue;
+                }
+                if e.seq >= a + window {
+                    break;
+                }
+                if next_expected.is_some_and(|x| x != e.seq)
+                    || (next_expected.is_none() && e.seq != a)
+                {
+                    in_order = false;
+                }
+                next_expected = Some(e.seq + 1);
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64() * 1e3)
+                    .unwrap_or(0.0);
+                lats.push((now_ms - e.ts.unwrap_or(0) as f64) as f32);
+            }
+            (lats, in_order)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss_kib(server.pid()).unwrap_or(0);
+    start.store(
+        latest.load(std::sync::atomic::Ordering::Relaxed) + 3,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let t = Instant::now();
+    let deadline = Duration::from_secs(window / 10 + 15);
+    let mut lats: Vec<f64> = Vec::with_capacity(sessions * window as usize);
+    let (mut count, mut out_of_order, mut unfinished) = (0u64, 0usize, 0usize);
+    for h in readers {
+        let left = deadline.saturating_sub(t.elapsed());
+        match tokio::time::timeout(left, h).await {
+            Ok(Ok((l, ok))) => {
+                count += l.len() as u64;
+                out_of_order += usize::from(!ok);
+                lats.extend(l.into_iter().map(f64::from));
+            }
+            _ => unfinished += 1,
+        }
+    }
+    let rss = rss_kib(server.pid()).unwrap_or(0).max(before);
+    drop(server);
+    let expected = sessions as u64 * window;
+    let p99 = percentile(&mut lats, 0.99);
+    r.plain(
+        &format!("4c. fan-out to {sessions} at 10 ev/s (server process): opened in"),
+        open_secs,
+        "s",
+        &format!("report ({failed} failed)"),
+        None,
+    );
+    r.plain(
+        &format!("4c. fan-out to {sessions} at 10 ev/s: events delivered in the window"),
+        count as f64,
+        "events",
+        &format!(
+            "no loss ({count}/{expected}, {out_of_order} sessions out of order, {unfinished} unfinished)"
+        ),
+        Some(count == expected && out_of_order == 0 && unfinished == 0 && failed == 0),
+    );
+    r.plain(
+        &format!("4c. fan-out to {sessions} at 10 ev/s: latency p50"),
+        percentile(&mut lats, 0.5),
+        "ms",
+        "report",
+        None,
+    );
+    r.plain(
+        &format!("4c. fan-out to {sessions} at 10 ev/s: latency p99"),
+        p99,
+        "ms",
+        "p99 < 100 ms",
+        Some(p99 < 100.0),
+    );
+    r.plain(
+        &format!("4c. fan-out to {sessions} at 10 ev/s: server resident set"),
+        rss as f64 / 1024.0,
+        "MiB",
+        "report",
+        None,
+    );
+}
+
+async fn bench_scale(r: &mut Report, counts: &[usize]) {
+    for &n in counts {
+        let server = match ServerProcess::start("idle", "{ kind = \"api\" }", 0).await {
+            Ok(s) => s,
             Err(e) => {
                 r.plain(
                     &format!("5. scale {n}: server did not start ({e})"),
@@ -830,33 +1221,12 @@ async fn bench_scale(r: &mut Report, counts: &[usize]) {
                 return;
             }
         };
-        let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        for _ in 0..100 {
-            if http.get(format!("{base}/healthz")).send().await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let before = rss_kib(child.id()).unwrap_or(0);
-        let payer = signer_payer();
+        let before = rss_kib(server.pid()).unwrap_or(0);
         let t = Instant::now();
-        let mut sockets = Vec::with_capacity(n);
-        let mut failed = 0usize;
-        for _ in 0..n {
-            let (schema, offer) = quote(&http, &base, "idle").await;
-            let pay = payer
-                .sign(&offer)
-                .unwrap_or_else(|e| panic!("{e}"))
-                .to_header();
-            match bare_connect(&schema.websocket_endpoint, Some(&pay)).await {
-                Ok(ws) => sockets.push(ws),
-                Err(_) => failed += 1,
-            }
-        }
+        let (sockets, failed) = open_paid(&server.base, "idle", n, 1).await;
         let open_secs = t.elapsed().as_secs_f64();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let after = rss_kib(child.id()).unwrap_or(0);
+        let after = rss_kib(server.pid()).unwrap_or(0);
         let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
         r.plain(
             &format!("5. {n} idle paid sessions: memory per session"),
@@ -873,10 +1243,7 @@ async fn bench_scale(r: &mut Report, counts: &[usize]) {
             None,
         );
         drop(sockets);
-        let _ = child.kill();
-        let _ = child.wait();
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn machine() -> Value {
@@ -987,6 +1354,7 @@ async fn main() {
         for n in [1, 100, 1000] {
             bench_fanout(&mut r, n, None).await;
         }
+        bench_fanout_process(&mut r, if quick { 2_000 } else { 10_000 }, 100).await;
     }
     // --redis: the same rows with the server's state in a local redis-server.
     let redis = if args.iter().any(|a| a == "--redis") {
@@ -1001,6 +1369,12 @@ async fn main() {
         for n in [1, 100, 1000] {
             bench_fanout(&mut r, n, Some(&url)).await;
         }
+    }
+    if run("broadcast") {
+        eprintln!("bench: server broadcast against a bare tokio-tungstenite server");
+        let (n_small, n_large) = if quick { (2_000, 500) } else { (10_000, 2_000) };
+        bench_broadcast(&mut r, 100, 100, n_small, 5).await;
+        bench_broadcast(&mut r, 100, 4096, n_large, 5).await;
     }
     if run("scale") {
         eprintln!("bench: scale (server in its own process)");

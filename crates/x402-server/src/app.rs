@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::{
-    CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+    CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade,
+    rejection::WebSocketUpgradeRejection,
 };
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -1283,8 +1284,9 @@ async fn stream(
         // Idle sockets dominate memory at scale: tungstenite's 128 KiB default
         // read buffer per socket is the largest cost. Clients send almost nothing.
         .read_buffer_size(4 * 1024)
-        // Each send is flushed anyway; no write batching buffer.
-        .write_buffer_size(0)
+        // Frames published together are written together (one flush per
+        // batch); the buffer grows only while a burst is being written.
+        .write_buffer_size(16 * 1024)
         // Bounded: a slow reader cannot make us buffer without limit.
         .max_write_buffer_size(8 * 1024 * 1024)
         .on_upgrade(move |socket| async move {
@@ -1302,8 +1304,13 @@ struct Connection {
     next: u64,
     /// Paid time as the endpoint last said (refreshed on each of its transmits).
     until: Option<Instant>,
+    /// Frames being written together (kept to reuse its allocation).
+    batch: Vec<Frame>,
     _guard: IpGuard,
 }
+
+/// At most this many event frames go into one flush.
+const MAX_BATCH: usize = 64;
 
 enum Step {
     Continue,
@@ -1374,17 +1381,41 @@ impl Connection {
             rx,
             next: c.start,
             until,
+            batch: Vec::new(),
             _guard: guard,
         };
         c2.run(sink, stream, c).await;
     }
 
-    async fn send(&self, ws: &mut Sink, text: String) -> bool {
+    async fn send(&self, ws: &mut Sink, text: impl Into<Utf8Bytes>) -> bool {
         let t = self.state.cfg.limits.write_timeout();
         matches!(
             tokio::time::timeout(t, ws.send(Message::Text(text.into()))).await,
             Ok(Ok(()))
         )
+    }
+
+    /// Writes event frames with one flush (one write to the socket for a burst,
+    /// not one per event; each frame's text is shared, not copied) and counts them.
+    async fn send_frames(&mut self, ws: &mut Sink, frames: &[Frame]) -> bool {
+        let Some(last) = frames.last() else {
+            return true;
+        };
+        let t = self.state.cfg.limits.write_timeout();
+        let write = async {
+            for f in frames {
+                ws.feed(Message::Text(f.text.clone())).await?;
+            }
+            ws.flush().await
+        };
+        if !matches!(tokio::time::timeout(t, write).await, Ok(Ok(()))) {
+            return false;
+        }
+        let n = frames.len() as u64;
+        self.state.stats.events_sent.fetch_add(n, Ordering::Relaxed);
+        self.state.metrics.events_sent.inc_by(n);
+        self.next = last.seq + 1;
+        true
     }
 
     async fn notice(&self, ws: &mut Sink, code: ErrorCode, count: u64) -> bool {
@@ -1426,13 +1457,10 @@ impl Connection {
         if c.lost > 0 && !self.notice(ws, ErrorCode::EventsLost, c.lost).await {
             return false;
         }
-        for f in c.frames {
-            if !self.send(ws, f.text.to_string()).await {
+        for chunk in c.frames.chunks(MAX_BATCH) {
+            if !self.send_frames(ws, chunk).await {
                 return false;
             }
-            self.state.stats.events_sent.fetch_add(1, Ordering::Relaxed);
-            self.state.metrics.events_sent.inc();
-            self.next = f.seq + 1;
         }
         true
     }
@@ -1519,13 +1547,38 @@ impl Connection {
                 if !self.deliverable() {
                     return Step::Continue; // held in the buffer until renewed
                 }
-                if !self.send(tx, f.text.to_string()).await {
-                    return Step::Close(None);
+                // Take what else is already published, in order, into one write.
+                let mut batch = std::mem::take(&mut self.batch);
+                batch.clear();
+                let mut expect = f.seq + 1;
+                batch.push(f);
+                let mut after = None;
+                while batch.len() < MAX_BATCH {
+                    match self.live.try_recv() {
+                        Ok(f) if f.seq < expect => {}
+                        Ok(f) if f.seq == expect => {
+                            expect += 1;
+                            batch.push(f);
+                        }
+                        Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                            after = Some(Err(broadcast::error::RecvError::Lagged(0)));
+                            break;
+                        }
+                        Err(broadcast::error::TryRecvError::Closed) => {
+                            after = Some(Err(broadcast::error::RecvError::Closed));
+                            break;
+                        }
+                        Err(broadcast::error::TryRecvError::Empty) => break,
+                    }
                 }
-                self.state.stats.events_sent.fetch_add(1, Ordering::Relaxed);
-                self.state.metrics.events_sent.inc();
-                self.next = f.seq + 1;
-                Step::Continue
+                let sent = self.send_frames(tx, &batch).await;
+                self.batch = batch;
+                match (sent, after) {
+                    (false, _) => Step::Close(None),
+                    (true, None) => Step::Continue,
+                    // Behind, or the stream ended: handled as if received now.
+                    (true, Some(next)) => Box::pin(self.on_live(tx, next)).await,
+                }
             }
             // Behind (slow consumer or held while unpaid): serve from the replay buffer.
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {

@@ -66,9 +66,11 @@ fn seq_of(id: &str) -> Option<u64> {
     id.split_once('-').and_then(|(ms, _)| ms.parse().ok())
 }
 
-fn frame_of(map: &std::collections::HashMap<String, redis::Value>) -> Option<Arc<str>> {
-    match map.get("f")? {
-        redis::Value::BulkString(b) => std::str::from_utf8(b).ok().map(Arc::from),
+fn frame_of(
+    map: &mut std::collections::HashMap<String, redis::Value>,
+) -> Option<axum::extract::ws::Utf8Bytes> {
+    match map.remove("f")? {
+        redis::Value::BulkString(b) => axum::extract::ws::Utf8Bytes::try_from(b).ok(),
         _ => None,
     }
 }
@@ -94,18 +96,18 @@ async fn read_events_once(
     // What the stream holds newer than this hub: the replay buffer.
     let recent: StreamRangeReply = conn.xrevrange_count(key, "+", "-", cap).await?;
     let mut last = "0-0".to_string();
-    for e in recent.ids.iter().rev() {
-        if let (Some(seq), Some(text)) = (seq_of(&e.id), frame_of(&e.map)) {
+    for mut e in recent.ids.into_iter().rev() {
+        if let (Some(seq), Some(text)) = (seq_of(&e.id), frame_of(&mut e.map)) {
             hub.push(seq, text);
         }
-        last = e.id.clone();
+        last = e.id;
     }
     let opts = StreamReadOptions::default().block(1000).count(1024);
     loop {
         let reply: Option<StreamReadReply> = conn.xread_options(&[key], &[&last], &opts).await?;
         for k in reply.map(|r| r.keys).unwrap_or_default() {
-            for e in k.ids {
-                if let (Some(seq), Some(text)) = (seq_of(&e.id), frame_of(&e.map)) {
+            for mut e in k.ids {
+                if let (Some(seq), Some(text)) = (seq_of(&e.id), frame_of(&mut e.map)) {
                     hub.push(seq, text);
                 }
                 last = e.id;

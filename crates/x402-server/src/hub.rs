@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
 use tokio::sync::broadcast;
 use x402_types::{Event, ServerMessage};
@@ -13,8 +14,9 @@ use x402_types::{Event, ServerMessage};
 pub struct Frame {
     /// Sequence number.
     pub seq: u64,
-    /// The `event` message JSON.
-    pub text: Arc<str>,
+    /// The `event` message JSON; shared (reference-counted) by every socket
+    /// that sends it, never copied per subscriber.
+    pub text: Utf8Bytes,
 }
 
 struct Buffer {
@@ -90,7 +92,7 @@ impl Hub {
 
     /// Takes a frame published elsewhere (another instance, through the
     /// shared store) with its own sequence number; older ones are ignored.
-    pub fn push(&self, seq: u64, text: Arc<str>) {
+    pub fn push(&self, seq: u64, text: Utf8Bytes) {
         let mut b = self.lock();
         if seq < b.next_seq {
             return;
