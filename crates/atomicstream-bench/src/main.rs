@@ -287,6 +287,155 @@ fn bench_signing(r: &mut Report) {
     );
 }
 
+/// The operations whose instructions `bench_counts` counts, `n` times each.
+/// Run as `atomicstream-bench count <op> <n>` under callgrind.
+fn count_op(op: &str, n: u64) {
+    use k256::ecdsa::{SigningKey, VerifyingKey};
+    let payer = signer_payer();
+    let (req, offer) = bench_offer();
+    let key = SigningKey::from_slice(&hex_key()).unwrap_or_else(|_| unreachable!("constant key"));
+    let signed = payer.sign(&offer).unwrap_or_else(|e| panic!("{e}"));
+    let reqs = PaymentRequirements::V2(req.to_v2());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let digest = [7u8; 32];
+    let (sig, rid) = key.sign_prehash_recoverable(&digest);
+    let large_data = payload(4096, 1);
+    let (small, large) = (
+        event_frame(123_456, &payload_small()),
+        event_frame(123_456, &large_data),
+    );
+    let payload = signed;
+    for i in 0..n {
+        match op {
+            "sign" => {
+                let _ = std::hint::black_box(payer.sign(std::hint::black_box(&offer)));
+            }
+            "sign-bare" => {
+                let mut d = digest;
+                d[0] = i as u8;
+                let _ = std::hint::black_box(key.sign_prehash_recoverable(&d));
+            }
+            "verify" => {
+                let _ =
+                    std::hint::black_box(verify_exact(std::hint::black_box(&payload), &reqs, now));
+            }
+            "verify-bare" => {
+                let _ =
+                    std::hint::black_box(VerifyingKey::recover_from_prehash(&digest, &sig, rid));
+            }
+            "parse-small" => {
+                let _ = std::hint::black_box(ServerMessage::parse(std::hint::black_box(&small)));
+            }
+            "parse-small-bare" => {
+                let _ = std::hint::black_box(serde_json::from_str::<Value>(std::hint::black_box(
+                    &small,
+                )));
+            }
+            "parse-large" => {
+                let _ = std::hint::black_box(ServerMessage::parse(std::hint::black_box(&large)));
+            }
+            "parse-large-bare" => {
+                let _ = std::hint::black_box(serde_json::from_str::<Value>(std::hint::black_box(
+                    &large,
+                )));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn payload_small() -> Value {
+    json!({"type":"trade","symbol":"BTC-USD","price":101.25,"size":0.5,"side":"buy"})
+}
+
+/// Instructions `op` takes, counted by callgrind: a run of `n` minus a run of
+/// none, divided by `n`, so start-up and set-up cancel out. Deterministic for
+/// a given binary and input, whatever else the machine is doing.
+fn callgrind_per_op(op: &str, n: u64) -> Option<f64> {
+    let exe = std::env::current_exe().ok()?;
+    let run = |n: u64| -> Option<f64> {
+        let out = std::process::Command::new("valgrind")
+            .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+            .arg(&exe)
+            .args(["count", op, &n.to_string()])
+            .output()
+            .ok()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        err.lines()
+            .find_map(|l| {
+                l.split_once("Collected :")
+                    .map(|(_, v)| v.trim().to_string())
+            })?
+            .parse()
+            .ok()
+    };
+    let (zero, many) = (run(0)?, run(n)?);
+    Some((many - zero) / n as f64)
+}
+
+fn bench_counts(r: &mut Report) {
+    let ops = [
+        (
+            "sign",
+            "sign EIP-3009 payment via Payer",
+            "bare k256 sign_prehash_recoverable",
+            200,
+            0.9,
+        ),
+        (
+            "verify",
+            "verify payment (all checks + recovery)",
+            "bare k256 recover_from_prehash",
+            200,
+            0.9,
+        ),
+        (
+            "parse-small",
+            "parse event frame (~130 B)",
+            "serde_json::Value parse",
+            5_000,
+            0.9,
+        ),
+        (
+            "parse-large",
+            "parse event frame (~4 KiB)",
+            "serde_json::Value parse",
+            2_000,
+            0.9,
+        ),
+    ];
+    for (op, name, base, n, target) in ops {
+        match (
+            callgrind_per_op(op, n),
+            callgrind_per_op(&format!("{op}-bare"), n),
+        ) {
+            (Some(ours), Some(bare)) => {
+                // Fewer instructions is better: the ratio is bare / ours, as throughput would be.
+                let ratio = bare / ours;
+                r.rows.push(Row {
+                    name: format!("8. instructions per op: {name}"),
+                    value: ours,
+                    unit: "instr",
+                    baseline: Some((format!("{base} (callgrind)"), bare)),
+                    ratio: Some(ratio),
+                    target: format!("bare/ours >= {target}"),
+                    met: Some(ratio >= target),
+                });
+            }
+            _ => r.plain(
+                &format!("8. instructions per op: {name}"),
+                f64::NAN,
+                "instr",
+                "valgrind not installed (apt-get install valgrind)",
+                None,
+            ),
+        }
+    }
+}
+
 fn hex_key() -> [u8; 32] {
     let mut k = [0u8; 32];
     for (i, b) in k.iter_mut().enumerate() {
@@ -982,6 +1131,23 @@ fn spread(v: &[f64]) -> (f64, f64) {
     )
 }
 
+/// CPU seconds (user, system) a process has used so far, from /proc.
+fn cpu_secs(pid: &str) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // utime and stime are fields 14 and 15 of stat: 11 and 12 after the name.
+    let tick = 100.0; // USER_HZ on Linux
+    (
+        f.get(11).copied().unwrap_or(0.0) / tick,
+        f.get(12).copied().unwrap_or(0.0) / tick,
+    )
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
@@ -1149,6 +1315,7 @@ async fn bench_fanout_process(r: &mut Report, sessions: usize, window: u64) {
         std::sync::atomic::Ordering::Relaxed,
     );
     let t = Instant::now();
+    let (server_cpu0, me_cpu0) = (cpu_secs(&server.pid().to_string()), cpu_secs("self"));
     let deadline = Duration::from_secs(window / 10 + 15);
     let mut lats: Vec<f64> = Vec::with_capacity(sessions * window as usize);
     let (mut count, mut out_of_order, mut unfinished) = (0u64, 0usize, 0usize);
@@ -1164,7 +1331,21 @@ async fn bench_fanout_process(r: &mut Report, sessions: usize, window: u64) {
         }
     }
     let rss = rss_kib(server.pid()).unwrap_or(0).max(before);
+    let secs = t.elapsed().as_secs_f64();
+    let (server_cpu1, me_cpu1) = (cpu_secs(&server.pid().to_string()), cpu_secs("self"));
     drop(server);
+    let cores = |a: (f64, f64), b: (f64, f64)| ((b.0 - a.0) / secs, (b.1 - a.1) / secs);
+    let (su, ss) = cores(server_cpu0, server_cpu1);
+    let (cu, cs) = cores(me_cpu0, me_cpu1);
+    r.plain(
+        &format!("4c. fan-out to {sessions} at 10 ev/s: server CPU (cores busy)"),
+        su + ss,
+        "cores",
+        &format!(
+            "report (user {su:.2}, system {ss:.2}; the clients: user {cu:.2}, system {cs:.2})"
+        ),
+        None,
+    );
     let expected = sessions as u64 * window;
     let p99 = percentile(&mut lats, 0.99);
     r.plain(
@@ -1318,9 +1499,15 @@ async fn main() {
         let redis = args.iter().any(|a| a == "--redis");
         std::process::exit(soak::run(secs, instances, redis).await);
     }
+    if args.first().map(String::as_str) == Some("count") {
+        let op = args.get(1).map_or("", String::as_str);
+        let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+        count_op(op, n);
+        return;
+    }
     let quick = args.iter().any(|a| a == "--quick");
-    // `--only a,b`: run only the named sections (sign, parse, receive, handshake,
-    // fanout, broadcast, scale, peers, counts); all but peers and counts by default.
+    // `--only a,b`: run only the named sections (sign, parse, counts, receive,
+    // handshake, fanout, fanout10k, broadcast, scale, peers); all but peers by default.
     let only: Option<Vec<String>> = args
         .iter()
         .position(|a| a == "--only")
@@ -1339,6 +1526,10 @@ async fn main() {
         eprintln!("bench: decoding");
         bench_decode(&mut r);
     }
+    if run("counts") {
+        eprintln!("bench: instruction counts (callgrind)");
+        bench_counts(&mut r);
+    }
     if run("receive") {
         eprintln!("bench: client receive path");
         bench_receive(&mut r, 100, if quick { 20_000 } else { 200_000 }).await;
@@ -1354,6 +1545,8 @@ async fn main() {
         for n in [1, 100, 1000] {
             bench_fanout(&mut r, n, None).await;
         }
+    }
+    if run("fanout") || run("fanout10k") {
         bench_fanout_process(&mut r, if quick { 2_000 } else { 10_000 }, 100).await;
     }
     // --redis: the same rows with the server's state in a local redis-server.

@@ -1496,7 +1496,13 @@ impl Connection {
             if already {
                 break 'outer Some(CloseCode::Other(1012));
             }
+            // The client's frames and the mailbox are polled only after they
+            // woke (most wakes are live events; see `gate`).
+            let (client_gate, mail_gate) = (crate::gate::Gate::new(), crate::gate::Gate::new());
             loop {
+                let client =
+                    std::future::poll_fn(|cx| client_gate.poll(cx, |c| rx_ws.poll_next_unpin(c)));
+                let mail = std::future::poll_fn(|cx| mail_gate.poll(cx, |c| self.rx.poll_recv(c)));
                 let step = tokio::select! {
                     r = closing.changed() => {
                         let now_closing = r.is_ok() && *closing.borrow_and_update();
@@ -1507,8 +1513,8 @@ impl Connection {
                         }
                     }
                     frame = self.live.recv() => self.on_live(&mut tx, frame).await,
-                    msg = rx_ws.next() => self.on_client(&mut tx, msg).await,
-                    t = self.rx.recv() => match t {
+                    msg = client => self.on_client(&mut tx, msg).await,
+                    t = mail => match t {
                         Some(t) => self.on_transmit(&mut tx, t).await,
                         None => Step::Close(None),
                     },

@@ -7,6 +7,7 @@ mod cluster;
 pub mod config;
 mod error;
 pub mod facilitator;
+mod gate;
 mod hub;
 pub mod metrics;
 pub mod store;
