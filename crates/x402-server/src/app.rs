@@ -1317,7 +1317,7 @@ enum Step {
     Close(Option<CloseCode>),
 }
 
-type Sink = futures::stream::SplitSink<WebSocket, Message>;
+type Sink = WebSocket;
 
 impl Connection {
     /// The upgrade completed: connect the session (not before), then serve.
@@ -1345,7 +1345,7 @@ impl Connection {
                 state.connect_shared(&store, &quote, conn, from, head).await
             }
         };
-        let (mut sink, stream) = socket.split();
+        let mut sink = socket;
         let c = match connected {
             Ok(c) => c,
             Err(r) => {
@@ -1384,7 +1384,7 @@ impl Connection {
             batch: Vec::new(),
             _guard: guard,
         };
-        c2.run(sink, stream, c).await;
+        c2.run(sink, c).await;
     }
 
     async fn send(&self, ws: &mut Sink, text: impl Into<Utf8Bytes>) -> bool {
@@ -1465,12 +1465,7 @@ impl Connection {
         true
     }
 
-    async fn run(
-        mut self,
-        mut tx: Sink,
-        mut rx_ws: futures::stream::SplitStream<WebSocket>,
-        c: Connected,
-    ) {
+    async fn run(mut self, mut tx: Sink, c: Connected) {
         let close = 'outer: {
             if !self
                 .send(&mut tx, ServerMessage::Hello(c.hello).to_json())
@@ -1500,8 +1495,6 @@ impl Connection {
             // woke (most wakes are live events; see `gate`).
             let (client_gate, mail_gate) = (crate::gate::Gate::new(), crate::gate::Gate::new());
             loop {
-                let client =
-                    std::future::poll_fn(|cx| client_gate.poll(cx, |c| rx_ws.poll_next_unpin(c)));
                 let mail = std::future::poll_fn(|cx| mail_gate.poll(cx, |c| self.rx.poll_recv(c)));
                 let step = tokio::select! {
                     r = closing.changed() => {
@@ -1513,7 +1506,10 @@ impl Connection {
                         }
                     }
                     frame = self.live.recv() => self.on_live(&mut tx, frame).await,
-                    msg = client => self.on_client(&mut tx, msg).await,
+                    // One socket for both directions (no split, no lock per frame).
+                    msg = std::future::poll_fn(|cx| {
+                        client_gate.poll(cx, |c| tx.poll_next_unpin(c))
+                    }) => self.on_client(&mut tx, msg).await,
                     t = mail => match t {
                         Some(t) => self.on_transmit(&mut tx, t).await,
                         None => Step::Close(None),
