@@ -693,12 +693,18 @@ async fn receive_ours(local: &Local, id: &str, size: usize, n: u64) -> (f64, f64
     let t = Instant::now();
     let pubt = burst(local, id, size, n);
     let (mut got, mut bytes) = (0u64, 0u64);
+    let mut envelope = None;
     while got < n {
         match s.next().await {
             Some(ClientEvent::Data(e)) => {
                 got += 1;
-                // The frame's size on the wire: the data plus the event envelope.
-                bytes += ServerMessage::Event(e).to_json().len() as u64;
+                // The frame's size on the wire: the data plus the event envelope
+                // (measured once; serializing every event again would bill the
+                // measurement to our client).
+                let data = e.data.get().len() as u64;
+                let env = *envelope
+                    .get_or_insert_with(|| ServerMessage::Event(e).to_json().len() as u64 - data);
+                bytes += data + env;
             }
             Some(ClientEvent::Ended(_)) | None => break,
             _ => {}

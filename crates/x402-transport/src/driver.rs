@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use x402_payer::{Budget, Payer, Reservation, SpendPolicy};
 use x402_session::{
@@ -106,7 +107,12 @@ pub struct Driver {
     held: Vec<(tokio::time::Instant, Reservation)>,
     idle_timeout: Duration,
     events_closed: bool,
+    /// Data events handed to the application since the progress was last updated.
+    delivered: u64,
 }
+
+/// At most this many frames that already arrived are read after the one that woke the driver.
+const READ_AHEAD: usize = 63;
 
 /// A refused authorization stays counted this long past its `validBefore` (clock skew).
 const HOLD_SKEW_SECS: u64 = 60;
@@ -162,6 +168,7 @@ impl Driver {
                 held: Vec::new(),
                 idle_timeout: PING_EVERY * 3,
                 events_closed: false,
+                delivered: 0,
             },
             DriverHandle {
                 events,
@@ -214,7 +221,26 @@ impl Driver {
             };
             let r = match wake {
                 Wake::Input(input) => self.feed(input),
-                Wake::Frame(conn, f) => self.on_frame(conn, f).await,
+                Wake::Frame(conn, f) => {
+                    // Frames that already arrived are handled before the events go
+                    // out: one wake of the application per burst, not per frame.
+                    let mut r = self.on_frame(conn, f).await;
+                    for _ in 0..READ_AHEAD {
+                        let Some(l) = self.live.as_mut().filter(|_| r.is_ok()) else {
+                            break;
+                        };
+                        let conn = l.conn;
+                        match l.socket.recv().now_or_never() {
+                            Some(f) => {
+                                // The session takes one input at a time: drain the last one.
+                                self.drain_outputs().await;
+                                r = self.on_frame(conn, f).await;
+                            }
+                            None => break,
+                        }
+                    }
+                    r
+                }
                 Wake::Timeout => self.session.handle_timeout(now()),
                 Wake::Ping => {
                     self.release_expired_holds();
@@ -321,7 +347,14 @@ impl Driver {
         }
     }
 
+    /// Performs the session's transmits, hands over its events, and publishes progress.
     async fn drain(&mut self) {
+        self.drain_outputs().await;
+        self.publish_progress();
+    }
+
+    /// Performs the session's transmits and hands over its events.
+    async fn drain_outputs(&mut self) {
         loop {
             let mut any = false;
             while let Some(t) = self.session.poll_transmit() {
@@ -336,11 +369,19 @@ impl Driver {
                 break;
             }
         }
-        let stats = self.session.stats().clone();
+    }
+
+    fn publish_progress(&mut self) {
+        let (retries, reconnects) = {
+            let stats = self.session.stats();
+            (stats.renew_retries, stats.reconnects)
+        };
         let remaining = self.session.paid_remaining(now());
+        let delivered = std::mem::take(&mut self.delivered);
         let mut p = self.progress();
-        p.renew_retries = stats.renew_retries;
-        p.reconnects = stats.reconnects;
+        p.events += delivered;
+        p.renew_retries = retries;
+        p.reconnects = reconnects;
         p.paid_until = (remaining > Duration::ZERO).then(|| Instant::now() + remaining);
     }
 
@@ -427,7 +468,8 @@ impl Driver {
                 }
             }
             ClientEvent::Hello(h) => self.progress().hello = Some(h.clone()),
-            ClientEvent::Data(_) => self.progress().events += 1,
+            // Counted here, published with the rest of the progress once per drain.
+            ClientEvent::Data(_) => self.delivered += 1,
             ClientEvent::Ended(r) => self.progress().ended = Some(r.clone()),
             _ => {}
         }

@@ -344,3 +344,46 @@ async fn the_handshake_waits_on_no_timer() {
     );
     task.abort();
 }
+
+/// Frames that arrive together are read ahead before their events go out: every
+/// event still reaches the application once, in order, and the progress counts them.
+#[tokio::test]
+async fn frames_read_ahead_reach_the_application_in_order_and_are_counted() {
+    let mut s = setup(vec![], 1);
+    let tx = s.sockets[0].clone();
+    let feeder = tokio::spawn(async move {
+        tx.send(Ok(hello(20))).await.unwrap();
+        for seq in 0..500u64 {
+            let e = ServerMessage::Event(x402_types::Event {
+                seq,
+                data: serde_json::value::to_raw_value(&serde_json::json!({"i": seq})).unwrap(),
+                ts: None,
+            });
+            tx.send(Ok(WsFrame::Text(e.to_json()))).await.unwrap();
+        }
+    });
+    let progress = s.handle.progress.clone();
+    let task = tokio::spawn(s.driver.run());
+    let mut next = 0u64;
+    while next < 500 {
+        match s.handle.events.recv().await {
+            Some(x402_session::ClientEvent::Data(e)) => {
+                assert_eq!(e.seq, next, "in order, none missing, none twice");
+                next += 1;
+            }
+            Some(x402_session::ClientEvent::Ended(r)) => panic!("ended: {r:?}"),
+            Some(_) => {}
+            None => panic!("the driver stopped"),
+        }
+    }
+    feeder.await.unwrap();
+    // The progress is published after each burst; the last one has been drained.
+    for _ in 0..100 {
+        if progress.lock().unwrap().events == 500 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(progress.lock().unwrap().events, 500);
+    task.abort();
+}
