@@ -316,7 +316,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: cargo xtask <verb>\n  ci                       fmt, clippy, tests, docs (the gate)\n  bench [--quick] [--peers] benchmarks with baselines -> target/bench/report.json
-                           (--peers: payments signed/s by the official x402 SDKs where installed;\n                            --redis: handshake and fan-out again with the state in Redis)\n  soak [seconds] [--instances N --redis]\n                           bounded load and fault run (default 120 s; several instances share one Redis behind a balancer)\n  fuzz <target|all> [secs] cargo-fuzz; targets: {}\n  tools                    install the pinned test tools (anvil, solc-js, the x402 Python SDK) into target/tools
+                           (--peers: payments signed/s by the official x402 SDKs where installed;\n                            --redis: handshake and fan-out again with the state in Redis;\n                            --only a,b: sections sign, parse, counts, receive, handshake,\n                            fanout, fanout10k, broadcast, scale, peers)\n  soak [seconds] [--instances N --redis]\n                           bounded load and fault run (default 120 s; several instances share one Redis behind a balancer)\n  fuzz <target|all> [secs] cargo-fuzz; targets: {}\n  tools                    install the pinned test tools (anvil, solc-js, the x402 Python SDK) into target/tools
   demo                     the embedded demo",
                 FUZZ_TARGETS.join(", ")
             );
