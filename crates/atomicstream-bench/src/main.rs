@@ -728,6 +728,8 @@ async fn bench_receive(r: &mut Report, size: usize, n: u64) {
     // spread of the per-round ratios (machine noise moves single rounds).
     let (mut bare, mut ours) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
+        // Both readers run in the bench's main future (on the main thread, not a
+        // runtime worker): a hand-off from our driver to the reader crosses threads.
         bare.push(receive_bare(&local, &ids[2 * round], size, n).await);
         ours.push(receive_ours(&local, &ids[2 * round + 1], size, n).await);
     }

@@ -405,7 +405,7 @@ impl Drop for AbortOnDrop {
 
 /// An open stream: a `futures::Stream` of [`ClientEvent`]s ending with `Ended`.
 pub struct StreamSession {
-    events: mpsc::Receiver<ClientEvent>,
+    events: x402_transport::Events,
     stop: Option<mpsc::Sender<()>>,
     progress: Arc<Mutex<Progress>>,
     pending: Option<ClientEvent>,

@@ -75,11 +75,45 @@ enum Wake {
     Stop(bool),
 }
 
+/// The session's events, as the application receives them.
+///
+/// The driver hands them over in bursts (one wake of the application per
+/// burst of frames, not one per event); [`Events::recv`] yields them one by one.
+#[derive(Debug)]
+pub struct Events {
+    rx: mpsc::Receiver<Vec<ClientEvent>>,
+    buf: std::collections::VecDeque<ClientEvent>,
+}
+
+impl Events {
+    /// The next event; `None` once the driver is gone.
+    pub async fn recv(&mut self) -> Option<ClientEvent> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Polls for the next event.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<ClientEvent>> {
+        loop {
+            if let Some(e) = self.buf.pop_front() {
+                return std::task::Poll::Ready(Some(e));
+            }
+            match self.rx.poll_recv(cx) {
+                std::task::Poll::Ready(Some(batch)) => self.buf = batch.into(),
+                std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+        }
+    }
+}
+
 /// The application's side of a running driver.
 #[derive(Debug)]
 pub struct DriverHandle {
     /// Events (never `PaymentNeeded`, which the driver handles); ends with `Ended`.
-    pub events: mpsc::Receiver<ClientEvent>,
+    pub events: Events,
     /// Dropping or sending on it stops the session.
     pub stop: mpsc::Sender<()>,
     /// Progress counters.
@@ -95,7 +129,9 @@ pub struct Driver {
     policy: SpendPolicy,
     budget: Option<Arc<Budget>>,
     progress: Arc<Mutex<Progress>>,
-    events: mpsc::Sender<ClientEvent>,
+    events: mpsc::Sender<Vec<ClientEvent>>,
+    /// Events waiting to be handed over with the rest of their burst.
+    outbox: Vec<ClientEvent>,
     stop: mpsc::Receiver<()>,
     inputs_tx: mpsc::Sender<Input>,
     inputs: mpsc::Receiver<Input>,
@@ -146,7 +182,8 @@ impl Driver {
             cfg.jitter_seed = u64::from_le_bytes(seed);
         }
         let session = ClientSession::new(cfg, now(), unix_now())?;
-        let (events_tx, events) = mpsc::channel(1024);
+        // Bursts of at most READ_AHEAD + 1 frames' events: up to about 1,000 events queued.
+        let (events_tx, events) = mpsc::channel(16);
         let (stop_tx, stop) = mpsc::channel(1);
         let (inputs_tx, inputs) = mpsc::channel(1024);
         let progress = Arc::new(Mutex::new(Progress::default()));
@@ -160,6 +197,7 @@ impl Driver {
                 budget,
                 progress: progress.clone(),
                 events: events_tx,
+                outbox: Vec::new(),
                 stop,
                 inputs_tx,
                 inputs,
@@ -171,7 +209,10 @@ impl Driver {
                 delivered: 0,
             },
             DriverHandle {
-                events,
+                events: Events {
+                    rx: events,
+                    buf: Default::default(),
+                },
                 stop: stop_tx,
                 progress,
             },
@@ -349,8 +390,14 @@ impl Driver {
 
     /// Performs the session's transmits, hands over its events, and publishes progress.
     async fn drain(&mut self) {
-        self.drain_outputs().await;
-        self.publish_progress();
+        loop {
+            self.drain_outputs().await;
+            self.publish_progress();
+            // Stopping because the application went away queues more outputs.
+            if !self.flush_events().await {
+                break;
+            }
+        }
     }
 
     /// Performs the session's transmits and hands over its events.
@@ -473,11 +520,25 @@ impl Driver {
             ClientEvent::Ended(r) => self.progress().ended = Some(r.clone()),
             _ => {}
         }
-        if !self.events_closed && self.events.send(e).await.is_err() {
+        if !self.events_closed {
+            self.outbox.push(e);
+        }
+    }
+
+    /// Hands the burst's events to the application; `true` if it is gone and
+    /// the session was told to stop (which queues outputs to drain).
+    async fn flush_events(&mut self) -> bool {
+        if self.outbox.is_empty() {
+            return false;
+        }
+        let batch = std::mem::take(&mut self.outbox);
+        if self.events.send(batch).await.is_err() {
             // The application dropped the stream: stop.
             self.events_closed = true;
             let _ = self.session.stop(now());
+            return true;
         }
+        false
     }
 
     async fn perform(&mut self, t: Transmit) {

@@ -11,7 +11,7 @@ mod ws_tungstenite;
 
 use async_trait::async_trait;
 
-pub use driver::{Driver, DriverHandle, Progress};
+pub use driver::{Driver, DriverHandle, Events, Progress};
 #[cfg(feature = "reqwest")]
 pub use http_reqwest::ReqwestTransport;
 #[cfg(feature = "tungstenite")]
