@@ -287,12 +287,45 @@ fn fuzz(target: &str, secs: u64) -> bool {
     true
 }
 
+/// The official x402 TypeScript SDK, pinned, for `bench --peers` only (not the
+/// tests): installed into `target/tools/ts-peer` when missing. A failed install
+/// is reported by the bench as "not installed", not as a failure.
+const TS_PEER: &[(&str, &str)] = &[
+    ("@x402/core", "2.27.0"),
+    ("@x402/evm", "2.27.0"),
+    ("viem", "2.57.20"),
+];
+
+fn ts_peer() {
+    let dir = root().join("target/tools/ts-peer");
+    let installed = TS_PEER.iter().all(|(name, version)| {
+        std::fs::read_to_string(dir.join("node_modules").join(name).join("package.json"))
+            .ok()
+            .and_then(|t| serde_json_version(&t))
+            .is_some_and(|v| v == *version)
+    });
+    if installed {
+        return;
+    }
+    let _ = std::fs::create_dir_all(&dir);
+    let mut c = Command::new("npm");
+    c.args(["install", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&dir)
+        .args(TS_PEER.iter().map(|(n, v)| format!("{n}@{v}")));
+    if !step("install the x402 TypeScript SDK (npm, for --peers)", &mut c) {
+        eprintln!("xtask: the TypeScript peer will be reported as not installed");
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let ok = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => {
             let rest: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+            if rest.contains(&"--peers") {
+                ts_peer();
+            }
             bench_bin(&rest)
         }
         Some("soak") => {

@@ -181,6 +181,11 @@ fn bench_peers(r: &mut Report) {
     }
     let ours = n as f64 / t.elapsed().as_secs_f64();
     let py = std::path::Path::new("target/tools/py");
+    let required = json!({
+        "x402Version": 2,
+        "resource": {"url": "http://x/v2/stream/s", "description": "d", "mimeType": "application/json"},
+        "accepts": [req.to_v2()],
+    });
     let script = format!(
         r#"
 import json, time
@@ -198,11 +203,6 @@ for _ in range(n):
     c.create_payment_payload(req)
 print(n / (time.perf_counter() - t))
 "#,
-        required = json!({
-            "x402Version": 2,
-            "resource": {"url": "http://x/v2/stream/s", "description": "d", "mimeType": "application/json"},
-            "accepts": [req.to_v2()],
-        })
     );
     let python = if py.join("x402").exists() {
         std::process::Command::new("python3")
@@ -238,17 +238,62 @@ print(n / (time.perf_counter() - t))
             None,
         ),
     }
-    // The TypeScript SDK is not installed by the tools verb: reported, not measured.
-    if !std::path::Path::new("target/tools/node_modules/@x402/evm").exists() {
-        r.plain(
+    // The TypeScript SDK: `cargo xtask bench --peers` installs it into target/tools/ts-peer.
+    let ts = std::path::Path::new("target/tools/ts-peer");
+    let ts_rate = if ts.join("node_modules/@x402/evm").exists() {
+        let _ = std::fs::write(ts.join("peer.mjs"), TS_PEER_SCRIPT);
+        std::process::Command::new("node")
+            .arg("peer.mjs")
+            .arg(KEY)
+            .arg(required.to_string())
+            .current_dir(ts)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+    } else {
+        None
+    };
+    match ts_rate {
+        Some(rate) => r.ratio(
+            "7. payments signed/s: ours vs official x402 TypeScript SDK",
+            ours,
+            "ops/s",
+            "@x402/core + @x402/evm 2.27.0 ExactEvmScheme (viem account)",
+            rate,
+            1.0,
+        ),
+        None => r.plain(
             "7. official x402 TypeScript SDK",
             0.0,
             "ops/s",
-            "not installed",
+            "not installed (cargo xtask bench --peers installs it)",
             None,
-        );
+        ),
     }
 }
+
+/// Payments per second created by the official TypeScript client, the same
+/// way as the Python one: a registered `ExactEvmScheme`, one payload per call.
+const TS_PEER_SCRIPT: &str = r#"
+import { x402Client } from '@x402/core/client';
+import { ExactEvmScheme } from '@x402/evm/exact/client';
+import { privateKeyToAccount } from 'viem/accounts';
+const account = privateKeyToAccount(process.argv[2]);
+const req = JSON.parse(process.argv[3]);
+const c = new x402Client();
+c.register('eip155:*', new ExactEvmScheme(account));
+await c.createPaymentPayload(req);
+const n = 300;
+const t = performance.now();
+for (let i = 0; i < n; i++) await c.createPaymentPayload(req);
+console.log(n / ((performance.now() - t) / 1000));
+"#;
 
 /// The requirement and offer the signing benchmarks sign (0.01 USDC on base-sepolia).
 fn bench_offer() -> (x402_types::Requirement, Offer) {
