@@ -400,6 +400,36 @@ async fn a_burst_beyond_the_live_queue_arrives_whole_and_in_order() {
     burst.join().unwrap();
 }
 
+/// On an idle socket (no events to wake its task) every ping is answered and
+/// every renewal reaches the socket: the task hears its client and its mailbox
+/// on their own wakes, not only when an event arrives.
+#[tokio::test]
+async fn an_idle_socket_answers_every_ping_and_hears_every_renewal() {
+    let t = start_with(Limits::default(), vec![stream("s", 3600, 60)]).await;
+    let q = t.schema(PathVersion::V2, "s").await;
+    let (mut ws, hello) = t.open(&q).await;
+    for round in 0..20u64 {
+        ws.send(Message::Text(r#"{"type":"ping"}"#.into()))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_msg(&mut ws).await,
+            ServerMessage::Pong,
+            "round {round}"
+        );
+        if round == 10 {
+            let r = t
+                .renew(&hello.renew_url, PathVersion::V2, Some(&t.pay(&q)))
+                .await;
+            assert_eq!(r.status(), 200);
+            match next_msg(&mut ws).await {
+                ServerMessage::Renewed { slices, .. } => assert_eq!(slices, 2),
+                other => panic!("expected renewed, got {other:?}"),
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn expiry_sends_expired_then_closes_4402() {
     let t = start_with(Limits::default(), vec![stream("s", 2, 60)]).await;
