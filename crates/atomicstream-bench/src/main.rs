@@ -670,23 +670,41 @@ fn payload(size: usize, i: u64) -> Value {
     }
 }
 
-/// Publishes `n` events of `size` bytes into stream `id` as fast as possible.
-fn burst(local: &Local, id: &str, size: usize, n: u64) -> tokio::task::JoinHandle<()> {
-    let publisher = local
-        .server_state
-        .streams
-        .get(id)
-        .map(|e| x402_server::Publisher::new(e.hub.clone()));
+/// The `n` event frames of `size` bytes the receive rows publish, encoded
+/// beforehand: publishing them costs the server no encoding, so the rows
+/// measure the clients rather than the publisher (which, encoding 64 KiB
+/// payloads on the same two cores, was the bottleneck both clients waited on).
+fn frames(size: usize, n: u64) -> Arc<Vec<x402_server::Utf8Bytes>> {
+    Arc::new(
+        (0..n)
+            .map(|i| event_frame(i, &payload(size, i)).into())
+            .collect(),
+    )
+}
+
+/// Publishes the frames into stream `id` (a fresh one: sequence numbers from 0)
+/// as fast as possible.
+fn burst(
+    local: &Local,
+    id: &str,
+    frames: Arc<Vec<x402_server::Utf8Bytes>>,
+) -> tokio::task::JoinHandle<()> {
+    let hub = local.server_state.streams.get(id).map(|e| e.hub.clone());
     tokio::task::spawn_blocking(move || {
-        for i in 0..n {
-            if let Some(p) = &publisher {
-                p.publish(&payload(size, i));
+        if let Some(hub) = hub {
+            for (seq, f) in frames.iter().enumerate() {
+                hub.push(seq as u64, f.clone());
             }
         }
     })
 }
 
-async fn receive_bare(local: &Local, id: &str, size: usize, n: u64) -> (f64, f64) {
+async fn receive_bare(
+    local: &Local,
+    id: &str,
+    frames: Arc<Vec<x402_server::Utf8Bytes>>,
+) -> (f64, f64) {
+    let n = frames.len() as u64;
     let http = reqwest::Client::new();
     let (schema, offer) = quote(&http, &local.base, id).await;
     let pay = signer_payer()
@@ -698,7 +716,7 @@ async fn receive_bare(local: &Local, id: &str, size: usize, n: u64) -> (f64, f64
         .unwrap_or_else(|e| panic!("{e}"));
     let _hello = ws.next().await;
     let t = Instant::now();
-    let pubt = burst(local, id, size, n);
+    let pubt = burst(local, id, frames);
     let (mut got, mut bytes) = (0u64, 0u64);
     while got < n {
         match ws.next().await {
@@ -732,11 +750,16 @@ fn bench_client(local: &Local) -> Client {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-async fn receive_ours(local: &Local, id: &str, size: usize, n: u64) -> (f64, f64) {
+async fn receive_ours(
+    local: &Local,
+    id: &str,
+    frames: Arc<Vec<x402_server::Utf8Bytes>>,
+) -> (f64, f64) {
+    let n = frames.len() as u64;
     let client = bench_client(local);
     let mut s = client.open(id).await.unwrap_or_else(|e| panic!("{e}"));
     let t = Instant::now();
-    let pubt = burst(local, id, size, n);
+    let pubt = burst(local, id, frames);
     let (mut got, mut bytes) = (0u64, 0u64);
     let mut envelope = None;
     while got < n {
@@ -769,14 +792,15 @@ async fn bench_receive(r: &mut Report, size: usize, n: u64) {
     };
     let ids: Vec<String> = (0..2 * ROUNDS).map(|i| format!("r{i}")).collect();
     let local = local_server(ids.iter().map(|i| stream_cfg(i, 3600)).collect(), limits).await;
+    let frames = frames(size, n);
     // Alternate the two clients round by round; report medians and the
     // spread of the per-round ratios (machine noise moves single rounds).
     let (mut bare, mut ours) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         // Both readers run in the bench's main future (on the main thread, not a
         // runtime worker): a hand-off from our driver to the reader crosses threads.
-        bare.push(receive_bare(&local, &ids[2 * round], size, n).await);
-        ours.push(receive_ours(&local, &ids[2 * round + 1], size, n).await);
+        bare.push(receive_bare(&local, &ids[2 * round], frames.clone()).await);
+        ours.push(receive_ours(&local, &ids[2 * round + 1], frames.clone()).await);
     }
     let label = match size {
         0..=100 => "~100 B",
@@ -1691,9 +1715,10 @@ async fn main() {
     }
     if run("receive") {
         eprintln!("bench: client receive path");
-        bench_receive(&mut r, 100, if quick { 20_000 } else { 200_000 }).await;
-        bench_receive(&mut r, 4096, if quick { 5_000 } else { 50_000 }).await;
-        bench_receive(&mut r, 65_536, if quick { 300 } else { 1_000 }).await;
+        // Each full round moves about half a second of frames per client.
+        bench_receive(&mut r, 100, if quick { 20_000 } else { 500_000 }).await;
+        bench_receive(&mut r, 4096, if quick { 5_000 } else { 100_000 }).await;
+        bench_receive(&mut r, 65_536, if quick { 300 } else { 10_000 }).await;
     }
     if run("handshake") {
         eprintln!("bench: handshake");

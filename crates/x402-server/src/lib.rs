@@ -22,6 +22,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use app::{AppState, RemoteAddr, StreamEntry, router};
+/// The shared, reference-counted text of a frame ([`Frame::text`], [`Hub::push`]).
+pub use axum::extract::ws::Utf8Bytes;
 pub use config::{
     Config, DEV_PAY_TO, EXAMPLE as CONFIG_EXAMPLE, FacilitatorApiConfig, FacilitatorConfig, Limits,
     SourceConfig, StoreConfig, StreamConfig,

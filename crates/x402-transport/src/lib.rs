@@ -58,9 +58,72 @@ pub enum ConnectError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WsFrame {
     /// A text frame.
-    Text(String),
+    Text(WsText),
     /// The peer closed, with its code if any.
     Closed(Option<u16>),
+}
+
+/// A text frame's payload (UTF-8). The tokio-tungstenite adapter hands over
+/// the frame's own buffer, so receiving does not copy it; other transports
+/// give a `String`.
+///
+/// ```
+/// let t = x402_transport::WsText::from(r#"{"type":"pong"}"#.to_string());
+/// assert_eq!(t.as_str(), r#"{"type":"pong"}"#);
+/// ```
+#[derive(Debug, Clone)]
+pub struct WsText(TextRepr);
+
+#[derive(Debug, Clone)]
+enum TextRepr {
+    Owned(String),
+    #[cfg(feature = "tungstenite")]
+    Tungstenite(tokio_tungstenite::tungstenite::Utf8Bytes),
+}
+
+impl WsText {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            TextRepr::Owned(s) => s,
+            #[cfg(feature = "tungstenite")]
+            TextRepr::Tungstenite(b) => b.as_str(),
+        }
+    }
+}
+
+impl std::ops::Deref for WsText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for WsText {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for WsText {}
+
+impl From<String> for WsText {
+    fn from(s: String) -> Self {
+        WsText(TextRepr::Owned(s))
+    }
+}
+
+impl From<&str> for WsText {
+    fn from(s: &str) -> Self {
+        WsText(TextRepr::Owned(s.to_string()))
+    }
+}
+
+#[cfg(feature = "tungstenite")]
+impl From<tokio_tungstenite::tungstenite::Utf8Bytes> for WsText {
+    fn from(b: tokio_tungstenite::tungstenite::Utf8Bytes) -> Self {
+        WsText(TextRepr::Tungstenite(b))
+    }
 }
 
 /// An open WebSocket.

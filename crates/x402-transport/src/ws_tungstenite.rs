@@ -105,7 +105,8 @@ impl WsConnection for TungsteniteConnection {
     async fn recv(&mut self) -> Option<Result<WsFrame, TransportError>> {
         loop {
             return match self.stream.next().await? {
-                Ok(Message::Text(t)) => Some(Ok(WsFrame::Text(t.to_string()))),
+                // The frame's own buffer, not a copy.
+                Ok(Message::Text(t)) => Some(Ok(WsFrame::Text(t.into()))),
                 Ok(Message::Close(c)) => Some(Ok(WsFrame::Closed(c.map(|f| u16::from(f.code))))),
                 Ok(Message::Binary(_)) => Some(Err(TransportError::Frame("binary frame".into()))),
                 Ok(_) => continue, // ping/pong handled by tungstenite

@@ -163,7 +163,8 @@ fn hello(expires_in: u64) -> WsFrame {
             resumed: false,
             next_seq: 0,
         })
-        .to_json(),
+        .to_json()
+        .into(),
     )
 }
 
@@ -359,7 +360,9 @@ async fn frames_read_ahead_reach_the_application_in_order_and_are_counted() {
                 data: serde_json::value::to_raw_value(&serde_json::json!({"i": seq})).unwrap(),
                 ts: None,
             });
-            tx.send(Ok(WsFrame::Text(e.to_json()))).await.unwrap();
+            tx.send(Ok(WsFrame::Text(e.to_json().into())))
+                .await
+                .unwrap();
         }
     });
     let progress = s.handle.progress.clone();
