@@ -1359,7 +1359,9 @@ async fn open_paid(base: &str, id: &str, n: usize, parallel: usize) -> (Vec<Ws>,
                     .ok()?;
                 req.headers_mut()
                     .insert("PAYMENT-SIGNATURE", pay.parse().ok()?);
-                let cfg = WebSocketConfig::default().read_buffer_size(4096);
+                // tungstenite zero-fills the read buffer before every read: keep it near the
+                // frame size (~170 B) so the load generator leaves the cores to the server.
+                let cfg = WebSocketConfig::default().read_buffer_size(512);
                 tokio_tungstenite::connect_async_with_config(req, Some(cfg), true)
                     .await
                     .ok()
