@@ -212,10 +212,13 @@ pub async fn run(slices: u64, all: bool, on_chain: bool) -> Result<u8, Fail> {
             c.payer, c.payee
         );
     }
+    // The lost renewal answer is recovered either by retrying with the same
+    // payload or, when the settlement is still landing (on a chain), by the
+    // server's `renewed` on the resumed socket: both are correct, and which one
+    // comes first is timing. What must hold: every slice bought once, a resume.
     let ok = matches!(reason, EndReason::SliceLimit | EndReason::Stopped)
         && p.slices == slices
-        && p.reconnects >= 1
-        && p.renew_retries >= 1;
+        && p.reconnects >= 1;
     Ok(if ok { exit::OK } else { exit::FAILURE })
 }
 

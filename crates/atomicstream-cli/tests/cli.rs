@@ -343,6 +343,9 @@ fn demo_on_a_local_chain_moves_usdc_and_shows_the_transactions() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("4 settlements on chain"), "{err}");
+    // The lost renewal answer cost nothing: four slices, paid once each.
+    assert!(err.contains("slices bought     4"), "{err}");
+    assert!(err.contains("amount paid       0.016 USDC"), "{err}");
     let hashes = err
         .lines()
         .filter(|l| {
