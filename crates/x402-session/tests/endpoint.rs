@@ -8,9 +8,9 @@ mod sim;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use x402_payer::{EvmExactPayer, LocalSigner, SeededRandom};
+use x402_payer::EvmExactPayer;
 use x402_session::*;
-use x402_types::{CloseCode, ErrorCode, Offer, PathVersion, PaymentPayload, ServerMessage};
+use x402_types::{CloseCode, ErrorCode, PaymentPayload, ServerMessage};
 
 const U0: u64 = sim::UNIX0;
 
@@ -23,33 +23,17 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let t0 = Instant::now();
-    let clock = sim::VClock(Arc::new(std::sync::atomic::AtomicU64::new(U0)));
     Fixture {
         t0,
         ep: ServerEndpoint::new(EndpointConfig::default(), t0, U0),
-        quote: Quote {
-            id: "q".into(),
-            stream_id: "btc".into(),
-            version: PathVersion::V2,
-            expires: U0 + 60,
-            slice_seconds: 10,
-            renew_url: "https://h/v2/renew/btc?t=x".into(),
-        },
-        payer: EvmExactPayer::new(LocalSigner::from_hex(sim::KEY).unwrap())
-            .with_clock(Arc::new(clock))
-            .with_random(Arc::new(SeededRandom::new(3))),
+        quote: sim::quote(),
+        payer: sim::payer(Arc::new(std::sync::atomic::AtomicU64::new(U0)), 3),
     }
 }
 
 impl Fixture {
     fn payload(&self) -> PaymentPayload {
-        let offer = Offer::from_requirement(
-            PathVersion::V2,
-            &sim::requirement(),
-            "wss://h/v2/stream/btc",
-            "",
-        );
-        self.payer.sign(&offer).unwrap()
+        self.payer.sign(&sim::offer()).unwrap()
     }
 
     fn pay(&mut self, at: u64, p: &PaymentPayload) -> PaymentDecision {

@@ -11,35 +11,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use x402_payer::{EvmExactPayer, LocalSigner, SeededRandom};
 use x402_session::*;
-use x402_types::{CloseCode, ErrorCode, Offer, PathVersion, ServerMessage};
+use x402_types::{CloseCode, ErrorCode, ServerMessage};
 
 const U0: u64 = sim::UNIX0;
 
 fn quote() -> Quote {
-    Quote {
-        id: "q".into(),
-        stream_id: "btc".into(),
-        version: PathVersion::V2,
-        expires: U0 + 60,
-        slice_seconds: 10,
-        renew_url: "https://h/v2/renew/btc?t=x".into(),
-    }
+    sim::quote()
 }
 
 fn payment(seed: u64) -> PaymentIn {
-    let clock = sim::VClock(Arc::new(std::sync::atomic::AtomicU64::new(U0)));
-    let payer = EvmExactPayer::new(LocalSigner::from_hex(sim::KEY).unwrap())
-        .with_clock(Arc::new(clock))
-        .with_random(Arc::new(SeededRandom::new(seed)));
-    let offer = Offer::from_requirement(
-        PathVersion::V2,
-        &sim::requirement(),
-        "wss://h/v2/stream/btc",
-        "",
-    );
-    PaymentIn::from_payload(&payer.sign(&offer).unwrap()).unwrap()
+    let payer = sim::payer(Arc::new(std::sync::atomic::AtomicU64::new(U0)), seed);
+    PaymentIn::from_payload(&payer.sign(&sim::offer()).unwrap()).unwrap()
 }
 
 fn settled() -> SettleOutcome {

@@ -165,6 +165,31 @@ pub struct Sim {
     pub max_paid_ahead_at_sign: Duration,
 }
 
+/// A payer signing with the test key on the virtual clock `unix`, with nonces
+/// from `seed` (the same seed signs the same payloads).
+pub fn payer(unix: Arc<AtomicU64>, seed: u64) -> EvmExactPayer {
+    EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap())
+        .with_clock(Arc::new(VClock(unix)))
+        .with_random(Arc::new(SeededRandom::new(seed)))
+}
+
+/// The quote the endpoint tests pay for: stream `btc`, 10-second slices.
+pub fn quote() -> Quote {
+    Quote {
+        id: "q".into(),
+        stream_id: "btc".into(),
+        version: PathVersion::V2,
+        expires: UNIX0 + 60,
+        slice_seconds: 10,
+        renew_url: "https://h/v2/renew/btc?t=x".into(),
+    }
+}
+
+/// The offer of [`quote`], as its client would sign it.
+pub fn offer() -> Offer {
+    Offer::from_requirement(PathVersion::V2, &requirement(), "wss://h/v2/stream/btc", "")
+}
+
 pub fn requirement() -> Requirement {
     Requirement {
         scheme: "exact".into(),
@@ -251,9 +276,7 @@ impl Sim {
             settle_and_refuse: false,
             stolen: Amount::ZERO,
         };
-        let payer = EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap())
-            .with_clock(Arc::new(VClock(unix.clone())))
-            .with_random(Arc::new(SeededRandom::new(c.seed)));
+        let payer = payer(unix.clone(), c.seed);
         let policy = SpendPolicy::new(Amount::from(PRICE))
             .with_lifetime_budget(Amount::from(PRICE * c.budget_slices));
         Sim {
