@@ -208,75 +208,74 @@ for _ in range(n):
 print(n / (time.perf_counter() - t))
 "#,
     );
-    let python = if py.join("x402").exists() {
-        std::process::Command::new("python3")
-            .arg("-c")
-            .arg(&script)
-            .env("PYTHONPATH", py)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .and_then(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-    } else {
-        None
-    };
-    match python {
-        Some(rate) => r.ratio(
-            "7. payments signed/s: ours vs official x402 Python SDK",
-            ours,
-            "ops/s",
-            "x402 (PyPI) ExactEvmScheme",
-            rate,
-            1.0,
-        ),
-        None => r.plain(
-            "7. official x402 Python SDK",
-            0.0,
-            "ops/s",
-            "not installed (cargo xtask tools)",
-            None,
-        ),
-    }
+    let python = py.join("x402").exists().then(|| {
+        let mut c = std::process::Command::new("python3");
+        c.arg("-c").arg(&script).env("PYTHONPATH", py);
+        c
+    });
+    peer_row(
+        r,
+        "Python",
+        "x402 (PyPI) ExactEvmScheme",
+        ours,
+        python,
+        "cargo xtask tools",
+    );
     // The TypeScript SDK: `cargo xtask bench --peers` installs it into target/tools/ts-peer.
     let ts = std::path::Path::new("target/tools/ts-peer");
-    let ts_rate = if ts.join("node_modules/@x402/evm").exists() {
+    let node = ts.join("node_modules/@x402/evm").exists().then(|| {
         let _ = std::fs::write(ts.join("peer.mjs"), TS_PEER_SCRIPT);
-        std::process::Command::new("node")
-            .arg("peer.mjs")
+        let mut c = std::process::Command::new("node");
+        c.arg("peer.mjs")
             .arg(KEY)
             .arg(required.to_string())
-            .current_dir(ts)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .and_then(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-    } else {
-        None
-    };
-    match ts_rate {
+            .current_dir(ts);
+        c
+    });
+    peer_row(
+        r,
+        "TypeScript",
+        "@x402/core + @x402/evm 2.27.0 ExactEvmScheme (viem account)",
+        ours,
+        node,
+        "cargo xtask bench --peers installs it",
+    );
+}
+
+/// Runs a peer's measuring script (`None`: not installed), which prints the
+/// payments it signed per second, and reports it beside ours; a peer that is
+/// missing or fails is reported as not installed, not as a failure.
+fn peer_row(
+    r: &mut Report,
+    sdk: &str,
+    base_name: &str,
+    ours: f64,
+    peer: Option<std::process::Command>,
+    install: &str,
+) {
+    let rate = peer
+        .and_then(|mut c| c.output().ok())
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        });
+    match rate {
         Some(rate) => r.ratio(
-            "7. payments signed/s: ours vs official x402 TypeScript SDK",
+            &format!("7. payments signed/s: ours vs official x402 {sdk} SDK"),
             ours,
             "ops/s",
-            "@x402/core + @x402/evm 2.27.0 ExactEvmScheme (viem account)",
+            base_name,
             rate,
             1.0,
         ),
         None => r.plain(
-            "7. official x402 TypeScript SDK",
+            &format!("7. official x402 {sdk} SDK"),
             0.0,
             "ops/s",
-            "not installed (cargo xtask bench --peers installs it)",
+            &format!("not installed ({install})"),
             None,
         ),
     }
