@@ -299,6 +299,7 @@ impl Drop for Instance {
 /// A quote bought on one instance; its URLs name the public address, and
 /// the tests send each request to the instance they choose.
 struct Quote {
+    stream: String,
     offer: Offer,
     token: String,
 }
@@ -308,7 +309,11 @@ fn payer() -> EvmExactPayer {
 }
 
 async fn quote(i: &Instance) -> Quote {
-    let r = reqwest::get(format!("{}/v2/schema/s", i.http()))
+    quote_on(i, "s").await
+}
+
+async fn quote_on(i: &Instance, stream: &str) -> Quote {
+    let r = reqwest::get(format!("{}/v2/schema/{stream}", i.http()))
         .await
         .unwrap();
     assert_eq!(r.status(), 402);
@@ -330,7 +335,11 @@ async fn quote(i: &Instance) -> Quote {
         .unwrap()
         .into_offer()
         .unwrap();
-    Quote { offer, token }
+    Quote {
+        stream: stream.to_string(),
+        offer,
+        token,
+    }
 }
 
 fn sign(q: &Quote) -> String {
@@ -339,7 +348,7 @@ fn sign(q: &Quote) -> String {
 
 async fn renew(i: &Instance, q: &Quote, payment: &str) -> (u16, String) {
     let r = reqwest::Client::new()
-        .post(format!("{}/v2/renew/s?t={}", i.http(), q.token))
+        .post(format!("{}/v2/renew/{}?t={}", i.http(), q.stream, q.token))
         .header(PathVersion::V2.payment_header(), payment)
         .send()
         .await
@@ -359,7 +368,7 @@ async fn connect(
     from: Option<u64>,
     payment: Option<&str>,
 ) -> Result<Ws, tungstenite::Error> {
-    let mut url = format!("{}/v2/stream/s?t={}", i.ws(), q.token);
+    let mut url = format!("{}/v2/stream/{}?t={}", i.ws(), q.stream, q.token);
     if let Some(f) = from {
         url.push_str(&format!("&from={f}"));
     }
@@ -827,28 +836,8 @@ async fn events_published_from_another_process_reach_every_instance_in_order() {
     let (redis, inst, _) = cluster(2).await;
     let mut sockets = Vec::new();
     for i in &inst {
-        let r = reqwest::get(format!("{}/v2/schema/api", i.http()))
-            .await
-            .unwrap();
-        let header = r.headers()["PAYMENT-REQUIRED"]
-            .to_str()
-            .unwrap()
-            .to_string();
-        let schema = Schema::from_json(&r.bytes().await.unwrap()).unwrap();
-        let offer = PaymentRequiredV2::from_header(&header)
-            .unwrap()
-            .into_offer()
-            .unwrap();
-        let url = schema.websocket_endpoint.replace(
-            &format!("127.0.0.1:{}", url_port(&schema.websocket_endpoint)),
-            &format!("127.0.0.1:{}", i.port),
-        );
-        let mut req = url.into_client_request().unwrap();
-        req.headers_mut().insert(
-            PathVersion::V2.payment_header(),
-            payer().sign(&offer).unwrap().to_header().parse().unwrap(),
-        );
-        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let q = quote_on(i, "api").await;
+        let mut ws = connect(i, &q, None, Some(&sign(&q))).await.unwrap();
         hello(&mut ws).await;
         sockets.push(ws);
     }
@@ -873,15 +862,4 @@ async fn events_published_from_another_process_reach_every_instance_in_order() {
             }
         }
     }
-}
-
-fn url_port(url: &str) -> u16 {
-    url.split("127.0.0.1:")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
