@@ -665,6 +665,18 @@ pub(crate) async fn bare_connect(url: &str, payment: Option<&str>) -> Result<Ws,
         .map_err(|e| e.to_string())
 }
 
+/// A bare tokio-tungstenite socket paid for one slice: schema, signature, paid upgrade.
+async fn paid_socket(http: &reqwest::Client, payer: &EvmExactPayer, base: &str, id: &str) -> Ws {
+    let (schema, offer) = quote(http, base, id).await;
+    let pay = payer
+        .sign(&offer)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .to_header();
+    bare_connect(&schema.websocket_endpoint, Some(&pay))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn payload(size: usize, i: u64) -> Value {
     if size <= 100 {
         json!({"type":"trade","px":101.25,"i":i})
@@ -709,14 +721,7 @@ async fn receive_bare(
 ) -> (f64, f64) {
     let n = frames.len() as u64;
     let http = reqwest::Client::new();
-    let (schema, offer) = quote(&http, &local.base, id).await;
-    let pay = signer_payer()
-        .sign(&offer)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .to_header();
-    let mut ws = bare_connect(&schema.websocket_endpoint, Some(&pay))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut ws = paid_socket(&http, &signer_payer(), &local.base, id).await;
     let _hello = ws.next().await;
     let t = Instant::now();
     let pubt = burst(local, id, frames);
@@ -974,14 +979,7 @@ async fn bench_fanout(r: &mut Report, sessions: usize, redis: Option<&str>) {
     let mut readers = Vec::new();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, f64)>();
     for _ in 0..sessions {
-        let (schema, offer) = quote(&http, &local.base, "f").await;
-        let pay = payer
-            .sign(&offer)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .to_header();
-        let mut ws = bare_connect(&schema.websocket_endpoint, Some(&pay))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut ws = paid_socket(&http, &payer, &local.base, "f").await;
         let tx = tx.clone();
         readers.push(tokio::spawn(async move {
             while let Some(Ok(m)) = ws.next().await {
@@ -1198,16 +1196,7 @@ async fn bench_broadcast(r: &mut Report, sockets: usize, size: usize, n: u64, ro
         // Ours.
         let mut socks = Vec::with_capacity(sockets);
         for _ in 0..sockets {
-            let (schema, offer) = quote(&http, &local.base, id).await;
-            let pay = payer
-                .sign(&offer)
-                .unwrap_or_else(|e| panic!("{e}"))
-                .to_header();
-            socks.push(
-                bare_connect(&schema.websocket_endpoint, Some(&pay))
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}")),
-            );
+            socks.push(paid_socket(&http, &payer, &local.base, id).await);
         }
         let done = drain_all(socks, n).await;
         let publisher = local
