@@ -442,12 +442,7 @@ impl RedisStore {
         let r: String = self
             .run(
                 BEGIN,
-                &[
-                    self.session_key(session),
-                    self.record_key(key),
-                    self.claim_key(&record.payer, &record.nonce),
-                    pid.map(|p| self.pid_key(p)).unwrap_or_else(|| "-".into()),
-                ],
+                &self.payment_keys(session, key, record),
                 &[
                     version.to_string(),
                     json(state)?,
@@ -466,6 +461,20 @@ impl RedisStore {
         } else {
             Commit::Conflict
         })
+    }
+
+    /// The keys BEGIN and FINISH touch for a payment: its session, its record,
+    /// its authorization's claim and its payment identifier (`-`: none).
+    fn payment_keys(&self, session: &str, key: &PaymentKey, record: &PaymentRecord) -> [String; 4] {
+        [
+            self.session_key(session),
+            self.record_key(key),
+            self.claim_key(&record.payer, &record.nonce),
+            record
+                .payment_id
+                .as_deref()
+                .map_or_else(|| "-".into(), |p| self.pid_key(p)),
+        ]
     }
 
     /// Finishes a settlement: the record's final state (`None`: forget the
@@ -489,12 +498,7 @@ impl RedisStore {
         let r: String = self
             .run(
                 FINISH,
-                &[
-                    self.session_key(session),
-                    self.record_key(key),
-                    self.claim_key(&before.payer, &before.nonce),
-                    pid.map(|p| self.pid_key(p)).unwrap_or_else(|| "-".into()),
-                ],
+                &self.payment_keys(session, key, before),
                 &[
                     version.to_string(),
                     state.map(json).transpose()?.unwrap_or_default(),
