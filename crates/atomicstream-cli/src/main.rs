@@ -743,6 +743,7 @@ async fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) ->
     }
     let server = builder.bind().await?;
     eprintln!("atomicstream server on {}", server.http_base());
+    eprintln!("  listening:    {}", server.local_addr());
     eprintln!("  catalog:      {}/streams", server.http_base());
     for s in &cfg.streams {
         eprintln!(

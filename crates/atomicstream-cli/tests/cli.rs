@@ -546,17 +546,14 @@ fn log_format_json_writes_json_lines() {
 #[test]
 fn facilitator_evm_serves_the_api_for_a_chain_behind_its_key() {
     let anvil = x402_chain::anvil::Anvil::start(84532).expect("anvil (run `cargo xtask tools`)");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let key = "cli-facilitator-key-cli-facilitator-key";
+    // Port 0: the facilitator binds and prints where it listens (a port
+    // chosen here could be taken by a parallel test before it binds).
     let mut child = bin()
         .args([
             "facilitator",
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:0",
             "--evm",
             "--rpc-url",
             &anvil.url(),
@@ -569,17 +566,40 @@ fn facilitator_evm_serves_the_api_for_a_chain_behind_its_key() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line
+                .split("facilitator API on http://")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            {
+                let _ = tx.send(addr.port());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let port = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the facilitator says where it listens");
     let mut body = String::new();
     for _ in 0..100 {
-        std::thread::sleep(std::time::Duration::from_millis(100));
         if let Some(b) = http_get(port, "/supported", key) {
             body = b;
             break;
         }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let _ = child.wait();
+    let err = reader.join().unwrap();
     assert!(
         body.contains("eip155:84532") && body.contains("base-sepolia"),
         "{body} / {err}"

@@ -4,14 +4,13 @@
 //! These tests never skip: without `redis-server` they fail and say why.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use atomicstream_testkit::{Redis, scratch};
 use futures::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -27,123 +26,25 @@ const SECRET: &str = "cluster-test-secret-cluster-test-secret";
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// The public address every instance names in its URLs: held open for the
+/// test's life (so no parallel test takes it), and served only when a test
+/// puts a [`Balancer`] on it.
+struct Public(std::net::TcpListener);
 
-fn scratch(name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "atomicstream-cluster-{}-{name}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn redis_server() -> PathBuf {
-    if let Some(p) = std::env::var_os("X402_REDIS_SERVER") {
-        return p.into();
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([
-            "/usr/bin".into(),
-            "/usr/sbin".into(),
-            "/usr/local/bin".into(),
-        ])
-        .map(|d| d.join("redis-server"))
-        .find(|p| p.is_file())
-        .expect(
-            "redis-server not found: these tests need a real Redis. \
-             `cargo xtask tools` installs Debian's redis-server (apt-get install redis-server)",
-        )
-}
-
-/// A real redis-server on a free port, persisting every write (as an
-/// operator who wants restarts to lose nothing runs it).
-struct Redis {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = free_port();
-        let dir = scratch("redis");
-        Self::spawn(port, dir)
+impl Public {
+    fn bind() -> Public {
+        Public(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
     }
 
-    fn spawn(port: u16, dir: PathBuf) -> Redis {
-        let child = Command::new(redis_server())
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let r = Redis { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !r.pings() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        r
-    }
-
-    fn pings(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-
-    /// Kills it (`kill -9`) and starts it again on the same port and data.
-    fn restart(mut self) -> Redis {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let (port, dir) = (self.port, self.dir.clone());
-        std::mem::forget(self);
-        Self::spawn(port, dir)
+    fn port(&self) -> u16 {
+        self.0.local_addr().unwrap().port()
     }
 }
 
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// The port in `atomicstream serve`'s `  listening:    127.0.0.1:PORT` line.
+fn listening_port(line: &str) -> Option<u16> {
+    let addr = line.trim().strip_prefix("listening:")?.trim();
+    addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
 }
 
 /// One `atomicstream serve` process.
@@ -154,19 +55,21 @@ struct Instance {
 }
 
 impl Instance {
-    /// Starts an instance on `port` sharing `redis`; clients are told to use `public`.
-    async fn start(redis: &Redis, port: u16, public: u16) -> Instance {
-        Self::start_with(redis, port, public, "kind = \"embedded\"").await
+    /// Starts an instance sharing `redis` on a port it binds itself; clients
+    /// are told to use `public`.
+    async fn start(redis: &Redis, public: &Public) -> Instance {
+        Self::start_with(redis, public, "kind = \"embedded\"").await
     }
 
     /// With this `[facilitator]` section.
-    async fn start_with(redis: &Redis, port: u16, public: u16, facilitator: &str) -> Instance {
+    async fn start_with(redis: &Redis, public: &Public, facilitator: &str) -> Instance {
+        let public = public.port();
         let dir = scratch("instance");
         let config = dir.join("server.toml");
         std::fs::write(
             &config,
             format!(
-                r#"listen = "127.0.0.1:{port}"
+                r#"listen = "127.0.0.1:0"
 public_http = "http://127.0.0.1:{public}"
 public_ws = "ws://127.0.0.1:{public}"
 secret = "{SECRET}"
@@ -210,7 +113,7 @@ payment_wait_secs = 3
         .unwrap();
         let mut i = Instance {
             child: None,
-            port,
+            port: 0,
             config,
         };
         i.launch().await;
@@ -230,7 +133,25 @@ payment_wait_secs = 3
             .spawn()
             .unwrap();
         self.child = Some(child);
+        // The instance binds port 0 and says where it listens (a port chosen
+        // here could be taken by a parallel test before the child binds it).
+        let log_path = self.config.with_extension("log");
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(30);
+        self.port = loop {
+            if let Some(port) = log().lines().find_map(listening_port) {
+                break port;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("instance exited ({status}): {}", log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "instance did not start: {}",
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         loop {
             if let Ok(r) = reqwest::get(format!("{}/healthz", self.http())).await
                 && r.status() == 200
@@ -239,8 +160,8 @@ payment_wait_secs = 3
             }
             assert!(
                 Instant::now() < deadline,
-                "instance did not start: {}",
-                std::fs::read_to_string(self.config.with_extension("log")).unwrap_or_default()
+                "instance did not answer: {}",
+                log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -424,12 +345,12 @@ fn error_body(e: tungstenite::Error) -> (u16, ErrorBody) {
     }
 }
 
-async fn cluster(n: usize) -> (Redis, Vec<Instance>, u16) {
-    let redis = Redis::start();
-    let public = free_port();
+async fn cluster(n: usize) -> (Redis, Vec<Instance>, Public) {
+    let redis = Redis::start_persistent();
+    let public = Public::bind();
     let mut v = Vec::new();
     for _ in 0..n {
-        v.push(Instance::start(&redis, free_port(), public).await);
+        v.push(Instance::start(&redis, &public).await);
     }
     (redis, v, public)
 }
@@ -528,9 +449,10 @@ async fn replays_across_instances_are_refused_and_racing_renewals_credit_one_sli
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_socket_holder_the_client_resumes_elsewhere_without_paying() {
     let (_redis, mut inst, public) = cluster(2).await;
-    let lb = Balancer::start(public, inst.iter().map(|i| i.port).collect()).await;
+    let public_port = public.port();
+    let lb = Balancer::start(public, inst.iter().map(|i| i.port).collect());
     let client = atomicstream::Client::builder()
-        .base_url(format!("http://127.0.0.1:{public}"))
+        .base_url(format!("http://127.0.0.1:{public_port}"))
         .payer(Arc::new(payer()))
         .policy(atomicstream::SpendPolicy::new(
             x402_types::Amount::from_display("0.01", 6).unwrap(),
@@ -698,10 +620,9 @@ struct Balancer {
 }
 
 impl Balancer {
-    async fn start(port: u16, backends: Vec<u16>) -> Balancer {
-        let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
+    fn start(public: Public, backends: Vec<u16>) -> Balancer {
+        public.0.set_nonblocking(true).unwrap();
+        let l = tokio::net::TcpListener::from_std(public.0).unwrap();
         let next = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(async move {
             loop {
@@ -779,11 +700,11 @@ async fn a_settlement_whose_instance_died_is_taken_over_and_credited_once() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let fport = l.local_addr().unwrap().port();
     tokio::spawn(x402_server::serve_facilitator(l, f.clone()));
-    let redis = Redis::start();
-    let public = free_port();
+    let redis = Redis::start_persistent();
+    let public = Public::bind();
     let section = format!("kind = \"http\"\nurl = \"http://127.0.0.1:{fport}\"");
-    let mut a = Instance::start_with(&redis, free_port(), public, &section).await;
-    let b = Instance::start_with(&redis, free_port(), public, &section).await;
+    let mut a = Instance::start_with(&redis, &public, &section).await;
+    let b = Instance::start_with(&redis, &public, &section).await;
     let q = quote(&a).await;
     let p = sign(&q);
 

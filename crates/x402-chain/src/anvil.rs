@@ -3,10 +3,11 @@
 //! base-sepolia's chain id, with the test USDC token placed at the canonical
 //! base-sepolia USDC address.
 
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
 
 use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, U256};
@@ -66,7 +67,8 @@ pub fn find_anvil() -> Option<PathBuf> {
 }
 
 impl Anvil {
-    /// Starts anvil on a free loopback port with `chain_id` and waits until it answers.
+    /// Starts anvil on a loopback port it chooses itself, with `chain_id`, and
+    /// returns once it listens there.
     pub fn start(chain_id: u64) -> Result<Anvil, ChainError> {
         let bin = find_anvil().ok_or_else(|| {
             ChainError::Anvil(format!(
@@ -74,33 +76,57 @@ impl Anvil {
                  into target/tools) or set ANVIL_BIN"
             ))
         })?;
-        let port = free_port()?;
-        let child = Command::new(&bin)
+        // anvil binds port 0 itself and prints the address it got: choosing a
+        // free port here and passing it on would leave a window in which
+        // another process (a parallel test's node) can take it.
+        let mut child = Command::new(&bin)
             .args([
                 "--port",
-                &port.to_string(),
+                "0",
                 "--host",
                 "127.0.0.1",
                 "--chain-id",
                 &chain_id.to_string(),
-                "--silent",
             ])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| ChainError::Anvil(format!("{}: {e}", bin.display())))?;
-        let mut a = Anvil { child, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err(ChainError::Anvil("did not start within 20 s".into()));
+        let Some(stdout) = child.stdout.take() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(ChainError::Anvil("no stdout".into()));
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads the address, then drains the request log until anvil exits.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(port) = listening_port(&line)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(port);
+                }
             }
-            if let Ok(Some(status)) = a.child.try_wait() {
-                return Err(ChainError::Anvil(format!("exited: {status}")));
+        });
+        let port = rx.recv_timeout(Duration::from_secs(20));
+        let mut a = Anvil { child, port: 0 };
+        match port {
+            Ok(port) => {
+                a.port = port;
+                Ok(a)
             }
-            std::thread::sleep(Duration::from_millis(50));
+            Err(RecvTimeoutError::Timeout) => {
+                Err(ChainError::Anvil("did not start within 20 s".into()))
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(ChainError::Anvil(match a.child.try_wait() {
+                    Ok(Some(status)) => format!("exited: {status}"),
+                    _ => "closed its output without saying where it listens".into(),
+                }))
+            }
         }
-        Ok(a)
     }
 
     /// Its JSON-RPC URL.
@@ -204,9 +230,22 @@ impl Drop for Anvil {
     }
 }
 
-fn free_port() -> Result<u16, ChainError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| ChainError::Anvil(e.to_string()))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| ChainError::Anvil(e.to_string()))
+/// The port in anvil's `Listening on 127.0.0.1:PORT` line.
+fn listening_port(line: &str) -> Option<u16> {
+    let addr = line.split("Listening on ").nth(1)?.trim();
+    addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listening_port;
+
+    #[test]
+    fn the_port_is_read_from_the_listening_line_only() {
+        assert_eq!(listening_port("Listening on 127.0.0.1:37735"), Some(37735));
+        assert_eq!(listening_port("Listening on 127.0.0.1:8545\r"), Some(8545));
+        assert_eq!(listening_port("Chain ID:       84532"), None);
+        assert_eq!(listening_port("Listening on somewhere"), None);
+        assert_eq!(listening_port("eth_chainId"), None);
+    }
 }

@@ -143,6 +143,11 @@ fn transport<E: std::fmt::Display>(e: E) -> FacilitatorError {
     FacilitatorError::Transport(crate::scrub_urls(&e.to_string()))
 }
 
+/// [`transport`] for an error value: its text with its causes.
+fn transport_err<E: std::error::Error>(e: E) -> FacilitatorError {
+    transport(crate::with_causes(&e))
+}
+
 impl EvmFacilitator {
     /// Connects to the node and checks it serves `cfg.network`.
     pub async fn connect(cfg: EvmConfig) -> Result<Self, ChainError> {
@@ -261,7 +266,7 @@ impl EvmFacilitator {
             .authorizationState(a.from, a.nonce)
             .call()
             .await
-            .map_err(transport)
+            .map_err(transport_err)
     }
 
     /// The on-chain checks: nonce unused, balance, simulation, relayer gas.
@@ -279,7 +284,7 @@ impl EvmFacilitator {
             .balanceOf(a.from)
             .call()
             .await
-            .map_err(transport)?;
+            .map_err(transport_err)?;
         if balance < a.value {
             return Ok(Some(invalid(
                 reasons::INSUFFICIENT_FUNDS,
@@ -296,18 +301,22 @@ impl EvmFacilitator {
             )));
         }
         // The relayer must be able to pay for the gas, or nothing is sent.
-        let gas = self.provider.estimate_gas(tx).await.map_err(transport)?;
+        let gas = self
+            .provider
+            .estimate_gas(tx)
+            .await
+            .map_err(transport_err)?;
         let fees = self
             .provider
             .estimate_eip1559_fees()
             .await
-            .map_err(transport)?;
+            .map_err(transport_err)?;
         let cost = EvmU256::from(gas) * EvmU256::from(fees.max_fee_per_gas);
         let gas_balance = self
             .provider
             .get_balance(self.relayer)
             .await
-            .map_err(transport)?;
+            .map_err(transport_err)?;
         if gas_balance < cost {
             return Err(FacilitatorError::Unavailable(format!(
                 "relayer {} has {gas_balance} wei, a settlement needs about {cost}: fund it",
@@ -361,7 +370,11 @@ impl EvmFacilitator {
         }
         // An authorization lives for minutes: a recent window of blocks holds its
         // use, and RPC providers refuse log queries over the whole history.
-        let head = self.provider.get_block_number().await.map_err(transport)?;
+        let head = self
+            .provider
+            .get_block_number()
+            .await
+            .map_err(transport_err)?;
         let filter = Filter::new()
             .address(a.token)
             .event_signature(IEip3009Token::AuthorizationUsed::SIGNATURE_HASH)
@@ -370,7 +383,11 @@ impl EvmFacilitator {
             .from_block(BlockNumberOrTag::Number(
                 head.saturating_sub(LOG_WINDOW_BLOCKS),
             ));
-        let logs = self.provider.get_logs(&filter).await.map_err(transport)?;
+        let logs = self
+            .provider
+            .get_logs(&filter)
+            .await
+            .map_err(transport_err)?;
         for h in logs.into_iter().filter_map(|l| l.transaction_hash) {
             if self.settled_by(h, a).await? {
                 return Ok(Some(h));
@@ -386,7 +403,7 @@ impl EvmFacilitator {
             .provider
             .get_transaction_receipt(h)
             .await
-            .map_err(transport)?
+            .map_err(transport_err)?
         else {
             return Ok(false);
         };
@@ -430,12 +447,12 @@ impl EvmFacilitator {
             .provider
             .estimate_gas(tx.clone())
             .await
-            .map_err(transport)?;
+            .map_err(transport_err)?;
         let fees = self
             .provider
             .estimate_eip1559_fees()
             .await
-            .map_err(transport)?;
+            .map_err(transport_err)?;
         let mut next = self.next_nonce.lock().await;
         let nonce = match *next {
             Some(n) => n,
@@ -444,7 +461,7 @@ impl EvmFacilitator {
                 .get_transaction_count(self.relayer)
                 .pending()
                 .await
-                .map_err(transport)?,
+                .map_err(transport_err)?,
         };
         let tx = tx
             .with_nonce(nonce)
@@ -483,7 +500,7 @@ impl EvmFacilitator {
                 // Not known: the node refused it or never got it. Read the
                 // nonce again next time (a gap or a refusal must not stick).
                 *next = None;
-                let e = crate::scrub_urls(&e.to_string());
+                let e = crate::scrub_urls(&crate::with_causes(&e));
                 tracing::warn!(%hash, error = %e, "settlement send failed; will reconcile");
                 Err(transport(format!("send failed: {e}")))
             }
@@ -566,7 +583,7 @@ impl Facilitator for EvmFacilitator {
                     .provider
                     .get_transaction_by_hash(h)
                     .await
-                    .map_err(transport)?
+                    .map_err(transport_err)?
                     .is_some() =>
             {
                 h

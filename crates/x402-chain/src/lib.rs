@@ -32,8 +32,25 @@ pub enum ChainError {
     Anvil(String),
 }
 
-pub(crate) fn rpc<E: std::fmt::Display>(e: E) -> ChainError {
-    ChainError::Rpc(scrub_urls(&e.to_string()))
+pub(crate) fn rpc<E: std::error::Error>(e: E) -> ChainError {
+    ChainError::Rpc(scrub_urls(&with_causes(&e)))
+}
+
+/// An error's text followed by its causes (`source()` chain): reqwest's
+/// "error sending request" alone does not say "connection refused".
+/// Causes whose text the previous one already includes are skipped.
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Error text without URLs: RPC URLs often carry an API key, and these texts
@@ -62,6 +79,37 @@ pub(crate) fn scrub_urls(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn error_text_names_its_causes_once() {
+        #[derive(Debug)]
+        struct E(&'static str, Option<Box<E>>);
+        impl std::fmt::Display for E {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for E {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let refused = E("connection refused", None);
+        let connect = E("client error (Connect)", Some(Box::new(refused)));
+        let e = E("error sending request", Some(Box::new(connect)));
+        assert_eq!(
+            super::with_causes(&e),
+            "error sending request: client error (Connect): connection refused"
+        );
+        let repeats = E(
+            "tcp connect error: connection refused",
+            Some(Box::new(E("connection refused", None))),
+        );
+        assert_eq!(
+            super::with_causes(&repeats),
+            "tcp connect error: connection refused"
+        );
+    }
+
     #[test]
     fn urls_are_scrubbed_from_error_text() {
         assert_eq!(

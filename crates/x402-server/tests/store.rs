@@ -4,62 +4,19 @@
 //! instances end up settling one payload.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use atomicstream_testkit::Redis;
 use x402_server::store::{Commit, RedisStore};
 use x402_session::{
     Credit, PaymentIn, PaymentKey, PaymentRecord, PaymentStatus, Refusal, SessionState,
 };
 use x402_types::{ErrorCode, RenewResponse};
 
-struct Redis(Child, u16);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis() -> Redis {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let r = Redis(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server not found: `cargo xtask tools` installs Debian's redis-server"),
-        port,
-    );
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return r;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("redis-server did not start");
-}
-
 async fn store(r: &Redis) -> RedisStore {
-    RedisStore::connect(
-        &format!("redis://127.0.0.1:{}", r.1),
-        "t:",
-        Duration::from_secs(1),
-    )
-    .await
-    .unwrap()
+    RedisStore::connect(&r.url(), "t:", Duration::from_secs(1))
+        .await
+        .unwrap()
 }
 
 fn record(status: PaymentStatus) -> PaymentRecord {
@@ -110,7 +67,7 @@ fn credited(slices: u64) -> PaymentStatus {
 
 #[tokio::test]
 async fn claims_are_all_or_nothing_and_versions_are_compared() {
-    let r = redis();
+    let r = Redis::start();
     let (a, b) = (store(&r).await, store(&r).await);
     let key = PaymentKey::from_stored("n:s".into());
     let rec = record(PaymentStatus::Settling);
@@ -153,7 +110,7 @@ async fn claims_are_all_or_nothing_and_versions_are_compared() {
 
 #[tokio::test]
 async fn a_settlement_beats_an_unresolved_answer_and_only_the_owner_forgets() {
-    let r = redis();
+    let r = Redis::start();
     let (a, b) = (store(&r).await, store(&r).await);
     let key = PaymentKey::from_stored("n:s".into());
     let rec = record(PaymentStatus::Settling);
@@ -221,7 +178,7 @@ async fn a_settlement_beats_an_unresolved_answer_and_only_the_owner_forgets() {
 
 #[tokio::test]
 async fn two_publishers_never_share_a_sequence_number() {
-    let r = redis();
+    let r = Redis::start();
     let (a, b) = (store(&r).await, store(&r).await);
     let mut tasks = Vec::new();
     for s in [a, b] {
