@@ -167,6 +167,11 @@ payment_wait_secs = 3
         }
     }
 
+    /// What it wrote to stderr (warnings and errors).
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.config.with_extension("log")).unwrap_or_default()
+    }
+
     fn http(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -750,6 +755,34 @@ async fn a_settlement_whose_instance_died_is_taken_over_and_credited_once() {
     // Retried again: the recorded answer.
     assert_eq!(renewed(&b, &q, &p).await, r);
     assert_eq!(b.credited().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_keeps_its_event_reader_connected() {
+    // The reader blocks in XREAD for up to a second at a time; a connection
+    // whose answers time out sooner drops it on every idle second, and the
+    // events published while it reconnects wait half a second.
+    let (redis, inst, _) = cluster(1).await;
+    let q = quote_on(&inst[0], "api").await;
+    let mut ws = connect(&inst[0], &q, None, Some(&sign(&q))).await.unwrap();
+    hello(&mut ws).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let publisher = x402_server::RedisStore::connect(&redis.url(), "x402:", Duration::from_secs(1))
+        .await
+        .unwrap();
+    publisher
+        .publish("api", 1024, &serde_json::json!({"after": "idle"}))
+        .await
+        .unwrap();
+    match next_msg(&mut ws).await {
+        ServerMessage::Event(e) => assert_eq!(e.data.get(), r#"{"after":"idle"}"#),
+        m => panic!("expected the event, got {m:?}"),
+    }
+    let log = inst[0].log();
+    assert!(
+        !log.contains("event reader interrupted"),
+        "the reader was dropped while idle: {log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,9 @@ use crate::store::RedisStore;
 pub(crate) const LEASE: Duration = Duration::from_secs(3);
 /// How often they are renewed.
 const BEAT: Duration = Duration::from_secs(1);
+/// How long one `XREAD` of the event reader blocks in Redis when nothing new
+/// arrives.
+const READ_BLOCK: Duration = Duration::from_secs(1);
 
 /// Keeps this instance marked alive.
 pub(crate) async fn heartbeat(store: RedisStore) {
@@ -92,7 +95,7 @@ async fn read_events_once(
     key: &str,
     cap: usize,
 ) -> Result<(), crate::store::StoreError> {
-    let mut conn = store.dedicated().await?;
+    let mut conn = store.dedicated(READ_BLOCK).await?;
     // What the stream holds newer than this hub: the replay buffer.
     let recent: StreamRangeReply = conn.xrevrange_count(key, "+", "-", cap).await?;
     let mut last = "0-0".to_string();
@@ -102,7 +105,8 @@ async fn read_events_once(
         }
         last = e.id;
     }
-    let opts = StreamReadOptions::default().block(1000).count(1024);
+    let block_ms = usize::try_from(READ_BLOCK.as_millis()).unwrap_or(1000);
+    let opts = StreamReadOptions::default().block(block_ms).count(1024);
     loop {
         let reply: Option<StreamReadReply> = conn.xread_options(&[key], &[&last], &opts).await?;
         for k in reply.map(|r| r.keys).unwrap_or_default() {

@@ -305,12 +305,21 @@ impl RedisStore {
         &self.prefix
     }
 
-    /// A dedicated connection (subscriptions and blocking reads must not
-    /// share the multiplexed one).
-    pub(crate) async fn dedicated(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
+    /// A dedicated connection for reads that block in Redis for up to
+    /// `blocks_for` (they must not hold up the shared connection). Its
+    /// answers may take that long plus the store's timeout: the client's
+    /// default (500 ms) would cut every idle `XREAD BLOCK` short.
+    pub(crate) async fn dedicated(
+        &self,
+        blocks_for: Duration,
+    ) -> Result<redis::aio::MultiplexedConnection, StoreError> {
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(blocks_for + self.timeout));
         timed(
             self.timeout * 2,
-            self.client.get_multiplexed_async_connection(),
+            self.client
+                .get_multiplexed_async_connection_with_config(&cfg),
         )
         .await
     }
