@@ -1732,12 +1732,18 @@ async fn main() {
     }
     // --redis: the same rows with the server's state in a local redis-server.
     let redis = if args.iter().any(|a| a == "--redis") {
-        soak::start_redis()
+        match atomicstream_testkit::Redis::try_start() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("bench: --redis: {e}");
+                std::process::exit(1);
+            }
+        }
     } else {
         None
     };
-    if let Some((_, port)) = &redis {
-        let url = format!("redis://127.0.0.1:{port}");
+    if let Some(redis) = &redis {
+        let url = redis.url();
         eprintln!("bench: handshake and fan-out through Redis");
         bench_handshake(&mut r, Some(&url)).await;
         for n in [1, 100, 1000] {

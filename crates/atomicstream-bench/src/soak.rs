@@ -273,46 +273,6 @@ async fn bad_client(base: String, kind: u64, until: Instant, tally: Arc<Tally>) 
     }
 }
 
-/// Runs the soak for `secs` seconds; returns the process exit code.
-/// A `redis-server` child for the soak (killed on drop).
-pub(crate) struct RedisChild(std::process::Child);
-
-impl Drop for RedisChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-pub(crate) fn start_redis() -> Option<(RedisChild, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let child = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "no"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    let child = RedisChild(child);
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some((child, port));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
-
 /// A TCP balancer: each connection goes to the next backend that accepts.
 async fn balancer(backends: Vec<std::net::SocketAddr>) -> Option<String> {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
@@ -350,10 +310,10 @@ pub async fn run(secs: u64, instances: usize, redis: bool) -> i32 {
         return 2;
     }
     let redis_child = if redis {
-        match start_redis() {
-            Some(r) => Some(r),
-            None => {
-                eprintln!("soak: cannot start redis-server (`cargo xtask tools` installs it)");
+        match atomicstream_testkit::Redis::try_start() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("soak: {e}");
                 return 1;
             }
         }
@@ -387,7 +347,8 @@ pub async fn run(secs: u64, instances: usize, redis: bool) -> i32 {
     };
     let mut cfg =
         x402_server::Config::demo("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()));
-    if let Some((_, port)) = &redis_child {
+    if let Some(r) = &redis_child {
+        let port = r.port();
         cfg.store = x402_server::StoreConfig::Redis {
             url: format!("redis://127.0.0.1:{port}"),
             prefix: "soak:".into(),

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -32,6 +32,12 @@ impl Redis {
     /// When `redis-server` is missing or does not start: a test that needs
     /// it never skips.
     pub fn start() -> Redis {
+        Self::try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Redis::start`] that says why instead of panicking (for tools such as
+    /// the soak, which report and exit).
+    pub fn try_start() -> Result<Redis, String> {
         Self::start_fresh(false)
     }
 
@@ -41,19 +47,29 @@ impl Redis {
     /// # Panics
     /// As [`Redis::start`].
     pub fn start_persistent() -> Redis {
-        Self::start_fresh(true)
+        Self::start_fresh(true).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn start_fresh(persistent: bool) -> Redis {
+    fn start_fresh(persistent: bool) -> Result<Redis, String> {
+        let bin = find_redis_server().ok_or(NOT_FOUND)?;
+        if !bin.is_file() {
+            return Err(format!(
+                "{}: no such file (X402_REDIS_SERVER)",
+                bin.display()
+            ));
+        }
         let dir = scratch("redis");
         let mut why = String::new();
         for _ in 0..ATTEMPTS {
-            match Self::spawn(free_port(), dir.clone(), persistent) {
-                Ok(r) => return r,
+            match Self::spawn(&bin, free_port(), dir.clone(), persistent) {
+                Ok(r) => return Ok(r),
                 Err(e) => why = e,
             }
         }
-        panic!("redis-server did not start in {ATTEMPTS} attempts: {why}");
+        let _ = std::fs::remove_dir_all(&dir);
+        Err(format!(
+            "redis-server did not start in {ATTEMPTS} attempts: {why}"
+        ))
     }
 
     /// `kill -9`, then a start on the same port and data.
@@ -68,12 +84,12 @@ impl Redis {
         // The directory lives on in the new server.
         self.dir = PathBuf::new();
         drop(self);
-        Self::spawn(port, dir, persistent)
+        Self::spawn(&redis_server_bin(), port, dir, persistent)
             .unwrap_or_else(|e| panic!("redis-server did not restart on port {port}: {e}"))
     }
 
-    fn spawn(port: u16, dir: PathBuf, persistent: bool) -> Result<Redis, String> {
-        let mut cmd = Command::new(redis_server_bin());
+    fn spawn(bin: &Path, port: u16, dir: PathBuf, persistent: bool) -> Result<Redis, String> {
+        let mut cmd = Command::new(bin);
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", ""]);
         if persistent {
@@ -87,7 +103,7 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("redis-server: {e}"))?;
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
         let mut r = Redis {
             child,
             port,
@@ -170,14 +186,21 @@ fn parse_process_id(info: &str) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+const NOT_FOUND: &str = "redis-server not found: these tests need a real Redis. \
+     `cargo xtask tools` installs Debian's redis-server (apt-get install redis-server)";
+
 /// `redis-server`: `X402_REDIS_SERVER`, then `PATH`, then the usual system
 /// directories (Debian puts it in `/usr/bin`).
 ///
 /// # Panics
 /// When it is nowhere: these tests need a real Redis.
 pub fn redis_server_bin() -> PathBuf {
+    find_redis_server().expect(NOT_FOUND)
+}
+
+fn find_redis_server() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("X402_REDIS_SERVER") {
-        return p.into();
+        return Some(p.into());
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -188,10 +211,6 @@ pub fn redis_server_bin() -> PathBuf {
         ])
         .map(|d| d.join("redis-server"))
         .find(|p| p.is_file())
-        .expect(
-            "redis-server not found: these tests need a real Redis. \
-             `cargo xtask tools` installs Debian's redis-server (apt-get install redis-server)",
-        )
 }
 
 /// A loopback port that was free a moment ago. Only for children that cannot
@@ -250,7 +269,8 @@ mod tests {
     fn a_taken_port_is_detected_not_shared() {
         let a = Redis::start();
         // A second server pointed at the first one's port must not pass as started.
-        let e = Redis::spawn(a.port(), scratch("taken"), false).expect_err("the port is taken");
+        let e = Redis::spawn(&redis_server_bin(), a.port(), scratch("taken"), false)
+            .expect_err("the port is taken");
         assert!(e.contains("exited") || e.contains("served by"), "{e}");
         assert_eq!(
             process_id(a.port()),
