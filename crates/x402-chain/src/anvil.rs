@@ -1,5 +1,5 @@
 //! A local chain for tests and the demo: anvil (from the npm package
-//! `@foundry-rs/anvil`, pinned in `cargo xtask`), started on a free port with
+//! `@foundry-rs/anvil`, pinned in `cargo xtask`), started on a port it binds itself (port 0) with
 //! base-sepolia's chain id, with the test USDC token placed at the canonical
 //! base-sepolia USDC address.
 
