@@ -135,20 +135,18 @@ payment_wait_secs = 3
         self.child = Some(child);
         // The instance binds port 0 and says where it listens (a port chosen
         // here could be taken by a parallel test before the child binds it).
-        let log_path = self.config.with_extension("log");
-        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(30);
         self.port = loop {
-            if let Some(port) = log().lines().find_map(listening_port) {
+            if let Some(port) = self.log().lines().find_map(listening_port) {
                 break port;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("instance exited ({status}): {}", log());
+                panic!("instance exited ({status}): {}", self.log());
             }
             assert!(
                 Instant::now() < deadline,
                 "instance did not start: {}",
-                log()
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
@@ -161,7 +159,7 @@ payment_wait_secs = 3
             assert!(
                 Instant::now() < deadline,
                 "instance did not answer: {}",
-                log()
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -78,11 +78,10 @@ impl Redis {
     /// When it does not come back (for instance, another process took the
     /// port meanwhile).
     pub fn restart(mut self) -> Redis {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let (port, dir, persistent) = (self.port, self.dir.clone(), self.persistent);
-        // The directory lives on in the new server.
-        self.dir = PathBuf::new();
+        let (port, persistent) = (self.port, self.persistent);
+        // The directory lives on in the new server; dropping kills (`-9`) and
+        // reaps the old one.
+        let dir = std::mem::take(&mut self.dir);
         drop(self);
         Self::spawn(&redis_server_bin(), port, dir, persistent)
             .unwrap_or_else(|e| panic!("redis-server did not restart on port {port}: {e}"))
@@ -97,36 +96,24 @@ impl Redis {
         } else {
             cmd.args(["--appendonly", "no"]);
         }
-        let child = cmd
+        let mut child = cmd
             .arg("--dir")
             .arg(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("{}: {e}", bin.display()))?;
-        let mut r = Redis {
-            child,
-            port,
-            dir,
-            persistent,
-        };
-        let deadline = Instant::now() + START_WITHIN;
-        loop {
-            if let Ok(Some(status)) = r.child.try_wait() {
-                r.dir = PathBuf::new();
-                return Err(format!("exited ({status}); port {port} taken?"));
-            }
-            match process_id(port) {
-                Some(pid) if pid == r.child.id() => return Ok(r),
-                Some(other) => {
-                    r.dir = PathBuf::new();
-                    return Err(format!("port {port} is served by process {other}"));
-                }
-                None if Instant::now() > deadline => {
-                    r.dir = PathBuf::new();
-                    return Err(format!("no answer on port {port} within {START_WITHIN:?}"));
-                }
-                None => std::thread::sleep(Duration::from_millis(20)),
+        match wait_until_owned(&mut child, port) {
+            Ok(()) => Ok(Redis {
+                child,
+                port,
+                dir,
+                persistent,
+            }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
             }
         }
     }
@@ -160,6 +147,25 @@ impl Drop for Redis {
         let _ = self.child.wait();
         if !self.dir.as_os_str().is_empty() {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Waits until the Redis answering on `port` is `child`; an error when the
+/// child exits, another process answers, or nothing answers in time.
+fn wait_until_owned(child: &mut Child, port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + START_WITHIN;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited ({status}); port {port} taken?"));
+        }
+        match process_id(port) {
+            Some(pid) if pid == child.id() => return Ok(()),
+            Some(other) => return Err(format!("port {port} is served by process {other}")),
+            None if Instant::now() > deadline => {
+                return Err(format!("no answer on port {port} within {START_WITHIN:?}"));
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
         }
     }
 }

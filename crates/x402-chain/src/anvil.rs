@@ -110,23 +110,21 @@ impl Anvil {
                 }
             }
         });
-        let port = rx.recv_timeout(Duration::from_secs(20));
+        // Dropped on an error: killed.
         let mut a = Anvil { child, port: 0 };
-        match port {
-            Ok(port) => {
-                a.port = port;
-                Ok(a)
-            }
+        a.port = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(port) => port,
             Err(RecvTimeoutError::Timeout) => {
-                Err(ChainError::Anvil("did not start within 20 s".into()))
+                return Err(ChainError::Anvil("did not start within 20 s".into()));
             }
             Err(RecvTimeoutError::Disconnected) => {
-                Err(ChainError::Anvil(match a.child.try_wait() {
+                return Err(ChainError::Anvil(match a.child.try_wait() {
                     Ok(Some(status)) => format!("exited: {status}"),
                     _ => "closed its output without saying where it listens".into(),
-                }))
+                }));
             }
-        }
+        };
+        Ok(a)
     }
 
     /// Its JSON-RPC URL.

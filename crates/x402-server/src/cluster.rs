@@ -78,6 +78,15 @@ fn frame_of(
     }
 }
 
+/// Pushes a stream entry's frame into the hub; returns its id (where the
+/// next read starts).
+fn push_entry(hub: &Hub, mut e: redis::streams::StreamId) -> String {
+    if let (Some(seq), Some(text)) = (seq_of(&e.id), frame_of(&mut e.map)) {
+        hub.push(seq, text);
+    }
+    e.id
+}
+
 /// Reads a stream's events from the store into this instance's hub.
 pub(crate) async fn read_events(store: RedisStore, hub: Arc<Hub>, stream: String, cap: usize) {
     let key = store.events_key(&stream);
@@ -99,22 +108,16 @@ async fn read_events_once(
     // What the stream holds newer than this hub: the replay buffer.
     let recent: StreamRangeReply = conn.xrevrange_count(key, "+", "-", cap).await?;
     let mut last = "0-0".to_string();
-    for mut e in recent.ids.into_iter().rev() {
-        if let (Some(seq), Some(text)) = (seq_of(&e.id), frame_of(&mut e.map)) {
-            hub.push(seq, text);
-        }
-        last = e.id;
+    for e in recent.ids.into_iter().rev() {
+        last = push_entry(hub, e);
     }
     let block_ms = usize::try_from(READ_BLOCK.as_millis()).unwrap_or(1000);
     let opts = StreamReadOptions::default().block(block_ms).count(1024);
     loop {
         let reply: Option<StreamReadReply> = conn.xread_options(&[key], &[&last], &opts).await?;
         for k in reply.map(|r| r.keys).unwrap_or_default() {
-            for mut e in k.ids {
-                if let (Some(seq), Some(text)) = (seq_of(&e.id), frame_of(&mut e.map)) {
-                    hub.push(seq, text);
-                }
-                last = e.id;
+            for e in k.ids {
+                last = push_entry(hub, e);
             }
         }
     }
