@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use x402_payer::Payer;
 use x402_server::{EmbeddedFacilitator, Limits};
 
-use crate::{bare_connect, quote, signer_payer, stream_cfg};
+use crate::fixture::{bare_connect, quote, signer_payer, stream_cfg};
 
 /// Cuts sockets at random moments.
 struct Flaky {

@@ -1,0 +1,161 @@
+//! Row family 2: the client receive path against a bare tokio-tungstenite client.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use atomicstream::ClientEvent;
+use futures::StreamExt;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+use x402_server::Limits;
+use x402_types::ServerMessage;
+
+use crate::fixture::{
+    Local, bench_client, event_frame, local_server, paid_socket, payload, signer_payer, stream_cfg,
+};
+use crate::report::Report;
+
+/// The receive rows move up to 1.5 GB/s through memory, where single rounds
+/// spread most on this machine: more (short) rounds for their medians.
+const RECEIVE_ROUNDS: usize = 9;
+
+/// The `n` event frames of `size` bytes the receive rows publish, encoded
+/// beforehand: publishing them costs the server no encoding, so the rows
+/// measure the clients rather than the publisher (which, encoding 64 KiB
+/// payloads on the same two cores, was the bottleneck both clients waited on).
+fn frames(size: usize, n: u64) -> Arc<Vec<x402_server::Utf8Bytes>> {
+    Arc::new(
+        (0..n)
+            .map(|i| event_frame(i, &payload(size, i)).into())
+            .collect(),
+    )
+}
+
+/// Publishes the frames into stream `id` (a fresh one: sequence numbers from 0)
+/// as fast as possible.
+fn burst(
+    local: &Local,
+    id: &str,
+    frames: Arc<Vec<x402_server::Utf8Bytes>>,
+) -> tokio::task::JoinHandle<()> {
+    let hub = local.server_state.streams.get(id).map(|e| e.hub.clone());
+    tokio::task::spawn_blocking(move || {
+        if let Some(hub) = hub {
+            for (seq, f) in frames.iter().enumerate() {
+                hub.push(seq as u64, f.clone());
+            }
+        }
+    })
+}
+
+async fn receive_bare(
+    local: &Local,
+    id: &str,
+    frames: Arc<Vec<x402_server::Utf8Bytes>>,
+) -> (f64, f64) {
+    let n = frames.len() as u64;
+    let http = reqwest::Client::new();
+    let mut ws = paid_socket(&http, &signer_payer(), &local.base, id).await;
+    let _hello = ws.next().await;
+    let t = Instant::now();
+    let pubt = burst(local, id, frames);
+    let (mut got, mut bytes) = (0u64, 0u64);
+    while got < n {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                // What a bare client does with a frame: parse it into a Value.
+                if let Ok(v) = serde_json::from_str::<Value>(t.as_str())
+                    && v.get("type").and_then(Value::as_str) == Some("event")
+                {
+                    got += 1;
+                    bytes += t.len() as u64;
+                }
+            }
+            Some(Ok(_)) => {}
+            _ => break,
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let _ = pubt.await;
+    (got as f64 / secs, bytes as f64 / secs)
+}
+
+async fn receive_ours(
+    local: &Local,
+    id: &str,
+    frames: Arc<Vec<x402_server::Utf8Bytes>>,
+) -> (f64, f64) {
+    let n = frames.len() as u64;
+    let client = bench_client(local);
+    let mut s = client.open(id).await.unwrap_or_else(|e| panic!("{e}"));
+    let t = Instant::now();
+    let pubt = burst(local, id, frames);
+    let (mut got, mut bytes) = (0u64, 0u64);
+    let mut envelope = None;
+    while got < n {
+        match s.next().await {
+            Some(ClientEvent::Data(e)) => {
+                got += 1;
+                // The frame's size on the wire: the data plus the event envelope
+                // (measured once; serializing every event again would bill the
+                // measurement to our client).
+                let data = e.data.get().len() as u64;
+                let env = *envelope
+                    .get_or_insert_with(|| ServerMessage::Event(e).to_json().len() as u64 - data);
+                bytes += data + env;
+            }
+            Some(ClientEvent::Ended(_)) | None => break,
+            _ => {}
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let _ = pubt.await;
+    (got as f64 / secs, bytes as f64 / secs)
+}
+
+pub(crate) async fn bench_receive(r: &mut Report, size: usize, n: u64) {
+    let limits = Limits {
+        replay_buffer: n as usize + 10,
+        send_queue: 4096,
+        max_frame_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let ids: Vec<String> = (0..2 * RECEIVE_ROUNDS).map(|i| format!("r{i}")).collect();
+    let local = local_server(ids.iter().map(|i| stream_cfg(i, 3600)).collect(), limits).await;
+    let frames = frames(size, n);
+    // Alternate the two clients round by round; report medians and the
+    // spread of the per-round ratios (machine noise moves single rounds).
+    let (mut bare, mut ours) = (Vec::new(), Vec::new());
+    for round in 0..RECEIVE_ROUNDS {
+        // Both readers run in the bench's main future (on the main thread, not a
+        // runtime worker): a hand-off from our driver to the reader crosses threads.
+        bare.push(receive_bare(&local, &ids[2 * round], frames.clone()).await);
+        ours.push(receive_ours(&local, &ids[2 * round + 1], frames.clone()).await);
+    }
+    let label = match size {
+        0..=100 => "~100 B",
+        101..=8192 => "~4 KiB",
+        _ => "~64 KiB",
+    };
+    let base_name = "bare tokio-tungstenite client parsing into serde_json::Value";
+    let target = if size > 100 { 1.0 } else { 0.9 };
+    let col = |v: &[(f64, f64)], i: usize| -> Vec<f64> {
+        v.iter().map(|x| if i == 0 { x.0 } else { x.1 }).collect()
+    };
+    r.rounds(
+        &format!("2. client receive, events/s ({label})"),
+        &col(&ours, 0),
+        "events/s",
+        base_name,
+        &col(&bare, 0),
+        target,
+    );
+    r.rounds(
+        &format!("2. client receive, bytes/s ({label})"),
+        &col(&ours, 1),
+        "B/s",
+        base_name,
+        &col(&bare, 1),
+        target,
+    );
+}

@@ -1,0 +1,637 @@
+//! The client role: buy a stream by the slice, renew, reconnect, resume.
+
+mod live;
+mod payment;
+mod reconnect;
+mod schema;
+mod types;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use x402_types::{CloseCode, ErrorCode, Offer, PaymentPayload, ServerMessage, UrlContext};
+
+use crate::error::UsageError;
+use crate::rng::Jitter;
+
+use payment::{Pending, Purpose};
+pub use schema::{CheckedSchema, read_schema};
+pub use types::{
+    ClientConfig, ClientEvent, ClientStats, ConnId, EndReason, HttpResponse, Method,
+    ReconnectPolicy, RequestId, Transmit, TransportFailure, default_renew_margin,
+};
+
+/// How long after local expiry a session without further payments gives up waiting for the server.
+const END_SLACK: Duration = Duration::from_secs(7);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    FetchingSchema(RequestId),
+    /// Waiting for the first payment.
+    Paying,
+    Connecting {
+        conn: ConnId,
+        paid_slice: Option<u64>,
+    },
+    Live {
+        conn: ConnId,
+        hello: bool,
+    },
+    /// Disconnected, waiting to reconnect (or to pay first).
+    Down,
+    Ended,
+}
+
+/// The client role of the protocol, sans I/O.
+///
+/// # Driving it
+///
+/// 1. Create it with [`ClientSession::new`] and call [`open`](Self::open).
+/// 2. After **every** input (`open`, `handle_*`, `stop`), drain
+///    [`poll_transmit`](Self::poll_transmit) and [`poll_event`](Self::poll_event)
+///    until both return `None`. An input given while outputs are queued is
+///    refused with [`UsageError::NotDrained`].
+/// 3. Perform each transmit and feed its outcome back (`handle_http_response` /
+///    `handle_http_error`, `handle_ws_upgrade`, `handle_ws_message`,
+///    `handle_ws_closed`).
+/// 4. On [`ClientEvent::PaymentNeeded`], check the spending policy, sign, and
+///    call [`handle_payment`](Self::handle_payment) or
+///    [`handle_payment_declined`](Self::handle_payment_declined).
+/// 5. Sleep until [`poll_timeout`](Self::poll_timeout) and call
+///    [`handle_timeout`](Self::handle_timeout).
+///
+/// The machine never reads a clock: `now` comes with every input, and wall
+/// time is derived from the anchor given to `new`.
+#[derive(Debug)]
+pub struct ClientSession {
+    cfg: ClientConfig,
+    schema_url: String,
+    ctx: Option<UrlContext>,
+    phase: Phase,
+    ws_url: Option<x402_types::Url>,
+    renew_url: Option<String>,
+    offer: Option<Offer>,
+    slice_seconds: Option<u64>,
+    slices: u64,
+    paid_until: Option<Instant>,
+    expires_at: u64,
+    server_offset_ms: i64,
+    pending: Option<Pending>,
+    asking: Option<(u64, Purpose)>,
+    resigns: u32,
+    renew_req: Option<RequestId>,
+    /// The slice whose payment the renew request in flight carries.
+    renew_slice: Option<u64>,
+    renew_at: Option<Instant>,
+    renew_retry_at: Option<Instant>,
+    renew_attempt: u32,
+    reconnect_at: Option<Instant>,
+    reconnect_attempt: u32,
+    end_at: Option<Instant>,
+    next_seq: Option<u64>,
+    no_more: Option<EndReason>,
+    next_id: u64,
+    jitter: Jitter,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<ClientEvent>,
+    anchor: (Instant, u64),
+    last_now: Instant,
+    stats: ClientStats,
+}
+
+impl ClientSession {
+    /// A new session. `unix_now` is the wall time (unix seconds) at `now`.
+    pub fn new(cfg: ClientConfig, now: Instant, unix_now: u64) -> Result<Self, UsageError> {
+        let schema_url =
+            x402_types::version::schema_url(&cfg.http_base, cfg.version, &cfg.stream_id)
+                .map_err(|e| UsageError::Config(e.to_string()))?
+                .to_string();
+        let ctx = UrlContext::from_schema_url(&schema_url)
+            .map_err(|e| UsageError::Config(e.to_string()))?;
+        Ok(ClientSession {
+            jitter: Jitter::new(cfg.jitter_seed),
+            cfg,
+            schema_url,
+            ctx: Some(ctx),
+            phase: Phase::Idle,
+            ws_url: None,
+            renew_url: None,
+            offer: None,
+            slice_seconds: None,
+            slices: 0,
+            paid_until: None,
+            expires_at: 0,
+            server_offset_ms: 0,
+            pending: None,
+            asking: None,
+            resigns: 0,
+            renew_req: None,
+            renew_slice: None,
+            renew_at: None,
+            renew_retry_at: None,
+            renew_attempt: 0,
+            reconnect_at: None,
+            reconnect_attempt: 0,
+            end_at: None,
+            next_seq: None,
+            no_more: None,
+            next_id: 1,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            anchor: (now, unix_now),
+            last_now: now,
+            stats: ClientStats::default(),
+        })
+    }
+
+    // ----- outputs -----
+
+    /// The next thing to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the application.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`handle_timeout`](Self::handle_timeout), if ever. Never
+    /// earlier than the latest `now` given.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.phase == Phase::Ended {
+            return None;
+        }
+        [
+            self.renew_at,
+            self.renew_retry_at,
+            self.reconnect_at,
+            self.end_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| t.max(self.last_now))
+    }
+
+    // ----- queries -----
+
+    /// Whether the session has ended.
+    pub fn is_ended(&self) -> bool {
+        self.phase == Phase::Ended
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+
+    /// Slice length announced by the server.
+    pub fn slice_seconds(&self) -> Option<u64> {
+        self.slice_seconds
+    }
+
+    /// Paid time left at `now`.
+    pub fn paid_remaining(&self, now: Instant) -> Duration {
+        self.paid_until
+            .map(|p| p.saturating_duration_since(now))
+            .unwrap_or_default()
+    }
+
+    /// The offer being paid.
+    pub fn offer(&self) -> Option<&Offer> {
+        self.offer.as_ref()
+    }
+
+    /// The sequence number expected next.
+    pub fn next_seq(&self) -> Option<u64> {
+        self.next_seq
+    }
+
+    /// The renew margin in effect.
+    pub fn renew_margin(&self) -> Duration {
+        match (self.cfg.renew_margin, self.slice_seconds) {
+            (Some(m), Some(s)) => m.min(Duration::from_millis(s.saturating_mul(500))),
+            (Some(m), None) => m,
+            (None, Some(s)) => default_renew_margin(s),
+            (None, None) => Duration::from_secs(10),
+        }
+    }
+
+    // ----- inputs -----
+
+    fn input(&mut self, now: Instant) -> Result<(), UsageError> {
+        if !self.transmits.is_empty() || !self.events.is_empty() {
+            return Err(UsageError::NotDrained {
+                transmits: self.transmits.len(),
+                events: self.events.len(),
+            });
+        }
+        self.last_now = self.last_now.max(now);
+        Ok(())
+    }
+
+    /// Starts the session: fetches the schema.
+    pub fn open(&mut self, now: Instant) -> Result<(), UsageError> {
+        self.input(now)?;
+        if self.phase != Phase::Idle {
+            return Err(UsageError::AlreadyOpen);
+        }
+        let id = self.request_id();
+        self.phase = Phase::FetchingSchema(id);
+        self.transmits.push_back(Transmit::Http {
+            id,
+            method: Method::Get,
+            url: self.schema_url.clone(),
+            headers: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Stops the session: closes the socket and ends with [`EndReason::Stopped`].
+    pub fn stop(&mut self, now: Instant) -> Result<(), UsageError> {
+        self.input(now)?;
+        self.end(EndReason::Stopped, Some(CloseCode::Normal));
+        Ok(())
+    }
+
+    /// The payer signed the payment asked for `slice`.
+    pub fn handle_payment(
+        &mut self,
+        now: Instant,
+        slice: u64,
+        payload: PaymentPayload,
+    ) -> Result<(), UsageError> {
+        self.input(now)?;
+        let Some((asked, purpose)) = self.asking else {
+            return Err(UsageError::UnexpectedPayment { slice });
+        };
+        if asked != slice {
+            return Err(UsageError::UnexpectedPayment { slice });
+        }
+        if payload.version() != self.cfg.version {
+            return Err(UsageError::WrongPaymentVersion);
+        }
+        self.asking = None;
+        if self.phase == Phase::Ended {
+            return Ok(());
+        }
+        let header = payload.to_header();
+        self.pending = Some(Pending { slice, header });
+        match purpose {
+            Purpose::Renew => self.send_renew(now),
+            Purpose::Upgrade => self.connect(now),
+        }
+        Ok(())
+    }
+
+    /// The payer (or the spending policy) declined to pay for `slice`.
+    /// The session keeps streaming what is paid, then ends with the reason.
+    pub fn handle_payment_declined(
+        &mut self,
+        now: Instant,
+        slice: u64,
+        message: String,
+        policy: bool,
+    ) -> Result<(), UsageError> {
+        self.input(now)?;
+        if self.asking.map(|(s, _)| s) != Some(slice) {
+            return Err(UsageError::UnexpectedPayment { slice });
+        }
+        let purpose = self.asking.map(|(_, p)| p);
+        self.asking = None;
+        self.stop_paying(now, EndReason::PaymentDeclined { message, policy });
+        if purpose == Some(Purpose::Upgrade) && !self.has_paid_time(now) {
+            let reason = self.no_more.clone().unwrap_or(EndReason::Stopped);
+            self.end(reason, Some(CloseCode::Normal));
+        }
+        Ok(())
+    }
+
+    /// An HTTP answer arrived.
+    pub fn handle_http_response(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        resp: HttpResponse,
+    ) -> Result<(), UsageError> {
+        self.input(now)?;
+        if self.phase == Phase::FetchingSchema(id) {
+            self.on_schema(now, resp);
+        } else if self.renew_req == Some(id) {
+            self.renew_req = None;
+            self.on_renew_response(now, resp);
+        }
+        Ok(())
+    }
+
+    /// An HTTP request failed without an answer.
+    pub fn handle_http_error(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        _failure: TransportFailure,
+    ) -> Result<(), UsageError> {
+        self.input(now)?;
+        if self.phase == Phase::FetchingSchema(id) {
+            // Nothing was paid yet: retry the schema with backoff.
+            self.reconnect_attempt += 1;
+            if self.reconnect_attempt > self.cfg.reconnect.max_attempts {
+                self.end(
+                    EndReason::ConnectionLost {
+                        attempts: self.reconnect_attempt - 1,
+                    },
+                    Some(CloseCode::Normal),
+                );
+            } else {
+                self.phase = Phase::Idle;
+                let d = self.backoff(self.reconnect_attempt);
+                self.reconnect_at = Some(now + d);
+            }
+        } else if self.renew_req == Some(id) {
+            self.renew_req = None;
+            self.retry_renew(now);
+        }
+        Ok(())
+    }
+
+    /// The WebSocket upgrade of `conn` completed (`Ok`: 101 with its headers) or was refused.
+    pub fn handle_ws_upgrade(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        result: Result<HttpResponse, Option<HttpResponse>>,
+    ) -> Result<(), UsageError> {
+        self.input(now)?;
+        let Phase::Connecting {
+            conn: c,
+            paid_slice,
+        } = self.phase
+        else {
+            return Ok(());
+        };
+        if c != conn {
+            return Ok(());
+        }
+        match result {
+            Ok(resp) => {
+                if let Some(slice) = paid_slice {
+                    let settlement = self.settlement(&resp);
+                    self.accept_payment(slice, settlement);
+                }
+                self.phase = Phase::Live { conn, hello: false };
+            }
+            Err(None) => self.connection_lost(now),
+            Err(Some(resp)) => self.on_upgrade_refused(now, paid_slice, resp),
+        }
+        Ok(())
+    }
+
+    /// A text frame arrived on `conn`.
+    pub fn handle_ws_message(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        text: &str,
+    ) -> Result<(), UsageError> {
+        self.input(now)?;
+        let Phase::Live { conn: c, hello } = self.phase else {
+            return Ok(());
+        };
+        if c != conn {
+            return Ok(());
+        }
+        let msg = match ServerMessage::parse(text) {
+            Ok(m) => m,
+            Err(e) => {
+                self.end(
+                    EndReason::ProtocolViolation(format!("bad frame: {e}")),
+                    Some(CloseCode::Policy),
+                );
+                return Ok(());
+            }
+        };
+        if !hello && !matches!(msg, ServerMessage::Hello(_) | ServerMessage::Unknown { .. }) {
+            self.end(
+                EndReason::ProtocolViolation("first message was not hello".into()),
+                Some(CloseCode::Policy),
+            );
+            return Ok(());
+        }
+        match msg {
+            ServerMessage::Hello(h) => self.on_hello(now, conn, h),
+            ServerMessage::Event(e) => self.on_event(e),
+            ServerMessage::Renewed { expires_at, slices } => {
+                self.on_renewed(now, expires_at, slices)
+            }
+            ServerMessage::Expiring {
+                seconds_left,
+                expires_at,
+            } => {
+                // A notice about an end that a renewal already moved is stale.
+                if expires_at < self.expires_at {
+                    return Ok(());
+                }
+                self.events
+                    .push_back(ClientEvent::Expiring { seconds_left });
+                let within_margin = Duration::from_secs(seconds_left) <= self.renew_margin();
+                if within_margin
+                    && self.pending.is_none()
+                    && self.asking.is_none()
+                    && self.renew_req.is_none()
+                {
+                    self.need_payment(now, Purpose::Renew);
+                }
+            }
+            ServerMessage::Expired { expires_at } => {
+                if expires_at < self.expires_at {
+                    return Ok(());
+                }
+                self.events.push_back(ClientEvent::Expired);
+                if let Some(reason) = self.no_more.clone() {
+                    self.end(reason, Some(CloseCode::Normal));
+                } else if self.pending.is_none() && self.asking.is_none() {
+                    self.need_payment(now, Purpose::Renew);
+                }
+            }
+            ServerMessage::End { reason } => {
+                self.end(EndReason::StreamEnded { reason }, Some(CloseCode::Normal))
+            }
+            ServerMessage::Error {
+                code: ErrorCode::EventsLost,
+                count,
+                ..
+            } => {
+                let n = count.unwrap_or(0);
+                self.stats.lost += n;
+                self.events.push_back(ClientEvent::EventsLost { count: n });
+            }
+            ServerMessage::Error {
+                code: ErrorCode::EventsSkipped,
+                count,
+                ..
+            } => {
+                let n = count.unwrap_or(0);
+                self.stats.skipped += n;
+                self.events
+                    .push_back(ClientEvent::EventsSkipped { count: n });
+            }
+            ServerMessage::Pong | ServerMessage::Unknown { .. } => {}
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// `conn` closed (with the peer's close code, if any) or dropped.
+    pub fn handle_ws_closed(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        code: Option<CloseCode>,
+    ) -> Result<(), UsageError> {
+        self.input(now)?;
+        let live = match self.phase {
+            Phase::Live { conn: c, .. } | Phase::Connecting { conn: c, .. } => c == conn,
+            _ => false,
+        };
+        if !live {
+            return Ok(());
+        }
+        match code {
+            Some(CloseCode::Superseded) => self.end(EndReason::Superseded, None),
+            Some(CloseCode::TokenInvalid) => {
+                self.end(EndReason::TokenRejected { code: 4401 }, None)
+            }
+            Some(c @ (CloseCode::Policy | CloseCode::TooBig)) => self.end(
+                EndReason::ProtocolViolation(format!("server closed with {}", c.code())),
+                None,
+            ),
+            Some(CloseCode::PaymentExpired) => {
+                self.paid_until = Some(now.min(self.paid_until.unwrap_or(now)));
+                if let Some(reason) = self.no_more.clone() {
+                    self.end(reason, None);
+                } else {
+                    self.phase = Phase::Down;
+                    if self.renew_req.is_none() && self.asking.is_none() {
+                        self.reconnect_at = Some(now);
+                    }
+                }
+            }
+            _ => self.connection_lost(now),
+        }
+        Ok(())
+    }
+
+    /// A deadline from [`poll_timeout`](Self::poll_timeout) passed.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), UsageError> {
+        self.input(now)?;
+        if self.phase == Phase::Ended {
+            return Ok(());
+        }
+        if self.end_at.is_some_and(|t| t <= now) {
+            self.end_at = None;
+            let reason = self.no_more.clone().unwrap_or(EndReason::Stopped);
+            self.end(reason, Some(CloseCode::Normal));
+            return Ok(());
+        }
+        if self.renew_retry_at.is_some_and(|t| t <= now) {
+            self.renew_retry_at = None;
+            if self.pending.is_some() && self.renew_req.is_none() {
+                self.send_renew(now);
+            }
+        }
+        if self.renew_at.is_some_and(|t| t <= now) {
+            self.renew_at = None;
+            if self.pending.is_none() && self.asking.is_none() && self.renew_req.is_none() {
+                self.need_payment(now, Purpose::Renew);
+            }
+        }
+        if self.reconnect_at.is_some_and(|t| t <= now) {
+            self.reconnect_at = None;
+            match self.phase {
+                Phase::Idle => self.open_again(now),
+                Phase::Down => self.reconnect(now),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    // ----- internals -----
+
+    fn request_id(&mut self) -> RequestId {
+        self.next_id += 1;
+        RequestId(self.next_id)
+    }
+
+    fn unix_ms(&self, now: Instant) -> i128 {
+        let (base, unix) = self.anchor;
+        let delta = if now >= base {
+            now.duration_since(base).as_millis() as i128
+        } else {
+            -(base.duration_since(now).as_millis() as i128)
+        };
+        i128::from(unix) * 1000 + delta
+    }
+
+    fn backoff(&mut self, attempt: u32) -> Duration {
+        let p = &self.cfg.reconnect;
+        let exp = p
+            .initial
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let capped = exp.min(p.max);
+        // Full jitter in [50%, 100%] of the capped delay.
+        capped.mul_f64(0.5 + 0.5 * self.jitter.next_f64())
+    }
+
+    fn has_paid_time(&self, now: Instant) -> bool {
+        self.paid_until.is_some_and(|p| p > now)
+    }
+
+    fn open_again(&mut self, now: Instant) {
+        let id = self.request_id();
+        self.phase = Phase::FetchingSchema(id);
+        let _ = now;
+        self.transmits.push_back(Transmit::Http {
+            id,
+            method: Method::Get,
+            url: self.schema_url.clone(),
+            headers: Vec::new(),
+        });
+    }
+
+    fn end(&mut self, reason: EndReason, close: Option<CloseCode>) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        if let Some(code) = close
+            && let Phase::Live { conn, .. } | Phase::Connecting { conn, .. } = self.phase
+        {
+            self.transmits.push_back(Transmit::WsClose { conn, code });
+        }
+        self.phase = Phase::Ended;
+        self.renew_at = None;
+        self.renew_retry_at = None;
+        self.reconnect_at = None;
+        self.end_at = None;
+        self.asking = None;
+        self.events.push_back(ClientEvent::Ended(reason));
+    }
+
+    fn stop_paying(&mut self, now: Instant, reason: EndReason) {
+        if self.no_more.is_none() {
+            self.no_more = Some(reason);
+        }
+        self.renew_at = None;
+        // End once the paid time is used up (the server also says `expired`).
+        self.end_at = Some(self.paid_until.map_or(now, |p| p.max(now)) + END_SLACK);
+    }
+
+    fn protocol_violation(&mut self, msg: String) {
+        self.end(EndReason::ProtocolViolation(msg), Some(CloseCode::Policy));
+    }
+}
