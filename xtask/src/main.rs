@@ -73,9 +73,10 @@ fn tools() -> bool {
     if !redis_server() {
         return false;
     }
-    // The official x402 Python SDK, for the interop test of the EVM facilitator.
+    // The official x402 Python SDK, for the interop test of the EVM facilitator: its EVM
+    // signer and its HTTP facilitator client (the `clients` extra: httpx).
     let py = dir.join("py");
-    if !py.join(format!("x402-{X402_PY}.dist-info")).exists() {
+    if !py.join(format!("x402-{X402_PY}.dist-info")).exists() || !py.join("httpx").exists() {
         let mut c = Command::new("python3");
         c.args([
             "-m",
@@ -86,7 +87,7 @@ fn tools() -> bool {
             "--target",
         ])
         .arg(&py)
-        .arg(format!("x402[evm]=={X402_PY}"));
+        .arg(format!("x402[evm,clients]=={X402_PY}"));
         if !step("install the official x402 Python SDK (pip)", &mut c) {
             return false;
         }

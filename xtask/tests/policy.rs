@@ -90,3 +90,45 @@ fn the_types_crate_keeps_a_small_tree() {
         assert!(!crates.contains(&heavy), "x402-types pulls {heavy}");
     }
 }
+
+/// The settling EVM facilitator implements `x402-facilitator`'s trait and
+/// never pulls the stream server (axum routes, redis, prometheus) into a chain
+/// crate: its normal dependency tree holds no `x402-server`.
+#[test]
+fn the_chain_crate_does_not_depend_on_the_server() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "-p",
+            "x402-chain",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .current_dir(root)
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<&str> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(
+        names.contains(&"x402-facilitator"),
+        "cargo tree output looks wrong: {tree}"
+    );
+    for banned in ["x402-server", "x402-session", "redis", "prometheus-client"] {
+        assert!(!names.contains(&banned), "x402-chain depends on {banned}");
+    }
+}

@@ -122,7 +122,10 @@ enum Cmd {
     },
     /// Run only the x402 facilitator API (/verify, /settle, /supported), for other x402
     /// servers, v1 and v2. With --evm it settles on chain from a relayer key; without, the
-    /// embedded verifier settles nothing. Off loopback a bearer key is required.
+    /// embedded verifier settles nothing. A bearer key is required off loopback, and with
+    /// --evm unless --insecure-no-key. Requests from web pages (an Origin header), POST
+    /// bodies that are not application/json, and a Host other than the listen address
+    /// (DNS rebinding) are refused unless allowed.
     Facilitator {
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:4022")]
@@ -130,9 +133,19 @@ enum Cmd {
         #[command(flatten)]
         evm: EvmArgs,
         /// Bearer key callers must send (`Authorization: Bearer <key>`), at least 32 bytes.
-        /// Required unless listening on loopback.
+        /// Required off loopback, and with --evm.
         #[arg(long, env = "X402_FACILITATOR_KEY", hide_env_values = true)]
         api_key: Option<String>,
+        /// With --evm on loopback, serve without a key: anyone who can reach the port
+        /// can make the relayer spend its gas.
+        #[arg(long)]
+        insecure_no_key: bool,
+        /// Also answer to this Host (a name behind a proxy; `name` or `name:port`). Repeatable.
+        #[arg(long = "allow-host", value_name = "HOST")]
+        allow_hosts: Vec<String>,
+        /// Accept requests from web pages of this origin (`https://app.example`). Repeatable.
+        #[arg(long = "allow-origin", value_name = "ORIGIN")]
+        allow_origins: Vec<String>,
         /// Requests per second allowed (all callers together).
         #[arg(long, default_value_t = 50)]
         rate: u32,
@@ -381,8 +394,20 @@ async fn main() -> ExitCode {
             listen,
             evm,
             api_key,
+            insecure_no_key,
+            allow_hosts,
+            allow_origins,
             rate,
-        } => facilitator(listen, evm, api_key, rate).await,
+        } => {
+            let mut api = x402_facilitator::FacilitatorApi::new().requests_per_second(rate);
+            for h in allow_hosts {
+                api = api.allow_host(h);
+            }
+            for o in allow_origins {
+                api = api.allow_origin(o);
+            }
+            facilitator(listen, evm, api_key, insecure_no_key, api).await
+        }
         Cmd::Keygen { out } => keygen(&out),
         Cmd::Demo { slices, all, chain } => demo::run(slices, all, chain).await,
     };
@@ -833,7 +858,8 @@ async fn facilitator(
     listen: std::net::SocketAddr,
     evm: EvmArgs,
     api_key: Option<String>,
-    rate: u32,
+    insecure_no_key: bool,
+    mut api: x402_facilitator::FacilitatorApi,
 ) -> Result<u8, Fail> {
     init_logs("info");
     if api_key.is_none() && !listen.ip().is_loopback() {
@@ -841,7 +867,14 @@ async fn facilitator(
             "listening beyond loopback needs --api-key (or X402_FACILITATOR_KEY), at least 32 bytes",
         ));
     }
-    let f: Arc<dyn x402_server::Facilitator> = match (&evm.evm, &evm.rpc_url) {
+    let settles = evm.evm && evm.rpc_url.is_some();
+    if settles && api_key.is_none() && !insecure_no_key {
+        return Err(usage(
+            "--evm spends the relayer's gas on every settlement: give --api-key (or \
+             X402_FACILITATOR_KEY), at least 32 bytes, or --insecure-no-key to serve without one",
+        ));
+    }
+    let f: Arc<dyn x402_facilitator::Facilitator> = match (&evm.evm, &evm.rpc_url) {
         (true, Some(url)) => {
             let key = relayer_key(evm.relayer_key_file.as_deref(), &evm.relayer_key_env)?;
             evm_facilitator(
@@ -853,7 +886,7 @@ async fn facilitator(
             )
             .await?
         }
-        _ => Arc::new(x402_server::EmbeddedFacilitator::default()),
+        _ => Arc::new(x402_facilitator::EmbeddedFacilitator::default()),
     };
     let l = tokio::net::TcpListener::bind(listen).await?;
     eprintln!(
@@ -867,9 +900,16 @@ async fn facilitator(
         f.describe()
     );
     match api_key {
-        Some(k) => x402_server::serve_facilitator_guarded(l, f, &k, rate).await?,
-        None => x402_server::serve_facilitator(l, f).await?,
+        Some(k) => api = api.bearer_key(k),
+        None if settles => tracing::warn!(
+            "INSECURE: --evm without an API key. Anyone who can reach {} can settle \
+             payments and make the relayer spend its gas (cross-site and DNS-rebinding \
+             requests are refused; local programs are not)",
+            listen
+        ),
+        None => {}
     }
+    api.serve(l, f).await?;
     Ok(exit::OK)
 }
 

@@ -9,6 +9,16 @@
 //! collide; the transaction hash is known before it is sent, so a lost answer
 //! is reconciled from the chain (`authorizationState`, the receipt, the
 //! `AuthorizationUsed` logs), never guessed, never settled twice.
+//!
+//! Each settlement is answered `success: true` once: to the request that
+//! sent it, or, when that answer was `settlement_pending` or lost in an
+//! error, to the first retry of the same payload (as the official facilitator
+//! answers a retry after `settlement_pending`). Any other request for a used
+//! authorization, whoever sends it, is a replay: `success: false` with
+//! `invalid_exact_evm_nonce_already_used`, naming the transaction that paid
+//! this very transfer (and its amount) when there is one, so a stock resource
+//! server never grants twice for one payment. Answers name the network as the
+//! request's version does (v1 `base-sepolia`, v2 `eip155:84532`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,10 +32,11 @@ use alloy::rpc::types::{Filter, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{SolCall, SolEvent};
 use async_trait::async_trait;
+use x402_facilitator::{Facilitator, FacilitatorError};
 use x402_payer::{Clock, SystemClock, verify_exact};
-use x402_server::{Facilitator, FacilitatorError};
 use x402_types::{
-    FacilitatorRequest, Network, SettleResponse, SupportedKind, SupportedResponse, VerifyResponse,
+    FacilitatorReason, FacilitatorRequest, Network, SettleResponse, SupportedKind,
+    SupportedResponse, VerifyResponse,
 };
 
 use crate::token::IEip3009Token;
@@ -77,20 +88,6 @@ impl EvmConfig {
 /// How far back reconciliation looks for an authorization's use (about a day on Base).
 const LOG_WINDOW_BLOCKS: u64 = 50_000;
 
-/// Reason codes (x402 style) of refusals this facilitator adds to the verifier's.
-pub mod reasons {
-    /// The payer's token balance is below the amount.
-    pub const INSUFFICIENT_FUNDS: &str = "insufficient_funds";
-    /// The authorization's nonce was already used on chain.
-    pub const NONCE_USED: &str = "invalid_exact_evm_nonce_already_used";
-    /// `eth_call` of the exact settlement reverted.
-    pub const SIMULATION_FAILED: &str = "invalid_exact_evm_transaction_simulation_failed";
-    /// The transaction was mined and reverted.
-    pub const REVERTED: &str = "invalid_transaction_state";
-    /// The requirement names another network than the one settled on.
-    pub const WRONG_NETWORK: &str = "invalid_network";
-}
-
 /// The settling EVM facilitator. See the module docs.
 pub struct EvmFacilitator {
     provider: DynProvider,
@@ -104,7 +101,17 @@ pub struct EvmFacilitator {
     /// The relayer's next nonce (None: read it from the node).
     next_nonce: tokio::sync::Mutex<Option<u64>>,
     /// Transactions this facilitator signed, by authorization (payer, nonce).
-    sent: Mutex<HashMap<(EvmAddress, B256), B256>>,
+    sent: Mutex<HashMap<(EvmAddress, B256), Sent>>,
+}
+
+/// A settlement this facilitator sent, and whether its success was answered.
+struct Sent {
+    hash: B256,
+    /// The payload's signature: only the same payload learns an unreported success.
+    signature: [u8; 65],
+    /// A success was answered for it: any later request for the authorization
+    /// is a replay (`invalid_exact_evm_nonce_already_used`).
+    reported: bool,
 }
 
 impl std::fmt::Debug for EvmFacilitator {
@@ -130,7 +137,7 @@ enum Check {
     Invalid(VerifyResponse),
 }
 
-fn invalid(reason: &str, message: String, payer: Option<String>) -> VerifyResponse {
+fn invalid(reason: FacilitatorReason, message: String, payer: Option<String>) -> VerifyResponse {
     VerifyResponse {
         is_valid: false,
         invalid_reason: Some(reason.into()),
@@ -139,8 +146,10 @@ fn invalid(reason: &str, message: String, payer: Option<String>) -> VerifyRespon
     }
 }
 
+/// A failed RPC exchange. Only the text (causes included, URLs scrubbed) is
+/// kept: alloy's errors name the RPC URL, which often carries an API key.
 fn transport<E: std::fmt::Display>(e: E) -> FacilitatorError {
-    FacilitatorError::Transport(crate::scrub_urls(&e.to_string()))
+    FacilitatorError::transport(crate::scrub_urls(&e.to_string()))
 }
 
 /// [`transport`] for an error value: its text with its causes.
@@ -206,8 +215,11 @@ impl EvmFacilitator {
         let requirement = req.payment_requirements.requirement();
         if requirement.network != self.network {
             return Check::Invalid(invalid(
-                reasons::WRONG_NETWORK,
-                format!("this facilitator settles on {}", self.network),
+                FacilitatorReason::InvalidNetwork,
+                format!(
+                    "this facilitator settles on {}",
+                    self.network.for_x402_version(req.x402_version())
+                ),
                 None,
             ));
         }
@@ -222,7 +234,7 @@ impl EvmFacilitator {
         match Self::auth_of(req) {
             Some(a) if a.from == EvmAddress::from(from.0) => Check::Ok(a),
             _ => Check::Invalid(invalid(
-                "invalid_payload",
+                FacilitatorReason::InvalidPayload,
                 "not an exact EVM payment".into(),
                 None,
             )),
@@ -275,7 +287,7 @@ impl EvmFacilitator {
         let payer = Some(a.from.to_string());
         if self.authorization_used(a).await? {
             return Ok(Some(invalid(
-                reasons::NONCE_USED,
+                FacilitatorReason::NonceAlreadyUsed,
                 "authorization already used on chain".into(),
                 payer,
             )));
@@ -287,7 +299,7 @@ impl EvmFacilitator {
             .map_err(transport_err)?;
         if balance < a.value {
             return Ok(Some(invalid(
-                reasons::INSUFFICIENT_FUNDS,
+                FacilitatorReason::InsufficientFunds,
                 format!("payer balance {balance} is below {}", a.value),
                 payer,
             )));
@@ -295,7 +307,7 @@ impl EvmFacilitator {
         let tx = self.call_request(a);
         if let Err(e) = self.provider.call(tx.clone()).await {
             return Ok(Some(invalid(
-                reasons::SIMULATION_FAILED,
+                FacilitatorReason::SimulationFailed,
                 format!("the settlement would revert: {e}"),
                 payer,
             )));
@@ -332,7 +344,21 @@ impl EvmFacilitator {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&(a.from, a.nonce))
-            .copied()
+            .map(|s| s.hash)
+    }
+
+    /// Marks `tx`'s success as answered; true for the one caller that may
+    /// answer it: the first, with the payload this facilitator sent. Every
+    /// other request for the authorization is a replay.
+    fn report(&self, a: &Auth, tx: B256) -> bool {
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        match sent.get_mut(&(a.from, a.nonce)) {
+            Some(s) if s.hash == tx && s.signature == a.signature && !s.reported => {
+                s.reported = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The authorization of a request as it stands, before any check.
@@ -415,28 +441,63 @@ impl EvmFacilitator {
             }))
     }
 
-    fn success(&self, a: &Auth, tx: B256) -> SettleResponse {
+    fn amount(a: &Auth) -> x402_types::Amount {
+        x402_types::Amount(x402_types::U256::from_be_bytes(a.value.to_be_bytes::<32>()))
+    }
+
+    /// `tx` settled `a`: success for the one request that may learn it
+    /// ([`report`](Self::report)), a replay refusal naming `tx` for any other.
+    fn settled(&self, a: &Auth, tx: B256, version: u8) -> SettleResponse {
+        if !self.report(a, tx) {
+            return self.replayed(a, tx, version);
+        }
         SettleResponse {
             success: true,
             error_reason: None,
             payer: Some(a.from.to_string()),
             transaction: tx.to_string(),
-            network: self.network.caip2(),
-            amount: Some(x402_types::Amount(x402_types::U256::from_be_bytes(
-                a.value.to_be_bytes::<32>(),
-            ))),
+            network: self.network.for_x402_version(version),
+            amount: Some(Self::amount(a)),
         }
     }
 
-    fn failure(&self, a: &Auth, reason: &str, tx: Option<B256>) -> SettleResponse {
+    /// The official facilitator's answer to a replay (`success: false`,
+    /// `invalid_exact_evm_nonce_already_used`), which also names the
+    /// transaction that settled the authorization and its amount: fields
+    /// stock parsers read without complaint (`transaction` is always there).
+    fn replayed(&self, a: &Auth, tx: B256, version: u8) -> SettleResponse {
+        SettleResponse {
+            amount: Some(Self::amount(a)),
+            ..self.failure(a, FacilitatorReason::NonceAlreadyUsed, Some(tx), version)
+        }
+    }
+
+    fn failure(
+        &self,
+        a: &Auth,
+        reason: FacilitatorReason,
+        tx: Option<B256>,
+        version: u8,
+    ) -> SettleResponse {
         SettleResponse {
             success: false,
             error_reason: Some(reason.into()),
             payer: Some(a.from.to_string()),
             transaction: tx.map(|t| t.to_string()).unwrap_or_default(),
-            network: self.network.caip2(),
+            network: self.network.for_x402_version(version),
             amount: None,
         }
+    }
+
+    /// The answer for an authorization already used on chain: its settlement
+    /// if this facilitator still owes it to this payload (answered pending, or
+    /// lost in an error), else a replay refusal naming the transaction that
+    /// used it when that transaction paid this very transfer.
+    async fn used(&self, a: &Auth, version: u8) -> Result<SettleResponse, FacilitatorError> {
+        Ok(match self.find_settlement(a).await? {
+            Some(tx) => self.settled(a, tx, version),
+            None => self.failure(a, FacilitatorReason::NonceAlreadyUsed, None, version),
+        })
     }
 
     /// Signs and sends the settlement with the relayer's next nonce. The hash
@@ -474,10 +535,14 @@ impl EvmFacilitator {
             .await
             .map_err(|e| FacilitatorError::Unavailable(format!("cannot sign: {e}")))?;
         let hash = *envelope.tx_hash();
-        self.sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((a.from, a.nonce), hash);
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            (a.from, a.nonce),
+            Sent {
+                hash,
+                signature: a.signature,
+                reported: false,
+            },
+        );
         let raw = alloy::eips::Encodable2718::encoded_2718(&envelope);
         match self.provider.send_raw_transaction(&raw).await {
             Ok(_) => {
@@ -545,35 +610,32 @@ impl Facilitator for EvmFacilitator {
     }
 
     async fn settle(&self, req: &FacilitatorRequest) -> Result<SettleResponse, FacilitatorError> {
+        // Answers name the network as the request's version does (v1: `base-sepolia`).
+        let version = req.x402_version();
         let a = match self.check_offline(req) {
             Check::Invalid(v) => {
-                // A retry of a payload that settled before its window closed
-                // still gets its success: reconcile before refusing.
+                // A settled authorization sent again after its window closed is
+                // a replay (or a retry owed its answer), not an expired payment.
                 if let Some(a) = Self::auth_of(req)
                     && self.network == req.payment_requirements.requirement().network
                     && self.authorization_used(&a).await.unwrap_or(false)
-                    && let Some(tx) = self.find_settlement(&a).await?
                 {
-                    return Ok(self.success(&a, tx));
+                    return self.used(&a, version).await;
                 }
-                let reason = v.invalid_reason.unwrap_or_default();
                 return Ok(SettleResponse {
                     success: false,
-                    error_reason: Some(reason),
+                    error_reason: v.invalid_reason,
                     payer: v.payer,
                     transaction: String::new(),
-                    network: self.network.caip2(),
+                    network: self.network.for_x402_version(version),
                     amount: None,
                 });
             }
             Check::Ok(a) => a,
         };
-        // Already used on chain: ours (a retry after a lost answer) or someone else's.
+        // Already used on chain: a retry after a lost answer, or a replay.
         if self.authorization_used(&a).await? {
-            return Ok(match self.find_settlement(&a).await? {
-                Some(tx) => self.success(&a, tx),
-                None => self.failure(&a, reasons::NONCE_USED, None),
-            });
+            return self.used(&a, version).await;
         }
         // Sent before but not mined yet (a retry while pending): wait for it, never resend.
         let pending = self.sent_tx(&a);
@@ -590,23 +652,30 @@ impl Facilitator for EvmFacilitator {
             }
             _ => {
                 if let Some(refusal) = self.check_chain(&a).await? {
-                    let reason = refusal.invalid_reason.unwrap_or_default();
-                    return Ok(self.failure(&a, &reason, None));
+                    let reason = refusal
+                        .reason()
+                        .unwrap_or(FacilitatorReason::Other(String::new()));
+                    return Ok(self.failure(&a, reason, None, version));
                 }
                 self.send(&a).await?
             }
         };
         match self.wait(hash).await? {
-            Some(true) => Ok(self.success(&a, hash)),
+            Some(true) => Ok(self.settled(&a, hash, version)),
             Some(false) => {
                 // Reverted: did something else use the authorization first?
                 if let Some(tx) = self.find_settlement(&a).await? {
-                    return Ok(self.success(&a, tx));
+                    return Ok(self.replayed(&a, tx, version));
                 }
-                Ok(self.failure(&a, reasons::REVERTED, Some(hash)))
+                Ok(self.failure(&a, FacilitatorReason::TransactionState, Some(hash), version))
             }
             // Broadcast, receipt not yet seen: pending, as the official facilitator answers.
-            None => Ok(self.failure(&a, "settlement_pending", Some(hash))),
+            None => Ok(self.failure(
+                &a,
+                FacilitatorReason::SettlementPending,
+                Some(hash),
+                version,
+            )),
         }
     }
 

@@ -7,7 +7,7 @@ mod facilitator;
 pub mod token;
 
 pub use alloy::primitives::{Address as EvmAddress, U256 as EvmU256};
-pub use facilitator::{EvmConfig, EvmFacilitator, reasons};
+pub use facilitator::{EvmConfig, EvmFacilitator};
 
 /// Errors of connecting to a chain or running the local node.
 #[derive(Debug, thiserror::Error)]

@@ -11,8 +11,8 @@ use alloy::primitives::{Address, U256};
 use alloy::providers::Provider;
 use x402_chain::anvil::{Anvil, DEV_KEYS};
 use x402_chain::{EvmConfig, EvmFacilitator};
+use x402_facilitator::{Facilitator, FacilitatorReason};
 use x402_payer::{EvmExactPayer, LocalSigner, SeededRandom};
-use x402_server::Facilitator;
 use x402_types::{
     Amount, FacilitatorRequest, Network, Offer, PathVersion, PaymentPayload, PaymentRequirements,
     Requirement,
@@ -103,10 +103,21 @@ async fn n_slices_move_exactly_n_times_the_price_v1_and_v2() {
         let s = c.facilitator.settle(&req).await.unwrap();
         assert!(s.success, "{s:?}");
         assert_eq!(s.transaction.len(), 66, "a real transaction hash");
+        // Each version's own network notation.
+        let network = if v == PathVersion::V1 {
+            "base-sepolia"
+        } else {
+            "eip155:84532"
+        };
+        assert_eq!(s.network, network);
         txs.push(s.transaction.clone());
-        // The same payload again (a retry after a lost answer): the same transaction, no second transfer.
+        // The same payload again: refused as the official facilitator refuses a replay,
+        // naming the transaction that settled it; no second transfer.
         let again = c.facilitator.settle(&req).await.unwrap();
-        assert_eq!((again.success, again.transaction), (true, s.transaction));
+        assert!(!again.success, "{again:?}");
+        assert_eq!(again.reason(), Some(FacilitatorReason::NonceAlreadyUsed));
+        assert_eq!(again.transaction, s.transaction);
+        assert_eq!(again.network, network);
     }
     let n = U256::from(3 * PRICE);
     assert_eq!(
@@ -183,7 +194,7 @@ async fn a_relayer_without_gas_is_a_clear_error_and_nothing_moves() {
     let req = c.request(PathVersion::V2);
     let e = c.facilitator.settle(&req).await.unwrap_err();
     assert!(
-        matches!(&e, x402_server::FacilitatorError::Unavailable(m) if m.contains("fund it")),
+        matches!(&e, x402_facilitator::FacilitatorError::Unavailable(m) if m.contains("fund it")),
         "{e:?}"
     );
     assert_eq!(c.usdc(c.payer_addr).await, before);
@@ -306,14 +317,16 @@ async fn a_send_whose_answer_is_lost_is_reconciled_and_credited_once() {
         Err(_) => f.settle(&req).await.unwrap(),
     };
     assert!(s.success, "{s:?}");
+    // Reported once; after that the same payload is a replay naming the transaction.
     let again = f.settle(&req).await.unwrap();
+    assert_eq!(again.reason(), Some(FacilitatorReason::NonceAlreadyUsed));
     assert_eq!(again.transaction, s.transaction);
     assert_eq!(
         c.usdc(pay_to).await,
         payee0 + U256::from(PRICE),
         "settled once"
     );
-    // A fresh facilitator (another process, say) reconciles from the logs alone.
+    // A fresh facilitator (another process, say) finds the transaction from the logs alone.
     let fresh = EvmFacilitator::connect(EvmConfig::new(
         c.anvil.url(),
         Network::BASE_SEPOLIA,
@@ -322,7 +335,49 @@ async fn a_send_whose_answer_is_lost_is_reconciled_and_credited_once() {
     .await
     .unwrap();
     let s3 = fresh.settle(&req).await.unwrap();
-    assert_eq!((s3.success, s3.transaction), (true, s.transaction));
+    assert_eq!((s3.success, &s3.transaction), (false, &s.transaction));
+    assert_eq!(s3.reason(), Some(FacilitatorReason::NonceAlreadyUsed));
+    assert_eq!(s3.amount, Some(Amount::from(PRICE)), "the amount it paid");
+}
+
+#[tokio::test]
+async fn a_pending_settlement_is_reported_once_to_its_retry_then_refused_as_a_replay() {
+    let c = chain(1_000_000, 9).await;
+    let mut cfg = EvmConfig::new(c.anvil.url(), Network::BASE_SEPOLIA, DEV_KEYS[2]);
+    cfg.receipt_timeout = Duration::from_millis(300);
+    let f = EvmFacilitator::connect(cfg).await.unwrap();
+    let node = c.anvil.provider(DEV_KEYS[0]).unwrap();
+    let _: serde_json::Value = node
+        .raw_request("evm_setAutomine".into(), (false,))
+        .await
+        .unwrap();
+    let pay_to: Address = PAY_TO.parse().unwrap();
+    let payee0 = c.usdc(pay_to).await;
+    let req = c.request(PathVersion::V2);
+    let first = f.settle(&req).await.unwrap();
+    assert!(first.is_pending(), "{first:?}");
+    assert_eq!(first.transaction.len(), 66);
+    // Still not mined: still pending, nothing sent twice.
+    assert!(f.settle(&req).await.unwrap().is_pending());
+    let _: serde_json::Value = node.raw_request("evm_mine".into(), ()).await.unwrap();
+    // The retry owed the outcome gets the success, with the same transaction.
+    let retry = f.settle(&req).await.unwrap();
+    assert!(retry.success, "{retry:?}");
+    assert_eq!(retry.transaction, first.transaction);
+    // Once: after that it is a replay.
+    let replay = f.settle(&req).await.unwrap();
+    assert!(!replay.success);
+    assert_eq!(replay.reason(), Some(FacilitatorReason::NonceAlreadyUsed));
+    assert_eq!(replay.transaction, first.transaction);
+    assert_eq!(
+        c.anvil
+            .settlements_of(c.token, c.payer_addr)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(c.usdc(pay_to).await, payee0 + U256::from(PRICE));
 }
 
 #[test]
@@ -352,9 +407,12 @@ fn the_committed_bytecode_is_what_the_source_compiles_to() {
     );
 }
 
-/// The official x402 Python SDK (pinned, installed by `cargo xtask tools` into target/tools/py)
-/// signs a v2 payment; our facilitator API (as `atomicstream facilitator --evm` serves it)
-/// verifies and settles it on chain.
+/// A stock x402 resource server written with the official x402 Python SDK (pinned, installed by
+/// `cargo xtask tools` into target/tools/py): the SDK signs a v1 and a v2 payment, and its own
+/// HTTP facilitator client verifies and settles them through our facilitator API as
+/// `atomicstream facilitator --evm` serves it (the EVM facilitator behind a bearer key), then
+/// settles each once more. The SDK parses every answer; v1 answers name the v1 network; the
+/// replays are refused with the official reason and move nothing.
 #[tokio::test]
 async fn payments_made_by_the_official_python_sdk_settle_through_our_facilitator_api() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -382,7 +440,7 @@ async fn payments_made_by_the_official_python_sdk_settle_through_our_facilitator
         .await
         .unwrap(),
     );
-    tokio::spawn(x402_server::serve_facilitator_guarded(l, f, key, 100));
+    tokio::spawn(x402_facilitator::serve_facilitator_guarded(l, f, key, 100));
     let http = reqwest::Client::new();
     let supported: serde_json::Value = http
         .get(format!("{api}/supported"))
@@ -399,61 +457,84 @@ async fn payments_made_by_the_official_python_sdk_settle_through_our_facilitator
     );
     let pay_to: Address = PAY_TO.parse().unwrap();
     let payee0 = c.usdc(pay_to).await;
-    for _ in 0..2 {
-        let requirement = requirement().to_v2();
-        let required = serde_json::json!({
-            "x402Version": 2,
-            "resource": {"url": "ws://h/v2/stream/s", "description": "t", "mimeType": "application/json"},
-            "accepts": [requirement],
-        });
-        let mut child = std::process::Command::new("python3")
-            .arg(dir.join("tests/interop/official_pay.py"))
-            .env("PYTHONPATH", &py)
-            .env("X402_SDK_KEY", sdk_key)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3");
-        {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(required.to_string().as_bytes())
-                .unwrap();
-        }
-        let out = child.wait_with_output().unwrap();
+    let mut txs = Vec::new();
+    for v in [PathVersion::V1, PathVersion::V2] {
+        let required = match v {
+            PathVersion::V1 => serde_json::json!({
+                "x402Version": 1,
+                "error": "payment required",
+                "accepts": [requirement().to_v1("ws://h/v1/stream/s", "t")],
+            }),
+            PathVersion::V2 => serde_json::json!({
+                "x402Version": 2,
+                "resource": {"url": "ws://h/v2/stream/s", "description": "t", "mimeType": "application/json"},
+                "accepts": [requirement().to_v2()],
+            }),
+        };
+        let input = serde_json::json!({"required": required, "facilitator": api});
+        let out = tokio::task::spawn_blocking({
+            let (py, script) = (py.clone(), dir.join("tests/interop/official_pay.py"));
+            move || {
+                let mut child = std::process::Command::new("python3")
+                    .arg(script)
+                    .env("PYTHONPATH", &py)
+                    .env("X402_SDK_KEY", sdk_key)
+                    .env("X402_FACILITATOR_KEY", key)
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("python3");
+                {
+                    use std::io::Write;
+                    child
+                        .stdin
+                        .take()
+                        .unwrap()
+                        .write_all(input.to_string().as_bytes())
+                        .unwrap();
+                }
+                child.wait_with_output().unwrap()
+            }
+        })
+        .await
+        .unwrap();
         assert!(
             out.status.success(),
-            "{}",
+            "{v:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let payload: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let body = serde_json::json!({
-            "x402Version": 2,
-            "paymentPayload": payload,
-            "paymentRequirements": requirement,
-        });
-        for path in ["verify", "settle"] {
-            let r: serde_json::Value = http
-                .post(format!("{api}/{path}"))
-                .bearer_auth(key)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let ok = if path == "verify" {
-                &r["isValid"]
-            } else {
-                &r["success"]
-            };
-            assert_eq!(ok, true, "{path}: {r}");
-        }
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["payload"]["x402Version"], v.x402_version(), "{r}");
+        assert_eq!(r["verify"]["isValid"], true, "{v:?} verify: {r}");
+        let settle = &r["settle"];
+        assert_eq!(settle["success"], true, "{v:?} settle: {r}");
+        let network = match v {
+            PathVersion::V1 => "base-sepolia",
+            PathVersion::V2 => "eip155:84532",
+        };
+        assert_eq!(settle["network"], network, "{v:?} settle: {r}");
+        let tx = settle["transaction"].as_str().unwrap().to_string();
+        assert_eq!(tx.len(), 66, "{r}");
+        let replay = &r["replay"];
+        assert_eq!(replay["success"], false, "{v:?} replay: {r}");
+        assert_eq!(
+            replay["errorReason"], "invalid_exact_evm_nonce_already_used",
+            "{v:?} replay: {r}"
+        );
+        assert_eq!(
+            replay["transaction"],
+            tx.as_str(),
+            "the replay names the settlement"
+        );
+        assert_eq!(replay["network"], network);
+        txs.push(tx);
     }
-    assert_eq!(c.usdc(pay_to).await, payee0 + U256::from(2 * PRICE));
+    txs.dedup();
+    assert_eq!(txs.len(), 2);
+    assert_eq!(
+        c.usdc(pay_to).await,
+        payee0 + U256::from(2 * PRICE),
+        "two payments, two transfers: the replays moved nothing"
+    );
 }

@@ -1,6 +1,8 @@
 //! Server-side verification of EVM `exact` payments, with the reference facilitators' checks.
 
-use x402_types::{Address, PaymentPayload, PaymentRequirements, Requirement, U256};
+use x402_types::{
+    Address, FacilitatorReason, PaymentPayload, PaymentRequirements, Requirement, U256,
+};
 
 use crate::eip712::digest;
 use crate::error::SignatureError;
@@ -87,22 +89,20 @@ pub enum VerifyFailure {
 }
 
 impl VerifyFailure {
-    /// The x402 reason string (as the reference facilitators name them).
-    pub fn reason(&self) -> &'static str {
+    /// The x402 reason (as the reference facilitators name them).
+    pub fn reason(&self) -> FacilitatorReason {
         match self {
-            VerifyFailure::Scheme { .. } => "unsupported_scheme",
-            VerifyFailure::Network { .. } => "invalid_network",
-            VerifyFailure::AcceptedMismatch => "invalid_payment_requirements",
-            VerifyFailure::UnsupportedPayload => "invalid_payload",
-            VerifyFailure::Domain(_) => "invalid_exact_evm_payload_asset",
-            VerifyFailure::Recipient { .. } => "invalid_exact_evm_payload_recipient_mismatch",
-            VerifyFailure::Amount { .. } => "invalid_exact_evm_payload_authorization_value",
-            VerifyFailure::NotYetValid { .. } => {
-                "invalid_exact_evm_payload_authorization_valid_after"
-            }
-            VerifyFailure::Expired { .. } => "invalid_exact_evm_payload_authorization_valid_before",
+            VerifyFailure::Scheme { .. } => FacilitatorReason::UnsupportedScheme,
+            VerifyFailure::Network { .. } => FacilitatorReason::InvalidNetwork,
+            VerifyFailure::AcceptedMismatch => FacilitatorReason::InvalidPaymentRequirements,
+            VerifyFailure::UnsupportedPayload => FacilitatorReason::InvalidPayload,
+            VerifyFailure::Domain(_) => FacilitatorReason::InvalidAsset,
+            VerifyFailure::Recipient { .. } => FacilitatorReason::RecipientMismatch,
+            VerifyFailure::Amount { .. } => FacilitatorReason::AuthorizationValue,
+            VerifyFailure::NotYetValid { .. } => FacilitatorReason::ValidAfter,
+            VerifyFailure::Expired { .. } => FacilitatorReason::ValidBefore,
             VerifyFailure::Signature(_) | VerifyFailure::SignerMismatch { .. } => {
-                "invalid_exact_evm_payload_signature"
+                FacilitatorReason::Signature
             }
         }
     }

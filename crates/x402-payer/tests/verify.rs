@@ -144,7 +144,10 @@ fn every_failure_reason() {
     under.amount = Amount::from(20_000);
     let f = check(&p, &reqs_of(PathVersion::V1, &under), NOW);
     assert!(matches!(f, VerifyFailure::Amount { .. }));
-    assert_eq!(f.reason(), "invalid_exact_evm_payload_authorization_value");
+    assert_eq!(
+        f.reason().as_str(),
+        "invalid_exact_evm_payload_authorization_value"
+    );
     let mut over = req();
     over.amount = Amount::from(5_000);
     assert!(matches!(

@@ -7,6 +7,7 @@ pub mod code;
 pub mod error;
 pub mod message;
 pub mod network;
+pub mod reason;
 pub mod schema;
 pub mod uint;
 pub mod url;
@@ -21,6 +22,7 @@ pub use message::{
     ServerMessage,
 };
 pub use network::{KnownAsset, Network, known_asset, known_assets, usdc};
+pub use reason::FacilitatorReason;
 pub use schema::{PaymentDetails, Pricing, Schema, StreamInfo};
 pub use uint::{Amount, U256};
 pub use url::Url;

@@ -682,7 +682,7 @@ impl Serialize for FacilitatorRequest {
 pub struct VerifyResponse {
     /// Whether the payment is valid.
     pub is_valid: bool,
-    /// Why not (opaque string; see [`ReasonFamily`]).
+    /// Why not (opaque string; see [`VerifyResponse::reason`] and [`ReasonFamily`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invalid_reason: Option<String>,
     /// Human-readable detail.
@@ -699,7 +699,7 @@ pub struct VerifyResponse {
 pub struct SettleResponse {
     /// Whether settlement succeeded.
     pub success: bool,
-    /// Why not (opaque string).
+    /// Why not (opaque string; see [`SettleResponse::reason`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_reason: Option<String>,
     /// The payer.
@@ -720,7 +720,24 @@ impl SettleResponse {
     /// True when the facilitator broadcast the transfer but does not know
     /// its receipt: paid, unconfirmed. Never pay again for it.
     pub fn is_pending(&self) -> bool {
-        self.error_reason.as_deref() == Some("settlement_pending")
+        self.reason()
+            .is_some_and(|r| r == crate::FacilitatorReason::SettlementPending)
+    }
+
+    /// `errorReason` in the shared vocabulary.
+    pub fn reason(&self) -> Option<crate::FacilitatorReason> {
+        self.error_reason
+            .as_deref()
+            .map(crate::FacilitatorReason::parse)
+    }
+}
+
+impl VerifyResponse {
+    /// `invalidReason` in the shared vocabulary.
+    pub fn reason(&self) -> Option<crate::FacilitatorReason> {
+        self.invalid_reason
+            .as_deref()
+            .map(crate::FacilitatorReason::parse)
     }
 }
 
