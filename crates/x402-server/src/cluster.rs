@@ -20,9 +20,9 @@ use redis::AsyncCommands;
 use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use serde_json::value::RawValue;
 
-use crate::app::AppState;
 use crate::config::SourceConfig;
 use crate::hub::{Hub, Sink};
+use crate::state::AppState;
 use crate::store::RedisStore;
 
 /// How long a heartbeat or a source lease lasts without renewal.

@@ -434,11 +434,11 @@ impl Config {
             }
         }
         if let Some(s) = &self.secret
-            && s.len() < crate::app::MIN_SECRET_LEN
+            && s.len() < crate::state::MIN_SECRET_LEN
         {
             out.push(format!(
                 "secret: must be at least {} bytes (got {})",
-                crate::app::MIN_SECRET_LEN,
+                crate::state::MIN_SECRET_LEN,
                 s.len()
             ));
         }
@@ -480,11 +480,11 @@ impl Config {
             ));
         }
         if let Some(s) = &self.secret
-            && s.len() < crate::app::MIN_SECRET_LEN
+            && s.len() < crate::state::MIN_SECRET_LEN
         {
             return Err(ConfigError::Invalid(format!(
                 "secret must be at least {} bytes",
-                crate::app::MIN_SECRET_LEN
+                crate::state::MIN_SECRET_LEN
             )));
         }
         if matches!(self.store, StoreConfig::Redis { .. })

@@ -2,14 +2,18 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod app;
 mod cluster;
 pub mod config;
+mod coordinator;
 mod error;
 pub mod facilitator;
 mod gate;
+mod http;
 mod hub;
 pub mod metrics;
+mod payments;
+mod socket;
+mod state;
 pub mod store;
 pub mod token;
 
@@ -21,7 +25,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use app::{AppState, RemoteAddr, StreamEntry, router};
 /// The shared, reference-counted text of a frame ([`Frame::text`], [`Hub::push`]).
 pub use axum::extract::ws::Utf8Bytes;
 pub use config::{
@@ -30,16 +33,19 @@ pub use config::{
 };
 pub use error::{ApiError, ConfigError, Error};
 pub use facilitator::{
-    EmbeddedFacilitator, Facilitator, FacilitatorError, HttpFacilitator, LedgerEntry,
-    facilitator_router,
+    EmbeddedFacilitator, Facilitator, FacilitatorApi, FacilitatorError, HttpFacilitator,
+    LedgerEntry, ServeError, facilitator_router, serve_facilitator, serve_facilitator_guarded,
 };
+pub use http::router;
 pub use hub::{Frame, Hub, Publisher, Synthetic};
-pub use store::{RedisStore, StoreError};
+pub use state::{AppState, MIN_SECRET_LEN, RemoteAddr, Stats, StreamEntry, token_key};
+pub use store::{MemoryStore, PaymentStore, RedisStore, StoreError};
 
 /// Builds a [`Server`].
 pub struct ServerBuilder {
     cfg: Config,
     facilitator: Option<Arc<dyn Facilitator>>,
+    store: Option<Arc<dyn PaymentStore>>,
 }
 
 impl ServerBuilder {
@@ -48,7 +54,15 @@ impl ServerBuilder {
         ServerBuilder {
             cfg,
             facilitator: None,
+            store: None,
         }
+    }
+
+    /// Keeps sessions and payment records in this store instead of the
+    /// configured one (tests of several instances share one [`MemoryStore`]).
+    pub fn store(mut self, store: Arc<dyn PaymentStore>) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// Uses this facilitator instead of the configured one.
@@ -105,7 +119,7 @@ impl ServerBuilder {
                 Arc::new(f)
             }
         };
-        let store = match &self.cfg.store {
+        let redis = match &self.cfg.store {
             StoreConfig::Memory => None,
             StoreConfig::Redis {
                 url,
@@ -117,13 +131,18 @@ impl ServerBuilder {
                     .map_err(|e| ConfigError::Invalid(format!("store: {e}")))?,
             ),
         };
+        let store: Arc<dyn PaymentStore> = match (self.store, &redis) {
+            (Some(s), _) => s,
+            (None, Some(r)) => Arc::new(r.clone()),
+            (None, None) => Arc::new(MemoryStore::new("local")),
+        };
         let mut streams = HashMap::new();
         let mut tasks = Vec::new();
         let cap = self.cfg.limits.replay_buffer;
         for sc in &self.cfg.streams {
             let terms = sc.resolve()?;
             let hub = Hub::new(cap, self.cfg.limits.send_queue);
-            match &store {
+            match &redis {
                 // One instance: the source publishes into the hub.
                 None => tasks.push(tokio::spawn(run_source(
                     hub::HubSink(Arc::downgrade(&hub)),
@@ -155,7 +174,7 @@ impl ServerBuilder {
                 },
             );
         }
-        let tokens = app::token_key(&self.cfg)?;
+        let tokens = state::token_key(&self.cfg)?;
         let api = self.cfg.facilitator_api.clone();
         let state = Arc::new(AppState::new(
             self.cfg,
@@ -164,19 +183,27 @@ impl ServerBuilder {
             streams,
             tokens,
             facilitator.clone(),
-            store.clone(),
+            store,
         ));
-        if let Some(st) = store {
+        if let Some(st) = redis {
             tasks.push(tokio::spawn(cluster::heartbeat(st.clone())));
             tasks.push(tokio::spawn(cluster::notices(state.clone(), st)));
         }
+        tasks.push(tokio::spawn(coordinator::sweep_orphans(state.clone())));
         let mut router = router(state.clone());
-        // The facilitator API only when configured, and then behind a bearer key.
+        // The facilitator API only when configured, and then behind a bearer key;
+        // it answers to the listen address and the public name only.
         if let Some(api) = api {
-            router = router.nest(
-                "/facilitator",
-                facilitator::guarded_router(facilitator, &api.key, api.requests_per_second)?,
-            );
+            let mut guard = FacilitatorApi::new()
+                .bearer_key(api.key.clone())
+                .requests_per_second(api.requests_per_second);
+            if let Some(host) = public_host(&state.http_base) {
+                guard = guard.allow_host(host);
+            }
+            let routes = guard
+                .router(facilitator, addr)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            router = router.nest("/facilitator", routes);
         }
         Ok(Server {
             state,
@@ -305,7 +332,7 @@ impl Server {
             ..
         } = self;
         let header_timeout = Duration::from_secs(state.cfg.limits.header_timeout_secs.max(1));
-        let timers = tokio::spawn(app::drive_timers(state.clone()));
+        let timers = tokio::spawn(coordinator::drive_timers(state.clone()));
         let _guard = AbortOnDrop(tasks.into_iter().chain([timers]).collect());
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -366,26 +393,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Serves only the facilitator API (`/verify`, `/settle`, `/supported`) on `listener`.
-pub async fn serve_facilitator(
-    listener: TcpListener,
-    f: Arc<dyn Facilitator>,
-) -> Result<(), Error> {
-    axum::serve(listener, facilitator_router(f)).await?;
-    Ok(())
-}
-
-/// Serves the facilitator API behind a bearer key and a rate limit.
-pub async fn serve_facilitator_guarded(
-    listener: TcpListener,
-    f: Arc<dyn Facilitator>,
-    key: &str,
-    requests_per_second: u32,
-) -> Result<(), Error> {
-    axum::serve(
-        listener,
-        facilitator::guarded_router(f, key, requests_per_second)?,
-    )
-    .await?;
-    Ok(())
+/// The `host[:port]` of a public base URL (`https://streams.example.com/x` -> `streams.example.com`).
+fn public_host(base: &str) -> Option<&str> {
+    let rest = base.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit('@').next()?;
+    (!host.is_empty()).then_some(host)
 }

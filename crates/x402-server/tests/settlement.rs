@@ -18,7 +18,7 @@ use axum::routing::post;
 use x402_payer::{EvmExactPayer, LocalSigner};
 use x402_server::{
     Config, DEV_PAY_TO, EmbeddedFacilitator, Facilitator, HttpFacilitator, Limits, ServerBuilder,
-    SourceConfig, StreamConfig,
+    SourceConfig, StoreConfig, StreamConfig,
 };
 use x402_types::{
     ErrorBody, ErrorCode, FacilitatorRequest, Offer, PaymentRequiredV2, RenewResponse, Schema,
@@ -92,6 +92,10 @@ struct T {
 }
 
 async fn start(fault: Fault) -> T {
+    start_on(fault, StoreConfig::Memory).await
+}
+
+async fn start_on(fault: Fault, store: StoreConfig) -> T {
     let script = Arc::new(Script {
         inner: EmbeddedFacilitator::default(),
         fault: Mutex::new(fault),
@@ -107,6 +111,7 @@ async fn start(fault: Fault) -> T {
 
     let mut cfg = Config::demo("127.0.0.1:0".parse().unwrap());
     cfg.secret = Some("settlement-test-secret-settlement-test".into());
+    cfg.store = store;
     cfg.limits = Limits {
         payment_wait_secs: 1,
         facilitator_timeout_secs: 5,
@@ -341,4 +346,123 @@ async fn shutdown_finishes_settlements_under_way_before_exiting() {
         (1, 1),
         "the outcome was recorded before exiting"
     );
+}
+
+/// Sends a renewal and hangs up `after` later, before any answer.
+async fn post_and_hang_up(url: &str, payment: &str, after: Duration) {
+    use tokio::io::AsyncWriteExt;
+    let u = reqwest::Url::parse(url).unwrap();
+    let addr = format!("{}:{}", u.host_str().unwrap(), u.port().unwrap());
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let path = format!("{}?{}", u.path(), u.query().unwrap_or(""));
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nhost: {}\r\npayment-signature: {payment}\r\ncontent-length: 0\r\n\r\n",
+        u.host_str().unwrap()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    tokio::time::sleep(after).await;
+    drop(tcp);
+}
+
+/// Clients that hang up at every point of the payment path leave no record
+/// without an owner: every settlement ends, every settled payment is
+/// credited once, and the retry of each payload gets its recorded answer.
+async fn hang_ups_leave_nothing_stuck(store: StoreConfig) {
+    let t = start_on(Fault::Slow(Duration::from_millis(30)), store).await;
+    let mut sent = Vec::new();
+    for i in 0..40u64 {
+        let (url, pay) = t.quote().await;
+        // 0-4 ms: before the decision, during the store's commit, during verify.
+        post_and_hang_up(&url, &pay, Duration::from_micros(i % 5 * 1000)).await;
+        sent.push((url, pay));
+    }
+    let mut settled_all = false;
+    for _ in 0..100 {
+        if t.state.endpoint_stats().settling == 0 && t.settled() as u64 == t.credited() {
+            settled_all = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        settled_all,
+        "stuck: {:?}, settled {} credited {}",
+        t.state.endpoint_stats(),
+        t.settled(),
+        t.credited()
+    );
+    // Each payload's retry: its recorded answer (200), or, if the hang-up
+    // came before anything was recorded, a fresh settlement. Never pending forever.
+    for (url, pay) in &sent {
+        let (status, body) = until_final(&t, url, pay).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    assert_eq!(t.settled(), sent.len());
+    assert_eq!(t.credited(), sent.len() as u64, "each credited once");
+}
+
+#[tokio::test]
+async fn hang_ups_leave_nothing_stuck_in_memory() {
+    hang_ups_leave_nothing_stuck(StoreConfig::Memory).await;
+}
+
+#[tokio::test]
+async fn hang_ups_leave_nothing_stuck_on_redis() {
+    let r = atomicstream_testkit::Redis::start();
+    hang_ups_leave_nothing_stuck(StoreConfig::Redis {
+        url: r.url(),
+        prefix: "hang:".into(),
+        timeout_ms: 1000,
+    })
+    .await;
+}
+
+/// Rewrites the payload inside a v2 payment header.
+fn tamper(payment: &str, f: impl FnOnce(&mut serde_json::Value)) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut v: serde_json::Value = serde_json::from_slice(&b64.decode(payment).unwrap()).unwrap();
+    f(&mut v);
+    b64.encode(serde_json::to_vec(&v).unwrap())
+}
+
+#[tokio::test]
+async fn a_junk_copy_sent_first_does_not_block_the_genuine_payment() {
+    let t = start(Fault::None).await;
+    let (url, pay) = t.quote().await;
+    let junk = tamper(&pay, |v| {
+        let sig = v["payload"]["signature"].as_str().unwrap().to_string();
+        let flipped = if sig.ends_with('1') { "2" } else { "1" };
+        v["payload"]["signature"] = format!("{}{flipped}", &sig[..sig.len() - 1]).into();
+    });
+    let (status, body, _) = t.post(&url, &junk).await;
+    assert_eq!((status, code(&body)), (402, ErrorCode::PaymentInvalid));
+    // The same junk bytes: the same recorded answer.
+    let (status, body, _) = t.post(&url, &junk).await;
+    assert_eq!((status, code(&body)), (402, ErrorCode::PaymentInvalid));
+    // The genuine authorization is not squatted.
+    let (status, body) = until_final(&t, &url, &pay).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!((t.settled(), t.credited()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_validity_window_beyond_max_timeout_is_refused_before_settling() {
+    let t = start(Fault::None).await;
+    let (url, pay) = t.quote().await;
+    let forever = tamper(&pay, |v| {
+        v["payload"]["authorization"]["validBefore"] =
+            "115792089237316195423570985008687907853269984665640564039457584007913129639935".into();
+    });
+    let (status, body, _) = t.post(&url, &forever).await;
+    assert_eq!((status, code(&body)), (402, ErrorCode::ValidityTooLong));
+    assert_eq!(
+        t.script.settles.load(Ordering::SeqCst),
+        0,
+        "never asked to settle"
+    );
+    assert_eq!(t.state.endpoint_stats().claims, 0, "claims nothing");
+    // The genuine payload (validBefore within maxTimeoutSeconds) is fine.
+    let (status, _) = until_final(&t, &url, &pay).await;
+    assert_eq!(status, 200);
 }

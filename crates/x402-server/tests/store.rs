@@ -1,13 +1,15 @@
-//! The Redis store's scripts against a real `redis-server` (Debian's
-//! package; `cargo xtask tools` installs it; never skipped): claims are all
-//! or nothing, versions are compared, and outcomes are never lost when two
+//! One suite, two stores: the Redis store's scripts against a real
+//! `redis-server` (Debian's package; `cargo xtask tools` installs it; never
+//! skipped) and the in-memory store give the same answers: claims are all or
+//! nothing, versions are compared, refused payloads free their claims,
+//! orphans are listed and adopted once, and outcomes are never lost when two
 //! instances end up settling one payload.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
 use atomicstream_testkit::Redis;
-use x402_server::store::{Commit, RedisStore};
+use x402_server::store::{Begin, Commit, Finish, MemoryStore, PaymentStore, RedisStore};
 use x402_session::{
     Credit, PaymentIn, PaymentKey, PaymentRecord, PaymentStatus, Refusal, SessionState,
 };
@@ -32,6 +34,7 @@ fn record(status: PaymentStatus) -> PaymentRecord {
         status,
         attempts: 0,
         expires: 4_000_000_060,
+        slice_seconds: 4,
     }
 }
 
@@ -44,6 +47,7 @@ fn payment_in(key: &PaymentKey, r: &PaymentRecord) -> PaymentIn {
         amount: r.amount,
         valid_before: r.valid_before,
         payment_id: None,
+        request: None,
     }
 }
 
@@ -65,17 +69,84 @@ fn credited(slices: u64) -> PaymentStatus {
     })
 }
 
-#[tokio::test]
-async fn claims_are_all_or_nothing_and_versions_are_compared() {
+const UNTIL: u64 = 4_000_001_000;
+
+fn begin<'a>(
+    version: u64,
+    state: &'a SessionState,
+    key: &'a PaymentKey,
+    record: &'a PaymentRecord,
+) -> Begin<'a> {
+    Begin {
+        session: "q",
+        version,
+        state,
+        session_until: UNTIL,
+        key,
+        record,
+        payload: "{}",
+    }
+}
+
+fn finish<'a>(
+    version: u64,
+    state: Option<&'a SessionState>,
+    key: &'a PaymentKey,
+    before: &'a PaymentRecord,
+    record: Option<&'a PaymentRecord>,
+) -> Finish<'a> {
+    Finish {
+        session: "q",
+        version,
+        state,
+        session_until: UNTIL,
+        key,
+        before,
+        record,
+    }
+}
+
+/// Two instances on one store; `kill_a` makes A's settlements orphans.
+struct Pair {
+    a: Box<dyn PaymentStore>,
+    b: Box<dyn PaymentStore>,
+    kill_a: Box<dyn Fn()>,
+    _redis: Option<Redis>,
+}
+
+async fn redis_pair() -> Pair {
     let r = Redis::start();
     let (a, b) = (store(&r).await, store(&r).await);
+    // A never beats its heart: it counts as dead from the start. B lives.
+    b.heartbeat(Duration::from_secs(60)).await.unwrap();
+    Pair {
+        a: Box::new(a),
+        b: Box::new(b),
+        kill_a: Box::new(|| {}),
+        _redis: Some(r),
+    }
+}
+
+fn memory_pair() -> Pair {
+    let a = MemoryStore::new("a");
+    let b = a.instance_handle("b");
+    let killer = a.clone();
+    Pair {
+        a: Box::new(a),
+        b: Box::new(b),
+        kill_a: Box::new(move || killer.kill("a")),
+        _redis: None,
+    }
+}
+
+async fn claims_are_all_or_nothing_and_versions_are_compared(p: Pair) {
+    let (a, b) = (&p.a, &p.b);
+    (p.kill_a)();
     let key = PaymentKey::from_stored("n:s".into());
     let rec = record(PaymentStatus::Settling);
-    let until = 4_000_001_000;
+    let st = in_flight(&key);
     assert_eq!(
-        a.begin("q", 0, &in_flight(&key), until, &key, &rec, "{}")
-            .await
-            .unwrap(),
+        a.begin(begin(0, &st, &key, &rec)).await.unwrap(),
         Commit::Done
     );
     // B decided on version 0 too: conflict, nothing written.
@@ -83,10 +154,9 @@ async fn claims_are_all_or_nothing_and_versions_are_compared() {
     let mut rec2 = rec.clone();
     rec2.nonce = x402_types::FixedBytes([8; 32]);
     rec2.payment_id = None;
+    let st2 = in_flight(&other);
     assert_eq!(
-        b.begin("q", 0, &in_flight(&other), until, &other, &rec2, "{}")
-            .await
-            .unwrap(),
+        b.begin(begin(0, &st2, &other, &rec2)).await.unwrap(),
         Commit::Conflict
     );
     // The same authorization under another payload: conflict even on the right version.
@@ -95,9 +165,7 @@ async fn claims_are_all_or_nothing_and_versions_are_compared() {
     let mut dup = rec.clone();
     dup.payment_id = None;
     assert_eq!(
-        b.begin("q", 1, &in_flight(&other), until, &other, &dup, "{}")
-            .await
-            .unwrap(),
+        b.begin(begin(1, &st2, &other, &dup)).await.unwrap(),
         Commit::Conflict
     );
     // What B loads for that payload: A's record holds the authorization.
@@ -105,26 +173,39 @@ async fn claims_are_all_or_nothing_and_versions_are_compared() {
     assert_eq!(l.records.len(), 1);
     assert_eq!(l.records[0].key, key);
     assert_eq!(l.records[0].owner, a.instance());
-    assert!(!l.records[0].owner_alive, "A never beat its heart");
+    assert!(!l.records[0].owner_alive, "A is dead");
 }
 
 #[tokio::test]
-async fn a_settlement_beats_an_unresolved_answer_and_only_the_owner_forgets() {
-    let r = Redis::start();
-    let (a, b) = (store(&r).await, store(&r).await);
+async fn claims_are_all_or_nothing_and_versions_are_compared_redis() {
+    claims_are_all_or_nothing_and_versions_are_compared(redis_pair().await).await;
+}
+
+#[tokio::test]
+async fn claims_are_all_or_nothing_and_versions_are_compared_memory() {
+    claims_are_all_or_nothing_and_versions_are_compared(memory_pair()).await;
+}
+
+async fn a_settlement_beats_an_unresolved_answer_and_only_the_owner_forgets(p: Pair) {
+    let (a, b) = (&p.a, &p.b);
     let key = PaymentKey::from_stored("n:s".into());
     let rec = record(PaymentStatus::Settling);
-    let until = 4_000_001_000;
-    a.begin("q", 0, &in_flight(&key), until, &key, &rec, "{}")
-        .await
-        .unwrap();
-    // A looks dead; B takes the settlement over.
+    let st = in_flight(&key);
+    a.begin(begin(0, &st, &key, &rec)).await.unwrap();
+    // A looks dead; B lists the orphan and takes the settlement over, once.
+    (p.kill_a)();
+    let orphans = b.orphans().await.unwrap();
+    assert_eq!(orphans.len(), 1);
+    assert_eq!(orphans[0].key, key);
     assert!(b.adopt(&key, a.instance()).await.unwrap());
+    assert!(!b.adopt(&key, a.instance()).await.unwrap(), "adopted twice");
+    // Now B's own: listed for B (to restart if it has no task), as B's.
+    let own = b.orphans().await.unwrap();
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].owner, b.instance());
     // A may not forget a payload B is settling.
     assert_eq!(
-        a.finish("q", 1, None, until, &key, &rec, None)
-            .await
-            .unwrap(),
+        a.finish(finish(1, None, &key, &rec, None)).await.unwrap(),
         Commit::Lost
     );
     // B's retry cannot establish the outcome: unresolved.
@@ -134,17 +215,9 @@ async fn a_settlement_beats_an_unresolved_answer_and_only_the_owner_forgets() {
     )));
     let released = SessionState::default();
     assert_eq!(
-        b.finish(
-            "q",
-            1,
-            Some(&released),
-            until,
-            &key,
-            &rec,
-            Some(&unresolved)
-        )
-        .await
-        .unwrap(),
+        b.finish(finish(1, Some(&released), &key, &rec, Some(&unresolved)))
+            .await
+            .unwrap(),
         Commit::Done
     );
     // Then A's answer arrives: settled. The fact replaces the ignorance.
@@ -155,7 +228,7 @@ async fn a_settlement_beats_an_unresolved_answer_and_only_the_owner_forgets() {
     };
     let done = record(credited(1));
     assert_eq!(
-        a.finish("q", 2, Some(&paid), until, &key, &rec, Some(&done))
+        a.finish(finish(2, Some(&paid), &key, &rec, Some(&done)))
             .await
             .unwrap(),
         Commit::Done
@@ -169,11 +242,70 @@ async fn a_settlement_beats_an_unresolved_answer_and_only_the_owner_forgets() {
         "no",
     )));
     assert_eq!(
-        b.finish("q", 3, None, until, &key, &rec, Some(&refused))
+        b.finish(finish(3, None, &key, &rec, Some(&refused)))
             .await
             .unwrap(),
         Commit::Lost
     );
+}
+
+#[tokio::test]
+async fn a_settlement_beats_an_unresolved_answer_and_only_the_owner_forgets_redis() {
+    a_settlement_beats_an_unresolved_answer_and_only_the_owner_forgets(redis_pair().await).await;
+}
+
+#[tokio::test]
+async fn a_settlement_beats_an_unresolved_answer_and_only_the_owner_forgets_memory() {
+    a_settlement_beats_an_unresolved_answer_and_only_the_owner_forgets(memory_pair()).await;
+}
+
+/// A junk copy of a genuine authorization, refused by verification, keeps
+/// its answer but frees the authorization for the genuine payload.
+async fn a_refused_payload_frees_its_claims(p: Pair) {
+    let a = &p.a;
+    let junk = PaymentKey::from_stored("n:junk".into());
+    let rec = record(PaymentStatus::Settling);
+    let st = in_flight(&junk);
+    assert_eq!(
+        a.begin(begin(0, &st, &junk, &rec)).await.unwrap(),
+        Commit::Done
+    );
+    let refused = record(PaymentStatus::Refused(Refusal::new(
+        ErrorCode::PaymentInvalid,
+        "invalid_exact_evm_payload_signature",
+    )));
+    let empty = SessionState::default();
+    assert_eq!(
+        a.finish(finish(1, Some(&empty), &junk, &rec, Some(&refused)))
+            .await
+            .unwrap(),
+        Commit::Done
+    );
+    // The same bytes again: the recorded refusal.
+    let l = a.load("q", Some(&payment_in(&junk, &rec))).await.unwrap();
+    assert_eq!(l.records.len(), 1);
+    assert_eq!(l.records[0].record.status, refused.status);
+    // The genuine payload: nothing holds its authorization or identifier.
+    let genuine = PaymentKey::from_stored("n:genuine".into());
+    let mut gp = payment_in(&genuine, &rec);
+    gp.payment_id = rec.payment_id.clone();
+    let l = a.load("q", Some(&gp)).await.unwrap();
+    assert!(l.records.is_empty() && !l.orphan_claim, "{l:?}");
+    let st = in_flight(&genuine);
+    assert_eq!(
+        a.begin(begin(2, &st, &genuine, &rec)).await.unwrap(),
+        Commit::Done
+    );
+}
+
+#[tokio::test]
+async fn a_refused_payload_frees_its_claims_redis() {
+    a_refused_payload_frees_its_claims(redis_pair().await).await;
+}
+
+#[tokio::test]
+async fn a_refused_payload_frees_its_claims_memory() {
+    a_refused_payload_frees_its_claims(memory_pair()).await;
 }
 
 #[tokio::test]

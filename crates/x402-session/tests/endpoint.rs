@@ -138,7 +138,18 @@ fn settlement_pending_and_lost_answers_are_retried_with_the_same_payload() {
     let t = f.ep.poll_timeout().unwrap();
     assert_eq!(t, f.t0 + Duration::from_secs(3));
     f.ep.handle_timeout(t);
-    assert_eq!(f.ep.poll_settle(), Some(SettleJob { id, attempt: 1 }));
+    let job = f.ep.poll_settle().unwrap();
+    assert_eq!(
+        (
+            job.id,
+            job.attempt,
+            job.session.as_str(),
+            job.stream.as_str()
+        ),
+        (id, 1, "q", "btc")
+    );
+    assert_eq!(job.request, None, "the payment came without a request");
+    assert_eq!(f.ep.poll_settle(), None);
     f.settle(
         4,
         id,
@@ -148,7 +159,9 @@ fn settlement_pending_and_lost_answers_are_retried_with_the_same_payload() {
         0,
     );
     f.ep.handle_timeout(f.t0 + Duration::from_secs(6));
-    assert_eq!(f.ep.poll_settle(), Some(SettleJob { id, attempt: 2 }));
+    let job = f.ep.poll_settle().unwrap();
+    assert_eq!((job.id, job.attempt), (id, 2));
+    assert_eq!(f.ep.poll_settle(), None);
     f.settle(6, id, settled(), 0);
     assert_eq!(f.ep.slices("q"), 1);
 }

@@ -194,8 +194,20 @@ fn a_dead_instances_settlement_is_adopted_as_a_retry() {
     // so "nonce used" now is not a refusal but an unresolved outcome.
     b.load(5, &store);
     let rec = store.records[0].1.clone();
-    let id = b.ep.adopt(b.at(5), &p.key, rec);
+    let id = b.ep.adopt(b.at(5), &p.key, rec, None);
     assert!(b.ep.is_settling(id));
+    // The takeover is a retry and leaves through `poll_settle` at once.
+    let job = b.ep.poll_settle().unwrap();
+    assert_eq!(
+        (
+            job.id,
+            job.attempt,
+            job.session.as_str(),
+            job.stream.as_str()
+        ),
+        (id, 1, "q", "btc")
+    );
+    assert_eq!(b.ep.poll_settle(), None);
     b.ep.handle_settled(
         b.at(6),
         id,
@@ -216,10 +228,65 @@ fn a_dead_instances_settlement_is_adopted_as_a_retry() {
     // Adopted and settled: credited once.
     let (mut c, store2) = (Inst::new(t0), store);
     c.load(5, &store2);
-    let id = c.ep.adopt(c.at(5), &p.key, store2.records[0].1.clone());
+    let id =
+        c.ep.adopt(c.at(5), &p.key, store2.records[0].1.clone(), None);
     c.ep.handle_settled(c.at(6), id, settled(), 0);
     assert_eq!(c.ep.slices("q"), 1);
     assert_eq!(c.ep.stats().settling, 0);
+}
+
+#[test]
+fn a_junk_copy_refused_elsewhere_frees_the_authorization_here() {
+    let t0 = Instant::now();
+    let (mut a, mut b, mut store) = (Inst::new(t0), Inst::new(t0), Store::default());
+    let genuine = payment(1);
+    // The same authorization with other signature bytes.
+    let junk = PaymentIn {
+        key: PaymentKey::from_stored(format!("{}-junk", genuine.key.as_str())),
+        ..genuine.clone()
+    };
+    let jid = settle_id(a.ep.handle_payment(a.at(0), &quote(), junk.clone()));
+    store.commit(&a.ep, &junk.key);
+    a.ep.start_settlement(a.at(0), jid);
+    // B sees A verifying it: the genuine payload waits.
+    b.load(0, &store);
+    let PaymentDecision::Refused(r) = b.ep.handle_payment(b.at(0), &quote(), genuine.clone())
+    else {
+        panic!("waits");
+    };
+    assert_eq!(r.code, ErrorCode::PaymentPending);
+    // A's facilitator refuses the junk copy outright; B hears of it.
+    let plan =
+        a.ep.plan_settled(
+            a.at(1),
+            jid,
+            SettleOutcome::Refused {
+                code: ErrorCode::PaymentInvalid,
+                message: "invalid signature".into(),
+            },
+            0,
+            store.session.clone(),
+        )
+        .unwrap();
+    assert!(plan.is_final());
+    a.ep.apply_settled(a.at(1), jid, plan);
+    store.commit(&a.ep, &junk.key);
+    b.load(1, &store);
+    assert_eq!(
+        b.ep.stats().claims,
+        0,
+        "the refused copy holds nothing here either"
+    );
+    let gid = settle_id(b.ep.handle_payment(b.at(1), &quote(), genuine.clone()));
+    b.ep.handle_settled(b.at(2), gid, settled(), 0);
+    assert_eq!(b.ep.slices("q"), 1);
+    // The junk bytes keep their answer on either instance.
+    for ep in [&a.ep, &b.ep] {
+        let PaymentDecision::Refused(r) = ep.answer(&junk) else {
+            panic!("recorded");
+        };
+        assert_eq!(r.code, ErrorCode::PaymentInvalid);
+    }
 }
 
 #[test]

@@ -17,6 +17,10 @@ pub enum ErrorCode {
     /// 402: the payment was definitely refused (signature, amount, window, ...).
     /// Nothing moved; the payer may sign anew.
     PaymentInvalid,
+    /// 402: the authorization's `validBefore` lies further ahead than the
+    /// requirement's `maxTimeoutSeconds` (plus clock skew) allows: a window
+    /// the server could not settle within. Nothing moved; sign anew.
+    ValidityTooLong,
     /// 202: the payment's settlement is under way; retry the same payload
     /// after `Retry-After` seconds. Never sign anew for it.
     PaymentPending,
@@ -62,9 +66,10 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every known code, for tests and docs.
-    pub const KNOWN: [ErrorCode; 19] = [
+    pub const KNOWN: [ErrorCode; 20] = [
         ErrorCode::PaymentRequired,
         ErrorCode::PaymentInvalid,
+        ErrorCode::ValidityTooLong,
         ErrorCode::PaymentPending,
         ErrorCode::PaymentUsed,
         ErrorCode::PaymentIdConflict,
@@ -89,6 +94,7 @@ impl ErrorCode {
         match self {
             ErrorCode::PaymentRequired => "payment_required",
             ErrorCode::PaymentInvalid => "payment_invalid",
+            ErrorCode::ValidityTooLong => "validity_too_long",
             ErrorCode::PaymentPending => "payment_pending",
             ErrorCode::PaymentUsed => "payment_used",
             ErrorCode::PaymentIdConflict => "payment_id_conflict",
@@ -122,7 +128,9 @@ impl ErrorCode {
     /// The HTTP status a server answers with this code (socket notices: 200).
     pub fn status(&self) -> u16 {
         match self {
-            ErrorCode::PaymentRequired | ErrorCode::PaymentInvalid => 402,
+            ErrorCode::PaymentRequired | ErrorCode::PaymentInvalid | ErrorCode::ValidityTooLong => {
+                402
+            }
             ErrorCode::PaymentPending => 202,
             ErrorCode::PaymentUsed | ErrorCode::PaymentIdConflict | ErrorCode::HorizonExceeded => {
                 409

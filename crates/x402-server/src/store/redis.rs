@@ -1,10 +1,9 @@
-//! Shared state for several server instances: Redis.
+//! The Redis store: shared state for several server instances.
 //!
-//! The rules stay in [`x402_session::ServerEndpoint`]; this store only loads
-//! what the endpoint needs and commits what it decided, atomically (Lua
-//! scripts run whole in Redis): a session's state is compared and swapped by
-//! version, a payment's claim is set only if absent, and a settlement's
-//! outcome is written only by the instance that owns it.
+//! Every commit is one Lua script, run whole in Redis: a session's state is
+//! compared and swapped by version, a payment's claim is set only if absent,
+//! and a settlement's outcome is written only by the instance that owns it.
+//! [`MemoryStore`](super::MemoryStore) has the same semantics in one process.
 //!
 //! Keys (all under the configured prefix):
 //!
@@ -17,6 +16,7 @@
 //! | `alive:{instance}` | string | present while the instance lives (3 s lease) |
 //! | `e:{stream}` | stream | the stream's events (entry id `{seq}-1`), capped at the replay buffer |
 //! | `lease:{stream}` | string | the instance running the stream's source |
+//! | `settling` | set | payment keys whose settlement is under way (for the orphan sweep) |
 //! | `notify` | channel | session ids whose state changed |
 
 use std::time::Duration;
@@ -27,74 +27,11 @@ use serde::Deserialize;
 use x402_session::{PaymentIn, PaymentKey, PaymentRecord, SessionState};
 use x402_types::{Address, Nonce};
 
-/// A store operation failed: Redis is unreachable, slow, or answered
-/// something unexpected. Nothing was committed that the caller relies on.
-#[derive(Debug, thiserror::Error)]
-#[error("shared store: {0}")]
-pub struct StoreError(String);
+use async_trait::async_trait;
 
-impl StoreError {
-    /// An error described in words.
-    pub(crate) fn from_text(e: impl std::fmt::Display) -> Self {
-        StoreError(e.to_string())
-    }
-}
-
-impl From<redis::RedisError> for StoreError {
-    fn from(e: redis::RedisError) -> Self {
-        StoreError(e.to_string())
-    }
-}
-
-/// A session's shared state and the version to compare against.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Versioned {
-    /// 0 when the store has never seen the session.
-    pub version: u64,
-    /// The state (default when absent).
-    pub state: SessionState,
-    /// Whether the store holds the session.
-    pub exists: bool,
-}
-
-/// A payment record as stored, with its settling owner.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stored {
-    /// The payment key.
-    pub key: PaymentKey,
-    /// The record.
-    pub record: PaymentRecord,
-    /// The instance settling it ("" once final).
-    pub owner: String,
-    /// Whether that instance is alive.
-    pub owner_alive: bool,
-    /// The facilitator request to settle (JSON), kept while settling so a
-    /// surviving instance can take the settlement over.
-    pub payload: String,
-}
-
-/// What a payment needs to know before the endpoint decides.
-#[derive(Debug, Clone, Default)]
-pub struct Loaded {
-    /// The session.
-    pub session: Versioned,
-    /// Records touching this payment: its own, and those holding its
-    /// authorization or its payment identifier.
-    pub records: Vec<Stored>,
-    /// The authorization or identifier is held by a payload whose record is gone.
-    pub orphan_claim: bool,
-}
-
-/// The answer of a compare-and-set commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Commit {
-    /// Written.
-    Done,
-    /// Someone else changed it first: load again and decide again.
-    Conflict,
-    /// The record is no longer this instance's to finish (taken over).
-    Lost,
-}
+use super::{
+    Begin, Commit, Finish, FinishKind, Loaded, PaymentStore, StoreError, Stored, Versioned,
+};
 
 /// Redis, shared by every instance of a deployment.
 #[derive(Clone)]
@@ -164,6 +101,7 @@ redis.call('HSET', KEYS[2], 'j', ARGV[4], 'o', ARGV[5], 'd', ARGV[6])
 redis.call('PEXPIREAT', KEYS[2], ARGV[7])
 redis.call('SET', KEYS[3], ARGV[8], 'PXAT', ARGV[7])
 if ARGV[9] == '1' then redis.call('SET', KEYS[4], ARGV[8], 'PXAT', ARGV[7]) end
+redis.call('SADD', KEYS[5], ARGV[8])
 return 'ok'
 "#;
 
@@ -185,17 +123,26 @@ if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], 'v', v + 1, 'j', ARGV[2])
   redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 end
-if ARGV[9] == 'forget' then
-  redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[5], ARGV[7])
+local function free()
   if redis.call('GET', KEYS[3]) == ARGV[7] then redis.call('DEL', KEYS[3]) end
   if ARGV[8] == '1' and redis.call('GET', KEYS[4]) == ARGV[7] then redis.call('DEL', KEYS[4]) end
+end
+if ARGV[9] == 'forget' then
+  redis.call('DEL', KEYS[2])
+  free()
 else
   local u = '0'
   if ARGV[9] == 'unresolved' then u = '1' end
   redis.call('HSET', KEYS[2], 'j', ARGV[4], 'o', '', 'd', '', 'u', u)
   redis.call('PEXPIREAT', KEYS[2], ARGV[5])
-  redis.call('PEXPIREAT', KEYS[3], ARGV[5])
-  if ARGV[8] == '1' then redis.call('PEXPIREAT', KEYS[4], ARGV[5]) end
+  if ARGV[9] == 'refused' then
+    -- A definite refusal moved nothing: its answer stays, its claims go.
+    free()
+  else
+    redis.call('PEXPIREAT', KEYS[3], ARGV[5])
+    if ARGV[8] == '1' then redis.call('PEXPIREAT', KEYS[4], ARGV[5]) end
+  end
 end
 return 'ok'
 "#;
@@ -205,6 +152,21 @@ if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'o', ARGV[2])
 return 1
+"#;
+
+const ORPHANS: &str = r#"
+local p = ARGV[1]
+local out = {}
+for _, k in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local r = redis.call('HMGET', p .. 'r:' .. k, 'j', 'o', 'd')
+  if not r[1] or not r[2] or r[2] == '' then
+    redis.call('SREM', KEYS[1], k)
+  elseif r[2] == ARGV[2] or redis.call('EXISTS', p .. 'alive:' .. r[2]) == 0 then
+    table.insert(out, {k = k, j = r[1], o = r[2], d = r[3] or '', a = r[2] == ARGV[2]})
+  end
+end
+if #out == 0 then return '[]' end
+return cjson.encode(out)
 "#;
 
 const CONNECT: &str = r#"
@@ -263,7 +225,7 @@ async fn timed<T, E: Into<StoreError>>(
 ) -> Result<T, StoreError> {
     tokio::time::timeout(limit, op)
         .await
-        .map_err(|_| StoreError("redis did not answer in time".into()))?
+        .map_err(|_| StoreError::Other("redis did not answer in time".into()))?
         .map_err(Into::into)
 }
 
@@ -285,7 +247,7 @@ impl RedisStore {
         )
         .await?;
         let mut id = [0u8; 8];
-        getrandom::fill(&mut id).map_err(|e| StoreError(format!("no randomness: {e}")))?;
+        getrandom::fill(&mut id).map_err(|e| StoreError::Other(format!("no randomness: {e}")))?;
         Ok(RedisStore {
             client,
             conn,
@@ -293,11 +255,6 @@ impl RedisStore {
             instance: hex::encode(id),
             timeout,
         })
-    }
-
-    /// This instance's id (the owner of its settlements).
-    pub fn instance(&self) -> &str {
-        &self.instance
     }
 
     /// The key prefix.
@@ -348,6 +305,25 @@ impl RedisStore {
         format!("{}lease:{stream}", self.prefix)
     }
 
+    /// The keys BEGIN and FINISH touch for a payment: its session, its record,
+    /// its authorization's claim and its payment identifier (`-`: none), and the set of settling records.
+    fn payment_keys(&self, session: &str, key: &PaymentKey, record: &PaymentRecord) -> [String; 5] {
+        [
+            self.session_key(session),
+            self.record_key(key),
+            self.claim_key(&record.payer, &record.nonce),
+            record
+                .payment_id
+                .as_deref()
+                .map_or_else(|| "-".into(), |p| self.pid_key(p)),
+            self.settling_key(),
+        ]
+    }
+
+    fn settling_key(&self) -> String {
+        format!("{}settling", self.prefix)
+    }
+
     fn notify_channel(&self) -> String {
         format!("{}notify", self.prefix)
     }
@@ -368,191 +344,6 @@ impl RedisStore {
             inv.arg(a);
         }
         timed(self.timeout, inv.invoke_async(&mut conn)).await
-    }
-
-    /// Loads a session and, for a payment, its record and the records holding
-    /// its authorization and its payment identifier.
-    pub async fn load(
-        &self,
-        session: &str,
-        payment: Option<&PaymentIn>,
-    ) -> Result<Loaded, StoreError> {
-        let (own, claim, pid) = match payment {
-            Some(p) => (
-                p.key.as_str().to_string(),
-                self.claim_key(&p.payer, &p.nonce),
-                p.payment_id
-                    .as_deref()
-                    .map(|i| self.pid_key(i))
-                    .unwrap_or_default(),
-            ),
-            None => (String::new(), String::new(), String::new()),
-        };
-        let raw: String = self
-            .run(
-                LOAD,
-                &[self.session_key(session), claim, pid],
-                &[self.prefix.clone(), own],
-            )
-            .await?;
-        let raw: LoadedRaw = serde_json::from_str(&raw)
-            .map_err(|e| StoreError(format!("unreadable answer: {e}")))?;
-        let mut out = Loaded {
-            orphan_claim: raw.orphan,
-            ..Loaded::default()
-        };
-        if !raw.j.is_empty() {
-            let mut state: SessionState = serde_json::from_str(&raw.j)
-                .map_err(|e| StoreError(format!("unreadable session: {e}")))?;
-            state.connections = raw.c as u64;
-            out.session = Versioned {
-                version: raw.v as u64,
-                state,
-                exists: true,
-            };
-        } else {
-            out.session.version = raw.v as u64;
-        }
-        for r in raw.recs {
-            let record: PaymentRecord = serde_json::from_str(&r.j)
-                .map_err(|e| StoreError(format!("unreadable record: {e}")))?;
-            out.records.push(Stored {
-                key: PaymentKey::from_stored(r.k),
-                record,
-                owner: r.o,
-                owner_alive: r.a,
-                payload: r.d,
-            });
-        }
-        Ok(out)
-    }
-
-    /// Loads only a session.
-    pub async fn load_session(&self, session: &str) -> Result<Versioned, StoreError> {
-        Ok(self.load(session, None).await?.session)
-    }
-
-    /// Claims a payment: the session moves from `version` to `state` (the
-    /// payment in flight), the record is created owned by this instance with
-    /// the payload to settle, and the authorization (and identifier) point to
-    /// it; all or nothing. `Conflict` when anything changed since loading.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn begin(
-        &self,
-        session: &str,
-        version: u64,
-        state: &SessionState,
-        session_until: u64,
-        key: &PaymentKey,
-        record: &PaymentRecord,
-        payload: &str,
-    ) -> Result<Commit, StoreError> {
-        let pid = record.payment_id.as_deref();
-        let r: String = self
-            .run(
-                BEGIN,
-                &self.payment_keys(session, key, record),
-                &[
-                    version.to_string(),
-                    json(state)?,
-                    ms(session_until).to_string(),
-                    json(record)?,
-                    self.instance.clone(),
-                    payload.to_string(),
-                    ms(record.expires).to_string(),
-                    key.as_str().to_string(),
-                    if pid.is_some() { "1" } else { "0" }.into(),
-                ],
-            )
-            .await?;
-        Ok(if r == "ok" {
-            Commit::Done
-        } else {
-            Commit::Conflict
-        })
-    }
-
-    /// The keys BEGIN and FINISH touch for a payment: its session, its record,
-    /// its authorization's claim and its payment identifier (`-`: none).
-    fn payment_keys(&self, session: &str, key: &PaymentKey, record: &PaymentRecord) -> [String; 4] {
-        [
-            self.session_key(session),
-            self.record_key(key),
-            self.claim_key(&record.payer, &record.nonce),
-            record
-                .payment_id
-                .as_deref()
-                .map_or_else(|| "-".into(), |p| self.pid_key(p)),
-        ]
-    }
-
-    /// Finishes a settlement: the record's final state (`None`: forget the
-    /// payload and free its authorization; only its owner may), and the
-    /// session's state when it changed (compared against `version`). A
-    /// definite outcome also ends a record another instance took over, and
-    /// a settlement replaces an unresolved outcome (it is the fact that
-    /// answer lacked); otherwise `Lost`.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn finish(
-        &self,
-        session: &str,
-        version: u64,
-        state: Option<&SessionState>,
-        session_until: u64,
-        key: &PaymentKey,
-        before: &PaymentRecord,
-        record: Option<&PaymentRecord>,
-    ) -> Result<Commit, StoreError> {
-        let pid = before.payment_id.as_deref();
-        let r: String = self
-            .run(
-                FINISH,
-                &self.payment_keys(session, key, before),
-                &[
-                    version.to_string(),
-                    state.map(json).transpose()?.unwrap_or_default(),
-                    ms(session_until).to_string(),
-                    record.map(json).transpose()?.unwrap_or_default(),
-                    ms(record.map_or(0, |r| r.expires)).to_string(),
-                    self.instance.clone(),
-                    key.as_str().to_string(),
-                    if pid.is_some() { "1" } else { "0" }.into(),
-                    finish_kind(record).into(),
-                ],
-            )
-            .await?;
-        Ok(match r.as_str() {
-            "ok" => Commit::Done,
-            "lost" => Commit::Lost,
-            _ => Commit::Conflict,
-        })
-    }
-
-    /// Takes over the settlement of a record whose owner died. `true` when
-    /// this instance now owns it.
-    pub async fn adopt(&self, key: &PaymentKey, dead: &str) -> Result<bool, StoreError> {
-        let n: i64 = self
-            .run(
-                ADOPT,
-                &[self.record_key(key), format!("{}alive:{dead}", self.prefix)],
-                &[dead.to_string(), self.instance.clone()],
-            )
-            .await?;
-        Ok(n == 1)
-    }
-
-    /// Counts a new connection of a session; its number (the latest holds
-    /// the session), or `None` when the store does not hold the session.
-    pub async fn connect_session(&self, session: &str) -> Result<Option<u64>, StoreError> {
-        let n: i64 = self.run(CONNECT, &[self.session_key(session)], &[]).await?;
-        Ok(u64::try_from(n).ok())
-    }
-
-    /// Tells every instance that a session changed.
-    pub async fn notify(&self, session: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _: i64 = timed(self.timeout, conn.publish(self.notify_channel(), session)).await?;
-        Ok(())
     }
 
     /// Marks this instance alive for `ttl`.
@@ -604,10 +395,10 @@ impl RedisStore {
         data: &serde_json::Value,
     ) -> Result<u64, StoreError> {
         let raw = serde_json::value::to_raw_value(data)
-            .map_err(|e| StoreError(format!("cannot encode: {e}")))?;
+            .map_err(|e| StoreError::Other(format!("cannot encode: {e}")))?;
         self.append(stream, cap, raw, None)
             .await?
-            .ok_or_else(|| StoreError("event not appended".into()))
+            .ok_or_else(|| StoreError::Other("event not appended".into()))
     }
 
     /// Appends an event with the next sequence number, atomically; with
@@ -627,7 +418,7 @@ impl RedisStore {
         let tail = text
             .strip_prefix(head)
             .and_then(|t| t.strip_prefix('0'))
-            .ok_or_else(|| StoreError("unexpected event frame".into()))?;
+            .ok_or_else(|| StoreError::Other("unexpected event frame".into()))?;
         let seq: i64 = self
             .run(
                 PUBLISH,
@@ -651,18 +442,162 @@ impl RedisStore {
     }
 }
 
-fn finish_kind(record: Option<&PaymentRecord>) -> &'static str {
-    use x402_session::PaymentStatus;
-    match record.map(|r| &r.status) {
-        None => "forget",
-        Some(PaymentStatus::Credited(_)) => "credit",
-        Some(PaymentStatus::Refused(r)) if r.code == x402_types::ErrorCode::SettlementUnknown => {
-            "unresolved"
-        }
-        Some(_) => "final",
-    }
+fn stored(r: RecRaw) -> Result<Stored, StoreError> {
+    let record: PaymentRecord = serde_json::from_str(&r.j)
+        .map_err(|e| StoreError::Other(format!("unreadable record: {e}")))?;
+    Ok(Stored {
+        key: PaymentKey::from_stored(r.k),
+        record,
+        owner: r.o,
+        owner_alive: r.a,
+        payload: r.d,
+    })
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError(format!("cannot encode: {e}")))
+    serde_json::to_string(v).map_err(|e| StoreError::Other(format!("cannot encode: {e}")))
+}
+
+#[async_trait]
+impl PaymentStore for RedisStore {
+    fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Loads a session and, for a payment, its record and the records holding
+    /// its authorization and its payment identifier.
+    async fn load(&self, session: &str, payment: Option<&PaymentIn>) -> Result<Loaded, StoreError> {
+        let (own, claim, pid) = match payment {
+            Some(p) => (
+                p.key.as_str().to_string(),
+                self.claim_key(&p.payer, &p.nonce),
+                p.payment_id
+                    .as_deref()
+                    .map(|i| self.pid_key(i))
+                    .unwrap_or_default(),
+            ),
+            None => (String::new(), String::new(), String::new()),
+        };
+        let raw: String = self
+            .run(
+                LOAD,
+                &[self.session_key(session), claim, pid],
+                &[self.prefix.clone(), own],
+            )
+            .await?;
+        let raw: LoadedRaw = serde_json::from_str(&raw)
+            .map_err(|e| StoreError::Other(format!("unreadable answer: {e}")))?;
+        let mut out = Loaded {
+            orphan_claim: raw.orphan,
+            ..Loaded::default()
+        };
+        if !raw.j.is_empty() {
+            let mut state: SessionState = serde_json::from_str(&raw.j)
+                .map_err(|e| StoreError::Other(format!("unreadable session: {e}")))?;
+            state.connections = raw.c as u64;
+            out.session = Versioned {
+                version: raw.v as u64,
+                state,
+                exists: true,
+            };
+        } else {
+            out.session.version = raw.v as u64;
+        }
+        for r in raw.recs {
+            out.records.push(stored(r)?);
+        }
+        Ok(out)
+    }
+
+    async fn begin(&self, b: Begin<'_>) -> Result<Commit, StoreError> {
+        let pid = b.record.payment_id.as_deref();
+        let r: String = self
+            .run(
+                BEGIN,
+                &self.payment_keys(b.session, b.key, b.record),
+                &[
+                    b.version.to_string(),
+                    json(b.state)?,
+                    ms(b.session_until).to_string(),
+                    json(b.record)?,
+                    self.instance.clone(),
+                    b.payload.to_string(),
+                    ms(b.record.expires).to_string(),
+                    b.key.as_str().to_string(),
+                    if pid.is_some() { "1" } else { "0" }.into(),
+                ],
+            )
+            .await?;
+        Ok(if r == "ok" {
+            Commit::Done
+        } else {
+            Commit::Conflict
+        })
+    }
+
+    async fn finish(&self, f: Finish<'_>) -> Result<Commit, StoreError> {
+        let pid = f.before.payment_id.as_deref();
+        let r: String = self
+            .run(
+                FINISH,
+                &self.payment_keys(f.session, f.key, f.before),
+                &[
+                    f.version.to_string(),
+                    f.state.map(json).transpose()?.unwrap_or_default(),
+                    ms(f.session_until).to_string(),
+                    f.record.map(json).transpose()?.unwrap_or_default(),
+                    ms(f.record.map_or(0, |r| r.expires)).to_string(),
+                    self.instance.clone(),
+                    f.key.as_str().to_string(),
+                    if pid.is_some() { "1" } else { "0" }.into(),
+                    FinishKind::of(f.record).as_str().into(),
+                ],
+            )
+            .await?;
+        Ok(match r.as_str() {
+            "ok" => Commit::Done,
+            "lost" => Commit::Lost,
+            _ => Commit::Conflict,
+        })
+    }
+
+    async fn orphans(&self) -> Result<Vec<Stored>, StoreError> {
+        let raw: String = self
+            .run(
+                ORPHANS,
+                &[self.settling_key()],
+                &[self.prefix.clone(), self.instance.clone()],
+            )
+            .await?;
+        let raw: Vec<RecRaw> = serde_json::from_str(&raw)
+            .map_err(|e| StoreError::Other(format!("unreadable answer: {e}")))?;
+        raw.into_iter().map(stored).collect()
+    }
+
+    /// Takes over the settlement of a record whose owner died. `true` when
+    /// this instance now owns it.
+    async fn adopt(&self, key: &PaymentKey, dead: &str) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .run(
+                ADOPT,
+                &[self.record_key(key), format!("{}alive:{dead}", self.prefix)],
+                &[dead.to_string(), self.instance.clone()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Counts a new connection of a session; its number (the latest holds
+    /// the session), or `None` when the store does not hold the session.
+    async fn connect_session(&self, session: &str) -> Result<Option<u64>, StoreError> {
+        let n: i64 = self.run(CONNECT, &[self.session_key(session)], &[]).await?;
+        Ok(u64::try_from(n).ok())
+    }
+
+    /// Tells every instance that a session changed.
+    async fn notify(&self, session: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = timed(self.timeout, conn.publish(self.notify_channel(), session)).await?;
+        Ok(())
+    }
 }

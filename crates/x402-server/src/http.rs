@@ -1,0 +1,350 @@
+//! The stream server's HTTP routes: catalog, schema (402), renew, the
+//! socket upgrade, health and metrics. I/O only: payments go through
+//! [`crate::payments`], sockets through [`crate::socket`].
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::Value;
+use x402_types::{ErrorCode, PathVersion, Pricing, Schema, StreamInfo};
+
+use crate::error::ApiError;
+use crate::payments::payment_header;
+use crate::socket::Connection;
+use crate::state::{AppState, RemoteAddr, now};
+use crate::token::Claims;
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct TokenQuery {
+    t: Option<String>,
+    from: Option<String>,
+}
+
+fn not_found(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::UnknownStream,
+        format!("no such {what}"),
+    )
+}
+
+fn bad_request(msg: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, msg)
+}
+
+fn with_header(mut resp: Response, name: &'static str, value: Option<String>) -> Response {
+    if let Some(v) = value
+        && let Ok(v) = HeaderValue::from_str(&v)
+    {
+        resp.headers_mut().insert(name, v);
+    }
+    resp
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let st = s.endpoint_stats();
+    let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+    s.metrics.sessions.set(gauge(st.sessions));
+    s.metrics.settling.set(gauge(st.settling));
+    s.metrics
+        .sockets
+        .set(i64::try_from(s.stats.sockets.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn healthz(State(s): State<Arc<AppState>>) -> Response {
+    let st = s.endpoint_stats();
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "sessions": st.sessions,
+        "settling": st.settling,
+        "sockets": s.stats.sockets.load(Ordering::Relaxed),
+        "facilitator": s.facilitator.describe(),
+    }))
+    .into_response()
+}
+
+async fn streams(State(s): State<Arc<AppState>>) -> Response {
+    let mut list: Vec<Value> = s
+        .streams
+        .values()
+        .map(|e| {
+            serde_json::json!({
+                "id": e.cfg.id,
+                "title": e.cfg.title,
+                "description": e.cfg.description,
+                "pricePerMinute": e.terms.per_minute.to_display(e.terms.decimals),
+                "pricePerSlice": e.terms.per_slice.to_display(e.terms.decimals),
+                "sliceSeconds": e.cfg.slice_seconds,
+                "currency": e.terms.symbol,
+                "network": e.terms.network.caip2(),
+                "asset": e.terms.asset.to_string(),
+            })
+        })
+        .collect();
+    list.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    axum::Json(serde_json::json!({"streams": list})).into_response()
+}
+
+async fn schema(
+    State(s): State<Arc<AppState>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    let Ok(Path((ver, id))) = path else {
+        return not_found("stream").into_response();
+    };
+    let (v, e) = match s.entry(&ver, &id) {
+        Ok(x) => x,
+        Err(err) => return err.into_response(),
+    };
+    let mut q = [0u8; 16];
+    if getrandom::fill(&mut q).is_err() {
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Other("server_error".into()),
+            "no randomness",
+        )
+        .into_response();
+    }
+    let req = e.requirement();
+    let iat = s.unix_now();
+    let claims = Claims {
+        v,
+        s: e.cfg.id.clone(),
+        q: hex::encode(q),
+        iat,
+        exp: iat + e.cfg.max_timeout_seconds,
+        amt: req.amount.to_string(),
+        to: req.pay_to.clone(),
+        asset: req.asset.clone(),
+        net: req.network.caip2(),
+    };
+    let token = s.tokens.issue(&claims);
+    let ws = x402_types::version::stream_url(&s.ws_base, v, &e.cfg.id, &token, None)
+        .map(|u| u.to_string())
+        .unwrap_or_default();
+    let d = e.terms.decimals;
+    let per_second = e
+        .terms
+        .per_minute
+        .to_display(d)
+        .parse::<f64>()
+        .unwrap_or(0.0)
+        / 60.0;
+    let error = format!("{} header is required", v.payment_header());
+    let doc = Schema {
+        protocol: "ws402".into(),
+        version: v,
+        websocket_endpoint: ws,
+        pricing: Pricing {
+            price_per_second: per_second,
+            currency: e.terms.symbol.clone(),
+            estimated_duration: e.cfg.slice_seconds,
+            price_per_minute: Some(e.terms.per_minute.to_display(d)),
+            price_per_slice: Some(e.terms.per_slice.to_display(d)),
+        },
+        payment_details: x402_types::PaymentDetails {
+            scheme: req.scheme.clone(),
+            network: req.network.clone(),
+            asset: req.asset.clone(),
+            pay_to: req.pay_to.clone(),
+            max_amount_required: req.amount,
+            max_timeout_seconds: req.max_timeout_seconds,
+            extra: req.extra.clone(),
+        },
+        stream: StreamInfo {
+            id: e.cfg.id.clone(),
+            title: e.cfg.title.clone(),
+            description: e.cfg.description.clone(),
+        },
+        x402_version: (v == PathVersion::V1).then_some(1),
+        error: (v == PathVersion::V1).then(|| error.clone()),
+        accepts: (v == PathVersion::V1).then(|| vec![s.v1_requirement(v, e)]),
+    };
+    let mut resp = (
+        StatusCode::PAYMENT_REQUIRED,
+        [("content-type", "application/json")],
+        doc.to_json(),
+    )
+        .into_response();
+    if v == PathVersion::V2 {
+        resp = with_header(
+            resp,
+            x402_types::x402::headers::PAYMENT_REQUIRED,
+            Some(s.payment_required_v2(v, e, &error).to_header()),
+        );
+    }
+    resp
+}
+
+fn query(q: Result<Query<TokenQuery>, QueryRejection>) -> Result<TokenQuery, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| bad_request(format!("query: {e}")))
+}
+
+fn path(p: Result<Path<(String, String)>, PathRejection>) -> Result<(String, String), ApiError> {
+    p.map(|Path(p)| p).map_err(|_| not_found("stream"))
+}
+
+async fn renew(
+    State(s): State<Arc<AppState>>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<TokenQuery>, QueryRejection>,
+    Extension(RemoteAddr(addr)): Extension<RemoteAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let (ver, id) = path(p)?;
+        let q = query(q)?;
+        let (v, e) = s.entry(&ver, &id)?;
+        let quote = s.quote(v, e, q.t.as_deref())?;
+        let header = payment_header(v, &headers)?.ok_or_else(|| {
+            s.payment_error(
+                v,
+                e,
+                ErrorCode::PaymentRequired,
+                format!("{} header is required", v.payment_header()),
+            )
+        })?;
+        s.admit_payment(addr.ip())?;
+        let credit = s.pay(v, e, &quote, header).await?;
+        Ok::<_, ApiError>((v, credit))
+    }
+    .await;
+    match result {
+        Ok((v, c)) => with_header(
+            axum::Json(c.response).into_response(),
+            v.payment_response_header(),
+            c.settlement,
+        ),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub(crate) struct IpGuard {
+    state: Arc<AppState>,
+    ip: IpAddr,
+}
+
+impl Drop for IpGuard {
+    fn drop(&mut self) {
+        let mut m = self.state.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+        self.state.stats.sockets.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn ip_guard(s: &Arc<AppState>, ip: IpAddr) -> Result<IpGuard, ApiError> {
+    let mut m = s.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+    let n = m.entry(ip).or_insert(0);
+    if *n >= s.cfg.limits.max_connections_per_ip {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyConnections,
+            "too many sockets from this address",
+        ));
+    }
+    *n += 1;
+    s.stats.sockets.fetch_add(1, Ordering::Relaxed);
+    Ok(IpGuard {
+        state: s.clone(),
+        ip,
+    })
+}
+
+async fn stream(
+    State(s): State<Arc<AppState>>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<TokenQuery>, QueryRejection>,
+    Extension(RemoteAddr(addr)): Extension<RemoteAddr>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let result = async {
+        let (ver, id) = path(p)?;
+        let q = query(q)?;
+        let (v, e) = s.entry(&ver, &id)?;
+        let quote = s.quote(v, e, q.t.as_deref())?;
+        let from = match q.from.as_deref() {
+            None => None,
+            Some(f) => Some(
+                f.parse::<u64>()
+                    .map_err(|_| bad_request("`from` must be an integer"))?,
+            ),
+        };
+        let ws = ws.map_err(|r| bad_request(format!("not a WebSocket upgrade: {r}")))?;
+        let header = payment_header(v, &headers)?;
+        let guard = ip_guard(&s, addr.ip())?;
+        let settlement = match header {
+            Some(h) => {
+                s.admit_payment(addr.ip())?;
+                s.pay(v, e, &quote, h).await?.settlement
+            }
+            None => None,
+        };
+        // Only a paid session opens; the session is connected once the 101 is out.
+        // (A payment just decided has already brought the store's session here.)
+        if header.is_none() {
+            s.refresh_for_connect(&quote).await?;
+        }
+        s.core()
+            .check_connect(now(), &quote)
+            .map_err(|r| s.refusal(v, e, r))?;
+        Ok::<_, ApiError>((v, ws, settlement, quote, from, guard, e.hub.clone()))
+    }
+    .await;
+    let (v, ws, settlement, quote, from, guard, hub) = match result {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    let state = s.clone();
+    let resp = ws
+        .max_message_size(s.cfg.limits.max_frame_bytes)
+        .max_frame_size(s.cfg.limits.max_frame_bytes)
+        // Idle sockets dominate memory at scale: tungstenite's 128 KiB default
+        // read buffer per socket is the largest cost. Clients send almost nothing.
+        .read_buffer_size(4 * 1024)
+        // Frames published together are written together (one flush per
+        // batch); the buffer grows only while a burst is being written.
+        .write_buffer_size(16 * 1024)
+        // Bounded: a slow reader cannot make us buffer without limit.
+        .max_write_buffer_size(8 * 1024 * 1024)
+        .on_upgrade(move |socket| async move {
+            Connection::open(state, socket, quote, from, hub, guard).await;
+        });
+    with_header(resp, v.payment_response_header(), settlement)
+}
+
+/// The router of the stream server.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/streams", get(streams))
+        .route("/{ver}/schema/{id}", get(schema))
+        .route("/{ver}/stream/{id}", get(stream))
+        .route("/{ver}/renew/{id}", post(renew))
+        .fallback(|| async { not_found("route").into_response() })
+        .with_state(state)
+}
