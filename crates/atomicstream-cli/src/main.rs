@@ -742,24 +742,17 @@ async fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) ->
     );
     let api = cfg.facilitator_api.is_some();
     let mut builder = x402_server::ServerBuilder::new(cfg.clone());
-    if let Some(x402_server::FacilitatorConfig::Evm {
-        rpc_url,
-        network,
-        relayer_key_file,
-        relayer_key_env,
-        confirmations,
-        receipt_timeout_secs,
-    }) = &cfg.facilitator
-    {
-        let key = relayer_key(relayer_key_file.as_deref(), relayer_key_env)?;
-        let f = evm_facilitator(
-            rpc_url,
-            network,
-            key,
-            *confirmations,
-            Duration::from_secs(*receipt_timeout_secs),
-        )
-        .await?;
+    // `kind = "evm"`: connected here (not in bind) so that a wrong key is a
+    // usage error (exit 2) and an unreachable chain a failure, as before.
+    if let Some(evm @ x402_server::FacilitatorConfig::Evm { .. }) = &cfg.facilitator {
+        let f = x402_server::evm::facilitator(evm).await.map_err(|e| {
+            let text = e.to_string();
+            if text.contains("relayer key") {
+                usage(text)
+            } else {
+                Fail(exit::FAILURE, text)
+            }
+        })?;
         eprintln!(
             "  facilitator:  {}",
             x402_server::Facilitator::describe(f.as_ref())
@@ -820,40 +813,7 @@ async fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) ->
     Ok(exit::OK)
 }
 
-/// Reads a relayer key from a file or an environment variable.
-fn relayer_key(file: Option<&std::path::Path>, env: &str) -> Result<String, Fail> {
-    match file {
-        Some(f) => std::fs::read_to_string(f)
-            .map(|s| s.trim().to_string())
-            .map_err(|e| usage(format!("relayer key file {}: {e}", f.display()))),
-        None => std::env::var(env).map_err(|_| {
-            usage(format!(
-                "no relayer key: give --relayer-key-file or set {env}"
-            ))
-        }),
-    }
-}
-
-/// Connects the settling EVM facilitator.
-async fn evm_facilitator(
-    rpc_url: &str,
-    network: &str,
-    key: String,
-    confirmations: u64,
-    receipt_timeout: Duration,
-) -> Result<Arc<x402_chain::EvmFacilitator>, Fail> {
-    let network: x402_types::Network = network
-        .parse()
-        .map_err(|e| usage(format!("network: {e}")))?;
-    let mut cfg = x402_chain::EvmConfig::new(rpc_url, network, key);
-    cfg.confirmations = confirmations;
-    cfg.receipt_timeout = receipt_timeout;
-    let f = x402_chain::EvmFacilitator::connect(cfg)
-        .await
-        .map_err(|e| Fail(exit::FAILURE, e.to_string()))?;
-    Ok(Arc::new(f))
-}
-
+/// `atomicstream facilitator`: the standard x402 facilitator API.
 async fn facilitator(
     listen: std::net::SocketAddr,
     evm: EvmArgs,
@@ -876,15 +836,20 @@ async fn facilitator(
     }
     let f: Arc<dyn x402_facilitator::Facilitator> = match (&evm.evm, &evm.rpc_url) {
         (true, Some(url)) => {
-            let key = relayer_key(evm.relayer_key_file.as_deref(), &evm.relayer_key_env)?;
-            evm_facilitator(
+            let key = x402_server::evm::relayer_key(
+                evm.relayer_key_file.as_deref(),
+                &evm.relayer_key_env,
+            )
+            .map_err(|e| usage(e.to_string()))?;
+            x402_server::evm::connect(
                 url,
                 &evm.network,
                 key,
                 evm.confirmations,
                 Duration::from_secs(20),
             )
-            .await?
+            .await
+            .map_err(|e| Fail(exit::FAILURE, e.to_string()))?
         }
         _ => Arc::new(x402_facilitator::EmbeddedFacilitator::default()),
     };

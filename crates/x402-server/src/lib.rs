@@ -6,6 +6,8 @@ mod cluster;
 pub mod config;
 mod coordinator;
 mod error;
+#[cfg(feature = "evm")]
+pub mod evm;
 pub mod facilitator;
 mod gate;
 mod http;
@@ -99,10 +101,14 @@ impl ServerBuilder {
                 );
                 Arc::new(EmbeddedFacilitator::default())
             }
+            #[cfg(feature = "evm")]
+            (None, Some(cfg @ FacilitatorConfig::Evm { .. })) => evm::facilitator(cfg).await?,
+            #[cfg(not(feature = "evm"))]
             (None, Some(FacilitatorConfig::Evm { .. })) => {
                 return Err(ConfigError::Invalid(
-                    "kind = \"evm\": build x402_chain::EvmFacilitator and pass it with \
-                     ServerBuilder::facilitator (the atomicstream binary does)"
+                    "kind = \"evm\" needs x402-server's `evm` feature (the atomicstream binary \
+                     has it), or build x402_chain::EvmFacilitator and pass it with \
+                     ServerBuilder::facilitator"
                         .into(),
                 )
                 .into());
