@@ -455,10 +455,7 @@ pub async fn run(secs: u64, instances: usize, redis: bool) -> i32 {
     }
     // Let the server notice the closed sockets.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let sockets_left: u64 = states
-        .iter()
-        .map(|s| s.stats.sockets.load(Ordering::Relaxed))
-        .sum();
+    let sockets_left: u64 = states.iter().map(|s| s.sockets_open()).sum();
     // Still serving: a fresh honest client can buy a slice.
     let fresh = Client::builder()
         .base_url(&base)

@@ -5,7 +5,6 @@
 //! the client resumes without paying and retries with the same payload.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use atomicstream::transport::faults::Blip;
@@ -185,10 +184,7 @@ pub async fn run(slices: u64, all: bool, on_chain: bool) -> Result<u8, Fail> {
         "  reconnects        {} (resumed without paying)",
         p.reconnects
     );
-    eprintln!(
-        "  server credited   {} payments",
-        state.stats.payments.load(Ordering::Relaxed)
-    );
+    eprintln!("  server credited   {} payments", state.credited_payments());
     eprintln!(
         "  ended             {} after {:.1}s",
         crate::explain_end(&reason, &p.paid, &Amount::from_display("0.10", 6)?),

@@ -19,7 +19,8 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// Errors of running the server.
+/// The server's one error type: building and running it. (Refused HTTP
+/// requests are answers, not errors: [`ApiError`].)
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -29,7 +30,19 @@ pub enum Error {
     /// Could not bind or serve.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The shared store could not be reached or answered wrongly.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The facilitator could not be built (a remote one's URL, an EVM one's chain).
+    #[error("facilitator: {0}")]
+    Facilitator(#[from] x402_facilitator::FacilitatorError),
+    /// The facilitator API could not be mounted (its key, its allowed hosts).
+    #[error("facilitator API: {0}")]
+    FacilitatorApi(#[from] x402_facilitator::ServeError),
 }
+
+/// `Result` with the server's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A refused HTTP request: status and `{"error", "message", "accepts"?}`.
 #[derive(Debug, Clone)]

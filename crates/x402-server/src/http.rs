@@ -4,7 +4,6 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -55,9 +54,6 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
     s.metrics.sessions.set(gauge(st.sessions));
     s.metrics.settling.set(gauge(st.settling));
-    s.metrics
-        .sockets
-        .set(i64::try_from(s.stats.sockets.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     (
         [(
             "content-type",
@@ -74,7 +70,7 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
         "status": "ok",
         "sessions": st.sessions,
         "settling": st.settling,
-        "sockets": s.stats.sockets.load(Ordering::Relaxed),
+        "sockets": s.sockets_open(),
         "facilitator": s.facilitator.describe(),
     }))
     .into_response()
@@ -251,7 +247,7 @@ impl Drop for IpGuard {
                 m.remove(&self.ip);
             }
         }
-        self.state.stats.sockets.fetch_sub(1, Ordering::Relaxed);
+        self.state.metrics.sockets.dec();
     }
 }
 
@@ -266,7 +262,7 @@ fn ip_guard(s: &Arc<AppState>, ip: IpAddr) -> Result<IpGuard, ApiError> {
         ));
     }
     *n += 1;
-    s.stats.sockets.fetch_add(1, Ordering::Relaxed);
+    s.metrics.sockets.inc();
     Ok(IpGuard {
         state: s.clone(),
         ip,

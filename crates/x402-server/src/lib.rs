@@ -33,14 +33,14 @@ pub use config::{
     Config, DEV_PAY_TO, EXAMPLE as CONFIG_EXAMPLE, FacilitatorApiConfig, FacilitatorConfig, Limits,
     SourceConfig, StoreConfig, StreamConfig,
 };
-pub use error::{ApiError, ConfigError, Error};
+pub use error::{ApiError, ConfigError, Error, Result};
 pub use facilitator::{
     EmbeddedFacilitator, Facilitator, FacilitatorApi, FacilitatorError, HttpFacilitator,
     LedgerEntry, ServeError, facilitator_router, serve_facilitator, serve_facilitator_guarded,
 };
 pub use http::router;
 pub use hub::{Frame, Hub, Publisher, Synthetic};
-pub use state::{AppState, MIN_SECRET_LEN, RemoteAddr, Stats, StreamEntry, token_key};
+pub use state::{AppState, MIN_SECRET_LEN, RemoteAddr, StreamEntry, token_key};
 pub use store::{MemoryStore, PaymentStore, RedisStore, StoreError};
 
 /// Builds a [`Server`].
@@ -117,8 +117,7 @@ impl ServerBuilder {
                 let mut f = HttpFacilitator::new(
                     url,
                     Duration::from_secs(self.cfg.limits.facilitator_timeout_secs),
-                )
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                )?;
                 if let Some(k) = key {
                     f = f.with_bearer(k.clone());
                 }
@@ -133,8 +132,7 @@ impl ServerBuilder {
                 timeout_ms,
             } => Some(
                 RedisStore::connect(url, prefix, Duration::from_millis((*timeout_ms).max(10)))
-                    .await
-                    .map_err(|e| ConfigError::Invalid(format!("store: {e}")))?,
+                    .await?,
             ),
         };
         let store: Arc<dyn PaymentStore> = match (self.store, &redis) {
@@ -206,9 +204,7 @@ impl ServerBuilder {
             if let Some(host) = public_host(&state.http_base) {
                 guard = guard.allow_host(host);
             }
-            let routes = guard
-                .router(facilitator, addr)
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            let routes = guard.router(facilitator, addr)?;
             router = router.nest("/facilitator", routes);
         }
         Ok(Server {

@@ -126,7 +126,6 @@ impl Connection {
             return false;
         }
         let n = frames.len() as u64;
-        self.state.stats.events_sent.fetch_add(n, Ordering::Relaxed);
         self.state.metrics.events_sent.inc_by(n);
         self.next = last.seq + 1;
         true

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -52,21 +52,6 @@ impl StreamEntry {
     }
 }
 
-/// Counters for tests, health and benchmarks.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Payments credited.
-    pub payments: AtomicU64,
-    /// Payments refused.
-    pub refused: AtomicU64,
-    /// Settlements whose outcome could not be established.
-    pub unresolved: AtomicU64,
-    /// Sockets open now.
-    pub sockets: AtomicU64,
-    /// Events sent.
-    pub events_sent: AtomicU64,
-}
-
 /// Everything the handlers share.
 pub struct AppState {
     /// Configuration.
@@ -101,8 +86,6 @@ pub struct AppState {
     pub(crate) payment_rate: Mutex<HashMap<IpAddr, (Instant, f64)>>,
     /// Connection ids.
     pub next_conn: AtomicU64,
-    /// Counters.
-    pub stats: Stats,
     /// What `/metrics` shows.
     pub metrics: crate::metrics::Metrics,
 }
@@ -154,7 +137,6 @@ impl AppState {
             per_ip: Mutex::default(),
             payment_rate: Mutex::default(),
             next_conn: 1.into(),
-            stats: Stats::default(),
             metrics: crate::metrics::Metrics::default(),
         }
     }
@@ -166,6 +148,30 @@ impl AppState {
 
     pub(crate) fn core(&self) -> MutexGuard<'_, ServerEndpoint> {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Payments credited since start, over every stream (from `/metrics`'
+    /// one counter set).
+    pub fn credited_payments(&self) -> u64 {
+        self.streams
+            .keys()
+            .map(|stream| {
+                let label = crate::metrics::StreamLabel {
+                    stream: stream.clone(),
+                };
+                self.metrics.credited.get_or_create(&label).get()
+            })
+            .sum()
+    }
+
+    /// Settlements whose outcome could not be established, since start.
+    pub fn unresolved_payments(&self) -> u64 {
+        self.metrics.unresolved.get()
+    }
+
+    /// Sockets open now.
+    pub fn sockets_open(&self) -> u64 {
+        u64::try_from(self.metrics.sockets.get()).unwrap_or(0)
     }
 
     /// Wall time on the endpoint's clock.
@@ -228,7 +234,6 @@ impl AppState {
                 slices,
                 amount,
             } => {
-                self.stats.payments.fetch_add(1, Ordering::Relaxed);
                 let label = crate::metrics::StreamLabel { stream };
                 self.metrics.credited.get_or_create(&label).inc();
                 self.metrics
@@ -242,7 +247,6 @@ impl AppState {
                 stream,
                 code,
             } => {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 self.metrics
                     .refused
                     .get_or_create(&crate::metrics::RefusalLabel {
@@ -258,7 +262,6 @@ impl AppState {
                 nonce,
                 reason,
             } => {
-                self.stats.unresolved.fetch_add(1, Ordering::Relaxed);
                 self.metrics.unresolved.inc();
                 tracing::error!(session = %redact(&session), %payer, %nonce, %reason,
                     "settlement outcome unknown: nothing credited; reconcile this payment");

@@ -229,13 +229,7 @@ async fn an_upgrade_reset_before_the_101_leaves_no_connected_session() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let st = t.state.endpoint_stats();
     assert_eq!(st.connections, 0, "no ghost connection: {st:?}");
-    assert_eq!(
-        t.state
-            .stats
-            .sockets
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(t.state.sockets_open(), 0);
 }
 
 /// (host:port, path?query) of a ws:// URL.
@@ -338,13 +332,7 @@ async fn two_sockets_racing_one_payload_credit_one_slice() {
     let opened = [a.is_ok(), b.is_ok()].iter().filter(|x| **x).count();
     assert!(opened >= 1, "the payload buys the slice");
     assert_eq!(t.credited(), 1, "one payload, one settlement");
-    assert_eq!(
-        t.state
-            .stats
-            .payments
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(t.state.credited_payments(), 1);
 }
 
 #[tokio::test]

@@ -201,7 +201,7 @@ impl T {
     }
 
     fn credited(&self) -> u64 {
-        self.state.stats.payments.load(Ordering::Relaxed)
+        self.state.credited_payments()
     }
 }
 
@@ -274,7 +274,7 @@ async fn success_for_another_payer_or_amount_credits_nothing() {
         );
         assert!(code(&body).maybe_spent());
         assert_eq!(t.credited(), 0, "{fault:?}");
-        assert_eq!(t.state.stats.unresolved.load(Ordering::Relaxed), 1);
+        assert_eq!(t.state.unresolved_payments(), 1);
     }
 }
 
