@@ -16,5 +16,5 @@ pub use payer::{
 };
 pub use policy::{Approver, Budget, DEFAULT_MAX_TIMEOUT_SECONDS, Held, Reservation, SpendPolicy};
 pub use signer::{DigestSigner, LocalSigner, address_of, recover};
-pub use verify::{VerifyFailure, verify_exact};
+pub use verify::{VerifyFailure, verify_exact, verify_signature};
 pub use x402_types::Offer;

@@ -201,6 +201,29 @@ pub fn verify_exact(
     Ok(auth.from)
 }
 
+/// Checks only that `payload`'s EIP-3009 signature recovers to its
+/// `from` under the requirement's EIP-712 domain: what no amount of waiting
+/// changes. A payload failing it can never move money (a junk copy).
+pub fn verify_signature(
+    payload: &PaymentPayload,
+    requirements: &PaymentRequirements,
+) -> Result<Address, VerifyFailure> {
+    let req: Requirement = requirements.requirement();
+    let evm = payload
+        .exact_evm()
+        .ok_or(VerifyFailure::UnsupportedPayload)?;
+    let auth = &evm.authorization;
+    let separator = cached_separator(&req)?;
+    let recovered = recover(&digest(&separator, auth), &evm.signature)?;
+    if recovered != auth.from {
+        return Err(VerifyFailure::SignerMismatch {
+            recovered,
+            from: auth.from,
+        });
+    }
+    Ok(auth.from)
+}
+
 type SeparatorKey = (String, u64, Option<serde_json::Value>);
 
 thread_local! {

@@ -329,25 +329,25 @@ impl AppState {
         id: SettleId,
         deadline: tokio::time::Instant,
     ) -> PaymentDecision {
+        // Forgets the bell once nobody waits, also when the request is
+        // dropped (declared first: dropped after the bell).
+        let _release = BellGuard { state: self, id };
         let bell = self.bell(id);
-        let answer = loop {
+        loop {
             let notified = bell.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let answer = self.core().answer(p);
             match answer {
                 PaymentDecision::Pending { .. } if tokio::time::Instant::now() < deadline => {}
-                a => break a,
+                a => return a,
             }
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = tokio::time::sleep(FOREIGN_POLL) => self.refresh_payment(quote, p).await,
             }
-        };
-        drop(bell);
-        self.release_bell(id);
-        answer
+        }
     }
 
     fn bell(&self, id: SettleId) -> Arc<Notify> {
@@ -435,14 +435,54 @@ impl AppState {
                     // Another instance took it over, or an earlier commit of
                     // ours landed though its answer was lost: the store has
                     // the outcome; take it from there.
-                    tracing::warn!("this settlement's outcome is already in the store");
                     self.with_core(|ep, now| ep.disown(now, id));
                     self.refresh(session).await;
+                    let moved = credited || plan.unresolved.is_some();
+                    if moved {
+                        self.check_lost(session, &plan.key, &before).await;
+                    }
                     return;
                 }
                 Err(e) => self.wait_for_store(e, &mut backoff).await,
             }
         }
+    }
+
+    /// A settlement (or an outcome that may hide one) could not be written:
+    /// unless the store shows the payment credited, money may have moved
+    /// without credit. That is never silent: logged for reconciliation and
+    /// counted as unresolved.
+    async fn check_lost(
+        self: &Arc<Self>,
+        session: &str,
+        key: &x402_session::PaymentKey,
+        before: &x402_session::PaymentRecord,
+    ) {
+        let probe = PaymentIn {
+            key: key.clone(),
+            payer: before.payer,
+            nonce: before.nonce,
+            amount: before.amount,
+            valid_before: before.valid_before,
+            payment_id: before.payment_id.clone(),
+            request: None,
+        };
+        let credited = match self.store().load(session, Some(&probe)).await {
+            Ok(l) => l
+                .records
+                .iter()
+                .any(|r| r.key == *key && matches!(r.record.status, PaymentStatus::Credited(_))),
+            Err(_) => false,
+        };
+        if credited {
+            tracing::info!("this settlement's outcome was already committed");
+            return;
+        }
+        self.metrics.unresolved.inc();
+        tracing::error!(payer = %before.payer, nonce = %before.nonce,
+            "a settlement's outcome could not be committed (its record changed hands or \
+             expired) and the store does not show it credited: the money may have moved; \
+             reconcile this payment");
     }
 
     /// A settlement outcome waits for an unreachable store: count, log, back off.
@@ -451,6 +491,17 @@ impl AppState {
         tracing::warn!(error = %e, "settlement outcome waits for the store");
         tokio::time::sleep(*backoff).await;
         *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+struct BellGuard<'a> {
+    state: &'a AppState,
+    id: SettleId,
+}
+
+impl Drop for BellGuard<'_> {
+    fn drop(&mut self) {
+        self.state.release_bell(self.id);
     }
 }
 
@@ -465,7 +516,7 @@ pub(crate) async fn run_settlement(state: Arc<AppState>, job: SettleJob) {
     };
     let kind = match &outcome {
         SettleOutcome::Settled { .. } => "settled",
-        SettleOutcome::Refused { .. } => "refused",
+        SettleOutcome::Refused { .. } | SettleOutcome::Forged { .. } => "refused",
         SettleOutcome::Pending => "pending",
         SettleOutcome::Unknown { .. } => "unknown",
         SettleOutcome::NotAttempted { .. } => "not_attempted",
@@ -499,6 +550,19 @@ pub(crate) async fn settle_outcome(
     req: &FacilitatorRequest,
     attempt: u32,
 ) -> SettleOutcome {
+    // A retry (or a takeover) does not verify first: check offline what a
+    // facilitator would, the signature. A payload whose signature does not
+    // verify can never have moved money; it is refused at any attempt, so
+    // a junk copy neither squats its authorization nor is credited with
+    // the genuine payment's settlement.
+    if attempt > 0
+        && let Err(e) =
+            x402_payer::verify_signature(&req.payment_payload, &req.payment_requirements)
+    {
+        return SettleOutcome::Forged {
+            message: format!("{}: {e}", e.reason()),
+        };
+    }
     match settle_attempt(f, req, attempt).await {
         SettleVerdict::NotAttempted { reason } => SettleOutcome::NotAttempted { reason },
         SettleVerdict::Refused { reason, message } => SettleOutcome::Refused {
@@ -515,10 +579,12 @@ pub(crate) async fn settle_outcome(
             payer,
             amount,
         },
+        // Credited only when the facilitator names the payer and amount
+        // (the endpoint checks they are this payment's).
         SettleVerdict::AlreadySettled {
             transaction,
-            payer,
-            amount,
+            payer: payer @ Some(_),
+            amount: amount @ Some(_),
         } if attempt > 0 => {
             let answer = SettleResponse {
                 success: true,
@@ -536,6 +602,13 @@ pub(crate) async fn settle_outcome(
                 header: Some(x402_types::x402::encode_header(&answer)),
                 payer,
                 amount,
+            }
+        }
+        SettleVerdict::AlreadySettled { transaction, .. } if attempt > 0 => {
+            SettleOutcome::Unknown {
+                reason: format!(
+                    "already settled by {transaction}, but the facilitator named no payer or amount"
+                ),
             }
         }
         SettleVerdict::AlreadySettled { .. } => SettleOutcome::Refused {

@@ -305,8 +305,20 @@ impl Server {
     ) -> Result<(), Error> {
         let drain = Duration::from_secs(self.state.cfg.limits.facilitator_timeout_secs.max(1) * 3);
         let state = self.state.clone();
+        // The background tasks (timers with their settlement retries, the
+        // heartbeat, the orphan sweep) live until the drain is over: a
+        // settlement finishing during shutdown still needs them.
+        let Server {
+            state: st,
+            listener,
+            router,
+            tasks,
+            ..
+        } = self;
+        let timers = tokio::spawn(coordinator::drive_timers(st.clone()));
+        let _background = AbortOnDrop(tasks.into_iter().chain([timers]).collect());
         tokio::select! {
-            r = self.serve() => r,
+            r = serve(st, listener, router) => r,
             () = shutdown => {
                 tracing::info!("shutting down: closing sockets, finishing settlements");
                 state.shutdown();
@@ -325,17 +337,21 @@ impl Server {
         }
     }
 
-    async fn serve(self) -> Result<(), Error> {
-        let Server {
-            state,
-            listener,
-            router,
-            tasks,
-            ..
-        } = self;
+    /// Runs in a background task; returns the address and the task.
+    pub fn spawn(self) -> (SocketAddr, JoinHandle<Result<(), Error>>) {
+        let addr = self.addr;
+        (addr, tokio::spawn(self.run()))
+    }
+}
+
+/// Accepts connections and serves them until dropped.
+async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    router: axum::Router,
+) -> Result<(), Error> {
+    {
         let header_timeout = Duration::from_secs(state.cfg.limits.header_timeout_secs.max(1));
-        let timers = tokio::spawn(coordinator::drive_timers(state.clone()));
-        let _guard = AbortOnDrop(tasks.into_iter().chain([timers]).collect());
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(x) => x,
@@ -361,12 +377,6 @@ impl Server {
                     .await;
             });
         }
-    }
-
-    /// Runs in a background task; returns the address and the task.
-    pub fn spawn(self) -> (SocketAddr, JoinHandle<Result<(), Error>>) {
-        let addr = self.addr;
-        (addr, tokio::spawn(self.run()))
     }
 }
 

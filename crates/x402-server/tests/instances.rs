@@ -541,3 +541,81 @@ fn a_commit_whose_answer_was_lost_is_restarted_by_the_sweep() {
     }
     driver.shutdown_background();
 }
+
+/// A junk copy (its signature corrupted) whose claim's answer was lost is
+/// restarted by the sweep as a retry, which does not ask the facilitator to
+/// verify: it is refused offline as forged (definite, never unresolved), so
+/// it neither squats the authorization nor is credited with the genuine
+/// payment's settlement.
+#[test]
+fn a_restarted_junk_copy_is_refused_as_forged_and_frees_the_authorization() {
+    let driver = tokio::runtime::Runtime::new().unwrap();
+    let script = Arc::new(Script {
+        verifier: EmbeddedFacilitator::default(),
+        faults: Mutex::default(),
+        ledger: Mutex::default(),
+    });
+    let f_url = driver.block_on(async {
+        let app = axum::Router::new()
+            .route("/verify", post(verify))
+            .route("/settle", post(settle))
+            .with_state(script.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await });
+        format!("http://{addr}")
+    });
+    let store = MemoryStore::new("solo");
+    let flaky = Arc::new(LosesOneAnswer {
+        inner: store.clone(),
+        lost: Default::default(),
+    });
+    let mut i = start_on(flaky, "solo", &f_url);
+    let payer = EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap());
+    driver.block_on(async {
+        let r = reqwest::get(format!("{}/v2/schema/s", i.http))
+            .await
+            .unwrap();
+        let header = r.headers()["PAYMENT-REQUIRED"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let schema = Schema::from_json(&r.bytes().await.unwrap()).unwrap();
+        let offer: Offer = PaymentRequiredV2::from_header(&header)
+            .unwrap()
+            .into_offer()
+            .unwrap();
+        let genuine = payer.sign(&offer).unwrap();
+        let mut junk = genuine.clone();
+        if let x402_types::PaymentPayload::V2(v) = &mut junk
+            && let x402_types::SchemePayload::ExactEvm(e) = &mut v.payload
+        {
+            e.signature.0[5] ^= 0x55;
+        }
+        let url = renew_url(&i.http, &schema.websocket_endpoint);
+        let (status, _) = send(&url, &junk.to_header(), None).await.unwrap();
+        assert_eq!(status, 503, "the junk claim's answer was lost");
+        // The junk copy's retries: pending until the sweep restarts it, then refused.
+        let mut last = 0;
+        for _ in 0..60 {
+            let (s, body) = send(&url, &junk.to_header(), None).await.unwrap();
+            last = s;
+            if s != 202 {
+                let code = x402_types::ErrorBody::from_json(&body).unwrap().error;
+                assert_eq!(code, x402_types::ErrorCode::PaymentInvalid);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert_eq!(last, 402, "the forged copy is refused, definitely");
+        // The genuine payment is not blocked, and is the only one settled.
+        let (status, body) = send(&url, &genuine.to_header(), None).await.unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(script.ledger.lock().unwrap().len(), 1);
+        assert_eq!(store.credited_slices(), 1);
+    });
+    if let Some(rt) = i.rt.take() {
+        rt.shutdown_background();
+    }
+    driver.shutdown_background();
+}

@@ -35,6 +35,7 @@ fn record(status: PaymentStatus) -> PaymentRecord {
         attempts: 0,
         expires: 4_000_000_060,
         slice_seconds: 4,
+        stream: "s".into(),
     }
 }
 
@@ -203,9 +204,20 @@ async fn a_settlement_beats_an_unresolved_answer_and_only_the_owner_forgets(p: P
     let own = b.orphans().await.unwrap();
     assert_eq!(own.len(), 1);
     assert_eq!(own[0].owner, b.instance());
-    // A may not forget a payload B is settling.
+    // A may not forget a payload B is settling, nor refuse it (B's retry
+    // may yet settle: only a settlement is still A's to write).
     assert_eq!(
         a.finish(finish(1, None, &key, &rec, None)).await.unwrap(),
+        Commit::Lost
+    );
+    let refused_by_a = record(PaymentStatus::Refused(Refusal::new(
+        ErrorCode::PaymentUsed,
+        "nonce used",
+    )));
+    assert_eq!(
+        a.finish(finish(1, None, &key, &rec, Some(&refused_by_a)))
+            .await
+            .unwrap(),
         Commit::Lost
     );
     // B's retry cannot establish the outcome: unresolved.

@@ -366,3 +366,34 @@ fn a_settlement_retried_past_valid_before_ends_unresolved() {
     assert_eq!(reason, "no final answer before validBefore passed");
     assert_eq!(f.ep.slices("q"), 0);
 }
+
+/// A load that raced the outcome (a settling copy of the record) never
+/// takes a final answer back: the payload stays credited, and a settling
+/// copy of a refused record does not take its claim back either.
+#[test]
+fn a_stale_settling_copy_never_replaces_a_final_answer() {
+    let mut f = fixture();
+    let p = f.payload();
+    let (id, _) = f.admit(0, &p);
+    let stale = f.ep.export_record(&payment(&p).key).unwrap();
+    assert!(stale.status.is_settling());
+    f.settle(1, id, settled());
+    f.ep.import_record(f.now(2), &payment(&p).key, stale.clone());
+    assert!(
+        matches!(f.pay(3, &p), PaymentDecision::Credited(_)),
+        "the credited answer stays"
+    );
+    assert!(!f.ep.runs(&payment(&p).key), "nothing settling here");
+    // A refused junk copy: a stale settling copy does not reclaim the authorization.
+    let junk = junk_copy(&f.payload(), 1);
+    let (jid, _) = f.admit(4, &junk);
+    let stale = f.ep.export_record(&payment(&junk).key).unwrap();
+    f.settle(5, jid, invalid());
+    f.ep.import_record(f.now(6), &payment(&junk).key, stale);
+    assert_eq!(refusal(f.pay(7, &junk)).code, ErrorCode::PaymentInvalid);
+    assert_eq!(
+        f.ep.stats().claims,
+        1,
+        "only the credited payment holds a claim"
+    );
+}

@@ -364,8 +364,8 @@ fn delivery_starts_at_the_first_paid_event_and_unpaid_gaps_are_skipped() {
     assert_eq!(c.hello.next_seq, 500);
     // Lapse: 10 s paid, then a renewal at 30 s when the stream is at 800.
     let p2 = f.payload();
-    let id2 = settle_id(f.pay(30, &p2));
-    f.settle(30, id2, settled(), 800);
+    let id2 = settle_id(f.pay(29, &p2));
+    f.settle(29, id2, settled(), 800);
     let t: Vec<ServerTransmit> = std::iter::from_fn(|| f.ep.poll_transmit()).collect();
     assert_eq!(
         t[0],

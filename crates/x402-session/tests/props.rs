@@ -299,6 +299,7 @@ impl Race {
             .filter(|&j| j != i)
             .filter_map(|j| self.ep.export_record(&self.ins[j].key))
             .find(holds);
+        let expired = p.valid_before <= self.ep.unix_now(self.now);
         let d = self.ep.handle_payment(self.now, &self.quote, p);
         match (before, holder, d) {
             (Some(rec), _, d) => match (&rec.status, &d) {
@@ -311,6 +312,13 @@ impl Race {
                 }
                 (s, d) => prop_assert!(false, "record {:?} answered {:?}", s, d),
             },
+            (None, None, PaymentDecision::Refused(r)) if expired => {
+                prop_assert_eq!(
+                    r.code,
+                    ErrorCode::PaymentInvalid,
+                    "an expired authorization"
+                );
+            }
             (None, None, PaymentDecision::Settle(id)) => {
                 self.ids.insert(id, i);
                 self.ep.start_settlement(self.now, id);

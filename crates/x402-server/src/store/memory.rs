@@ -118,6 +118,28 @@ impl MemoryStore {
         inner.claims.retain(|_, (_, until)| *until >= now);
     }
 
+    /// Forgets these entries if they have expired, as Redis would have by
+    /// now: every operation sees only live entries (the periodic sweep in
+    /// [`expire`](Self::expire) only bounds memory).
+    fn purge(&self, inner: &mut Inner, session: &str, record: &str, claims: &[String]) {
+        let now = (self.clock)();
+        if inner
+            .sessions
+            .get(session)
+            .is_some_and(|s| s.until_ms < now)
+        {
+            inner.sessions.remove(session);
+        }
+        if inner.records.get(record).is_some_and(|r| r.until_ms < now) {
+            inner.records.remove(record);
+        }
+        for c in claims {
+            if inner.claims.get(c).is_some_and(|(_, until)| *until < now) {
+                inner.claims.remove(c);
+            }
+        }
+    }
+
     fn stored(inner: &Inner, key: &str) -> Option<Stored> {
         let r = inner.records.get(key)?;
         Some(Stored {
@@ -151,10 +173,16 @@ impl PaymentStore for MemoryStore {
     }
 
     async fn load(&self, session: &str, payment: Option<&PaymentIn>) -> Result<Loaded, StoreError> {
-        let now = (self.clock)();
-        let inner = self.lock();
+        let mut inner = self.lock();
+        let own = payment.map_or("", |p| p.key.as_str());
+        let mut names = Vec::new();
+        if let Some(p) = payment {
+            names.push(format!("{}:{}", p.payer, p.nonce));
+            names.extend(p.payment_id.as_deref().map(pid_key));
+        }
+        self.purge(&mut inner, session, own, &names);
         let mut out = Loaded::default();
-        if let Some(s) = inner.sessions.get(session).filter(|s| s.until_ms >= now) {
+        if let Some(s) = inner.sessions.get(session) {
             let mut state = s.state.clone();
             state.connections = s.connections;
             out.session = Versioned {
@@ -163,20 +191,19 @@ impl PaymentStore for MemoryStore {
                 exists: true,
             };
         }
-        if let Some(p) = payment {
-            let own = p.key.as_str();
+        if payment.is_some() {
             out.records.extend(Self::stored(&inner, own));
-            let mut names = vec![format!("{}:{}", p.payer, p.nonce)];
-            names.extend(p.payment_id.as_deref().map(pid_key));
             for n in names {
-                if let Some((k, until)) = inner.claims.get(&n)
-                    && *until >= now
-                    && k != own
-                {
-                    match Self::stored(&inner, k) {
-                        Some(r) => out.records.push(r),
-                        None => out.orphan_claim = true,
-                    }
+                let Some((k, _)) = inner.claims.get(&n).cloned() else {
+                    continue;
+                };
+                if k == own {
+                    continue;
+                }
+                self.purge(&mut inner, "", &k, &[]);
+                match Self::stored(&inner, &k) {
+                    Some(r) => out.records.push(r),
+                    None => out.orphan_claim = true,
                 }
             }
         }
@@ -187,12 +214,13 @@ impl PaymentStore for MemoryStore {
         let mut inner = self.lock();
         self.expire(&mut inner);
         let key = b.key.as_str();
+        let mut names = vec![claim_key(b.record)];
+        names.extend(b.record.payment_id.as_deref().map(pid_key));
+        self.purge(&mut inner, b.session, key, &names);
         let version = inner.sessions.get(b.session).map_or(0, |s| s.version);
         if version != b.version || inner.records.contains_key(key) {
             return Ok(Commit::Conflict);
         }
-        let mut names = vec![claim_key(b.record)];
-        names.extend(b.record.payment_id.as_deref().map(pid_key));
         if names
             .iter()
             .any(|n| inner.claims.get(n).is_some_and(|(k, _)| k != key))
@@ -231,15 +259,14 @@ impl PaymentStore for MemoryStore {
         self.expire(&mut inner);
         let key = f.key.as_str();
         let kind = FinishKind::of(f.record);
+        self.purge(&mut inner, f.session, key, &[]);
         let Some(row) = inner.records.get(key) else {
             return Ok(Commit::Lost);
         };
         if row.owner != self.instance {
-            // Not (or no longer) ours: see the module rules.
-            if kind == FinishKind::Forget {
-                return Ok(Commit::Lost);
-            }
-            if row.owner.is_empty() && !(kind == FinishKind::Credit && row.unresolved) {
+            // Not (or no longer) ours: only a settlement may still be written
+            // (see the module rules).
+            if kind != FinishKind::Credit || (row.owner.is_empty() && !row.unresolved) {
                 return Ok(Commit::Lost);
             }
         }
@@ -296,6 +323,7 @@ impl PaymentStore for MemoryStore {
 
     async fn adopt(&self, key: &PaymentKey, dead: &str) -> Result<bool, StoreError> {
         let mut inner = self.lock();
+        self.purge(&mut inner, "", key.as_str(), &[]);
         if !inner.dead.contains(dead) {
             return Ok(false);
         }
@@ -309,12 +337,15 @@ impl PaymentStore for MemoryStore {
     }
 
     async fn orphans(&self) -> Result<Vec<Stored>, StoreError> {
+        let now = (self.clock)();
         let inner = self.lock();
         let keys: Vec<&String> = inner
             .records
             .iter()
             .filter(|(_, r)| {
-                !r.owner.is_empty() && (r.owner == self.instance || inner.dead.contains(&r.owner))
+                r.until_ms >= now
+                    && !r.owner.is_empty()
+                    && (r.owner == self.instance || inner.dead.contains(&r.owner))
             })
             .map(|(k, _)| k)
             .collect();
@@ -326,6 +357,7 @@ impl PaymentStore for MemoryStore {
 
     async fn connect_session(&self, session: &str) -> Result<Option<u64>, StoreError> {
         let mut inner = self.lock();
+        self.purge(&mut inner, session, "", &[]);
         Ok(inner.sessions.get_mut(session).map(|s| {
             s.connections += 1;
             s.connections

@@ -10,8 +10,10 @@
 //! - a payment's claim on its authorization `(payer, nonce)` and its payment
 //!   identifier is set only when free (or already its own);
 //! - a settlement's outcome is written only by the instance that owns it
-//!   (`Lost` otherwise), except that a definite outcome still ends a record
-//!   another instance took over, and a settlement replaces an unresolved one;
+//!   (`Lost` otherwise), except that a settlement (a fact) from a former
+//!   owner still ends a record another instance took over, and replaces an
+//!   unresolved answer; a former owner's refusal, unresolved answer or
+//!   forget is `Lost` (the new owner's attempt may yet settle);
 //! - a definitely refused record keeps its answer but frees its claims;
 //! - a settling record whose owner died is listed by
 //!   [`orphans`](PaymentStore::orphans) and taken over with

@@ -109,13 +109,12 @@ const FINISH: &str = r#"
 if redis.call('EXISTS', KEYS[2]) == 0 then return 'lost' end
 local o = redis.call('HGET', KEYS[2], 'o') or ''
 if o ~= ARGV[6] then
-  -- Not (or no longer) ours. A definite outcome still ends a record that is
-  -- settling elsewhere, and a settlement beats an unresolved answer; but only
-  -- the owner may forget a payload (another attempt may be under way).
-  if ARGV[9] == 'forget' then return 'lost' end
-  if o == '' and not (ARGV[9] == 'credit' and redis.call('HGET', KEYS[2], 'u') == '1') then
-    return 'lost'
-  end
+  -- Not (or no longer) ours: only a settlement (a fact) may still be
+  -- written, ending a record settling elsewhere or replacing an unresolved
+  -- answer. A refusal, an unresolved answer or a forget from a former owner
+  -- could hide a settlement the new owner's attempt makes.
+  if ARGV[9] ~= 'credit' then return 'lost' end
+  if o == '' and redis.call('HGET', KEYS[2], 'u') ~= '1' then return 'lost' end
 end
 if ARGV[2] ~= '' then
   local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')

@@ -15,6 +15,10 @@ use super::{
 const REFUSED_RETENTION_SECS: u64 = 120;
 /// No record outlives this, whatever `validBefore` says.
 const MAX_RETENTION_SECS: u64 = 24 * 3600;
+/// A settling record outlives its deadline (`validBefore` + skew) by this
+/// much, so that its unresolved or late outcome is still committed against
+/// it; the final outcome sets the record's real expiry.
+const SETTLING_TAIL_SECS: u64 = 600;
 
 impl ServerEndpoint {
     /// A payment for the session of `quote` arrived.
@@ -78,6 +82,14 @@ impl ServerEndpoint {
             self.sessions
                 .insert(quote.id.clone(), new_session(quote.clone()));
         }
+        // An expired authorization can only be refused; claiming it would
+        // hold a record whose every deadline has passed.
+        if p.valid_before <= unix {
+            return PaymentDecision::Refused(Refusal::new(
+                ErrorCode::PaymentInvalid,
+                format!("the authorization expired (validBefore {})", p.valid_before),
+            ));
+        }
         let now_ms = self.unix_ms(now);
         let horizon = self.cfg.horizon_slices;
         let deadline = p.valid_before.saturating_add(self.cfg.skew_secs);
@@ -95,7 +107,8 @@ impl ServerEndpoint {
         let expires = p
             .valid_before
             .min(unix.saturating_add(MAX_RETENTION_SECS))
-            .saturating_add(self.cfg.skew_secs);
+            .saturating_add(self.cfg.skew_secs)
+            .saturating_add(SETTLING_TAIL_SECS);
         self.records.insert(
             p.key.clone(),
             Record {
@@ -111,6 +124,7 @@ impl ServerEndpoint {
                     attempts: 0,
                     expires,
                     slice_seconds: quote.slice_seconds,
+                    stream: quote.stream_id.clone(),
                 },
                 local: true,
                 request: p.request,
@@ -193,7 +207,10 @@ impl ServerEndpoint {
             id,
             attempt: r.rec.attempts,
             session: r.rec.session.clone(),
-            stream: self.stream_of(&r.rec.session),
+            stream: match self.stream_of(&r.rec.session) {
+                s if s.is_empty() => r.rec.stream.clone(),
+                s => s,
+            },
             request: r.request.clone(),
         };
         self.jobs.push_back(job);
@@ -296,6 +313,7 @@ impl ServerEndpoint {
             // Nothing credited, claim kept. The client hears what it needs; the
             // facilitator's own words (which may name its infrastructure) go
             // to the operator.
+            rec.expires = rec.expires.saturating_sub(SETTLING_TAIL_SECS).max(unix);
             rec.status = PaymentStatus::Refused(Refusal::new(
                 ErrorCode::SettlementUnknown,
                 "the settlement's outcome could not be established; nothing was credited; \
@@ -317,6 +335,16 @@ impl ServerEndpoint {
                     s.release(&key);
                 }
                 None
+            }
+            SettleOutcome::Forged { message } => {
+                // Definite at any attempt: a forged payload never moved anything.
+                rec.status =
+                    PaymentStatus::Refused(Refusal::new(ErrorCode::PaymentInvalid, message));
+                rec.expires = rec.expires.min(unix.saturating_add(REFUSED_RETENTION_SECS));
+                if let Some(s) = session.as_mut() {
+                    s.release(&key);
+                }
+                Some(rec)
             }
             SettleOutcome::Refused { code, message } => {
                 rec.status = PaymentStatus::Refused(Refusal::new(code, message));
@@ -345,6 +373,7 @@ impl ServerEndpoint {
                         slices: 0,
                     },
                 };
+                rec.expires = rec.expires.saturating_sub(SETTLING_TAIL_SECS).max(unix);
                 rec.status = PaymentStatus::Credited(Credit {
                     response,
                     settlement: header,

@@ -115,7 +115,18 @@ impl ServerEndpoint {
     pub fn import_record(&mut self, now: Instant, key: &PaymentKey, rec: PaymentRecord) {
         self.touch(now);
         if let Some(r) = self.records.get_mut(key) {
-            if !(r.local && r.rec.status.is_settling()) {
+            // Monotonic: a settling copy (a load that raced the outcome)
+            // never replaces a final answer; a settlement replaces an
+            // unresolved one (it is the fact that answer lacked).
+            let stale = !r.rec.status.is_settling()
+                && (rec.status.is_settling()
+                    || !matches!(
+                        (&r.rec.status, &rec.status),
+                        (PaymentStatus::Refused(u), PaymentStatus::Credited(_))
+                            if u.code == x402_types::ErrorCode::SettlementUnknown
+                    ));
+            let running_here = r.local && r.rec.status.is_settling();
+            if !(stale || running_here) {
                 r.rec.status = rec.status;
                 // Definitely refused elsewhere: its claims are free here too.
                 if !r.rec.holds_claim() {
@@ -158,6 +169,13 @@ impl ServerEndpoint {
         request: Option<FacilitatorRequest>,
     ) -> SettleId {
         self.touch(now);
+        if let Some(r) = self.records.get(key)
+            && r.local
+            && r.rec.status.is_settling()
+        {
+            // Already settling here: one task per settlement.
+            return r.id;
+        }
         self.forget(key);
         self.import_record(now, key, rec);
         let Some(r) = self.records.get_mut(key) else {

@@ -160,6 +160,9 @@ pub struct PaymentRecord {
     /// settlement over may not know the session's quote).
     #[serde(default)]
     pub slice_seconds: u64,
+    /// The session's stream (for the same reason).
+    #[serde(default)]
+    pub stream: String,
 }
 
 /// What a settlement's outcome does, computed by

@@ -93,7 +93,12 @@ impl PaymentIn {
             .map(str::to_string);
         let a = &evm.authorization;
         Ok(PaymentIn {
-            key: PaymentKey(format!("{}:{}", a.nonce, evm.signature)),
+            // Every signed field and the signature: a copy that changes any
+            // of them is another payload with its own answer.
+            key: PaymentKey(format!(
+                "{}:{}:{}:{}:{}:{}:{}",
+                a.nonce, evm.signature, a.from, a.to, a.value, a.valid_after, a.valid_before
+            )),
             payer: a.from,
             nonce: a.nonce,
             amount: a.value,
@@ -210,6 +215,12 @@ pub enum PaymentDecision {
 /// The facilitator's answer about a settlement, as the driver read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SettleOutcome {
+    /// The payload's signature does not verify: it can never have moved
+    /// money, whatever attempt this is (a junk copy). Definite.
+    Forged {
+        /// Why.
+        message: String,
+    },
     /// The facilitator could not be asked or verification could not run:
     /// nothing can have moved (only valid on a first attempt).
     NotAttempted {
