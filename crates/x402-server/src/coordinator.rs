@@ -459,6 +459,7 @@ impl AppState {
         before: &x402_session::PaymentRecord,
     ) {
         let probe = PaymentIn {
+            scheme: before.scheme.clone(),
             key: key.clone(),
             payer: before.payer,
             nonce: before.nonce,

@@ -23,6 +23,7 @@ async fn store(r: &Redis) -> RedisStore {
 
 fn record(status: PaymentStatus) -> PaymentRecord {
     PaymentRecord {
+        scheme: x402_session::EXACT.into(),
         session: "q".into(),
         payer: "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
             .parse()
@@ -42,6 +43,7 @@ fn record(status: PaymentStatus) -> PaymentRecord {
 /// What the server reads from a payload, for the record's authorization.
 fn payment_in(key: &PaymentKey, r: &PaymentRecord) -> PaymentIn {
     PaymentIn {
+        scheme: r.scheme.clone(),
         key: key.clone(),
         payer: r.payer,
         nonce: r.nonce,

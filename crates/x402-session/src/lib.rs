@@ -14,7 +14,7 @@ pub use client::{
 };
 pub use error::UsageError;
 pub use server::{
-    Connected, Credit, EndpointConfig, EndpointStats, PaymentDecision, PaymentIn, PaymentKey,
-    PaymentRecord, PaymentStatus, Quote, Refusal, ServerEndpoint, ServerEvent, ServerTransmit,
-    SessionState, SettleId, SettleJob, SettleOutcome, SettledPlan, StreamHead,
+    Connected, Credit, EXACT, EndpointConfig, EndpointStats, PaymentDecision, PaymentIn,
+    PaymentKey, PaymentRecord, PaymentStatus, Quote, Refusal, ServerEndpoint, ServerEvent,
+    ServerTransmit, SessionState, SettleId, SettleJob, SettleOutcome, SettledPlan, StreamHead,
 };

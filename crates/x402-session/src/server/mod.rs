@@ -20,8 +20,9 @@ use x402_types::{Address, ErrorCode, FacilitatorRequest, Nonce};
 pub use crate::client::ConnId;
 pub use state::{PaymentRecord, PaymentStatus, SessionState, SettledPlan};
 pub use types::{
-    Connected, Credit, EndpointConfig, EndpointStats, PaymentDecision, PaymentIn, PaymentKey,
-    Quote, Refusal, ServerEvent, ServerTransmit, SettleId, SettleJob, SettleOutcome, StreamHead,
+    Connected, Credit, EXACT, EndpointConfig, EndpointStats, PaymentDecision, PaymentIn,
+    PaymentKey, Quote, Refusal, ServerEvent, ServerTransmit, SettleId, SettleJob, SettleOutcome,
+    StreamHead,
 };
 
 #[derive(Debug)]

@@ -114,6 +114,7 @@ impl ServerEndpoint {
             Record {
                 id,
                 rec: PaymentRecord {
+                    scheme: p.scheme.clone(),
                     session: quote.id.clone(),
                     payer: p.payer,
                     nonce: p.nonce,
@@ -205,6 +206,7 @@ impl ServerEndpoint {
         }
         let job = SettleJob {
             id,
+            scheme: r.rec.scheme.clone(),
             attempt: r.rec.attempts,
             session: r.rec.session.clone(),
             stream: match self.stream_of(&r.rec.session) {

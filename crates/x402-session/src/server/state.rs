@@ -138,6 +138,9 @@ impl PaymentRecord {
 /// so a store can share it between instances.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentRecord {
+    /// The x402 scheme that pays (records stored before schemes were named: `exact`).
+    #[serde(default = "exact")]
+    pub scheme: String,
     /// The session it pays for.
     pub session: String,
     /// The authorizer.
@@ -189,4 +192,8 @@ impl SettledPlan {
     pub fn is_final(&self) -> bool {
         self.record.as_ref().is_none_or(|r| !r.status.is_settling())
     }
+}
+
+fn exact() -> String {
+    super::EXACT.into()
 }

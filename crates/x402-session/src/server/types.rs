@@ -58,9 +58,15 @@ impl PaymentKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SettleId(pub u64);
 
+/// The x402 `exact` scheme (EIP-3009 on EVM).
+pub const EXACT: &str = "exact";
+
 /// What the endpoint needs of a payment (read from an `exact` EVM payload).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PaymentIn {
+    /// The x402 scheme that pays (`exact`; the record, the decision and the
+    /// settlement carry it, so another scheme plugs in beside it).
+    pub scheme: String,
     /// Idempotency key of the payload.
     pub key: PaymentKey,
     /// The authorizer (`from`).
@@ -93,6 +99,7 @@ impl PaymentIn {
             .map(str::to_string);
         let a = &evm.authorization;
         Ok(PaymentIn {
+            scheme: EXACT.into(),
             // Every signed field and the signature: a copy that changes any
             // of them is another payload with its own answer.
             key: PaymentKey(format!(
@@ -261,6 +268,8 @@ pub enum SettleOutcome {
 pub struct SettleJob {
     /// The settlement.
     pub id: SettleId,
+    /// The scheme whose settlement this is.
+    pub scheme: String,
     /// 0 for the first attempt (verify, then settle); later attempts settle the same payload again.
     pub attempt: u32,
     /// The session it pays for.
