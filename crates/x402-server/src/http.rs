@@ -101,14 +101,16 @@ async fn streams(State(s): State<Arc<AppState>>) -> Response {
 async fn schema(
     State(s): State<Arc<AppState>>,
     path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
 ) -> Response {
     let Ok(Path((ver, id))) = path else {
         return not_found("stream").into_response();
     };
-    let (v, e) = match s.entry(&ver, &id) {
+    let (v, sold) = match s.entry(&ver, &id, &headers) {
         Ok(x) => x,
         Err(err) => return err.into_response(),
     };
+    let e = &sold;
     let mut q = [0u8; 16];
     if getrandom::fill(&mut q).is_err() {
         return ApiError::new(
@@ -132,7 +134,7 @@ async fn schema(
         net: req.network.caip2(),
     };
     let token = s.tokens.issue(&claims);
-    let ws = x402_types::version::stream_url(&s.ws_base, v, &e.cfg.id, &token, None)
+    let ws = x402_types::version::stream_url(&e.ws, v, &e.cfg.id, &token, None)
         .map(|u| u.to_string())
         .unwrap_or_default();
     let d = e.terms.decimals;
@@ -208,7 +210,8 @@ async fn renew(
     let result = async {
         let (ver, id) = path(p)?;
         let q = query(q)?;
-        let (v, e) = s.entry(&ver, &id)?;
+        let (v, sold) = s.entry(&ver, &id, &headers)?;
+        let e = &sold;
         let quote = s.quote(v, e, q.t.as_deref())?;
         let header = payment_header(v, &headers)?.ok_or_else(|| {
             s.payment_error(
@@ -280,7 +283,8 @@ async fn stream(
     let result = async {
         let (ver, id) = path(p)?;
         let q = query(q)?;
-        let (v, e) = s.entry(&ver, &id)?;
+        let (v, sold) = s.entry(&ver, &id, &headers)?;
+        let e = &sold;
         let quote = s.quote(v, e, q.t.as_deref())?;
         let from = match q.from.as_deref() {
             None => None,

@@ -17,6 +17,33 @@ use x402_types::{
 
 use crate::error::ApiError;
 use crate::state::{AppState, StreamEntry, now};
+
+/// A stream for sale as one request sees it: the entry, and the public
+/// addresses to advertise to that request.
+pub(crate) struct Sold<'a> {
+    entry: &'a StreamEntry,
+    /// Public HTTP base for this request.
+    pub http: String,
+    /// Public WebSocket base for this request.
+    pub ws: String,
+}
+
+impl std::ops::Deref for Sold<'_> {
+    type Target = StreamEntry;
+    fn deref(&self) -> &StreamEntry {
+        self.entry
+    }
+}
+
+/// A `Host` header fit to be echoed into URLs: a name or address and an
+/// optional port, nothing else.
+fn plausible_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 262
+        && h.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+        })
+}
 use crate::store::StoreError;
 use crate::token::{Claims, TokenError, redact};
 
@@ -37,30 +64,49 @@ fn bad_request(msg: impl Into<String>) -> ApiError {
 }
 
 impl AppState {
+    /// The stream a request names, with the addresses to advertise to it.
     pub(crate) fn entry(
         &self,
         ver: &str,
         id: &str,
-    ) -> Result<(PathVersion, &StreamEntry), ApiError> {
+        headers: &HeaderMap,
+    ) -> Result<(PathVersion, Sold<'_>), ApiError> {
         let v = match ver {
             "v1" => PathVersion::V1,
             "v2" => PathVersion::V2,
             _ => return Err(not_found("version")),
         };
-        let e = self.streams.get(id).ok_or_else(|| not_found("stream"))?;
-        Ok((v, e))
+        let entry = self.streams.get(id).ok_or_else(|| not_found("stream"))?;
+        // Unset public addresses: the host the client used, so `localhost`,
+        // `127.0.0.1` and a LAN name all work with the client's host pinning.
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| plausible_host(h));
+        let base = |configured: bool, fallback: &str, scheme: &str| match host {
+            Some(h) if !configured => format!("{scheme}://{h}"),
+            _ => fallback.to_string(),
+        };
+        Ok((
+            v,
+            Sold {
+                entry,
+                http: base(self.cfg.public_http.is_some(), &self.http_base, "http"),
+                ws: base(self.cfg.public_ws.is_some(), &self.ws_base, "ws"),
+            },
+        ))
     }
 
-    fn resource(&self, v: PathVersion, id: &str) -> String {
-        format!("{}/{}/stream/{}", self.ws_base, v.segment(), id)
+    fn resource(&self, v: PathVersion, e: &Sold<'_>) -> String {
+        format!("{}/{}/stream/{}", e.ws, v.segment(), e.cfg.id)
     }
 
-    pub(crate) fn v1_requirement(&self, v: PathVersion, e: &StreamEntry) -> PaymentRequirementsV1 {
+    pub(crate) fn v1_requirement(&self, v: PathVersion, e: &Sold<'_>) -> PaymentRequirementsV1 {
         e.requirement()
-            .to_v1(&self.resource(v, &e.cfg.id), &e.cfg.description)
+            .to_v1(&self.resource(v, e), &e.cfg.description)
     }
 
-    pub(crate) fn requirements(&self, v: PathVersion, e: &StreamEntry) -> PaymentRequirements {
+    pub(crate) fn requirements(&self, v: PathVersion, e: &Sold<'_>) -> PaymentRequirements {
         match v {
             PathVersion::V1 => PaymentRequirements::V1(self.v1_requirement(v, e)),
             PathVersion::V2 => PaymentRequirements::V2(e.requirement().to_v2()),
@@ -70,14 +116,14 @@ impl AppState {
     pub(crate) fn payment_required_v2(
         &self,
         v: PathVersion,
-        e: &StreamEntry,
+        e: &Sold<'_>,
         error: &str,
     ) -> PaymentRequiredV2 {
         PaymentRequiredV2 {
             x402_version: 2,
             error: Some(error.into()),
             resource: Some(ResourceInfo {
-                url: self.resource(v, &e.cfg.id),
+                url: self.resource(v, e),
                 description: Some(e.cfg.description.clone()),
                 mime_type: Some("application/json".into()),
             }),
@@ -90,7 +136,7 @@ impl AppState {
     pub(crate) fn payment_error(
         &self,
         v: PathVersion,
-        e: &StreamEntry,
+        e: &Sold<'_>,
         code: ErrorCode,
         message: String,
     ) -> ApiError {
@@ -114,7 +160,7 @@ impl AppState {
     }
 
     /// A refusal from the endpoint as an HTTP answer.
-    pub(crate) fn refusal(&self, v: PathVersion, e: &StreamEntry, r: Refusal) -> ApiError {
+    pub(crate) fn refusal(&self, v: PathVersion, e: &Sold<'_>, r: Refusal) -> ApiError {
         match r.code {
             ErrorCode::PaymentRequired | ErrorCode::PaymentInvalid | ErrorCode::ValidityTooLong => {
                 self.payment_error(v, e, r.code, r.message)
@@ -131,7 +177,7 @@ impl AppState {
     pub(crate) fn quote(
         &self,
         v: PathVersion,
-        e: &StreamEntry,
+        e: &Sold<'_>,
         token: Option<&str>,
     ) -> Result<Quote, ApiError> {
         let invalid =
@@ -151,7 +197,7 @@ impl AppState {
         {
             return Err(invalid(TokenError::WrongScope.to_string()));
         }
-        let renew_url = x402_types::version::renew_url(&self.http_base, v, &e.cfg.id, token)
+        let renew_url = x402_types::version::renew_url(&e.http, v, &e.cfg.id, token)
             .map(|u| u.to_string())
             .map_err(|err| invalid(err.to_string()))?;
         Ok(Quote {
@@ -201,7 +247,7 @@ impl AppState {
     pub(crate) async fn pay(
         self: &Arc<Self>,
         v: PathVersion,
-        e: &StreamEntry,
+        e: &Sold<'_>,
         quote: &Quote,
         header: &str,
     ) -> Result<Credit, ApiError> {

@@ -266,3 +266,40 @@ async fn metrics_show_sales_refusals_and_sockets() {
     );
     assert!(text.contains("atomicstream_events_sent_total"), "{text}");
 }
+
+/// The schema as a raw HTTP/1.1 exchange with this `Host` header.
+async fn schema_with_host(http: &str, host: &str) -> x402_types::Schema {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = http.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET /v2/schema/s HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).await.unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap();
+    x402_types::Schema::from_json(body.as_bytes()).unwrap()
+}
+
+/// Without `public_http`/`public_ws`, the server advertises the host the
+/// client used (`localhost`, `127.0.0.1` and a LAN name all pass the
+/// client's host pinning); a `Host` unfit for a URL falls back to the
+/// listen address.
+#[tokio::test]
+async fn unset_public_addresses_follow_the_host_the_client_used() {
+    let t = start().await;
+    let port = t.http.rsplit(':').next().unwrap().to_string();
+    let s = schema_with_host(&t.http, &format!("localhost:{port}")).await;
+    assert!(
+        s.websocket_endpoint
+            .starts_with(&format!("ws://localhost:{port}/v2/stream/s?t=")),
+        "{}",
+        s.websocket_endpoint
+    );
+    let s = schema_with_host(&t.http, "evil.example/x?y=").await;
+    assert!(
+        s.websocket_endpoint
+            .starts_with(&format!("ws://127.0.0.1:{port}/")),
+        "{}",
+        s.websocket_endpoint
+    );
+}
