@@ -689,10 +689,12 @@ fn read_offer(text: &str) -> Result<Offer, Fail> {
             )),
         };
     }
-    let value = t
-        .strip_prefix("PAYMENT-REQUIRED:")
-        .map(str::trim)
-        .unwrap_or(t);
+    // Header names are case-insensitive (curl prints `payment-required:`).
+    let name = "payment-required:";
+    let value = match t.get(..name.len()) {
+        Some(head) if head.eq_ignore_ascii_case(name) => t[name.len()..].trim(),
+        _ => t,
+    };
     let pr = PaymentRequiredV2::from_header(value)
         .map_err(|e| usage(format!("not a PAYMENT-REQUIRED value: {e}")))?;
     pr.into_offer().ok_or_else(|| usage("no accepts"))

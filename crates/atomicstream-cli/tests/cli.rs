@@ -200,11 +200,12 @@ async fn pay_output_is_accepted_by_the_server() {
             .map(|h| h.to_str().unwrap().to_string());
         let body = r.text().await.unwrap();
         let schema = x402_types::Schema::from_json(body.as_bytes()).unwrap();
-        // v1: the body; v2: the PAYMENT-REQUIRED value.
+        // v1: the body; v2: the header line as curl prints it (lower-case
+        // name: header names are case-insensitive).
         let input = if v == "v1" {
             body.clone()
         } else {
-            required.unwrap()
+            format!("payment-required: {}\n", required.unwrap())
         };
         let file = dir.join(format!("{v}.402"));
         std::fs::write(&file, input).unwrap();

@@ -35,6 +35,8 @@ const MAX_BATCH: usize = 64;
 enum Step {
     Continue,
     Close(Option<CloseCode>),
+    /// The client closed: send the close reply the WebSocket layer queued.
+    Answer,
 }
 
 type Sink = WebSocket;
@@ -228,8 +230,13 @@ impl Connection {
                         None => Step::Close(None),
                     },
                 };
-                if let Step::Close(code) = step {
-                    break 'outer code;
+                match step {
+                    Step::Continue => {}
+                    Step::Close(code) => break 'outer code,
+                    Step::Answer => {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), tx.close()).await;
+                        break 'outer None;
+                    }
                 }
             }
         };
@@ -332,7 +339,9 @@ impl Connection {
                 }
                 Step::Continue
             }
-            Some(Ok(Message::Close(_))) | None => Step::Close(None),
+            // The client closes: complete the handshake (its close echoed), as RFC 6455 asks.
+            Some(Ok(Message::Close(_))) => Step::Answer,
+            None => Step::Close(None),
             Some(Ok(_)) => Step::Continue,
             Some(Err(e)) => {
                 let too_big = e.to_string().to_ascii_lowercase().contains("too long")

@@ -359,3 +359,22 @@ async fn shutdown_closes_sockets_with_1012_so_clients_resume_elsewhere() {
     t.state.shutdown();
     assert_eq!(close_code(&mut ws).await, Some(1012));
 }
+
+/// A client that closes gets the close handshake completed (1000 echoed),
+/// not a dropped connection (1006 on the client's side).
+#[tokio::test]
+async fn a_client_close_is_answered_with_1000() {
+    use futures::SinkExt;
+    let t = harness::start().await;
+    let q = t.schema(PathVersion::V2, "s").await;
+    let (mut ws, _hello) = t.open(&q).await;
+    ws.send(tokio_tungstenite::tungstenite::Message::Close(Some(
+        tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "bye".into(),
+        },
+    )))
+    .await
+    .unwrap();
+    assert_eq!(harness::close_code(&mut ws).await, Some(1000));
+}
