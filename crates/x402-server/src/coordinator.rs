@@ -132,12 +132,6 @@ impl AppState {
         quote: &Quote,
         p: &PaymentIn,
     ) -> Result<PaymentDecision, ApiError> {
-        let payload = match &p.request {
-            Some(r) => {
-                serde_json::to_string(r).map_err(|e| self.store_down(StoreError::from_text(e)))?
-            }
-            None => String::new(),
-        };
         let store = self.store();
         for _ in 0..MAX_ROUNDS {
             let loaded = store
@@ -203,7 +197,7 @@ impl AppState {
                 session_until: until,
                 key: &p.key,
                 record: &rec,
-                payload: &payload,
+                request: p.request.as_ref(),
             };
             match store.begin(begin).await {
                 Ok(Commit::Done) => {

@@ -87,7 +87,7 @@ fn begin<'a>(
         session_until: UNTIL,
         key,
         record,
-        payload: "{}",
+        request: None,
     }
 }
 

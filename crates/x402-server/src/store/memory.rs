@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use x402_session::{PaymentIn, PaymentKey, PaymentRecord, SessionState};
+use x402_types::FacilitatorRequest;
 
 use super::{
     Begin, Commit, Finish, FinishKind, Loaded, PaymentStore, StoreError, Stored, Versioned,
@@ -26,7 +27,8 @@ struct SessionRow {
 struct RecordRow {
     record: PaymentRecord,
     owner: String,
-    payload: String,
+    /// Kept as it is; written as JSON only for a takeover.
+    request: Option<FacilitatorRequest>,
     unresolved: bool,
     until_ms: u64,
 }
@@ -147,7 +149,11 @@ impl MemoryStore {
             record: r.record.clone(),
             owner: r.owner.clone(),
             owner_alive: Self::alive(inner, &r.owner),
-            payload: r.payload.clone(),
+            payload: r
+                .request
+                .as_ref()
+                .and_then(|q| serde_json::to_string(q).ok())
+                .unwrap_or_default(),
         })
     }
 
@@ -243,7 +249,7 @@ impl PaymentStore for MemoryStore {
             RecordRow {
                 record: b.record.clone(),
                 owner: self.instance.clone(),
-                payload: b.payload.to_string(),
+                request: b.request.cloned(),
                 unresolved: false,
                 until_ms: until,
             },
@@ -300,7 +306,7 @@ impl PaymentStore for MemoryStore {
                     RecordRow {
                         record: record.clone(),
                         owner: String::new(),
-                        payload: String::new(),
+                        request: None,
                         unresolved: kind == FinishKind::Unresolved,
                         until_ms: until,
                     },

@@ -29,6 +29,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 use x402_session::{PaymentIn, PaymentKey, PaymentRecord, SessionState};
+use x402_types::FacilitatorRequest;
 
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
@@ -118,8 +119,9 @@ pub struct Begin<'a> {
     pub key: &'a PaymentKey,
     /// Its new record (settling, owned by this instance).
     pub record: &'a PaymentRecord,
-    /// The facilitator request (JSON), for a takeover.
-    pub payload: &'a str,
+    /// The facilitator request, kept for a takeover (a shared store writes
+    /// it as JSON; the in-memory one keeps it as it is).
+    pub request: Option<&'a FacilitatorRequest>,
 }
 
 /// A settlement's final outcome.

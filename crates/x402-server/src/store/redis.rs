@@ -520,7 +520,10 @@ impl PaymentStore for RedisStore {
                     ms(b.session_until).to_string(),
                     json(b.record)?,
                     self.instance.clone(),
-                    b.payload.to_string(),
+                    match b.request {
+                        Some(r) => json(r)?,
+                        None => String::new(),
+                    },
                     ms(b.record.expires).to_string(),
                     b.key.as_str().to_string(),
                     if pid.is_some() { "1" } else { "0" }.into(),
