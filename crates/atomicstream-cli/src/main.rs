@@ -28,9 +28,11 @@ mod exit {
 
 const AFTER_HELP: &str = "\
 Exit codes:
-  0  done (stopped, slice limit or duration reached, stream ended)
+  0  done (stopped, slice limit, duration or your --budget reached, stream ended,
+     stdout closed)
   2  usage error (bad flags, missing key, unreadable input)
-  3  the spending policy refused a payment (budget, per-slice cap, ...)
+  3  the spending policy refused the first payment (price above --max-per-slice,
+     --budget below one slice)
   4  the server refused a payment
   5  protocol or transport failure
 
@@ -456,9 +458,12 @@ async fn schema(stream: &str, conn: &ConnArgs, json: bool) -> Result<u8, Fail> {
     Ok(exit::OK)
 }
 
-fn end_code(r: &EndReason) -> u8 {
+/// The exit code of an end. Reaching one's own budget after buying slices
+/// is a normal end; the policy refusing the very first slice is a refusal.
+fn end_code(r: &EndReason, slices: u64) -> u8 {
     match r {
         EndReason::Stopped | EndReason::SliceLimit | EndReason::StreamEnded { .. } => exit::OK,
+        EndReason::PaymentDeclined { policy: true, .. } if slices > 0 => exit::OK,
         EndReason::PaymentDeclined { policy: true, .. } => exit::POLICY,
         EndReason::PaymentRefused { .. } => exit::REFUSED,
         _ => exit::FAILURE,
@@ -536,6 +541,10 @@ async fn run_stream(
             Wake::Event(None) => break EndReason::Stopped,
             Wake::Tick => {
                 last_status = Instant::now();
+                if stdout.flush().is_err() && !stopping {
+                    stopping = true;
+                    session.stop();
+                }
                 ui.status(&session.progress());
                 continue;
             }
@@ -550,8 +559,8 @@ async fn run_stream(
                     ),
                     None => format!("{{\"seq\":{},\"data\":{}}}", e.seq, e.data.get()),
                 };
-                if writeln!(stdout, "{line}").is_err() {
-                    // stdout closed (piped into `head`): stop cleanly.
+                if writeln!(stdout, "{line}").is_err() && !stopping {
+                    // stdout closed (piped into `head`): stop before the next payment.
                     stopping = true;
                     session.stop();
                 }
@@ -561,7 +570,12 @@ async fn run_stream(
         }
         if last_status.elapsed() >= Duration::from_millis(250) {
             last_status = Instant::now();
-            let _ = stdout.flush();
+            // A reader that left shows here first (the buffer hides a closed
+            // pipe until it is written out): never pay for it again.
+            if stdout.flush().is_err() && !stopping {
+                stopping = true;
+                session.stop();
+            }
             ui.status(&session.progress());
         }
     };
@@ -577,7 +591,7 @@ async fn run_stream(
         p.reconnects,
         started.elapsed().as_secs_f64()
     );
-    let code = end_code(&reason);
+    let code = end_code(&reason, p.slices);
     ui.end(&summary, &explain_end(&reason, &p.paid, &budget), code);
     Ok(code)
 }
@@ -591,7 +605,7 @@ fn explain_end(r: &EndReason, paid: &Amount, budget: &Amount) -> String {
         EndReason::StreamEnded { reason } => format!("the server ended the stream ({reason})"),
         EndReason::PaymentDeclined { policy: true, .. } => format!(
             "the spending policy declined the next slice after {} of a {} budget; \
-             raise --budget (or --max-price) to keep streaming",
+             raise --budget to keep streaming",
             usdc(paid),
             usdc(budget)
         ),

@@ -134,7 +134,7 @@ async fn stream_prints_json_lines_and_stops_after_slices() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn budget_exhaustion_exits_3_and_missing_key_exits_2() {
+async fn reaching_the_budget_exits_0_and_missing_key_exits_2() {
     let base = server().await;
     let mut c = bin();
     c.args([
@@ -148,11 +148,12 @@ async fn budget_exhaustion_exits_3_and_missing_key_exits_2() {
     .env("X402_PRIVATE_KEY", KEY);
     let out = run(c).await;
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{err}");
+    // Reaching one's own budget after buying slices is a normal end.
+    assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
         err.contains("1 slices bought")
             && err.contains("the spending policy declined the next slice after 0.004 USDC of a 0.004 USDC budget")
-            && err.contains("(exit 3)")
+            && err.contains("(exit 0)")
             && !err.contains("PaymentDeclined {"),
         "{err}"
     );
@@ -542,4 +543,50 @@ fn log_format_json_writes_json_lines() {
         .unwrap_or_else(|| panic!("{err}"));
     let v: serde_json::Value = serde_json::from_str(warn).expect("a JSON log line");
     assert_eq!(v["level"], "WARN", "{v}");
+}
+
+/// `stream … | head -3`: once the reader has gone, no further slice is
+/// bought (a closed stdout stops the session within a status tick, long
+/// before the next renewal of a 4-second slice).
+#[tokio::test]
+async fn a_reader_that_left_is_never_paid_for_again() {
+    use std::io::BufRead;
+    let base = server().await;
+    let out = tokio::task::spawn_blocking(move || {
+        let mut c = bin();
+        c.args([
+            "stream",
+            "demo-fast",
+            "--base-url",
+            &base,
+            "--budget",
+            "0.50",
+        ])
+        .env("X402_PRIVATE_KEY", KEY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        {
+            let stdout = child.stdout.take().unwrap();
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            for _ in 0..3 {
+                assert!(lines.next().unwrap().unwrap().contains("\"seq\""));
+            }
+            // `head` exits: the pipe's reading end closes here.
+        }
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(15),
+                "still streaming for a reader that left"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("1 slices bought"), "{err}");
 }
