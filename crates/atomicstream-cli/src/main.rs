@@ -66,6 +66,11 @@ static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// List the streams a server sells, with their prices (no payment).
+    Streams {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Show a stream's pricing and payment terms (no payment).
     Schema {
         /// Stream id (see `GET /streams`).
@@ -369,6 +374,7 @@ async fn main() -> ExitCode {
     };
     let _ = LOG_FORMAT.set(cli.log_format);
     let r = match cli.cmd {
+        Cmd::Streams { conn } => streams(&conn).await,
         Cmd::Schema { stream, conn, json } => schema(&stream, &conn, json).await,
         Cmd::Stream {
             stream,
@@ -422,12 +428,50 @@ async fn main() -> ExitCode {
     }
 }
 
+async fn streams(conn: &ConnArgs) -> Result<u8, Fail> {
+    let client = Client::builder()
+        .base_url(&conn.base_url)
+        .version(conn.protocol)
+        .build()?;
+    let catalog = client.catalog().await?;
+    for s in &catalog.streams {
+        println!(
+            "{:<14} {} {} per minute, {} s slices ({} {} each): {}",
+            s.id,
+            s.price_per_minute,
+            s.currency,
+            s.slice_seconds,
+            s.price_per_slice,
+            s.currency,
+            s.title
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// A usage error for a stream id the server does not sell, listing those it does.
+async fn unknown_stream(client: &Client, stream: &str, base: &str) -> Fail {
+    let sold = match client.catalog().await {
+        Ok(c) if !c.streams.is_empty() => format!("it sells: {}", c.ids().join(", ")),
+        _ => "its catalog could not be read".into(),
+    };
+    usage(format!(
+        "{base} sells no stream `{stream}`; {sold} (`atomicstream streams --base-url {base}`); nothing was paid"
+    ))
+}
+
 async fn schema(stream: &str, conn: &ConnArgs, json: bool) -> Result<u8, Fail> {
     let client = Client::builder()
         .base_url(&conn.base_url)
         .version(conn.protocol)
         .build()?;
-    let info = client.schema(stream).await?;
+    let info = match client.schema(stream).await {
+        Ok(i) => i,
+        Err(atomicstream::Error::UnknownStream(_)) => {
+            return Err(unknown_stream(&client, stream, &conn.base_url).await);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if json {
         println!("{}", info.schema.to_json());
         return Ok(exit::OK);
@@ -475,7 +519,10 @@ fn error_code(e: &atomicstream::Error) -> u8 {
         exit::POLICY
     } else if e.is_payment_refused() {
         exit::REFUSED
-    } else if matches!(e, atomicstream::Error::Config(_)) {
+    } else if matches!(
+        e,
+        atomicstream::Error::Config(_) | atomicstream::Error::UnknownStream(_)
+    ) {
         exit::USAGE
     } else {
         exit::FAILURE
@@ -509,6 +556,9 @@ async fn run_stream(
     let client = b.build().map_err(|e| usage(e.to_string()))?;
     let mut session = match client.open(stream).await {
         Ok(s) => s,
+        Err(atomicstream::Error::UnknownStream(_)) => {
+            return Err(unknown_stream(&client, stream, &conn.base_url).await);
+        }
         Err(e) => return Err(Fail(error_code(&e), e.to_string())),
     };
     let mut ui = ui::Ui::new(stream, budget, show.quiet, show.status_json, show.verbose);
@@ -630,6 +680,9 @@ fn explain_end(r: &EndReason, paid: &Amount, budget: &Amount) -> String {
         ),
         EndReason::ProtocolViolation(m) => {
             format!("the server broke the protocol ({m}); nothing more was paid")
+        }
+        EndReason::UnknownStream { message } => {
+            format!("the server sells no such stream ({message}); nothing was paid")
         }
         other => format!("{other:?}"),
     }

@@ -590,3 +590,36 @@ async fn a_reader_that_left_is_never_paid_for_again() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("1 slices bought"), "{err}");
 }
+
+/// A stream id the server does not sell is a usage error (exit 2) that
+/// names the ids it sells; `atomicstream streams` lists them with prices.
+#[tokio::test]
+async fn an_unknown_stream_lists_the_catalog_and_streams_prints_it() {
+    let base = server().await;
+    let mut c = bin();
+    c.args(["stream", "btc-usdd", "--base-url", &base])
+        .env("X402_PRIVATE_KEY", KEY);
+    let out = run(c).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("sells no stream `btc-usdd`")
+            && err.contains("btc-usd, demo-fast, eth-usd")
+            && err.contains("nothing was paid"),
+        "{err}"
+    );
+    let mut c = bin();
+    c.args(["schema", "nope", "--base-url", &base]);
+    assert_eq!(run(c).await.status.code(), Some(2));
+    let mut c = bin();
+    c.args(["streams", "--base-url", &base]);
+    let out = run(c).await;
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ids: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(ids, ["btc-usd", "demo-fast", "eth-usd"], "{text}");
+    assert!(text.contains("0.06 USDC per minute, 4 s slices"), "{text}");
+}

@@ -50,6 +50,9 @@ pub enum Error {
     /// A bad configuration or argument.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The server sells no stream by this id (nothing was paid).
+    #[error("unknown stream: {0}")]
+    UnknownStream(String),
     /// A wire-format error.
     #[error(transparent)]
     Types(#[from] x402_types::Error),
@@ -113,6 +116,7 @@ impl Error {
                 Error::Transport(format!("connection lost after {attempts} attempts"))
             }
             EndReason::ProtocolViolation(m) => Error::Protocol(m.clone()),
+            EndReason::UnknownStream { message } => Error::UnknownStream(message.clone()),
             other => Error::Protocol(format!("{other:?}")),
         })
     }
@@ -277,6 +281,25 @@ impl Client {
         }
     }
 
+    /// The streams the server sells (`GET /streams`), no payment.
+    pub async fn catalog(&self) -> Result<x402_types::Catalog> {
+        let b = &self.inner.b;
+        let url = format!("{}/streams", b.http_base.trim_end_matches('/'));
+        let resp = self
+            .inner
+            .http
+            .request(Method::Get, &url, &[])
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        if resp.status != 200 {
+            return Err(Error::Protocol(format!(
+                "the catalog request answered {}",
+                resp.status
+            )));
+        }
+        Ok(x402_types::Catalog::from_json(&resp.body)?)
+    }
+
     /// Fetches a stream's schema (no payment).
     pub async fn schema(&self, id: &str) -> Result<SchemaInfo> {
         let b = &self.inner.b;
@@ -287,6 +310,12 @@ impl Client {
             .request(Method::Get, url.as_str(), &[])
             .await
             .map_err(|e| Error::Transport(e.to_string()))?;
+        if resp.status == 404 {
+            let body = x402_types::ErrorBody::from_json(&resp.body)
+                .map(|b| b.message)
+                .unwrap_or_default();
+            return Err(Error::UnknownStream(body));
+        }
         if resp.status != 402 && resp.status != 200 {
             let body = x402_types::ErrorBody::from_json(&resp.body)
                 .map(|b| b.message)

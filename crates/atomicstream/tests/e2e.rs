@@ -187,7 +187,7 @@ async fn refusals_are_typed_errors() {
         .await
         .err()
         .unwrap();
-    assert!(matches!(e, atomicstream::Error::Protocol(_)), "{e}");
+    assert!(matches!(e, atomicstream::Error::UnknownStream(_)), "{e}");
     // Nothing listening: a retryable transport error.
     let e = client("http://127.0.0.1:9", PathVersion::V2, "0.01", "1")
         .build()

@@ -13,8 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::Value;
-use x402_types::{ErrorCode, PathVersion, Pricing, Schema, StreamInfo};
+use x402_types::{Catalog, CatalogEntry, ErrorCode, PathVersion, Pricing, Schema, StreamInfo};
 
 use crate::error::ApiError;
 use crate::payments::payment_header;
@@ -77,25 +76,23 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
 }
 
 async fn streams(State(s): State<Arc<AppState>>) -> Response {
-    let mut list: Vec<Value> = s
+    let mut streams: Vec<CatalogEntry> = s
         .streams
         .values()
-        .map(|e| {
-            serde_json::json!({
-                "id": e.cfg.id,
-                "title": e.cfg.title,
-                "description": e.cfg.description,
-                "pricePerMinute": e.terms.per_minute.to_display(e.terms.decimals),
-                "pricePerSlice": e.terms.per_slice.to_display(e.terms.decimals),
-                "sliceSeconds": e.cfg.slice_seconds,
-                "currency": e.terms.symbol,
-                "network": e.terms.network.caip2(),
-                "asset": e.terms.asset.to_string(),
-            })
+        .map(|e| CatalogEntry {
+            id: e.cfg.id.clone(),
+            title: e.cfg.title.clone(),
+            description: e.cfg.description.clone(),
+            price_per_minute: e.terms.per_minute.to_display(e.terms.decimals),
+            price_per_slice: e.terms.per_slice.to_display(e.terms.decimals),
+            slice_seconds: e.cfg.slice_seconds,
+            currency: e.terms.symbol.clone(),
+            network: e.terms.network.caip2(),
+            asset: e.terms.asset.to_string(),
         })
         .collect();
-    list.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-    axum::Json(serde_json::json!({"streams": list})).into_response()
+    streams.sort_by(|a, b| a.id.cmp(&b.id));
+    axum::Json(Catalog { streams }).into_response()
 }
 
 async fn schema(

@@ -23,7 +23,7 @@ pub use message::{
 };
 pub use network::{KnownAsset, Network, known_asset, known_assets, usdc};
 pub use reason::FacilitatorReason;
-pub use schema::{PaymentDetails, Pricing, Schema, StreamInfo};
+pub use schema::{Catalog, CatalogEntry, PaymentDetails, Pricing, Schema, StreamInfo};
 pub use uint::{Amount, U256};
 pub use url::Url;
 pub use version::{EndpointKind, PathVersion, UrlContext};

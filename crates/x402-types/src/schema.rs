@@ -201,3 +201,48 @@ impl Serialize for Schema {
         st.end()
     }
 }
+
+/// The catalog a server sells (`GET /streams`): what `atomicstream streams`
+/// lists, and what a client shows when it asked for an id the server does
+/// not sell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// The streams, by id.
+    pub streams: Vec<CatalogEntry>,
+}
+
+/// One stream of a [`Catalog`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogEntry {
+    /// Stream id (the `{id}` of the schema URL).
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Description.
+    pub description: String,
+    /// Price per minute, in display units of `currency`.
+    pub price_per_minute: String,
+    /// Price of one slice, in display units.
+    pub price_per_slice: String,
+    /// Seconds one payment buys.
+    pub slice_seconds: u64,
+    /// Currency symbol (`USDC`).
+    pub currency: String,
+    /// Network (CAIP-2).
+    pub network: String,
+    /// Token contract.
+    pub asset: String,
+}
+
+impl Catalog {
+    /// Parses a `GET /streams` body.
+    pub fn from_json(body: &[u8]) -> crate::Result<Catalog> {
+        serde_json::from_slice(body).map_err(|e| json_err("catalog", e))
+    }
+
+    /// The ids, in the server's order.
+    pub fn ids(&self) -> Vec<&str> {
+        self.streams.iter().map(|s| s.id.as_str()).collect()
+    }
+}

@@ -16,10 +16,9 @@ impl ClientSession {
         if resp.status == 404 {
             let body = ErrorBody::from_json(&resp.body).ok();
             self.end(
-                EndReason::ProtocolViolation(format!(
-                    "unknown stream: {}",
-                    body.map(|b| b.message).unwrap_or_default()
-                )),
+                EndReason::UnknownStream {
+                    message: body.map(|b| b.message).unwrap_or_default(),
+                },
                 None,
             );
             return;

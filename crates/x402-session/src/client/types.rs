@@ -172,6 +172,12 @@ pub enum EndReason {
     },
     /// The server broke the protocol (bad schema, URL mismatch, malformed frames).
     ProtocolViolation(String),
+    /// The server sells no stream by this id (404 on the schema): nothing
+    /// was paid; ask the catalog (`GET /streams`) for the ids it sells.
+    UnknownStream {
+        /// The server's words.
+        message: String,
+    },
 }
 
 /// What the session reports to the application.
