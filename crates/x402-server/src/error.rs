@@ -82,6 +82,24 @@ impl ApiError {
     }
 }
 
+/// 404 `unknown_stream`: no such stream, version or route.
+pub(crate) fn not_found(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        x402_types::ErrorCode::UnknownStream,
+        format!("no such {what}"),
+    )
+}
+
+/// 400 `bad_request`.
+pub(crate) fn bad_request(msg: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        x402_types::ErrorCode::BadRequest,
+        msg,
+    )
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = x402_types::ErrorBody {

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use x402_types::{Catalog, CatalogEntry, ErrorCode, PathVersion, Pricing, Schema, StreamInfo};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, bad_request, not_found};
 use crate::payments::payment_header;
 use crate::socket::Connection;
 use crate::state::{AppState, RemoteAddr, now};
@@ -25,18 +25,6 @@ use crate::token::Claims;
 pub(crate) struct TokenQuery {
     t: Option<String>,
     from: Option<String>,
-}
-
-fn not_found(what: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        ErrorCode::UnknownStream,
-        format!("no such {what}"),
-    )
-}
-
-fn bad_request(msg: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, msg)
 }
 
 fn with_header(mut resp: Response, name: &'static str, value: Option<String>) -> Response {

@@ -15,7 +15,7 @@ use x402_types::{
     PaymentRequirementsV1, PreservedRequirement,
 };
 
-use crate::error::ApiError;
+use crate::error::{ApiError, bad_request, not_found};
 use crate::state::{AppState, StreamEntry, now};
 
 /// A stream for sale as one request sees it: the entry, and the public
@@ -49,18 +49,6 @@ use crate::token::{Claims, TokenError, redact};
 
 fn retry_after_or(s: u64) -> u64 {
     s.max(1)
-}
-
-fn not_found(what: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        ErrorCode::UnknownStream,
-        format!("no such {what}"),
-    )
-}
-
-fn bad_request(msg: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, msg)
 }
 
 impl AppState {

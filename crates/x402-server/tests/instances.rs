@@ -114,6 +114,41 @@ async fn settle(State(s): State<Arc<Script>>, body: Bytes) -> Response {
     ([("content-type", "application/json")], body).into_response()
 }
 
+/// The scripted facilitator, served on loopback by `driver`; its URL.
+fn facilitator(driver: &tokio::runtime::Runtime, faults: Vec<Fault>) -> (Arc<Script>, String) {
+    let script = Arc::new(Script {
+        verifier: EmbeddedFacilitator::default(),
+        faults: Mutex::new(faults),
+        ledger: Mutex::default(),
+    });
+    let app = axum::Router::new()
+        .route("/verify", post(verify))
+        .route("/settle", post(settle))
+        .with_state(script.clone());
+    let url = driver.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await });
+        format!("http://{addr}")
+    });
+    (script, url)
+}
+
+/// A fresh quote from an instance: the offer to sign and the session's stream URL.
+async fn quote(http: &str) -> (Offer, String) {
+    let r = reqwest::get(format!("{http}/v2/schema/s")).await.unwrap();
+    let header = r.headers()["PAYMENT-REQUIRED"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let schema = Schema::from_json(&r.bytes().await.unwrap()).unwrap();
+    let offer: Offer = PaymentRequiredV2::from_header(&header)
+        .unwrap()
+        .into_offer()
+        .unwrap();
+    (offer, schema.websocket_endpoint)
+}
+
 /// One server instance on its own runtime.
 struct Instance {
     name: String,
@@ -248,40 +283,14 @@ fn renew_url(http: &str, session_url: &str) -> String {
 fn run(steps: Vec<Step>, faults: Vec<Fault>, swept_before_retry: bool) {
     let store = MemoryStore::new("driver");
     let driver = tokio::runtime::Runtime::new().unwrap();
-    let script = Arc::new(Script {
-        verifier: EmbeddedFacilitator::default(),
-        faults: Mutex::new(faults),
-        ledger: Mutex::default(),
-    });
-    let f_url = driver.block_on(async {
-        let app = axum::Router::new()
-            .route("/verify", post(verify))
-            .route("/settle", post(settle))
-            .with_state(script.clone());
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(l, app).await });
-        format!("http://{addr}")
-    });
+    let (script, f_url) = facilitator(&driver, faults);
     let mut instances: Vec<Instance> = (0..INSTANCES)
         .map(|i| start_instance(&store, &format!("i{i}"), &f_url))
         .collect();
     let payer = EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap());
     driver.block_on(async {
         // One quote (one session) from instance 0; three payloads for it.
-        let r = reqwest::get(format!("{}/v2/schema/s", instances[0].http))
-            .await
-            .unwrap();
-        let header = r.headers()["PAYMENT-REQUIRED"]
-            .to_str()
-            .unwrap()
-            .to_string();
-        let schema = Schema::from_json(&r.bytes().await.unwrap()).unwrap();
-        let offer: Offer = PaymentRequiredV2::from_header(&header)
-            .unwrap()
-            .into_offer()
-            .unwrap();
-        let ws = schema.websocket_endpoint.clone();
+        let (offer, ws) = quote(&instances[0].http).await;
         let payments: Vec<String> = (0..PAYMENTS)
             .map(|_| payer.sign(&offer).unwrap().to_header())
             .collect();
@@ -482,21 +491,7 @@ impl PaymentStore for LosesOneAnswer {
 #[test]
 fn a_commit_whose_answer_was_lost_is_restarted_by_the_sweep() {
     let driver = tokio::runtime::Runtime::new().unwrap();
-    let script = Arc::new(Script {
-        verifier: EmbeddedFacilitator::default(),
-        faults: Mutex::default(),
-        ledger: Mutex::default(),
-    });
-    let f_url = driver.block_on(async {
-        let app = axum::Router::new()
-            .route("/verify", post(verify))
-            .route("/settle", post(settle))
-            .with_state(script.clone());
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(l, app).await });
-        format!("http://{addr}")
-    });
+    let (script, f_url) = facilitator(&driver, Vec::new());
     let store = MemoryStore::new("solo");
     let flaky = Arc::new(LosesOneAnswer {
         inner: store.clone(),
@@ -505,20 +500,9 @@ fn a_commit_whose_answer_was_lost_is_restarted_by_the_sweep() {
     let mut i = start_on(flaky, "solo", &f_url);
     let payer = EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap());
     driver.block_on(async {
-        let r = reqwest::get(format!("{}/v2/schema/s", i.http))
-            .await
-            .unwrap();
-        let header = r.headers()["PAYMENT-REQUIRED"]
-            .to_str()
-            .unwrap()
-            .to_string();
-        let schema = Schema::from_json(&r.bytes().await.unwrap()).unwrap();
-        let offer: Offer = PaymentRequiredV2::from_header(&header)
-            .unwrap()
-            .into_offer()
-            .unwrap();
+        let (offer, ws) = quote(&i.http).await;
         let pay = payer.sign(&offer).unwrap().to_header();
-        let url = renew_url(&i.http, &schema.websocket_endpoint);
+        let url = renew_url(&i.http, &ws);
         let (status, _) = send(&url, &pay, None).await.unwrap();
         assert_eq!(status, 503, "the claim's answer was lost");
         let mut answer = None;
@@ -550,21 +534,7 @@ fn a_commit_whose_answer_was_lost_is_restarted_by_the_sweep() {
 #[test]
 fn a_restarted_junk_copy_is_refused_as_forged_and_frees_the_authorization() {
     let driver = tokio::runtime::Runtime::new().unwrap();
-    let script = Arc::new(Script {
-        verifier: EmbeddedFacilitator::default(),
-        faults: Mutex::default(),
-        ledger: Mutex::default(),
-    });
-    let f_url = driver.block_on(async {
-        let app = axum::Router::new()
-            .route("/verify", post(verify))
-            .route("/settle", post(settle))
-            .with_state(script.clone());
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(l, app).await });
-        format!("http://{addr}")
-    });
+    let (script, f_url) = facilitator(&driver, Vec::new());
     let store = MemoryStore::new("solo");
     let flaky = Arc::new(LosesOneAnswer {
         inner: store.clone(),
@@ -573,18 +543,7 @@ fn a_restarted_junk_copy_is_refused_as_forged_and_frees_the_authorization() {
     let mut i = start_on(flaky, "solo", &f_url);
     let payer = EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap());
     driver.block_on(async {
-        let r = reqwest::get(format!("{}/v2/schema/s", i.http))
-            .await
-            .unwrap();
-        let header = r.headers()["PAYMENT-REQUIRED"]
-            .to_str()
-            .unwrap()
-            .to_string();
-        let schema = Schema::from_json(&r.bytes().await.unwrap()).unwrap();
-        let offer: Offer = PaymentRequiredV2::from_header(&header)
-            .unwrap()
-            .into_offer()
-            .unwrap();
+        let (offer, ws) = quote(&i.http).await;
         let genuine = payer.sign(&offer).unwrap();
         let mut junk = genuine.clone();
         if let x402_types::PaymentPayload::V2(v) = &mut junk
@@ -592,7 +551,7 @@ fn a_restarted_junk_copy_is_refused_as_forged_and_frees_the_authorization() {
         {
             e.signature.0[5] ^= 0x55;
         }
-        let url = renew_url(&i.http, &schema.websocket_endpoint);
+        let url = renew_url(&i.http, &ws);
         let (status, _) = send(&url, &junk.to_header(), None).await.unwrap();
         assert_eq!(status, 503, "the junk claim's answer was lost");
         // The junk copy's retries: pending until the sweep restarts it, then refused.
