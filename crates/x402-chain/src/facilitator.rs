@@ -657,7 +657,18 @@ impl Facilitator for EvmFacilitator {
                         .unwrap_or(FacilitatorReason::Other(String::new()));
                     return Ok(self.failure(&a, reason, None, version));
                 }
-                self.send(&a).await?
+                match self.send(&a).await {
+                    Ok(h) => h,
+                    // A concurrent request with the same authorization won the
+                    // race (the send reverts "authorization is used"): answer
+                    // as to any replay, not with the node's error text.
+                    Err(e) => {
+                        if self.authorization_used(&a).await.unwrap_or(false) {
+                            return self.used(&a, version).await;
+                        }
+                        return Err(e);
+                    }
+                }
             }
         };
         match self.wait(hash).await? {

@@ -365,6 +365,14 @@ fn a_settlement_retried_past_valid_before_ends_unresolved() {
     };
     assert_eq!(reason, "no final answer before validBefore passed");
     assert_eq!(f.ep.slices("q"), 0);
+    // Minutes later, after sweeps: the payer's retry still hears
+    // settlement_unknown (never "invalid", which would let it sign again),
+    // and the authorization stays claimed.
+    let later = t + Duration::from_secs(600);
+    f.ep.handle_timeout(later);
+    let r = refusal(f.ep.handle_payment(later, &f.quote.clone(), payment(&p)));
+    assert_eq!(r.code, ErrorCode::SettlementUnknown);
+    assert_eq!(f.ep.stats().claims, 1);
 }
 
 /// A load that raced the outcome (a settling copy of the record) never

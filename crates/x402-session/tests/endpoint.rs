@@ -470,18 +470,19 @@ fn records_and_sessions_are_swept_once_nothing_needs_them() {
     }
     let s = f.ep.stats();
     assert_eq!((s.sessions, s.records, s.claims), (1, 2, 2));
-    // validBefore is now + 30 s (maxTimeoutSeconds), kept 60 s of skew beyond;
-    // the session lingers 600 s after its paid end (20 s).
+    // A credited record answers retries of its payload for 600 s after its
+    // outcome (here at 0 s; its validBefore, now + 30 s, plus 60 s of skew is
+    // earlier); the session lingers 600 s after its paid end (20 s).
     let mut t = f.t0;
     while t < f.t0 + Duration::from_secs(700) {
         t = f.ep.poll_timeout().unwrap().max(t + Duration::from_secs(1));
         f.ep.handle_timeout(t);
-        if t > f.t0 + Duration::from_secs(100) && t < f.t0 + Duration::from_secs(110) {
+        if t > f.t0 + Duration::from_secs(605) && t < f.t0 + Duration::from_secs(615) {
             let s = f.ep.stats();
             assert_eq!(
                 (s.sessions, s.records, s.claims),
                 (1, 0, 0),
-                "records gone after validBefore + skew"
+                "records gone after their retention"
             );
         }
     }

@@ -19,6 +19,14 @@ const MAX_RETENTION_SECS: u64 = 24 * 3600;
 /// much, so that its unresolved or late outcome is still committed against
 /// it; the final outcome sets the record's real expiry.
 const SETTLING_TAIL_SECS: u64 = 600;
+/// An unresolved record (money may have moved, nothing credited) keeps
+/// answering `settlement_unknown` and holding its authorization this long:
+/// a payer retrying it must never hear "invalid" (which would let it sign
+/// again and pay twice).
+const UNRESOLVED_RETENTION_SECS: u64 = 24 * 3600;
+/// A credited record answers retries of its payload at least this long
+/// after its outcome, even when its authorization has expired.
+const CREDITED_RETENTION_SECS: u64 = 600;
 
 impl ServerEndpoint {
     /// A payment for the session of `quote` arrived.
@@ -315,7 +323,7 @@ impl ServerEndpoint {
             // Nothing credited, claim kept. The client hears what it needs; the
             // facilitator's own words (which may name its infrastructure) go
             // to the operator.
-            rec.expires = rec.expires.saturating_sub(SETTLING_TAIL_SECS).max(unix);
+            rec.expires = unix.saturating_add(UNRESOLVED_RETENTION_SECS);
             rec.status = PaymentStatus::Refused(Refusal::new(
                 ErrorCode::SettlementUnknown,
                 "the settlement's outcome could not be established; nothing was credited; \
@@ -375,7 +383,10 @@ impl ServerEndpoint {
                         slices: 0,
                     },
                 };
-                rec.expires = rec.expires.saturating_sub(SETTLING_TAIL_SECS).max(unix);
+                rec.expires = rec
+                    .expires
+                    .saturating_sub(SETTLING_TAIL_SECS)
+                    .max(unix.saturating_add(CREDITED_RETENTION_SECS));
                 rec.status = PaymentStatus::Credited(Credit {
                     response,
                     settlement: header,
