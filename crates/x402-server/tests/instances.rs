@@ -205,6 +205,14 @@ fn start_on(handle: Arc<dyn PaymentStore>, name: &str, facilitator: &str) -> Ins
     }
 }
 
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 impl Instance {
     fn alive(&self) -> bool {
         self.rt.is_some()
@@ -390,11 +398,7 @@ fn run(steps: Vec<Step>, faults: Vec<Fault>, swept_before_retry: bool) {
             "{answers:?}"
         );
     });
-    for mut i in instances {
-        if let Some(rt) = i.rt.take() {
-            rt.shutdown_background();
-        }
-    }
+    drop(instances);
     driver.shutdown_background();
 }
 
@@ -485,11 +489,9 @@ impl PaymentStore for LosesOneAnswer {
     }
 }
 
-/// The store committed a claim but its answer was lost: the client hears
-/// 503 (nothing settled yet), the record is the instance's own without a
-/// task, the orphan sweep restarts it, and the retry gets the one credit.
-#[test]
-fn a_commit_whose_answer_was_lost_is_restarted_by_the_sweep() {
+/// One instance whose store loses the answer of its first claim, with the
+/// scripted facilitator; the driver runtime to run requests on.
+fn solo_losing_one_answer() -> (tokio::runtime::Runtime, Arc<Script>, MemoryStore, Instance) {
     let driver = tokio::runtime::Runtime::new().unwrap();
     let (script, f_url) = facilitator(&driver, Vec::new());
     let store = MemoryStore::new("solo");
@@ -497,7 +499,16 @@ fn a_commit_whose_answer_was_lost_is_restarted_by_the_sweep() {
         inner: store.clone(),
         lost: Default::default(),
     });
-    let mut i = start_on(flaky, "solo", &f_url);
+    let i = start_on(flaky, "solo", &f_url);
+    (driver, script, store, i)
+}
+
+/// The store committed a claim but its answer was lost: the client hears
+/// 503 (nothing settled yet), the record is the instance's own without a
+/// task, the orphan sweep restarts it, and the retry gets the one credit.
+#[test]
+fn a_commit_whose_answer_was_lost_is_restarted_by_the_sweep() {
+    let (driver, script, store, i) = solo_losing_one_answer();
     let payer = EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap());
     driver.block_on(async {
         let (offer, ws) = quote(&i.http).await;
@@ -520,9 +531,7 @@ fn a_commit_whose_answer_was_lost_is_restarted_by_the_sweep() {
         assert_eq!(script.ledger.lock().unwrap().len(), 1);
         assert_eq!(store.credited_slices(), 1);
     });
-    if let Some(rt) = i.rt.take() {
-        rt.shutdown_background();
-    }
+    drop(i);
     driver.shutdown_background();
 }
 
@@ -533,14 +542,7 @@ fn a_commit_whose_answer_was_lost_is_restarted_by_the_sweep() {
 /// payment's settlement.
 #[test]
 fn a_restarted_junk_copy_is_refused_as_forged_and_frees_the_authorization() {
-    let driver = tokio::runtime::Runtime::new().unwrap();
-    let (script, f_url) = facilitator(&driver, Vec::new());
-    let store = MemoryStore::new("solo");
-    let flaky = Arc::new(LosesOneAnswer {
-        inner: store.clone(),
-        lost: Default::default(),
-    });
-    let mut i = start_on(flaky, "solo", &f_url);
+    let (driver, script, store, i) = solo_losing_one_answer();
     let payer = EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap());
     driver.block_on(async {
         let (offer, ws) = quote(&i.http).await;
@@ -573,8 +575,6 @@ fn a_restarted_junk_copy_is_refused_as_forged_and_frees_the_authorization() {
         assert_eq!(script.ledger.lock().unwrap().len(), 1);
         assert_eq!(store.credited_slices(), 1);
     });
-    if let Some(rt) = i.rt.take() {
-        rt.shutdown_background();
-    }
+    drop(i);
     driver.shutdown_background();
 }
