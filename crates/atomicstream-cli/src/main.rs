@@ -44,7 +44,13 @@ Start here:
 
 /// Buy live JSON streams by the slice with x402 (HTTP 402) payments, or sell them.
 #[derive(Debug, Parser)]
-#[command(name = "atomicstream", version, about, after_help = AFTER_HELP)]
+#[command(
+    name = "atomicstream",
+    version,
+    propagate_version = true,
+    about,
+    after_help = AFTER_HELP
+)]
 struct Cli {
     /// Log lines on stderr as `plain` text or `json` objects (for log collectors).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain)]
@@ -231,8 +237,8 @@ struct ConnArgs {
         env = "ATOMICSTREAM_BASE_URL"
     )]
     base_url: String,
-    /// Protocol version: v1 (legacy x402 v1) or v2.
-    #[arg(long = "version", default_value = "v2", value_parser = parse_version)]
+    /// Protocol: v1 (legacy x402 v1) or v2. (`--version` prints the tool's version.)
+    #[arg(long = "protocol", default_value = "v2", value_parser = parse_version)]
     protocol: PathVersion,
 }
 

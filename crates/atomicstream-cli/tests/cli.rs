@@ -30,6 +30,27 @@ async fn server() -> String {
     base
 }
 
+/// `--version` is the tool's version on every command; the protocol
+/// version has its own flag.
+#[test]
+fn version_is_the_tools_everywhere() {
+    for args in [
+        &["--version"][..],
+        &["schema", "--version"],
+        &["stream", "--version"],
+    ] {
+        let out = bin().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // `atomicstream 0.1.0`, `atomicstream-schema 0.1.0`, ...
+        assert!(
+            text.starts_with("atomicstream")
+                && text.trim().ends_with(&format!(" {}", env!("CARGO_PKG_VERSION"))),
+            "{args:?}: {text}"
+        );
+    }
+}
+
 #[test]
 fn help_documents_commands_and_exit_codes() {
     let out = bin().arg("--help").output().unwrap();
@@ -82,7 +103,7 @@ async fn schema_human_and_json() {
         "--base-url",
         &base,
         "--json",
-        "--version",
+        "--protocol",
         "v1",
     ]);
     let out = run(c).await;
@@ -101,7 +122,7 @@ async fn stream_prints_json_lines_and_stops_after_slices() {
             "demo-fast",
             "--base-url",
             &base,
-            "--version",
+            "--protocol",
             v,
             "--slices",
             "2",
