@@ -902,6 +902,15 @@ async fn facilitator(
             "listening beyond loopback needs --api-key (or X402_FACILITATOR_KEY), at least 32 bytes",
         ));
     }
+    if api_key
+        .as_ref()
+        .is_some_and(|k| k.len() < x402_facilitator::MIN_KEY_BYTES)
+    {
+        return Err(usage(format!(
+            "--api-key (or X402_FACILITATOR_KEY) must be at least {} bytes",
+            x402_facilitator::MIN_KEY_BYTES
+        )));
+    }
     let settles = evm.evm && evm.rpc_url.is_some();
     if settles && api_key.is_none() && !insecure_no_key {
         return Err(usage(

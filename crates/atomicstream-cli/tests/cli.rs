@@ -45,7 +45,9 @@ fn version_is_the_tools_everywhere() {
         // `atomicstream 0.1.0`, `atomicstream-schema 0.1.0`, ...
         assert!(
             text.starts_with("atomicstream")
-                && text.trim().ends_with(&format!(" {}", env!("CARGO_PKG_VERSION"))),
+                && text
+                    .trim()
+                    .ends_with(&format!(" {}", env!("CARGO_PKG_VERSION"))),
             "{args:?}: {text}"
         );
     }

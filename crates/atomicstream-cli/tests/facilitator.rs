@@ -283,6 +283,23 @@ fn facilitator_evm_without_a_key_refuses_to_start_unless_told() {
         err.contains("--api-key") && err.contains("--insecure-no-key"),
         "{err}"
     );
+    // A key too short is a usage error before anything listens.
+    let out = bin()
+        .args([
+            "facilitator",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-key",
+            "short",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("at least 32 bytes") && !err.contains("facilitator API on"),
+        "{err}"
+    );
 }
 
 #[test]
