@@ -126,14 +126,37 @@ impl TokenKey {
 }
 
 /// A short, loggable prefix of a token or signature (never log them in full).
+///
+/// The text comes from a request: anything but a token's own alphabet is
+/// escaped, so a crafted token (`%0A%1B[8m…`) cannot forge or hide log lines.
 pub fn redact(s: &str) -> String {
-    let head: String = s.chars().take(8).collect();
+    let head: String = s
+        .chars()
+        .take(8)
+        .flat_map(|c| {
+            let plain = c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=');
+            let escaped: Vec<char> = if plain {
+                vec![c]
+            } else {
+                c.escape_default().collect()
+            };
+            escaped
+        })
+        .collect();
     format!("{head}…")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redaction_escapes_what_a_request_could_smuggle_into_logs() {
+        let r = redact("ab\n\u{1b}[8mINFO forged");
+        assert!(!r.chars().any(char::is_control), "{r:?}");
+        assert!(r.starts_with("ab\\n\\u{1b}"), "{r:?}");
+        assert_eq!(redact("abcdefghijkl"), "abcdefgh…");
+    }
 
     fn claims() -> Claims {
         Claims {
