@@ -320,7 +320,7 @@ fn check_config(path: Option<&std::path::Path>) -> Result<u8, Fail> {
             path.display(),
             cfg.streams.len(),
             match &cfg.facilitator {
-                Some(x402_server::FacilitatorConfig::Embedded) => "embedded (settles NOTHING)",
+                Some(x402_server::FacilitatorConfig::Embedded {}) => "embedded (settles NOTHING)",
                 Some(x402_server::FacilitatorConfig::Http { .. }) => "http",
                 Some(x402_server::FacilitatorConfig::Evm { .. }) => "evm",
                 None => "none",
@@ -813,7 +813,7 @@ async fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) ->
     }
     let embedded = matches!(
         cfg.facilitator,
-        Some(x402_server::FacilitatorConfig::Embedded)
+        Some(x402_server::FacilitatorConfig::Embedded {})
     );
     let api = cfg.facilitator_api.is_some();
     let mut builder = x402_server::ServerBuilder::new(cfg.clone());

@@ -11,11 +11,11 @@ use crate::error::ConfigError;
 
 /// Where payments are verified and settled.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase", tag = "kind")]
+#[serde(rename_all = "lowercase", tag = "kind", deny_unknown_fields)]
 pub enum FacilitatorConfig {
     /// In-process verifier and ledger: payments are verified but NOT settled on chain.
     /// Chosen only by name.
-    Embedded,
+    Embedded {},
     /// A remote x402 facilitator (`/verify`, `/settle`, `/supported`).
     Http {
         /// Its base URL.
@@ -61,7 +61,7 @@ impl std::fmt::Debug for FacilitatorConfig {
     // A facilitator URL may carry credentials: never printed.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FacilitatorConfig::Embedded => f.write_str("Embedded"),
+            FacilitatorConfig::Embedded {} => f.write_str("Embedded"),
             FacilitatorConfig::Http { .. } => f.write_str("Http { url: <redacted> }"),
             FacilitatorConfig::Evm {
                 network,
@@ -125,6 +125,7 @@ impl std::fmt::Debug for StoreConfig {
 
 /// The standard facilitator API served by a stream server, for the operator's own servers.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FacilitatorApiConfig {
     /// Bearer key callers must present (`Authorization: Bearer <key>`), at least 32 bytes.
     pub key: String,
@@ -148,7 +149,7 @@ impl std::fmt::Debug for FacilitatorApiConfig {
 
 /// Where a stream's events come from.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "lowercase", tag = "kind")]
+#[serde(rename_all = "lowercase", tag = "kind", deny_unknown_fields)]
 pub enum SourceConfig {
     /// Synthetic market data: trades and quotes.
     Synthetic {
@@ -184,8 +185,22 @@ fn default_symbol() -> String {
     "BTC-USD".into()
 }
 
+impl SourceConfig {
+    /// What makes this source unable to deliver, if anything: a replay file
+    /// that is missing or unreadable would sell slices with no events.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            SourceConfig::Replay { file, .. } => std::fs::File::open(file)
+                .err()
+                .map(|e| format!("replay file {}: {e}", file.display())),
+            _ => None,
+        }
+    }
+}
+
 /// One stream for sale.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StreamConfig {
     /// Id used in URLs.
     pub id: String,
@@ -227,7 +242,7 @@ fn default_timeout() -> u64 {
 
 /// Limits that keep the server alive under abuse.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest accepted client frame (1 MiB; larger closes with 1009).
     pub max_frame_bytes: usize,
@@ -282,6 +297,7 @@ impl Default for Limits {
 
 /// The whole configuration.
 #[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     /// Listen address.
     #[serde(default = "default_listen")]
@@ -376,7 +392,7 @@ impl Config {
             public_http: None,
             public_ws: None,
             secret: None,
-            facilitator: Some(FacilitatorConfig::Embedded),
+            facilitator: Some(FacilitatorConfig::Embedded {}),
             facilitator_api: None,
             store: StoreConfig::Memory,
             streams: vec![
@@ -463,12 +479,23 @@ impl Config {
             if let Err(ConfigError::Invalid(m)) = s.resolve() {
                 out.push(format!("streams[{i}] ({}): {m}", s.id));
             }
+            if let Some(m) = s.source.problem() {
+                out.push(format!("streams[{i}] ({}).source: {m}", s.id));
+            }
         }
         out
     }
 
     /// Checks every stream.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for st in &self.streams {
+            if let Some(m) = st.source.problem() {
+                return Err(ConfigError::Invalid(format!(
+                    "stream {}: source: {m}",
+                    st.id
+                )));
+            }
+        }
         if self.facilitator.is_none() {
             return Err(ConfigError::Invalid(NO_FACILITATOR.into()));
         }
@@ -683,6 +710,68 @@ max_sessions = 10
         assert_eq!(t.per_minute, Amount::from(12_000));
         assert_eq!(t.per_slice, Amount::from(60_000));
         assert_eq!(t.eip712, Some(("USDC".into(), "2".into())));
+    }
+
+    /// A misspelt key in any section is an error naming it (with the keys
+    /// the section has), never a silent default.
+    #[test]
+    fn unknown_keys_are_errors_in_every_section() {
+        let base = r#"
+secret = "0123456789abcdef0123456789abcdef"
+[facilitator]
+kind = "embedded"
+[[streams]]
+id = "btc"
+title = "BTC"
+price_per_minute = "0.012"
+pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+source = { kind = "synthetic", rate = 5 }
+"#;
+        assert!(Config::from_toml(base).is_ok());
+        for (typo, field) in [
+            (
+                base.replace("price_per_minute", "slice_secnds = 4\nprice_per_minute"),
+                "slice_secnds",
+            ),
+            (format!("{base}[limit]\nmax_sessions = 1\n"), "limit"),
+            (base.replace("rate = 5", "rat = 5"), "rat"),
+            (
+                format!(
+                    "{base}[facilitator_api]\napi_key = \"0123456789abcdef0123456789abcdef\"\n"
+                ),
+                "api_key",
+            ),
+            (format!("{base}[limits]\nmax_sesions = 1\n"), "max_sesions"),
+            (
+                base.replace("kind = \"embedded\"", "kind = \"embedded\"\nurl = \"x\""),
+                "url",
+            ),
+        ] {
+            let e = Config::from_toml(&typo)
+                .err()
+                .unwrap_or_else(|| panic!("{field} accepted"));
+            assert!(
+                e.to_string().contains(&format!("unknown field `{field}`")),
+                "{field}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_replay_file_that_is_missing_fails_the_check_and_the_start() {
+        let mut c = Config::demo(default_listen());
+        c.streams[0].source = SourceConfig::Replay {
+            file: "/nonexistent/events.jsonl".into(),
+            rate: 5.0,
+            looping: false,
+        };
+        let p = c.problems();
+        assert!(
+            p.iter().any(|m| m
+                .starts_with("streams[0] (btc-usd).source: replay file /nonexistent/events.jsonl")),
+            "{p:?}"
+        );
+        assert!(c.validate().is_err());
     }
 
     #[test]

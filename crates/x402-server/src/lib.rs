@@ -95,7 +95,7 @@ impl ServerBuilder {
         let facilitator: Arc<dyn Facilitator> = match (self.facilitator, &self.cfg.facilitator) {
             (Some(f), _) => f,
             (None, None) => return Err(ConfigError::Invalid(config::NO_FACILITATOR.into()).into()),
-            (None, Some(FacilitatorConfig::Embedded)) => {
+            (None, Some(FacilitatorConfig::Embedded {})) => {
                 tracing::warn!(
                     "facilitator: embedded. Payments are verified but NOTHING IS SETTLED: no money moves"
                 );
