@@ -32,25 +32,10 @@ pub enum ChainError {
     Anvil(String),
 }
 
+pub(crate) use x402_facilitator::with_causes;
+
 pub(crate) fn rpc<E: std::error::Error>(e: E) -> ChainError {
     ChainError::Rpc(scrub_urls(&with_causes(&e)))
-}
-
-/// An error's text followed by its causes (`source()` chain): reqwest's
-/// "error sending request" alone does not say "connection refused".
-/// Causes whose text the previous one already includes are skipped.
-pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let t = c.to_string();
-        if !text.contains(&t) {
-            text.push_str(": ");
-            text.push_str(&t);
-        }
-        cause = c.source();
-    }
-    text
 }
 
 /// Error text without URLs: RPC URLs often carry an API key, and these texts

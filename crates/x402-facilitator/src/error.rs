@@ -110,6 +110,23 @@ pub enum ServeError {
 /// `Result` with [`FacilitatorError`].
 pub type Result<T, E = FacilitatorError> = std::result::Result<T, E>;
 
+/// An error's text followed by its causes (`source()` chain): reqwest's
+/// "error sending request" alone does not say "connection refused".
+/// Causes whose text the previous one already includes are skipped.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

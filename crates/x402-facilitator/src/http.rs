@@ -25,26 +25,10 @@ impl std::fmt::Debug for HttpFacilitator {
     }
 }
 
-/// An error's text followed by its causes: reqwest's "error sending request"
-/// alone does not say "connection refused". Causes already in the text are skipped.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let t = c.to_string();
-        if !text.contains(&t) {
-            text.push_str(": ");
-            text.push_str(&t);
-        }
-        cause = c.source();
-    }
-    text
-}
-
 fn transport(e: reqwest::Error) -> FacilitatorError {
     // The URL may carry credentials: neither the text nor the cause keeps it.
     let e = e.without_url();
-    FacilitatorError::Transport(TransportError::with_source(with_causes(&e), e))
+    FacilitatorError::Transport(TransportError::with_source(crate::with_causes(&e), e))
 }
 
 impl HttpFacilitator {

@@ -16,7 +16,7 @@ pub use api::{
     serve_facilitator, serve_facilitator_guarded,
 };
 pub use embedded::{EmbeddedFacilitator, LedgerEntry};
-pub use error::{Cause, FacilitatorError, Result, ServeError, TransportError};
+pub use error::{Cause, FacilitatorError, Result, ServeError, TransportError, with_causes};
 pub use http::{HttpFacilitator, MAX_ANSWER_BYTES};
 pub use verdict::{SettleVerdict, VerifyVerdict, classify_settle, classify_verify, settle_attempt};
 /// The reason vocabulary the verdicts speak (re-exported from `x402-types`).

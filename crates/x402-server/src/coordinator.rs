@@ -255,8 +255,13 @@ impl AppState {
         if !started {
             return Ok(());
         }
-        tracing::warn!(payer = %r.record.payer, nonce = %r.record.nonce, dead = %r.owner,
-            "taking over the settlement of an instance that died");
+        if own {
+            tracing::warn!(payer = %r.record.payer, nonce = %r.record.nonce,
+                "restarting a settlement of this instance that had no task (its claim's answer was lost)");
+        } else {
+            tracing::warn!(payer = %r.record.payer, nonce = %r.record.nonce, dead = %r.owner,
+                "taking over the settlement of an instance that died");
+        }
         Ok(())
     }
 

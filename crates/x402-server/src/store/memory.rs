@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use x402_session::{PaymentIn, PaymentKey, PaymentRecord, SessionState};
 use x402_types::FacilitatorRequest;
+use x402_types::{Address, Nonce};
 
 use super::{
-    Begin, Commit, Finish, FinishKind, Loaded, PaymentStore, StoreError, Stored, Versioned,
+    Begin, Commit, Finish, FinishKind, Loaded, PaymentStore, StoreError, Stored, Versioned, ms,
 };
 
 #[derive(Debug, Clone)]
@@ -51,19 +52,11 @@ pub struct MemoryStore {
     clock: fn() -> u64,
 }
 
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-fn claim_key(r: &PaymentRecord) -> String {
-    format!("{}:{}", r.payer, r.nonce)
-}
-
-fn pid_key(pid: &str) -> String {
-    format!("i:{pid}")
+/// The claims a payment holds: its authorization and its payment identifier.
+fn claim_names(payer: &Address, nonce: &Nonce, payment_id: Option<&str>) -> Vec<String> {
+    let mut names = vec![format!("{payer}:{nonce}")];
+    names.extend(payment_id.map(|pid| format!("i:{pid}")));
+    names
 }
 
 impl MemoryStore {
@@ -72,7 +65,7 @@ impl MemoryStore {
         MemoryStore {
             inner: Arc::default(),
             instance: instance.into(),
-            clock: wall_ms,
+            clock: crate::state::unix_ms_now,
         }
     }
 
@@ -158,18 +151,12 @@ impl MemoryStore {
     }
 
     fn free_claims(inner: &mut Inner, key: &str, record: &PaymentRecord) {
-        let mut names = vec![claim_key(record)];
-        names.extend(record.payment_id.as_deref().map(pid_key));
-        for n in names {
+        for n in claim_names(&record.payer, &record.nonce, record.payment_id.as_deref()) {
             if inner.claims.get(&n).is_some_and(|(k, _)| k == key) {
                 inner.claims.remove(&n);
             }
         }
     }
-}
-
-fn ms(unix_secs: u64) -> u64 {
-    unix_secs.saturating_mul(1000)
 }
 
 #[async_trait]
@@ -181,11 +168,9 @@ impl PaymentStore for MemoryStore {
     async fn load(&self, session: &str, payment: Option<&PaymentIn>) -> Result<Loaded, StoreError> {
         let mut inner = self.lock();
         let own = payment.map_or("", |p| p.key.as_str());
-        let mut names = Vec::new();
-        if let Some(p) = payment {
-            names.push(format!("{}:{}", p.payer, p.nonce));
-            names.extend(p.payment_id.as_deref().map(pid_key));
-        }
+        let names = payment.map_or_else(Vec::new, |p| {
+            claim_names(&p.payer, &p.nonce, p.payment_id.as_deref())
+        });
         self.purge(&mut inner, session, own, &names);
         let mut out = Loaded::default();
         if let Some(s) = inner.sessions.get(session) {
@@ -220,8 +205,8 @@ impl PaymentStore for MemoryStore {
         let mut inner = self.lock();
         self.expire(&mut inner);
         let key = b.key.as_str();
-        let mut names = vec![claim_key(b.record)];
-        names.extend(b.record.payment_id.as_deref().map(pid_key));
+        let r = b.record;
+        let names = claim_names(&r.payer, &r.nonce, r.payment_id.as_deref());
         self.purge(&mut inner, b.session, key, &names);
         let version = inner.sessions.get(b.session).map_or(0, |s| s.version);
         if version != b.version || inner.records.contains_key(key) {
@@ -314,9 +299,8 @@ impl PaymentStore for MemoryStore {
                 if kind == FinishKind::Refused {
                     Self::free_claims(&mut inner, key, f.before);
                 } else {
-                    let mut names = vec![claim_key(f.before)];
-                    names.extend(f.before.payment_id.as_deref().map(pid_key));
-                    for n in names {
+                    let r = f.before;
+                    for n in claim_names(&r.payer, &r.nonce, r.payment_id.as_deref()) {
                         if let Some(c) = inner.claims.get_mut(&n) {
                             c.1 = until;
                         }

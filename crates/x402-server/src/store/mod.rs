@@ -34,6 +34,11 @@ use x402_types::FacilitatorRequest;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
+/// Unix seconds as the milliseconds both stores keep expiries in.
+fn ms(unix_secs: u64) -> u64 {
+    unix_secs.saturating_mul(1000)
+}
+
 /// A store operation failed: the store is unreachable, slow, or answered
 /// something unexpected. Nothing was committed that the caller relies on.
 #[derive(Debug, thiserror::Error)]

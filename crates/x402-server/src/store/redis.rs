@@ -30,7 +30,7 @@ use x402_types::{Address, Nonce};
 use async_trait::async_trait;
 
 use super::{
-    Begin, Commit, Finish, FinishKind, Loaded, PaymentStore, StoreError, Stored, Versioned,
+    Begin, Commit, Finish, FinishKind, Loaded, PaymentStore, StoreError, Stored, Versioned, ms,
 };
 
 /// Redis, shared by every instance of a deployment.
@@ -226,10 +226,6 @@ async fn timed<T, E: Into<StoreError>>(
         .await
         .map_err(|_| StoreError::Other("redis did not answer in time".into()))?
         .map_err(Into::into)
-}
-
-fn ms(unix_secs: u64) -> u64 {
-    unix_secs.saturating_mul(1000)
 }
 
 impl RedisStore {

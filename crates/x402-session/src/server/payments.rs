@@ -181,7 +181,7 @@ impl ServerEndpoint {
         let Some(r) = self.by_id.get(&id).and_then(|k| self.records.get_mut(k)) else {
             return;
         };
-        if r.local && !r.started && r.rec.attempts == 0 && r.rec.status == PaymentStatus::Settling {
+        if r.local && !r.started && r.rec.is_first_attempt() {
             r.started = true;
             self.queue_attempt(id);
         }
@@ -192,7 +192,7 @@ impl ServerEndpoint {
     fn verifying(&self, key: &PaymentKey) -> bool {
         self.records
             .get(key)
-            .is_some_and(|r| r.rec.attempts == 0 && r.rec.status == PaymentStatus::Settling)
+            .is_some_and(|r| r.rec.is_first_attempt())
     }
 
     /// Whether this endpoint runs the settlement of `key` now (a record in

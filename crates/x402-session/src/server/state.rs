@@ -121,6 +121,12 @@ impl PaymentStatus {
 }
 
 impl PaymentRecord {
+    /// Whether its first attempt (verify, then settle) is still under way:
+    /// it may yet fail verification, so its claims are not proof of use.
+    pub fn is_first_attempt(&self) -> bool {
+        self.attempts == 0 && self.status == PaymentStatus::Settling
+    }
+
     /// Whether the record holds its authorization `(payer, nonce)` and its
     /// payment identifier. A definitely refused payload moved nothing: it
     /// holds neither (a junk copy of a genuine authorization must not block
