@@ -5,10 +5,18 @@
 //! - `bench`: benchmarks with baselines, writes `target/bench/report.json`.
 //! - `soak [seconds]`: bounded load and fault run against the reference server.
 //! - `fuzz <target|all> [seconds]`: cargo-fuzz runs (installs cargo-fuzz if missing).
+//! - `examples`: every `examples/*` and the README's commands against a local server
+//!   (also a step of `ci`, after the tests).
+//! - `deploy`: checks `deploy/` (the systemd unit and the Dockerfile; also a step of `ci`).
 //! - `demo`: the embedded demo.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+
+mod browser;
+mod clients;
+mod deploy;
+mod examples;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -70,13 +78,18 @@ fn tools() -> bool {
             return false;
         }
     }
-    if !redis_server() {
+    if !redis_server() || !browser::chromium() {
         return false;
     }
     // The official x402 Python SDK, for the interop test of the EVM facilitator: its EVM
-    // signer and its HTTP facilitator client (the `clients` extra: httpx).
+    // signer and its HTTP facilitator client (the `clients` extra: httpx); with the
+    // `websockets` package, for the Python client recipe (docs/clients.md).
     let py = dir.join("py");
-    if !py.join(format!("x402-{X402_PY}.dist-info")).exists() || !py.join("httpx").exists() {
+    let websockets = format!("websockets-{}.dist-info", clients::WEBSOCKETS_PY);
+    if !py.join(format!("x402-{X402_PY}.dist-info")).exists()
+        || !py.join("httpx").exists()
+        || !py.join(&websockets).exists()
+    {
         let mut c = Command::new("python3");
         c.args([
             "-m",
@@ -84,15 +97,18 @@ fn tools() -> bool {
             "install",
             "--quiet",
             "--disable-pip-version-check",
+            "--upgrade",
             "--target",
         ])
         .arg(&py)
-        .arg(format!("x402[evm,clients]=={X402_PY}"));
+        .arg(format!("x402[evm,clients]=={X402_PY}"))
+        .arg(format!("websockets=={}", clients::WEBSOCKETS_PY));
         if !step("install the official x402 Python SDK (pip)", &mut c) {
             return false;
         }
     }
-    true
+    // The Node client recipe's packages (@x402/fetch, ...), from its lockfile.
+    clients::node_recipe()
 }
 
 /// The Redis major version the cluster tests run against (Debian 12's package).
@@ -175,7 +191,7 @@ fn serde_json_version(text: &str) -> Option<String> {
 fn ci() -> bool {
     if !tools() {
         eprintln!(
-            "xtask ci: the test tools (anvil, solc, redis-server, the x402 Python SDK) could not be installed; tests that need them would fail"
+            "xtask ci: the test tools (anvil, solc, redis-server, the x402 Python SDK, the client recipes' packages) could not be installed; tests that need them would fail"
         );
         return false;
     }
@@ -201,6 +217,14 @@ fn ci() -> bool {
         if !step(name, &mut cmd) {
             return false;
         }
+        // Every examples/* and the README's commands, run against a local server.
+        if name == "test" && !examples::run() {
+            return false;
+        }
+    }
+    // deploy/: the systemd unit and the Dockerfile, checked without Docker.
+    if !deploy::check() {
+        return false;
     }
     eprintln!("\nxtask ci: all steps passed");
     true
@@ -343,6 +367,8 @@ fn main() -> ExitCode {
             fuzz(target, secs)
         }
         Some("tools") => tools(),
+        Some("examples") => examples::run(),
+        Some("deploy") => deploy::check(),
         Some("demo") => step(
             "demo",
             &mut cargo_cmd(&["run", "--release", "-p", "atomicstream-cli", "--", "demo"]),
@@ -350,7 +376,11 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: cargo xtask <verb>\n  ci                       fmt, clippy, tests, docs (the gate)\n  bench [--quick] [--peers] benchmarks with baselines -> target/bench/report.json
-                           (--peers: payments signed/s by the official x402 SDKs where installed;\n                            --redis: handshake and fan-out again with the state in Redis;\n                            --only a,b: sections sign, parse, counts, receive, handshake,\n                            fanout, fanout10k, broadcast, scale, peers)\n  soak [seconds] [--instances N --redis]\n                           bounded load and fault run (default 120 s; several instances share one Redis behind a balancer)\n  fuzz <target|all> [secs] cargo-fuzz; targets: {}\n  tools                    install the pinned test tools (anvil, solc-js, the x402 Python SDK) into target/tools
+                           (--peers: payments signed/s by the official x402 SDKs where installed;\n                            --redis: handshake and fan-out again with the state in Redis;\n                            --only a,b: sections sign, parse, counts, receive, handshake,\n                            fanout, fanout10k, broadcast, scale, peers)\n  soak [seconds] [--instances N --redis]\n                           bounded load and fault run (default 120 s; several instances share one Redis behind a balancer)\n  fuzz <target|all> [secs] cargo-fuzz; targets: {}\n  tools                    install the pinned test tools (anvil, solc-js, the x402 Python SDK into target/tools;
+                           the Node client recipe's packages into examples/clients/node)
+  examples                 run every examples/* and the README's commands against a local server (part of ci)
+  deploy                   check deploy/ (systemd-analyze on the unit, hadolint and a lint of the Dockerfile,
+                           the image's command run with the built binary; part of ci)
   demo                     the embedded demo",
                 FUZZ_TARGETS.join(", ")
             );

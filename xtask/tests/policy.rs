@@ -10,7 +10,8 @@ fn pure_crates_have_no_io_dependencies() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap();
-    for krate in ["x402-types", "x402-session"] {
+    // Package names (x402-types is published as atomicstream-x402-types).
+    for krate in ["atomicstream-x402-types", "x402-session"] {
         let out = Command::new(env!("CARGO"))
             .args([
                 "tree", "-p", krate, "-e", "normal", "--prefix", "none", "--format", "{p}",
@@ -57,7 +58,7 @@ fn the_types_crate_keeps_a_small_tree() {
         .args([
             "tree",
             "-p",
-            "x402-types",
+            "atomicstream-x402-types",
             "-e",
             "normal",
             "--prefix",
@@ -73,7 +74,7 @@ fn the_types_crate_keeps_a_small_tree() {
     let mut crates: Vec<&str> = tree
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| *n != "x402-types")
+        .filter(|n| *n != "atomicstream-x402-types")
         .collect();
     crates.sort_unstable();
     crates.dedup();
@@ -125,7 +126,7 @@ fn the_chain_crate_does_not_depend_on_the_server() {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     assert!(
-        names.contains(&"x402-facilitator"),
+        names.contains(&"atomicstream-x402-facilitator"),
         "cargo tree output looks wrong: {tree}"
     );
     for banned in ["x402-server", "x402-session", "redis", "prometheus-client"] {

@@ -4,6 +4,7 @@
 //! the first renewal is sent the socket drops and the renewal's answer is lost;
 //! the client resumes without paying and retries with the same payload.
 
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,7 +49,7 @@ impl LocalChain {
 }
 
 pub async fn run(slices: u64, all: bool, on_chain: bool) -> Result<u8, Fail> {
-    crate::init_logs("warn");
+    crate::init_logs("warn", false);
     let started = Instant::now();
     let mut cfg = x402_server::Config::demo(([127, 0, 0, 1], 0).into());
     cfg.streams.retain(|s| s.id == "demo-fast");
@@ -150,7 +151,13 @@ pub async fn run(slices: u64, all: bool, on_chain: bool) -> Result<u8, Fail> {
             ClientEvent::Data(e) => {
                 events += 1;
                 if all || e.seq % 10 == 0 {
-                    println!("{{\"seq\":{},\"data\":{}}}", e.seq, e.data.get());
+                    // `demo | head`: a reader that left is no reason to panic.
+                    let _ = writeln!(
+                        std::io::stdout(),
+                        "{{\"seq\":{},\"data\":{}}}",
+                        e.seq,
+                        e.data.get()
+                    );
                 }
             }
             ClientEvent::Ended(r) => break r,
@@ -163,7 +170,7 @@ pub async fn run(slices: u64, all: bool, on_chain: bool) -> Result<u8, Fail> {
                     s.transaction
                 );
             }
-            other => eprintln!("demo: {}", crate::describe(&other)),
+            other => eprintln!("demo: {}", crate::ui::describe(&other)),
         }
     };
     let p = session.progress();

@@ -1,9 +1,11 @@
 //! `atomicstream`: buy, serve and demo x402-paid live streams.
 
+mod args;
 mod demo;
+mod session_file;
 mod ui;
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,10 +14,11 @@ use std::time::{Duration, Instant};
 use atomicstream::{
     Amount, Client, ClientEvent, EndReason, EvmExactPayer, LocalSigner, PathVersion, SpendPolicy,
 };
-use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
 use x402_payer::Payer;
 use x402_types::{Offer, PaymentRequiredV1, PaymentRequiredV2, Schema};
+
+use crate::args::{Cmd, ConfigCmd, ConnArgs, EvmArgs, KeyArgs, LogFormat, PolicyArgs, ShowArgs};
 
 /// Exit codes.
 mod exit {
@@ -26,243 +29,7 @@ mod exit {
     pub const FAILURE: u8 = 5;
 }
 
-const AFTER_HELP: &str = "\
-Exit codes:
-  0  done (stopped, slice limit, duration or your --budget reached, stream ended,
-     stdout closed)
-  2  usage error (bad flags, missing key, unreadable input)
-  3  the spending policy refused the first payment (price above --max-per-slice,
-     --budget below one slice)
-  4  the server refused a payment
-  5  protocol or transport failure
-
-Start here:
-  atomicstream demo                          # everything local: server, wallet, paid stream
-  atomicstream serve                         # the reference server on 127.0.0.1:4021
-  atomicstream keygen --out dev.key          # a development key
-  atomicstream stream btc-usd --key-file dev.key --base-url http://127.0.0.1:4021";
-
-/// Buy live JSON streams by the slice with x402 (HTTP 402) payments, or sell them.
-#[derive(Debug, Parser)]
-#[command(
-    name = "atomicstream",
-    version,
-    propagate_version = true,
-    about,
-    after_help = AFTER_HELP
-)]
-struct Cli {
-    /// Log lines on stderr as `plain` text or `json` objects (for log collectors).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain)]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line.
-    Json,
-}
-
 static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// List the streams a server sells, with their prices (no payment).
-    Streams {
-        #[command(flatten)]
-        conn: ConnArgs,
-    },
-    /// Show a stream's pricing and payment terms (no payment).
-    Schema {
-        /// Stream id (see `GET /streams`).
-        stream: String,
-        #[command(flatten)]
-        conn: ConnArgs,
-        /// Print the schema JSON instead.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Pay for a stream and print its events as JSON Lines on stdout, renewing automatically.
-    Stream {
-        /// Stream id.
-        stream: String,
-        #[command(flatten)]
-        conn: ConnArgs,
-        #[command(flatten)]
-        key: KeyArgs,
-        #[command(flatten)]
-        limits: PolicyArgs,
-        /// Stop after this many slices.
-        #[arg(long)]
-        slices: Option<u64>,
-        /// Stop after this many seconds.
-        #[arg(long)]
-        duration: Option<u64>,
-        #[command(flatten)]
-        show: ShowArgs,
-    },
-    /// Read a 402 answer (schema JSON, v1 body, or v2 PAYMENT-REQUIRED value) and print the payment header.
-    Pay {
-        /// File to read, or `-` for stdin.
-        input: String,
-        #[command(flatten)]
-        key: KeyArgs,
-        #[command(flatten)]
-        limits: PolicyArgs,
-    },
-    /// Run the reference stream server (demo catalog without --config).
-    Serve {
-        /// TOML configuration (see docs/server.md).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Listen address.
-        #[arg(long)]
-        listen: Option<std::net::SocketAddr>,
-        /// Only check the configuration: report every problem with its field, then exit
-        /// (0 when valid, 2 otherwise).
-        #[arg(long)]
-        check: bool,
-    },
-    /// Configuration helpers.
-    Config {
-        #[command(subcommand)]
-        cmd: ConfigCmd,
-    },
-    /// Run only the x402 facilitator API (/verify, /settle, /supported), for other x402
-    /// servers, v1 and v2. With --evm it settles on chain from a relayer key; without, the
-    /// embedded verifier settles nothing. A bearer key is required off loopback, and with
-    /// --evm unless --insecure-no-key. Requests from web pages (an Origin header), POST
-    /// bodies that are not application/json, and a Host other than the listen address
-    /// (DNS rebinding) are refused unless allowed.
-    Facilitator {
-        /// Listen address.
-        #[arg(long, default_value = "127.0.0.1:4022")]
-        listen: std::net::SocketAddr,
-        #[command(flatten)]
-        evm: EvmArgs,
-        /// Bearer key callers must send (`Authorization: Bearer <key>`), at least 32 bytes.
-        /// Required off loopback, and with --evm.
-        #[arg(long, env = "X402_FACILITATOR_KEY", hide_env_values = true)]
-        api_key: Option<String>,
-        /// With --evm on loopback, serve without a key: anyone who can reach the port
-        /// can make the relayer spend its gas.
-        #[arg(long)]
-        insecure_no_key: bool,
-        /// Also answer to this Host (a name behind a proxy; `name` or `name:port`). Repeatable.
-        #[arg(long = "allow-host", value_name = "HOST")]
-        allow_hosts: Vec<String>,
-        /// Accept requests from web pages of this origin (`https://app.example`). Repeatable.
-        #[arg(long = "allow-origin", value_name = "ORIGIN")]
-        allow_origins: Vec<String>,
-        /// Requests per second allowed (all callers together).
-        #[arg(long, default_value_t = 50)]
-        rate: u32,
-    },
-    /// Create a development key file (mode 0600) and print its address.
-    Keygen {
-        /// Where to write the key.
-        #[arg(long, default_value = "atomicstream.key")]
-        out: PathBuf,
-    },
-    /// Everything local: server, development wallet, a paid stream that renews, retries and resumes.
-    /// With --chain, on a local anvil chain with real USDC settlement (needs `cargo xtask tools`).
-    Demo {
-        /// Settle on a local anvil chain and show the transactions and balances.
-        #[arg(long)]
-        chain: bool,
-        /// Slices to buy.
-        #[arg(long, default_value_t = 4)]
-        slices: u64,
-        /// Print every event (default: every 10th).
-        #[arg(long)]
-        all: bool,
-    },
-}
-
-/// `atomicstream config ...`.
-#[derive(Debug, Subcommand)]
-enum ConfigCmd {
-    /// Print a commented server.toml to start from.
-    Example,
-}
-
-/// What `stream` shows on stderr (events always go to stdout, one JSON object per line).
-#[derive(Debug, Args)]
-struct ShowArgs {
-    /// Show nothing on stderr but the end.
-    #[arg(long, short)]
-    quiet: bool,
-    /// Write status changes and session events as JSON lines on stderr (for programs and agents).
-    #[arg(long)]
-    status_json: bool,
-    /// Show amounts in atomic units too.
-    #[arg(long, short)]
-    verbose: bool,
-}
-
-/// Settling on an EVM chain.
-#[derive(Debug, Args)]
-struct EvmArgs {
-    /// Settle on chain (transferWithAuthorization from the relayer key).
-    #[arg(long, requires = "rpc_url")]
-    evm: bool,
-    /// JSON-RPC URL of a node of --network.
-    #[arg(long)]
-    rpc_url: Option<String>,
-    /// Network settled on.
-    #[arg(long, default_value = "base-sepolia")]
-    network: String,
-    /// File holding the relayer's hex private key (it pays the gas).
-    #[arg(long)]
-    relayer_key_file: Option<PathBuf>,
-    /// Environment variable holding the relayer key (when no file is given).
-    #[arg(long, default_value = "X402_RELAYER_KEY")]
-    relayer_key_env: String,
-    /// Blocks a settlement must be buried under before it is reported (1 = mined).
-    #[arg(long, default_value_t = 1)]
-    confirmations: u64,
-}
-
-#[derive(Debug, Args)]
-struct ConnArgs {
-    /// Server base URL.
-    #[arg(
-        long,
-        default_value = "https://x402.atomicstream.net",
-        env = "ATOMICSTREAM_BASE_URL"
-    )]
-    base_url: String,
-    /// Protocol: v1 (legacy x402 v1) or v2. (`--version` prints the tool's version.)
-    #[arg(long = "protocol", default_value = "v2", value_parser = parse_version)]
-    protocol: PathVersion,
-}
-
-#[derive(Debug, Args)]
-struct KeyArgs {
-    /// File holding the hex private key (else the X402_PRIVATE_KEY environment variable).
-    #[arg(long)]
-    key_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-struct PolicyArgs {
-    /// Most to pay for one slice, in USDC.
-    #[arg(long, default_value = "0.05")]
-    max_per_slice: String,
-    /// Most to pay in total, in USDC.
-    #[arg(long, default_value = "1.00")]
-    budget: String,
-}
-
-fn parse_version(s: &str) -> Result<PathVersion, String> {
-    s.parse()
-        .map_err(|_| format!("expected v1 or v2, got {s:?}"))
-}
 
 struct Fail(u8, String);
 
@@ -302,13 +69,15 @@ fn check_config(path: Option<&std::path::Path>) -> Result<u8, Fail> {
     };
     let text =
         std::fs::read_to_string(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
-    let cfg: x402_server::Config = match toml::from_str(&text) {
+    let cfg = match x402_server::Config::from_toml_unchecked(&text) {
         Ok(c) => c,
         Err(e) => {
+            let text = e.to_string();
+            let text = text.strip_prefix("invalid config: ").unwrap_or(&text);
             eprintln!(
                 "{}: not a valid configuration:\n  - {}",
                 path.display(),
-                e.to_string().trim().replace('\n', "\n    ")
+                text.trim().replace('\n', "\n    ")
             );
             return Ok(exit::USAGE);
         }
@@ -339,7 +108,9 @@ fn check_config(path: Option<&std::path::Path>) -> Result<u8, Fail> {
     Ok(exit::USAGE)
 }
 
-fn init_logs(default: &str) {
+/// Logs on stderr. A service (`serve`, `facilitator`) stamps plain lines
+/// with the time; interactive commands do not.
+fn init_logs(default: &str, service: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     if LOG_FORMAT.get() == Some(&LogFormat::Json) {
@@ -350,14 +121,17 @@ fn init_logs(default: &str) {
             .try_init();
         return;
     }
-    // Plain lines on stderr; colours only for a terminal.
-    let _ = tracing_subscriber::fmt()
+    // Plain lines on stderr; colours per --color and NO_COLOR (by default only for a terminal).
+    let plain = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .without_time()
-        .with_target(false)
-        .try_init();
+        .with_ansi(ui::color_for(&std::io::stderr()))
+        .with_target(false);
+    let _ = if service {
+        plain.try_init()
+    } else {
+        plain.without_time().try_init()
+    };
 }
 
 /// mimalloc returns freed pages to the OS: a long-running server's resident set follows its load.
@@ -366,7 +140,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match args::parse() {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -379,6 +153,7 @@ async fn main() -> ExitCode {
         }
     };
     let _ = LOG_FORMAT.set(cli.log_format);
+    ui::set_color(cli.color);
     let r = match cli.cmd {
         Cmd::Streams { conn } => streams(&conn).await,
         Cmd::Schema { stream, conn, json } => schema(&stream, &conn, json).await,
@@ -389,8 +164,12 @@ async fn main() -> ExitCode {
             limits,
             slices,
             duration,
+            session,
             show,
-        } => run_stream(&stream, &conn, &key, &limits, slices, duration, &show).await,
+        } => match session_file::Target::new(stream, conn, &session) {
+            Ok(target) => run_stream(target, &key, &limits, slices, duration, &show).await,
+            Err(f) => Err(f),
+        },
         Cmd::Pay { input, key, limits } => pay(&input, &key, &limits).await,
         Cmd::Serve {
             config,
@@ -424,11 +203,18 @@ async fn main() -> ExitCode {
         }
         Cmd::Keygen { out } => keygen(&out),
         Cmd::Demo { slices, all, chain } => demo::run(slices, all, chain).await,
+        Cmd::Completions { shell } => args::print(&args::completions(shell))
+            .map(|()| exit::OK)
+            .map_err(Fail::from),
+        Cmd::Man => args::man()
+            .and_then(|m| args::print(&m))
+            .map(|()| exit::OK)
+            .map_err(Fail::from),
     };
     match r {
         Ok(code) => ExitCode::from(code),
         Err(Fail(code, msg)) => {
-            eprintln!("error: {msg} (exit {code})");
+            say(&format!("error: {msg} (exit {code})"));
             ExitCode::from(code)
         }
     }
@@ -508,6 +294,10 @@ async fn schema(stream: &str, conn: &ConnArgs, json: bool) -> Result<u8, Fail> {
     Ok(exit::OK)
 }
 
+/// The flags a spending-policy refusal is about.
+const POLICY_FLAGS: &str =
+    "raise --max-per-slice for one payment or --budget for all of them, in USDC";
+
 /// The exit code of an end. Reaching one's own budget after buying slices
 /// is a normal end; the policy refusing the very first slice is a refusal.
 fn end_code(r: &EndReason, slices: u64) -> u8 {
@@ -536,15 +326,15 @@ fn error_code(e: &atomicstream::Error) -> u8 {
 }
 
 async fn run_stream(
-    stream: &str,
-    conn: &ConnArgs,
+    mut target: session_file::Target,
     key: &KeyArgs,
     limits: &PolicyArgs,
     slices: Option<u64>,
     duration: Option<u64>,
     show: &ShowArgs,
 ) -> Result<u8, Fail> {
-    init_logs("warn");
+    init_logs("warn", false);
+    let (stream, conn) = (target.stream.as_str(), &target.conn);
     let signer = load_key(key)?;
     let policy = policy(limits)?;
     let budget = policy
@@ -560,17 +350,40 @@ async fn run_stream(
         b = b.max_slices(n);
     }
     let client = b.build().map_err(|e| usage(e.to_string()))?;
-    let mut session = match client.open(stream).await {
+    if let Some(m) = target.nothing_to_resume(slices) {
+        eprintln!("{m}");
+        return Ok(exit::OK);
+    }
+    if let Some(m) = target
+        .resume_note(slices)
+        .filter(|_| !show.quiet && !show.status_json)
+    {
+        eprintln!("{m}");
+    }
+    let opened = match &target.resume {
+        Some(t) => client.resume(t).await,
+        None => client.open(stream).await,
+    };
+    let mut session = match opened {
         Ok(s) => s,
         Err(atomicstream::Error::UnknownStream(_)) => {
             return Err(unknown_stream(&client, stream, &conn.base_url).await);
         }
-        Err(e) => return Err(Fail(error_code(&e), e.to_string())),
+        Err(e) => {
+            let mut msg = target.explain(&e);
+            if e.is_policy() {
+                msg = format!("{msg}; nothing was signed ({POLICY_FLAGS})");
+            }
+            return Err(Fail(error_code(&e), msg));
+        }
     };
+    // One past the last event written out: where a resumed run starts.
+    let mut written: Option<u64> = None;
     let mut ui = ui::Ui::new(stream, budget, show.quiet, show.status_json, show.verbose);
     let started = Instant::now();
     let deadline = duration.map(|d| tokio::time::Instant::now() + Duration::from_secs(d));
-    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    // Batched, and written around the live line: the two never mix on one terminal.
+    let mut stdout = ui::Lines::new(std::io::stdout().lock());
     let mut last_status = Instant::now() - Duration::from_secs(1);
     let mut stopping = false;
     enum Wake {
@@ -597,11 +410,14 @@ async fn run_stream(
             Wake::Event(None) => break EndReason::Stopped,
             Wake::Tick => {
                 last_status = Instant::now();
-                if stdout.flush().is_err() && !stopping {
+                if stdout.flush(&ui).is_err() && !stopping {
                     stopping = true;
                     session.stop();
                 }
                 ui.status(&session.progress());
+                if let Some(f) = target.file.as_mut() {
+                    f.update(&session, written);
+                }
                 continue;
             }
         };
@@ -615,27 +431,42 @@ async fn run_stream(
                     ),
                     None => format!("{{\"seq\":{},\"data\":{}}}", e.seq, e.data.get()),
                 };
-                if writeln!(stdout, "{line}").is_err() && !stopping {
+                stdout.push(&line);
+                written = Some(e.seq.saturating_add(1));
+                if stdout.due() && stdout.flush(&ui).is_err() && !stopping {
                     // stdout closed (piped into `head`): stop before the next payment.
                     stopping = true;
                     session.stop();
                 }
             }
             ClientEvent::Ended(r) => break r,
-            other => ui.event(&other),
+            other => {
+                // Events already printed come before the line that follows them.
+                if stdout.flush(&ui).is_err() && !stopping {
+                    stopping = true;
+                    session.stop();
+                }
+                ui.event(&other)
+            }
         }
         if last_status.elapsed() >= Duration::from_millis(250) {
             last_status = Instant::now();
             // A reader that left shows here first (the buffer hides a closed
             // pipe until it is written out): never pay for it again.
-            if stdout.flush().is_err() && !stopping {
+            if stdout.flush(&ui).is_err() && !stopping {
                 stopping = true;
                 session.stop();
             }
             ui.status(&session.progress());
+            if let Some(f) = target.file.as_mut() {
+                f.update(&session, written);
+            }
         }
     };
-    let _ = stdout.flush();
+    let _ = stdout.flush(&ui);
+    if let Some(f) = target.file.as_mut() {
+        f.update(&session, written);
+    }
     let p = session.progress();
     let summary = format!(
         "{} slices bought, {} paid, {} events, {} renewals ({} retries), {} reconnects, {:.1}s",
@@ -648,7 +479,15 @@ async fn run_stream(
         started.elapsed().as_secs_f64()
     );
     let code = end_code(&reason, p.slices);
-    ui.end(&summary, &explain_end(&reason, &p.paid, &budget), code);
+    let mut ended = explain_end(&reason, &p.paid, &budget);
+    if let (EndReason::ConnectionLost { .. }, Some(f)) = (&reason, &p.last_failure) {
+        // What the last attempt ran into (the URL without its token).
+        ended = format!("{ended} (last: {f})");
+    }
+    if let Some(note) = target.file.as_ref().and_then(|f| f.note()) {
+        ended = format!("{ended}; {note}");
+    }
+    ui.end(&summary, &ended, code);
     Ok(code)
 }
 
@@ -689,37 +528,6 @@ fn explain_end(r: &EndReason, paid: &Amount, budget: &Amount) -> String {
         }
         EndReason::UnknownStream { message } => {
             format!("the server sells no such stream ({message}); nothing was paid")
-        }
-        other => format!("{other:?}"),
-    }
-}
-
-fn describe(e: &ClientEvent) -> String {
-    match e {
-        ClientEvent::Hello(h) => format!(
-            "hello: session {} slices of {}s, paid until {}, resumed {}",
-            h.session_id.chars().take(8).collect::<String>(),
-            h.slice_seconds,
-            h.expires_at,
-            h.resumed
-        ),
-        ClientEvent::PaymentAccepted { slice, .. } => format!("paid slice {slice}"),
-        ClientEvent::PaymentRefused {
-            slice,
-            status,
-            code,
-            ..
-        } => format!("payment for slice {slice} refused: {status} {code}"),
-        ClientEvent::Renewed { expires_at, slices } => {
-            format!("renewed: {slices} slices, paid until {expires_at}")
-        }
-        ClientEvent::Expiring { seconds_left } => format!("expiring in {seconds_left}s"),
-        ClientEvent::Expired => "paid time expired".into(),
-        ClientEvent::Resumed { missed } => format!("resumed ({missed} events missed)"),
-        ClientEvent::EventsLost { count } => format!("{count} events lost"),
-        ClientEvent::Duplicate { seq } => format!("duplicate event {seq} dropped"),
-        ClientEvent::Reconnecting { attempt, delay } => {
-            format!("connection lost: reconnecting (attempt {attempt}) in {delay:?}")
         }
         other => format!("{other:?}"),
     }
@@ -785,9 +593,13 @@ async fn pay(input: &str, key: &KeyArgs, limits: &PolicyArgs) -> Result<u8, Fail
     let offer = read_offer(&text)?;
     let signer = load_key(key)?;
     let policy = policy(limits)?;
-    let res = policy
-        .authorize(&offer.requirement(), None)
-        .map_err(|e| Fail(exit::POLICY, e.to_string()))?;
+    let req = offer.requirement();
+    let res = policy.authorize(&req, None).map_err(|e| {
+        Fail(
+            exit::POLICY,
+            format!("{}; nothing was signed ({POLICY_FLAGS})", e.describe(&req)),
+        )
+    })?;
     let payload = EvmExactPayer::new(signer)
         .pay(&offer)
         .await
@@ -802,7 +614,7 @@ async fn pay(input: &str, key: &KeyArgs, limits: &PolicyArgs) -> Result<u8, Fail
 }
 
 async fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> Result<u8, Fail> {
-    init_logs("info");
+    init_logs("info", true);
     let default_listen: std::net::SocketAddr = ([127, 0, 0, 1], 4021).into();
     let mut cfg = match &config {
         Some(p) => x402_server::Config::from_file(p).map_err(|e| usage(e.to_string()))?,
@@ -828,39 +640,14 @@ async fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) ->
                 Fail(exit::FAILURE, text)
             }
         })?;
-        eprintln!(
+        say(&format!(
             "  facilitator:  {}",
             x402_server::Facilitator::describe(f.as_ref())
-        );
+        ));
         builder = builder.facilitator(f);
     }
     let server = builder.bind().await?;
-    eprintln!("atomicstream server on {}", server.http_base());
-    eprintln!("  listening:    {}", server.local_addr());
-    eprintln!("  catalog:      {}/streams", server.http_base());
-    for s in &cfg.streams {
-        eprintln!(
-            "  schema:       {}/v2/schema/{}   (v1: {}/v1/schema/{})",
-            server.http_base(),
-            s.id,
-            server.http_base(),
-            s.id
-        );
-    }
-    if api {
-        eprintln!(
-            "  facilitator API (bearer key): {}/facilitator/{{verify,settle,supported}}",
-            server.http_base()
-        );
-    }
-    if config.is_none() {
-        eprintln!("  payTo (development address): {}", x402_server::DEV_PAY_TO);
-    }
-    if embedded {
-        eprintln!(
-            "  WARNING: facilitator = embedded. Payments are verified but NOTHING IS SETTLED: no money moves."
-        );
-    }
+    banner(&server, &cfg, config.is_none(), embedded, api);
     // SIGTERM or Ctrl-C: stop accepting, close sockets with 1012 (clients resume elsewhere),
     // finish the settlements under way, then exit.
     let shutdown = async {
@@ -884,8 +671,76 @@ async fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) ->
         }
     };
     server.run_until(shutdown).await?;
-    eprintln!("atomicstream server stopped");
+    say("atomicstream server stopped");
     Ok(exit::OK)
+}
+
+/// One line for a person on stderr; with `--log-format json`, the same
+/// words as one JSON object (a log collector reads only JSON lines).
+fn say(line: &str) {
+    if LOG_FORMAT.get() == Some(&LogFormat::Json) {
+        let level = if line.starts_with("error") {
+            "ERROR"
+        } else {
+            "INFO"
+        };
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        eprintln!(
+            "{}",
+            serde_json::json!({"timestamp": now, "level": level, "fields": {"message": line.trim()}})
+        );
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+/// What `serve` says when it listens: a few lines for a person, or with
+/// `--log-format json` one JSON log line (a log collector sees only JSON).
+fn banner(
+    server: &x402_server::Server,
+    cfg: &x402_server::Config,
+    demo: bool,
+    embedded: bool,
+    api: bool,
+) {
+    let base = server.http_base();
+    if LOG_FORMAT.get() == Some(&LogFormat::Json) {
+        let streams: Vec<&str> = cfg.streams.iter().map(|s| s.id.as_str()).collect();
+        tracing::info!(
+            http = base,
+            listening = %server.local_addr(),
+            streams = ?streams,
+            facilitator_api = api,
+            "atomicstream server started"
+        );
+        if demo {
+            tracing::info!(
+                pay_to = x402_server::DEV_PAY_TO,
+                "demo catalog, development payTo address"
+            );
+        }
+        return;
+    }
+    eprintln!("atomicstream server on {base}");
+    eprintln!("  listening:    {}", server.local_addr());
+    eprintln!("  catalog:      {base}/streams   (browser page: {base}/)");
+    for s in &cfg.streams {
+        eprintln!(
+            "  schema:       {base}/v2/schema/{}   (v1: {base}/v1/schema/{})",
+            s.id, s.id
+        );
+    }
+    if api {
+        eprintln!("  facilitator API (bearer key): {base}/facilitator/{{verify,settle,supported}}");
+    }
+    if demo {
+        eprintln!("  payTo (development address): {}", x402_server::DEV_PAY_TO);
+    }
+    if embedded {
+        eprintln!(
+            "  WARNING: facilitator = embedded. Payments are verified but NOTHING IS SETTLED: no money moves."
+        );
+    }
 }
 
 /// `atomicstream facilitator`: the standard x402 facilitator API.
@@ -896,7 +751,7 @@ async fn facilitator(
     insecure_no_key: bool,
     mut api: x402_facilitator::FacilitatorApi,
 ) -> Result<u8, Fail> {
-    init_logs("info");
+    init_logs("info", true);
     if api_key.is_none() && !listen.ip().is_loopback() {
         return Err(usage(
             "listening beyond loopback needs --api-key (or X402_FACILITATOR_KEY), at least 32 bytes",
@@ -938,7 +793,7 @@ async fn facilitator(
         _ => Arc::new(x402_facilitator::EmbeddedFacilitator::default()),
     };
     let l = tokio::net::TcpListener::bind(listen).await?;
-    eprintln!(
+    say(&format!(
         "x402 facilitator API on http://{} (/verify, /settle, /supported){}; {}",
         l.local_addr()?,
         if api_key.is_some() {
@@ -947,7 +802,7 @@ async fn facilitator(
             ""
         },
         f.describe()
-    );
+    ));
     match api_key {
         Some(k) => api = api.bearer_key(k),
         None if settles => tracing::warn!(

@@ -5,6 +5,17 @@ use std::process::{Command, Output};
 
 use x402_server::{Config, ServerBuilder};
 
+#[path = "cli/browser.rs"]
+mod browser;
+#[path = "cli/clients.rs"]
+mod clients;
+#[path = "cli/failures.rs"]
+mod failures;
+#[path = "cli/resume.rs"]
+mod resume;
+#[path = "cli/terminal.rs"]
+mod terminal;
+
 const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
 fn bin() -> Command {
@@ -545,6 +556,23 @@ fn config_example_is_valid_and_check_names_each_problem() {
         err.contains("  - secret: instances sharing a store"),
         "{err}"
     );
+    // A misspelt key: its path and the key meant.
+    let typo = dir.join("typo.toml");
+    std::fs::write(
+        &typo,
+        example.replace("slice_seconds = 300", "slice_secnds = 300"),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["serve", "--check", "--config", typo.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("`streams[0].slice_secnds` (did you mean `slice_seconds`?)"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -566,6 +594,13 @@ fn log_format_json_writes_json_lines() {
         .unwrap_or_else(|| panic!("{err}"));
     let v: serde_json::Value = serde_json::from_str(warn).expect("a JSON log line");
     assert_eq!(v["level"], "WARN", "{v}");
+    // Only JSON: the banner too is one JSON line, nothing plain in between.
+    for line in err.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["timestamp"].is_string(), "{line}");
+    }
+    assert!(err.contains("atomicstream server started"), "{err}");
 }
 
 /// `stream … | head -3`: once the reader has gone, no further slice is

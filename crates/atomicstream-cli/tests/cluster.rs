@@ -588,7 +588,27 @@ async fn redis_down_means_503_and_nothing_credited_then_service_returns() {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .expect("store_errors in /metrics");
     assert!(store_errors >= 1.0, "the operator sees the outage");
+    // Readiness says so (a load balancer stops sending buyers); liveness does not.
+    let ready = reqwest::get(format!("{}/readyz", a.http())).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let why = ready.text().await.unwrap();
+    assert!(why.contains("store"), "{why}");
+    let live = reqwest::get(format!("{}/healthz", a.http())).await.unwrap();
+    assert_eq!(live.status(), 200);
     redis.signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reqwest::get(format!("{}/readyz", a.http()))
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not ready again after Redis returned"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Back: the same payment is accepted, once.
     let r = renewed(a, &q, &p).await;
     assert_eq!(r.slices, 2);

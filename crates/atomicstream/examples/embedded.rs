@@ -3,6 +3,9 @@
 //! ```sh
 //! cargo run -p atomicstream --example embedded
 //! ```
+//!
+//! It pays with a fresh random key (the embedded facilitator checks signatures and settles
+//! nothing) and stops after two slices, or after N events with `--events N`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +16,19 @@ use x402_server::{Config, DEV_PAY_TO, ServerBuilder, SourceConfig, StreamConfig}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let mut max_events: Option<u64> = None;
+    while let Some(a) = args.next() {
+        if a == "--events" {
+            let n = args.next().ok_or("--events needs a number")?;
+            max_events = Some(
+                n.parse()
+                    .map_err(|_| format!("--events {n}: not a number"))?,
+            );
+        }
+    }
     let mut cfg = Config::demo("127.0.0.1:0".parse()?);
-    cfg.secret = Some("example-secret".into());
+    // No `secret`: the server signs its session tokens with a random key of its own.
     cfg.streams = vec![StreamConfig {
         id: "ticks".into(),
         title: "Ticks".into(),
@@ -48,9 +62,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_slices(2)
         .build()?;
     let mut session = client.open("ticks").await?;
+    let mut seen = 0u64;
     while let Some(ev) = session.next().await {
         match ev {
-            ClientEvent::Data(e) => println!("{} {}", e.seq, e.data),
+            ClientEvent::Data(e) => {
+                println!("{} {}", e.seq, e.data);
+                seen += 1;
+                if max_events.is_some_and(|n| seen >= n) {
+                    session.stop(); // the stream then ends with `Ended(Stopped)`
+                }
+            }
             ClientEvent::Ended(r) => {
                 println!("ended: {r:?}, paid {} USDC", session.paid().to_display(6))
             }

@@ -15,11 +15,15 @@ pub use x402_payer::{
 };
 pub use x402_session::{self as session, ClientEvent, EndReason, ReconnectPolicy};
 pub use x402_transport::{
-    self as transport, HttpTransport, Progress, ReqwestTransport, TungsteniteConnector, WsConnector,
+    self as transport, FailedRequest, HttpTransport, Progress, ReqwestTransport, TransportError,
+    TransportErrorKind, TungsteniteConnector, WsConnector,
 };
 pub use x402_types::{self as types, Amount, Event, Hello, PathVersion, Requirement, Schema};
 
 use x402_transport::{Driver, Method};
+
+mod ticket;
+pub use ticket::{SessionTicket, TICKET_FORMAT};
 
 /// Everything that can go wrong, classified.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +51,25 @@ pub enum Error {
     /// The network failed.
     #[error("transport failure: {0}")]
     Transport(String),
+    /// The server could not be reached at the start, before anything was paid
+    /// (refused, name not resolved, TLS, timeout: see the source's
+    /// `is_refused()`, `is_dns()`, `is_tls()`, `is_timeout()`). Nothing was
+    /// retried: nothing was paid, so there was nothing to protect.
+    #[error("cannot reach {url}: {source}")]
+    Unreachable {
+        /// The URL asked for, without its query (a session token).
+        url: String,
+        /// What failed.
+        #[source]
+        source: TransportError,
+    },
+    /// The server refused the session's token (401: not valid there; 410: its
+    /// quote expired unpaid, or a saved session is no longer known).
+    #[error("the server refused the session's token ({code})")]
+    TokenRejected {
+        /// HTTP status or close code.
+        code: u16,
+    },
     /// A bad configuration or argument.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -72,10 +95,25 @@ impl Error {
         matches!(self, Error::PaymentRefused { .. })
     }
 
+    /// The server could not be reached at the start ([`Error::Unreachable`]);
+    /// [`transport_error`](Self::transport_error) says why.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Error::Unreachable { .. })
+    }
+
+    /// The classified transport failure behind this error, if there is one
+    /// (`is_refused()`, `is_dns()`, `is_tls()`, `is_timeout()`, `is_connect()`).
+    pub fn transport_error(&self) -> Option<&TransportError> {
+        match self {
+            Error::Unreachable { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
     /// Trying again later may succeed (network trouble, server busy).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Transport(_) => true,
+            Error::Transport(_) | Error::Unreachable { .. } => true,
             Error::PaymentRefused { status, code, .. } => {
                 code.is_retryable() || x402_types::is_retryable_status(*status)
             }
@@ -109,9 +147,7 @@ impl Error {
             EndReason::Superseded => {
                 Error::Protocol("superseded by another connection (4409)".into())
             }
-            EndReason::TokenRejected { code } => {
-                Error::Protocol(format!("token rejected ({code})"))
-            }
+            EndReason::TokenRejected { code } => Error::TokenRejected { code: *code },
             EndReason::ConnectionLost { attempts } => {
                 Error::Transport(format!("connection lost after {attempts} attempts"))
             }
@@ -290,7 +326,7 @@ impl Client {
             .http
             .request(Method::Get, &url, &[])
             .await
-            .map_err(|e| Error::Transport(e.to_string()))?;
+            .map_err(|e| unreachable(&url, e))?;
         if resp.status != 200 {
             return Err(Error::Protocol(format!(
                 "the catalog request answered {}",
@@ -309,7 +345,7 @@ impl Client {
             .http
             .request(Method::Get, url.as_str(), &[])
             .await
-            .map_err(|e| Error::Transport(e.to_string()))?;
+            .map_err(|e| unreachable(url.as_str(), e))?;
         if resp.status == 404 {
             let body = x402_types::ErrorBody::from_json(&resp.body)
                 .map(|b| b.message)
@@ -364,7 +400,57 @@ impl Client {
 
     /// Opens a stream: pays for the first slice and waits for `hello`.
     /// Refusals before streaming are errors; later ends arrive as `Ended` events.
+    ///
+    /// A server that cannot be reached at the start (the schema request, or
+    /// the first connection failing before anything was sent) is
+    /// [`Error::Unreachable`] at once, naming the URL and the cause; nothing
+    /// was paid. Once a slice is paid, connection failures are retried by the
+    /// reconnect policy.
     pub async fn open(&self, id: &str) -> Result<StreamSession> {
+        let b = &self.inner.b;
+        let cfg = x402_session::ClientConfig::new(&b.http_base, b.version, id);
+        self.start(cfg, None).await
+    }
+
+    /// Takes up a saved session ([`StreamSession::ticket`], possibly saved by
+    /// another process) on the ticket's server, version and stream, with this
+    /// client's payer, policy and transports: it reads the schema (the terms,
+    /// for renewals), reconnects with the session's token from the ticket's
+    /// next event **without paying while the session has paid time**, and
+    /// then renews as usual within the spending policy. If the paid time is
+    /// over, the server says so and the next slice is bought on the same
+    /// session, within the policy (a policy or [`ClientBuilder::max_slices`]
+    /// that allows no more ends the session instead). `max_slices` counts the
+    /// slices bought after the ticket's.
+    ///
+    /// Errors as [`open`](Self::open), plus [`Error::TokenRejected`] when the
+    /// server no longer knows the session and [`Error::Config`] when the
+    /// ticket's stream URL does not belong to its server, version and stream.
+    ///
+    /// ```no_run
+    /// # async fn run(client: atomicstream::Client, saved: &str) -> atomicstream::Result<()> {
+    /// use futures::StreamExt;
+    /// let ticket = atomicstream::SessionTicket::from_json(saved)?;
+    /// let mut session = client.resume(&ticket).await?; // no payment while paid time remains
+    /// while let Some(ev) = session.next().await {
+    ///     if let atomicstream::ClientEvent::Data(e) = ev {
+    ///         println!("{} {}", e.seq, e.data);
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn resume(&self, ticket: &SessionTicket) -> Result<StreamSession> {
+        let cfg =
+            x402_session::ClientConfig::new(&ticket.base_url, ticket.version, &ticket.stream_id);
+        let point = ticket.resume_point()?;
+        self.start(cfg, Some(point)).await
+    }
+
+    async fn start(
+        &self,
+        mut cfg: x402_session::ClientConfig,
+        resume: Option<x402_session::ResumePoint>,
+    ) -> Result<StreamSession> {
         let b = &self.inner.b;
         let payer = b
             .payer
@@ -374,14 +460,16 @@ impl Client {
             .policy
             .clone()
             .ok_or_else(|| Error::Config("no spending policy configured".into()))?;
-        let mut cfg = x402_session::ClientConfig::new(&b.http_base, b.version, id);
+        let already = resume.as_ref().map_or(0, |p| p.slices);
         cfg.renew_margin = b.renew_margin;
         cfg.reconnect = b.reconnect.clone();
-        cfg.max_slices = b.max_slices;
+        cfg.max_slices = b.max_slices.map(|n| n.saturating_add(already));
+        let (base_url, version, stream_id) =
+            (cfg.http_base.clone(), cfg.version, cfg.stream_id.clone());
         let budget = b
             .session_budget
             .map(|a| Arc::new(Budget::new(BudgetScope::Session, a)));
-        let (driver, handle) = Driver::new(
+        let (mut driver, handle) = Driver::new(
             cfg,
             self.inner.http.clone(),
             self.inner.ws.clone(),
@@ -390,12 +478,20 @@ impl Client {
             budget,
         )
         .map_err(|e| Error::Config(e.to_string()))?;
+        if let Some(point) = &resume {
+            driver = driver
+                .resume_from(point)
+                .map_err(|e| Error::Config(e.to_string()))?;
+        }
         let task = tokio::spawn(driver.run());
         let mut s = StreamSession {
             events: handle.events,
             stop: Some(handle.stop),
             progress: handle.progress,
             pending: None,
+            base_url,
+            version,
+            stream_id,
             _task: AbortOnDrop(task),
         };
         // Wait for hello (or an early end).
@@ -406,7 +502,7 @@ impl Client {
                     return Ok(s);
                 }
                 Some(ClientEvent::Ended(r)) => {
-                    return Err(Error::from_end(&r).unwrap_or_else(|| {
+                    return Err(s.end_error(&r).unwrap_or_else(|| {
                         Error::Protocol(format!("ended before streaming: {r:?}"))
                     }));
                 }
@@ -414,6 +510,15 @@ impl Client {
                 None => return Err(Error::Protocol("driver stopped".into())),
             }
         }
+    }
+}
+
+/// A transport failure of a request made before anything was paid.
+fn unreachable(url: &str, e: TransportError) -> Error {
+    let f = FailedRequest::new(url, e);
+    Error::Unreachable {
+        url: f.url,
+        source: f.error,
     }
 }
 
@@ -438,6 +543,9 @@ pub struct StreamSession {
     stop: Option<mpsc::Sender<()>>,
     progress: Arc<Mutex<Progress>>,
     pending: Option<ClientEvent>,
+    base_url: String,
+    version: PathVersion,
+    stream_id: String,
     _task: AbortOnDrop,
 }
 
@@ -465,6 +573,38 @@ impl StreamSession {
     /// Paid time left.
     pub fn remaining(&self) -> Duration {
         self.progress().remaining()
+    }
+
+    /// The session saved for later ([`Client::resume`]), once a slice is
+    /// paid: its server, stream, token, slices, paid time and the next event
+    /// the session expects. Save it whenever it changes and when stopping
+    /// (`Ctrl-C`, a time limit, the budget) to use the paid time left later;
+    /// an application that stops with events received but not used saves
+    /// [`SessionTicket::with_next_seq`] the first one it did not use.
+    pub fn ticket(&self) -> Option<SessionTicket> {
+        let p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        let point = p.resume.as_ref()?;
+        SessionTicket::new(&self.base_url, self.version, &self.stream_id, point)
+    }
+
+    /// The error an end amounts to ([`Error::from_end`]), with what this
+    /// session knows besides: the server that could not be reached at the
+    /// start ([`Error::Unreachable`]), the last failure behind a lost connection.
+    /// `None` for normal ends.
+    pub fn end_error(&self, reason: &EndReason) -> Option<Error> {
+        let p = self.progress();
+        if let Some(f) = p.unreachable {
+            return Some(Error::Unreachable {
+                url: f.url,
+                source: f.error,
+            });
+        }
+        match (reason, p.last_failure) {
+            (EndReason::ConnectionLost { attempts }, Some(f)) => Some(Error::Transport(format!(
+                "connection lost after {attempts} attempts (last: {f})"
+            ))),
+            _ => Error::from_end(reason),
+        }
     }
 }
 

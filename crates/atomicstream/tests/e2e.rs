@@ -18,6 +18,7 @@ const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f
 struct Env {
     base: String,
     ledger: Arc<EmbeddedFacilitator>,
+    state: Arc<x402_server::AppState>,
 }
 
 async fn server(slice: u64) -> Env {
@@ -46,8 +47,13 @@ async fn server(slice: u64) -> Env {
         .await
         .unwrap();
     let base = s.http_base().to_string();
+    let state = s.state().clone();
     s.spawn();
-    Env { base, ledger }
+    Env {
+        base,
+        ledger,
+        state,
+    }
 }
 
 fn client(base: &str, v: PathVersion, cap: &str, budget: &str) -> atomicstream::ClientBuilder {
@@ -146,6 +152,34 @@ async fn v1_streams_renews_and_resumes() {
 #[tokio::test]
 async fn v2_streams_renews_and_resumes() {
     streams_renews_and_resumes(PathVersion::V2).await;
+}
+
+/// The source fails mid-slice: the session reports it (typed) and goes on.
+#[tokio::test]
+async fn a_failed_source_is_reported_to_the_buyer() {
+    let env = server(30).await;
+    let client = client(&env.base, PathVersion::V2, "0.05", "0.05")
+        .build()
+        .unwrap();
+    let mut s = client.open("s").await.unwrap();
+    while !matches!(s.next().await, Some(ClientEvent::Data(_))) {}
+    env.state.streams["s"].hub.source_down("the feed is gone");
+    let said = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.next().await {
+                Some(ClientEvent::SourceUnavailable { message }) => break message,
+                Some(ClientEvent::Ended(r)) => {
+                    panic!("ended: {r:?}")
+                }
+                Some(_) => {}
+                None => panic!("session ended"),
+            }
+        }
+    })
+    .await
+    .expect("the buyer is told");
+    assert!(said.contains("the feed is gone"), "{said}");
+    s.stop();
 }
 
 #[tokio::test]

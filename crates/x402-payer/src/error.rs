@@ -127,6 +127,75 @@ pub enum PolicyError {
     Overflow,
 }
 
+impl PolicyError {
+    /// The refusal in the asset's own units when the asset is known
+    /// (`0.05 USDC`), else in atomic units: what a person reads.
+    ///
+    /// ```
+    /// use x402_payer::PolicyError;
+    /// use x402_types::{Amount, Requirement};
+    /// let req = Requirement {
+    ///     scheme: "exact".into(),
+    ///     network: "eip155:84532".parse().unwrap(),
+    ///     amount: Amount::from_u64(50_000),
+    ///     asset: "0x036CbD53842c5426634e7929541eC2318f3dCF7e".into(),
+    ///     pay_to: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C".into(),
+    ///     max_timeout_seconds: 60,
+    ///     extra: None,
+    /// };
+    /// let e = PolicyError::PerPaymentCap {
+    ///     limit: Amount::from_u64(10_000),
+    ///     requested: Amount::from_u64(50_000),
+    ///     excess: Amount::from_u64(40_000),
+    /// };
+    /// assert_eq!(
+    ///     e.describe(&req),
+    ///     "one payment of 0.05 USDC is above the per-payment cap of 0.01 USDC"
+    /// );
+    /// ```
+    pub fn describe(&self, req: &x402_types::Requirement) -> String {
+        let known = req
+            .asset
+            .parse::<x402_types::Address>()
+            .ok()
+            .and_then(|a| x402_types::known_asset(&req.network, &a));
+        let money = |a: &Amount| match &known {
+            Some(k) => format!("{} {}", a.to_display(k.decimals), k.symbol),
+            None => format!("{a} atomic units"),
+        };
+        match self {
+            PolicyError::PerPaymentCap {
+                limit, requested, ..
+            } => format!(
+                "one payment of {} is above the per-payment cap of {}",
+                money(requested),
+                money(limit)
+            ),
+            PolicyError::BudgetExceeded {
+                scope,
+                limit,
+                committed,
+                reserved,
+                requested,
+                ..
+            } => {
+                let scope = match scope {
+                    BudgetScope::Session => "session budget",
+                    BudgetScope::Lifetime => "budget",
+                };
+                let used = committed.checked_add(*reserved).unwrap_or(*committed);
+                format!(
+                    "one more payment of {} would go past the {scope} of {} ({} already signed)",
+                    money(requested),
+                    money(limit),
+                    money(&used)
+                )
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Why a signature is unusable.
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -22,6 +22,7 @@ use serde_json::value::RawValue;
 
 use crate::config::SourceConfig;
 use crate::hub::{Hub, Sink};
+use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::store::RedisStore;
 
@@ -34,10 +35,10 @@ const BEAT: Duration = Duration::from_secs(1);
 const READ_BLOCK: Duration = Duration::from_secs(1);
 
 /// Keeps this instance marked alive.
-pub(crate) async fn heartbeat(store: RedisStore) {
+pub(crate) async fn heartbeat(store: RedisStore, metrics: Arc<Metrics>) {
     loop {
         if let Err(e) = store.heartbeat(LEASE).await {
-            tracing::warn!(error = %e, "heartbeat not recorded");
+            metrics.store_failed("heartbeat", &e);
         }
         tokio::time::sleep(BEAT).await;
     }
@@ -59,7 +60,9 @@ pub(crate) async fn notices(state: Arc<AppState>, store: RedisStore) {
                 }
                 tracing::warn!("change notices interrupted; subscribing again");
             }
-            Err(e) => tracing::warn!(error = %e, "cannot subscribe to change notices"),
+            Err(e) => state
+                .metrics
+                .store_failed("subscribe to change notices", &e),
         }
         tokio::time::sleep(BEAT).await;
     }
@@ -87,12 +90,22 @@ fn push_entry(hub: &Hub, mut e: redis::streams::StreamId) -> String {
     e.id
 }
 
+/// Why a stream is down while its shared log cannot be read.
+const LOG_UNREADABLE: &str = "the shared event log cannot be read";
+
 /// Reads a stream's events from the store into this instance's hub.
-pub(crate) async fn read_events(store: RedisStore, hub: Arc<Hub>, stream: String, cap: usize) {
+pub(crate) async fn read_events(
+    store: RedisStore,
+    hub: Arc<Hub>,
+    stream: String,
+    cap: usize,
+    metrics: Arc<Metrics>,
+) {
     let key = store.events_key(&stream);
     loop {
         if let Err(e) = read_events_once(&store, &hub, &key, cap).await {
-            tracing::warn!(stream, error = %e, "event reader interrupted; reconnecting");
+            metrics.store_failed("read events", &e);
+            hub.source_down(format!("{LOG_UNREADABLE}: {e}"));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -107,6 +120,7 @@ async fn read_events_once(
     let mut conn = store.dedicated(READ_BLOCK).await?;
     // What the stream holds newer than this hub: the replay buffer.
     let recent: StreamRangeReply = conn.xrevrange_count(key, "+", "-", cap).await?;
+    hub.source_recovered(LOG_UNREADABLE);
     let mut last = "0-0".to_string();
     for e in recent.ids.into_iter().rev() {
         last = push_entry(hub, e);
@@ -124,7 +138,14 @@ async fn read_events_once(
 }
 
 /// Runs a stream's source while this instance holds its lease.
-pub(crate) async fn lead(store: RedisStore, stream: String, source: SourceConfig, cap: usize) {
+pub(crate) async fn lead(
+    store: RedisStore,
+    hub: std::sync::Weak<Hub>,
+    stream: String,
+    source: SourceConfig,
+    cap: usize,
+    metrics: Arc<Metrics>,
+) {
     if matches!(source, SourceConfig::Api) {
         return;
     }
@@ -136,19 +157,25 @@ pub(crate) async fn lead(store: RedisStore, stream: String, source: SourceConfig
                 let keeper =
                     tokio::spawn(keep_lease(store.clone(), stream.clone(), leading.clone()));
                 let sink = StoreSink {
+                    metrics: metrics.clone(),
                     store: store.clone(),
                     stream: stream.clone(),
                     next: None,
                     cap,
                     leading: leading.clone(),
                 };
-                crate::run_source(sink, source.clone()).await;
+                let end = crate::run_source(sink, source.clone()).await;
                 leading.store(false, Ordering::Relaxed);
+                // This instance's buyers learn of it; the others see the
+                // shared log go quiet (the source is retried each beat).
+                if let (crate::hub::SourceEnd::Failed(reason), Some(hub)) = (end, hub.upgrade()) {
+                    hub.source_down(reason);
+                }
                 keeper.abort();
                 tracing::info!(stream, "no longer running the stream's source");
             }
             Ok(false) => {}
-            Err(e) => tracing::warn!(stream, error = %e, "source lease unavailable"),
+            Err(e) => metrics.store_failed("take the source lease", &e),
         }
         tokio::time::sleep(BEAT).await;
     }
@@ -166,6 +193,7 @@ async fn keep_lease(store: RedisStore, stream: String, leading: Arc<AtomicBool>)
 
 /// Appends a leading source's events to the stream in the store.
 struct StoreSink {
+    metrics: Arc<Metrics>,
     store: RedisStore,
     stream: String,
     /// The next sequence number, once known: an append that finds another
@@ -195,7 +223,8 @@ impl Sink for StoreSink {
                 false
             }
             Err(e) => {
-                tracing::warn!(stream = %self.stream, error = %e, "event not appended; giving up the source");
+                self.metrics.store_failed("append an event", &e);
+                tracing::warn!(stream = %self.stream, "event not appended; giving up the source");
                 false
             }
         }

@@ -37,8 +37,9 @@ impl AppState {
 
     /// A store failure as the client's 503, counted for `/metrics`.
     pub(crate) fn store_down(&self, e: StoreError) -> ApiError {
-        self.metrics.store_errors.inc();
-        crate::payments::store_down(e)
+        self.metrics
+            .store_failed("serve a payment or connection", &e);
+        crate::payments::store_down()
     }
 
     /// Takes a session's state from the store (a renewal or a connection
@@ -50,10 +51,7 @@ impl AppState {
                 self.with_core(|ep, now| ep.import_session(now, session, None, v.state));
             }
             Ok(_) => {}
-            Err(e) => {
-                self.metrics.store_errors.inc();
-                tracing::warn!(error = %e, "cannot refresh a session from the store");
-            }
+            Err(e) => self.metrics.store_failed("refresh a session", &e),
         }
     }
 
@@ -83,7 +81,7 @@ impl AppState {
         head: StreamHead,
     ) -> Result<Connected, Refusal> {
         let unavailable = |e: StoreError| {
-            self.metrics.store_errors.inc();
+            self.metrics.store_failed("connect a socket", &e);
             Refusal::new(ErrorCode::StoreUnavailable, e.to_string())
         };
         // Paid time first: a refused upgrade must not supersede a socket elsewhere.
@@ -102,7 +100,8 @@ impl AppState {
             ep.connect(now, quote, conn, from, head)
         });
         if let Err(e) = self.store().notify(&quote.id).await {
-            tracing::warn!(error = %e, "connection not announced to other instances");
+            self.metrics
+                .store_failed("announce a connection to other instances", &e);
         }
         r
     }
@@ -271,8 +270,7 @@ impl AppState {
         let orphans = match self.store().orphans().await {
             Ok(o) => o,
             Err(e) => {
-                self.metrics.store_errors.inc();
-                tracing::warn!(error = %e, "orphan sweep: store unavailable");
+                self.metrics.store_failed("orphan sweep", &e);
                 return;
             }
         };
@@ -425,7 +423,8 @@ impl AppState {
                 Ok(Commit::Done) => {
                     self.with_core(|ep, now| ep.apply_settled(now, id, plan));
                     if credited && let Err(e) = store.notify(session).await {
-                        tracing::warn!(error = %e, "renewal not announced to other instances");
+                        self.metrics
+                            .store_failed("announce a renewal to other instances", &e);
                     }
                     return;
                 }
@@ -487,8 +486,8 @@ impl AppState {
 
     /// A settlement outcome waits for an unreachable store: count, log, back off.
     async fn wait_for_store(&self, e: StoreError, backoff: &mut Duration) {
-        self.metrics.store_errors.inc();
-        tracing::warn!(error = %e, "settlement outcome waits for the store");
+        self.metrics
+            .store_failed("record a settlement outcome (retrying)", &e);
         tokio::time::sleep(*backoff).await;
         *backoff = (*backoff * 2).min(Duration::from_secs(2));
     }

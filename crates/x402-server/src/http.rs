@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use x402_types::{Catalog, CatalogEntry, ErrorCode, PathVersion, Pricing, Schema, StreamInfo};
 
+use crate::edge::{client_ip, cors};
 use crate::error::{ApiError, bad_request, not_found};
 use crate::payments::payment_header;
 use crate::socket::Connection;
@@ -36,7 +37,22 @@ fn with_header(mut resp: Response, name: &'static str, value: Option<String>) ->
     resp
 }
 
-async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+async fn metrics(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(key) = &s.cfg.http.metrics_key {
+        let given = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !crate::token::constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [("www-authenticate", "Bearer realm=\"metrics\"")],
+                "metrics need Authorization: Bearer <metrics_key>\n",
+            )
+                .into_response();
+        }
+    }
     let st = s.endpoint_stats();
     let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
     s.metrics.sessions.set(gauge(st.sessions));
@@ -61,6 +77,52 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
         "facilitator": s.facilitator.describe(),
     }))
     .into_response()
+}
+
+/// Readiness: 503 while the store, the facilitator or a stream's source is
+/// unavailable (a load balancer stops sending buyers here). `/healthz` is
+/// liveness only: the process answers.
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    let limit = std::time::Duration::from_secs(s.cfg.limits.facilitator_timeout_secs.clamp(1, 5));
+    let (store, facilitator) = tokio::join!(
+        tokio::time::timeout(limit, s.store.ping()),
+        tokio::time::timeout(limit, s.facilitator.supported()),
+    );
+    let mut problems = Vec::new();
+    match store {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            s.metrics.store_failed("readiness ping", &e);
+            problems.push(format!("store: {e}"));
+        }
+        Err(_) => {
+            s.metrics
+                .store_failed("readiness ping", &"no answer in time");
+            problems.push(format!("store: no answer within {limit:?}"));
+        }
+    }
+    match facilitator {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => problems.push(format!("facilitator: {e}")),
+        Err(_) => problems.push(format!("facilitator: no answer within {limit:?}")),
+    }
+    let mut ids: Vec<&String> = s.streams.keys().collect();
+    ids.sort();
+    for id in ids {
+        if let crate::hub::SourceState::Down(reason) = s.streams[id].hub.source_state() {
+            problems.push(format!("stream {id}: {reason}"));
+        }
+    }
+    let (status, word) = if problems.is_empty() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({"status": word, "problems": problems})),
+    )
+        .into_response()
 }
 
 async fn streams(State(s): State<Arc<AppState>>) -> Response {
@@ -91,7 +153,10 @@ async fn schema(
     let Ok(Path((ver, id))) = path else {
         return not_found("stream").into_response();
     };
-    let (v, sold) = match s.entry(&ver, &id, &headers) {
+    let (v, sold) = match s.entry(&ver, &id, &headers).and_then(|(v, e)| {
+        e.on_sale()?;
+        Ok((v, e))
+    }) {
         Ok(x) => x,
         Err(err) => return err.into_response(),
     };
@@ -130,7 +195,19 @@ async fn schema(
         .parse::<f64>()
         .unwrap_or(0.0)
         / 60.0;
-    let error = format!("{} header is required", v.payment_header());
+    // The schema URL only quotes. A client that paid it (the official SDKs'
+    // first try) is told where payments go.
+    let error = if headers.contains_key(v.payment_header()) {
+        format!(
+            "this URL only quotes: send the {} header to POST {}/{}/renew/{}?t=<the token of websocketEndpoint>",
+            v.payment_header(),
+            e.http,
+            v.segment(),
+            e.cfg.id
+        )
+    } else {
+        format!("{} header is required", v.payment_header())
+    };
     let doc = Schema {
         protocol: "ws402".into(),
         version: v,
@@ -197,6 +274,7 @@ async fn renew(
         let q = query(q)?;
         let (v, sold) = s.entry(&ver, &id, &headers)?;
         let e = &sold;
+        e.on_sale()?;
         let quote = s.quote(v, e, q.t.as_deref())?;
         let header = payment_header(v, &headers)?.ok_or_else(|| {
             s.payment_error(
@@ -206,7 +284,7 @@ async fn renew(
                 format!("{} header is required", v.payment_header()),
             )
         })?;
-        s.admit_payment(addr.ip())?;
+        s.admit_payment(client_ip(&s.cfg.http, addr, &headers))?;
         let credit = s.pay(v, e, &quote, header).await?;
         Ok::<_, ApiError>((v, credit))
     }
@@ -280,10 +358,12 @@ async fn stream(
         };
         let ws = ws.map_err(|r| bad_request(format!("not a WebSocket upgrade: {r}")))?;
         let header = payment_header(v, &headers)?;
-        let guard = ip_guard(&s, addr.ip())?;
+        let ip = client_ip(&s.cfg.http, addr, &headers);
+        let guard = ip_guard(&s, ip)?;
         let settlement = match header {
             Some(h) => {
-                s.admit_payment(addr.ip())?;
+                e.on_sale()?;
+                s.admit_payment(ip)?;
                 s.pay(v, e, &quote, h).await?.settlement
             }
             None => None,
@@ -321,15 +401,55 @@ async fn stream(
     with_header(resp, v.payment_response_header(), settlement)
 }
 
-/// The router of the stream server.
+/// The browser page: the catalog, and a stream's live events for a token
+/// that has paid time. One static file; it reads `/streams` and opens the
+/// tokenized WebSocket itself.
+const PAGE: &str = include_str!("../assets/index.html");
+
+async fn page() -> Response {
+    (
+        [
+            ("content-type", "text/html; charset=utf-8"),
+            ("cache-control", "no-cache"),
+            // The page loads nothing from elsewhere; it talks to this origin only.
+            (
+                "content-security-policy",
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:",
+            ),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+/// The router of the stream server. `/metrics` is here unless
+/// `[http] metrics_listen` gives it its own listener ([`metrics_router`]).
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut r = Router::new()
+        .route("/", get(page))
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz))
         .route("/streams", get(streams))
         .route("/{ver}/schema/{id}", get(schema))
         .route("/{ver}/stream/{id}", get(stream))
-        .route("/{ver}/renew/{id}", post(renew))
+        .route("/{ver}/renew/{id}", post(renew));
+    if state.cfg.http.metrics_listen.is_none() {
+        r = r.route("/metrics", get(metrics));
+    }
+    let mut r = r
+        .fallback(|| async { not_found("route").into_response() })
+        .with_state(state.clone());
+    if let Some(layer) = cors(&state.cfg.http) {
+        r = r.layer(layer);
+    }
+    r
+}
+
+/// `/metrics` (and `/healthz`) alone, for `[http] metrics_listen`.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
         .fallback(|| async { not_found("route").into_response() })
         .with_state(state)
 }

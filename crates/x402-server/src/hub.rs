@@ -25,10 +25,20 @@ struct Buffer {
     cap: usize,
 }
 
-/// A stream's events: the replay buffer and the live channel.
+/// Whether a stream's source delivers events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceState {
+    /// Running (or not known to have failed: an embedding program's publisher).
+    Live,
+    /// Failed or finished; the stream is not sold until it publishes again.
+    Down(String),
+}
+
+/// A stream's events: the replay buffer, the live channel and the source's state.
 pub struct Hub {
     buf: Mutex<Buffer>,
     live: broadcast::Sender<Frame>,
+    source: tokio::sync::watch::Sender<SourceState>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -61,7 +71,55 @@ impl Hub {
                 cap: cap.max(1),
             }),
             live,
+            source: tokio::sync::watch::channel(SourceState::Live).0,
         })
+    }
+
+    /// The source's state.
+    pub fn source_state(&self) -> SourceState {
+        self.source.borrow().clone()
+    }
+
+    /// Watches the source's state (sockets tell their buyer when it fails).
+    pub fn watch_source(&self) -> tokio::sync::watch::Receiver<SourceState> {
+        self.source.subscribe()
+    }
+
+    /// Marks the source failed: new sales are refused (503
+    /// `source_unavailable`) and open sockets are told, until it publishes again.
+    pub fn source_down(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.source.send_if_modified(|s| {
+            let changed = *s != SourceState::Down(reason.clone());
+            if changed {
+                tracing::error!(reason, "stream source down: not selling it");
+                *s = SourceState::Down(reason.clone());
+            }
+            changed
+        });
+    }
+
+    /// Clears a failure whose reason starts with `prefix` (the failed part
+    /// works again, though no event has been published yet).
+    pub(crate) fn source_recovered(&self, prefix: &str) {
+        self.source.send_if_modified(|s| match s {
+            SourceState::Down(r) if r.starts_with(prefix) => {
+                *s = SourceState::Live;
+                true
+            }
+            _ => false,
+        });
+    }
+
+    fn source_live(&self) {
+        // Cheap on the hot path: a read, and a write only on a change.
+        if *self.source.borrow() != SourceState::Live {
+            self.source.send_if_modified(|s| {
+                let changed = *s != SourceState::Live;
+                *s = SourceState::Live;
+                changed
+            });
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Buffer> {
@@ -102,6 +160,7 @@ impl Hub {
     }
 
     fn append(&self, mut b: std::sync::MutexGuard<'_, Buffer>, frame: Frame) {
+        self.source_live();
         if b.frames.len() >= b.cap {
             b.frames.pop_front();
         }
@@ -268,8 +327,22 @@ fn interval(rate: f64) -> Duration {
     Duration::from_secs_f64(1.0 / rate.clamp(0.001, 100_000.0))
 }
 
+/// How a source stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SourceEnd {
+    /// Its sink refused (the hub is gone, or another instance leads).
+    SinkClosed,
+    /// It failed or ran out of events: the stream is not sold any more.
+    Failed(String),
+}
+
 /// Runs a synthetic source until its sink refuses.
-pub(crate) async fn run_synthetic(mut sink: impl Sink, symbol: String, rate: f64, pad: usize) {
+pub(crate) async fn run_synthetic(
+    mut sink: impl Sink,
+    symbol: String,
+    rate: f64,
+    pad: usize,
+) -> SourceEnd {
     let mut source = Synthetic::new(&symbol, 402, pad);
     let mut tick = tokio::time::interval(interval(rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -279,7 +352,7 @@ pub(crate) async fn run_synthetic(mut sink: impl Sink, symbol: String, rate: f64
             continue;
         };
         if !sink.publish(raw).await {
-            return;
+            return SourceEnd::SinkClosed;
         }
     }
 }
@@ -290,12 +363,14 @@ pub(crate) async fn run_replay(
     path: std::path::PathBuf,
     rate: f64,
     looping: bool,
-) {
+) -> SourceEnd {
     let text = match tokio::fs::read_to_string(&path).await {
         Ok(t) => t,
         Err(e) => {
-            tracing::error!(file = %path.display(), error = %e, "replay source cannot read its file");
-            return;
+            return SourceEnd::Failed(format!(
+                "the replay file {} cannot be read: {e}",
+                path.display()
+            ));
         }
     };
     let events: Vec<Box<serde_json::value::RawValue>> = text
@@ -311,8 +386,7 @@ pub(crate) async fn run_replay(
         })
         .collect();
     if events.is_empty() {
-        tracing::warn!(file = %path.display(), "replay file has no events");
-        return;
+        return SourceEnd::Failed(format!("the replay file {} has no events", path.display()));
     }
     let mut tick = tokio::time::interval(interval(rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -320,11 +394,14 @@ pub(crate) async fn run_replay(
         for e in &events {
             tick.tick().await;
             if !sink.publish(e.clone()).await {
-                return;
+                return SourceEnd::SinkClosed;
             }
         }
         if !looping {
-            return;
+            return SourceEnd::Failed(format!(
+                "the replay of {} has ended (looping = false)",
+                path.display()
+            ));
         }
     }
 }

@@ -5,6 +5,7 @@
 mod cluster;
 pub mod config;
 mod coordinator;
+mod edge;
 mod error;
 #[cfg(feature = "evm")]
 pub mod evm;
@@ -30,16 +31,16 @@ use tokio::task::JoinHandle;
 /// The shared, reference-counted text of a frame ([`Frame::text`], [`Hub::push`]).
 pub use axum::extract::ws::Utf8Bytes;
 pub use config::{
-    Config, DEV_PAY_TO, EXAMPLE as CONFIG_EXAMPLE, FacilitatorApiConfig, FacilitatorConfig, Limits,
-    SourceConfig, StoreConfig, StreamConfig,
+    Config, DEV_PAY_TO, EXAMPLE as CONFIG_EXAMPLE, FacilitatorApiConfig, FacilitatorConfig,
+    HttpConfig, Limits, SourceConfig, StoreConfig, StreamConfig,
 };
 pub use error::{ApiError, ConfigError, Error, Result};
 pub use facilitator::{
     EmbeddedFacilitator, Facilitator, FacilitatorApi, FacilitatorError, HttpFacilitator,
     LedgerEntry, ServeError, facilitator_router, serve_facilitator, serve_facilitator_guarded,
 };
-pub use http::router;
-pub use hub::{Frame, Hub, Publisher, Synthetic};
+pub use http::{metrics_router, router};
+pub use hub::{Frame, Hub, Publisher, SourceState, Synthetic};
 pub use state::{AppState, MIN_SECRET_LEN, RemoteAddr, StreamEntry, token_key};
 pub use store::{MemoryStore, PaymentStore, RedisStore, StoreError};
 
@@ -78,6 +79,10 @@ impl ServerBuilder {
         self.cfg.validate()?;
         let listener = TcpListener::bind(self.cfg.listen).await?;
         let addr = listener.local_addr()?;
+        let metrics_listener = match self.cfg.http.metrics_listen {
+            Some(a) => Some(TcpListener::bind(a).await?),
+            None => None,
+        };
         let http_base = self
             .cfg
             .public_http
@@ -140,32 +145,44 @@ impl ServerBuilder {
             (None, Some(r)) => Arc::new(r.clone()),
             (None, None) => Arc::new(MemoryStore::new("local")),
         };
+        let metrics = Arc::new(metrics::Metrics::default());
         let mut streams = HashMap::new();
         let mut tasks = Vec::new();
         let cap = self.cfg.limits.replay_buffer;
         for sc in &self.cfg.streams {
             let terms = sc.resolve()?;
+            metrics.register_stream(&sc.id, &terms.asset.to_string(), &terms.network.caip2());
             let hub = Hub::new(cap, self.cfg.limits.send_queue);
             match &redis {
                 // One instance: the source publishes into the hub.
-                None => tasks.push(tokio::spawn(run_source(
-                    hub::HubSink(Arc::downgrade(&hub)),
-                    sc.source.clone(),
-                ))),
+                None => {
+                    let (weak, source) = (Arc::downgrade(&hub), sc.source.clone());
+                    tasks.push(tokio::spawn(async move {
+                        if let hub::SourceEnd::Failed(reason) =
+                            run_source(hub::HubSink(weak.clone()), source).await
+                            && let Some(hub) = weak.upgrade()
+                        {
+                            hub.source_down(reason);
+                        }
+                    }));
+                }
                 // Several: the instance holding the lease publishes into the
                 // store, every instance reads from it.
                 Some(st) => {
                     tasks.push(tokio::spawn(cluster::lead(
                         st.clone(),
+                        Arc::downgrade(&hub),
                         sc.id.clone(),
                         sc.source.clone(),
                         cap,
+                        metrics.clone(),
                     )));
                     tasks.push(tokio::spawn(cluster::read_events(
                         st.clone(),
                         hub.clone(),
                         sc.id.clone(),
                         cap,
+                        metrics.clone(),
                     )));
                 }
             }
@@ -188,9 +205,10 @@ impl ServerBuilder {
             tokens,
             facilitator.clone(),
             store,
+            metrics.clone(),
         ));
         if let Some(st) = redis {
-            tasks.push(tokio::spawn(cluster::heartbeat(st.clone())));
+            tasks.push(tokio::spawn(cluster::heartbeat(st.clone(), metrics)));
             tasks.push(tokio::spawn(cluster::notices(state.clone(), st)));
         }
         tasks.push(tokio::spawn(coordinator::sweep_orphans(state.clone())));
@@ -206,6 +224,14 @@ impl ServerBuilder {
             }
             let routes = guard.router(facilitator, addr)?;
             router = router.nest("/facilitator", routes);
+        }
+        if let Some(l) = metrics_listener {
+            let app = http::metrics_router(state.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).await {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            }));
         }
         Ok(Server {
             state,
@@ -363,8 +389,25 @@ async fn serve(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let svc = router.clone().layer(axum::Extension(RemoteAddr(peer)));
+            let router = router.clone();
+            let proxied =
+                state.cfg.http.proxy_protocol && state.cfg.http.is_trusted_proxy(peer.ip());
             tokio::spawn(async move {
+                let mut tcp = tcp;
+                // From a trusted proxy speaking the PROXY protocol, the client
+                // is the one its header names; the header is required.
+                let peer = if proxied {
+                    match edge::read_proxy_header(&mut tcp, header_timeout).await {
+                        Ok(client) => client.unwrap_or(peer),
+                        Err(e) => {
+                            tracing::warn!(proxy = %peer, error = %e, "connection dropped");
+                            return;
+                        }
+                    }
+                } else {
+                    peer
+                };
+                let svc = router.layer(axum::Extension(RemoteAddr(peer)));
                 let io = hyper_util::rt::TokioIo::new(tcp);
                 let hyper_svc = hyper_util::service::TowerToHyperService::new(svc);
                 let mut builder = hyper::server::conn::http1::Builder::new();
@@ -380,18 +423,18 @@ async fn serve(
     }
 }
 
-/// Runs a configured source into `sink` until the sink refuses.
-pub(crate) async fn run_source(sink: impl hub::Sink, source: SourceConfig) {
+/// Runs a configured source into `sink` until the sink refuses or the source fails.
+pub(crate) async fn run_source(sink: impl hub::Sink, source: SourceConfig) -> hub::SourceEnd {
     match source {
         SourceConfig::Synthetic { rate, symbol, pad } => {
-            hub::run_synthetic(sink, symbol, rate, pad).await;
+            hub::run_synthetic(sink, symbol, rate, pad).await
         }
         SourceConfig::Replay {
             file,
             rate,
             looping,
         } => hub::run_replay(sink, file, rate, looping).await,
-        SourceConfig::Api => {}
+        SourceConfig::Api => hub::SourceEnd::SinkClosed,
     }
 }
 

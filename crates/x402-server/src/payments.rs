@@ -28,6 +28,20 @@ pub(crate) struct Sold<'a> {
     pub ws: String,
 }
 
+impl Sold<'_> {
+    /// Whether the stream may be sold now: not while its source is down.
+    pub(crate) fn on_sale(&self) -> Result<(), ApiError> {
+        match self.hub.source_state() {
+            crate::hub::SourceState::Live => Ok(()),
+            crate::hub::SourceState::Down(reason) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::SourceUnavailable,
+                format!("stream {} is not sold now: {reason}", self.cfg.id),
+            )),
+        }
+    }
+}
+
 impl std::ops::Deref for Sold<'_> {
     type Target = StreamEntry;
     fn deref(&self) -> &StreamEntry {
@@ -44,7 +58,6 @@ fn plausible_host(h: &str) -> bool {
             b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
         })
 }
-use crate::store::StoreError;
 use crate::token::{Claims, TokenError, redact};
 
 fn retry_after_or(s: u64) -> u64 {
@@ -291,8 +304,8 @@ pub(crate) fn payment_identifier_declaration() -> Value {
 }
 
 /// 503 `store_unavailable`: nothing was recorded, nothing will be settled.
-pub(crate) fn store_down(e: StoreError) -> ApiError {
-    tracing::warn!(error = %e, "shared store unavailable");
+/// (The failure itself is logged and counted by [`crate::metrics::Metrics::store_failed`].)
+pub(crate) fn store_down() -> ApiError {
     let mut err = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::StoreUnavailable,

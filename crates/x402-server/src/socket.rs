@@ -12,7 +12,7 @@ use x402_session::{ConnId, Connected, Quote, ServerTransmit};
 use x402_types::{ClientMessage, CloseCode, ErrorCode, ServerMessage};
 
 use crate::http::IpGuard;
-use crate::hub::{Frame, Hub};
+use crate::hub::{Frame, Hub, SourceState};
 use crate::state::{AppState, now};
 
 pub(crate) struct Connection {
@@ -159,6 +159,24 @@ impl Connection {
         self.send(ws, m.to_json()).await
     }
 
+    /// The source failed: say so (paid time keeps running; events resume
+    /// when the source does). Nothing to say when it is live.
+    async fn on_source(&self, ws: &mut Sink, state: SourceState) -> Step {
+        let SourceState::Down(reason) = state else {
+            return Step::Continue;
+        };
+        let m = ServerMessage::Error {
+            code: ErrorCode::SourceUnavailable,
+            message: format!("events stopped: {reason}"),
+            count: None,
+        };
+        if self.send(ws, m.to_json()).await {
+            Step::Continue
+        } else {
+            Step::Close(None)
+        }
+    }
+
     fn deliverable(&self) -> bool {
         self.until.is_some_and(|u| now() < u)
     }
@@ -206,6 +224,9 @@ impl Connection {
             if already {
                 break 'outer Some(CloseCode::Other(1012));
             }
+            // A buyer is told when the source fails (and at once if it has).
+            let mut source = self.hub.watch_source();
+            source.mark_changed();
             // The client's frames and the mailbox are polled only after they
             // woke (most wakes are live events; see `gate`).
             let (client_gate, mail_gate) = (crate::gate::Gate::new(), crate::gate::Gate::new());
@@ -219,6 +240,10 @@ impl Connection {
                         } else {
                             Step::Continue
                         }
+                    }
+                    Ok(()) = source.changed() => {
+                        let state = source.borrow_and_update().clone();
+                        self.on_source(&mut tx, state).await
                     }
                     frame = self.live.recv() => self.on_live(&mut tx, frame).await,
                     // One socket for both directions (no split, no lock per frame).

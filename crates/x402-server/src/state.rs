@@ -86,8 +86,8 @@ pub struct AppState {
     pub(crate) payment_rate: Mutex<HashMap<IpAddr, (Instant, f64)>>,
     /// Connection ids.
     pub next_conn: AtomicU64,
-    /// What `/metrics` shows.
-    pub metrics: crate::metrics::Metrics,
+    /// What `/metrics` shows (shared with the background tasks).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The driver's clock: tokio's, so tests on paused time control it.
@@ -104,6 +104,7 @@ pub(crate) fn unix_ms_now() -> u64 {
 
 impl AppState {
     /// The state of a server: the endpoint starts its clock now.
+    #[allow(clippy::too_many_arguments)] // called once, by `ServerBuilder::bind`
     pub(crate) fn new(
         cfg: Config,
         http_base: String,
@@ -112,6 +113,7 @@ impl AppState {
         tokens: TokenKey,
         facilitator: Arc<dyn Facilitator>,
         store: Arc<dyn PaymentStore>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let ecfg = EndpointConfig {
             max_sessions: cfg.limits.max_sessions,
@@ -137,7 +139,7 @@ impl AppState {
             per_ip: Mutex::default(),
             payment_rate: Mutex::default(),
             next_conn: 1.into(),
-            metrics: crate::metrics::Metrics::default(),
+            metrics,
         }
     }
 
@@ -234,12 +236,18 @@ impl AppState {
                 slices,
                 amount,
             } => {
+                if let Some(e) = self.streams.get(&stream) {
+                    self.metrics
+                        .revenue
+                        .get_or_create(&crate::metrics::RevenueLabel {
+                            stream: stream.clone(),
+                            asset: e.terms.asset.to_string(),
+                            network: e.terms.network.caip2(),
+                        })
+                        .inc_by(amount.atomic().to_u64().unwrap_or(u64::MAX));
+                }
                 let label = crate::metrics::StreamLabel { stream };
                 self.metrics.credited.get_or_create(&label).inc();
-                self.metrics
-                    .revenue
-                    .get_or_create(&label)
-                    .inc_by(amount.atomic().to_u64().unwrap_or(u64::MAX));
                 tracing::info!(session = %redact(&session), slices, "slice sold");
             }
             ServerEvent::Refused {

@@ -2,6 +2,8 @@
 //! health, metrics) and the facilitator API with its HTTP client.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "e2e_http/edge.rs"]
+mod edge;
 mod harness;
 
 use std::sync::Arc;
@@ -253,7 +255,7 @@ async fn metrics_show_sales_refusals_and_sockets() {
     let text = r.text().await.unwrap();
     for line in [
         "atomicstream_payments_credited_total{stream=\"s\"} 1",
-        "atomicstream_revenue_atomic_total{stream=\"s\"} 60000",
+        "atomicstream_revenue_atomic_total{stream=\"s\",asset=\"0x036CbD53842c5426634e7929541eC2318f3dCF7e\",network=\"eip155:84532\"} 60000",
         "atomicstream_payments_refused_total{stream=\"s\",code=\"payment_invalid\"} 1",
         "atomicstream_sockets 1",
         "atomicstream_sessions 1",

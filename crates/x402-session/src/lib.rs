@@ -9,7 +9,7 @@ pub mod server;
 
 pub use client::{
     CheckedSchema, ClientConfig, ClientEvent, ClientSession, ClientStats, ConnId, EndReason,
-    HttpResponse, Method, ReconnectPolicy, RequestId, Transmit, TransportFailure,
+    HttpResponse, Method, ReconnectPolicy, RequestId, ResumePoint, Transmit, TransportFailure,
     default_renew_margin, read_schema,
 };
 pub use error::UsageError;

@@ -10,7 +10,7 @@ use futures::FutureExt;
 use tokio::sync::mpsc;
 use x402_payer::{Budget, Payer, Reservation, SpendPolicy};
 use x402_session::{
-    ClientConfig, ClientEvent, ClientSession, ConnId, EndReason, RequestId, Transmit,
+    ClientConfig, ClientEvent, ClientSession, ConnId, EndReason, RequestId, ResumePoint, Transmit,
     TransportFailure,
 };
 use x402_types::{Amount, Hello};
@@ -40,6 +40,38 @@ pub struct Progress {
     pub hello: Option<Hello>,
     /// Why it ended, once it has.
     pub ended: Option<EndReason>,
+    /// Where the session can be taken up later ([`Driver::resume_from`]), once
+    /// a slice was paid for: its token-bearing stream URL, slices, paid time and next event.
+    pub resume: Option<ResumePoint>,
+    /// The latest request or connection that failed without an answer.
+    pub last_failure: Option<FailedRequest>,
+    /// Set when the session gave up at its start because the server could
+    /// not be reached, before anything was paid or sent with a payment; the
+    /// session then ends [`EndReason::Stopped`] at once (no retries).
+    pub unreachable: Option<FailedRequest>,
+}
+
+/// A request or connection that failed without an answer: where to, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRequest {
+    /// The URL without its query (which carries the session token).
+    pub url: String,
+    /// Why.
+    pub error: TransportError,
+}
+
+impl FailedRequest {
+    /// `url`'s query (the session token) is dropped.
+    pub fn new(url: &str, error: TransportError) -> Self {
+        let url = url.split(['?', '#']).next().unwrap_or_default().to_string();
+        FailedRequest { url, error }
+    }
+}
+
+impl std::fmt::Display for FailedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.url, self.error)
+    }
 }
 
 impl Progress {
@@ -52,10 +84,11 @@ impl Progress {
 }
 
 enum Input {
-    Http(RequestId, Result<HttpResponse, TransportError>),
+    Http(RequestId, String, Result<HttpResponse, TransportError>),
     Upgrade(
         ConnId,
-        Result<(HttpResponse, Box<dyn WsConnection>), Option<HttpResponse>>,
+        String,
+        Result<(HttpResponse, Box<dyn WsConnection>), ConnectError>,
     ),
 }
 
@@ -121,6 +154,15 @@ pub struct DriverHandle {
 }
 
 /// Drives one [`ClientSession`] over real transports.
+///
+/// Until the session first reaches the stream (its first `hello`), a
+/// connection that cannot be made ends it at once instead of retrying: the
+/// schema request failing in any way, or the first upgrade failing before
+/// anything was sent ([`TransportError::is_connect`]: refused, name not
+/// resolved, TLS). Nothing was paid, so there is nothing to protect; the cause
+/// is in [`Progress::unreachable`] and the session ends
+/// [`EndReason::Stopped`]. From then on, failures are retried as the
+/// session's reconnect policy says: paid time is protected.
 pub struct Driver {
     session: ClientSession,
     http: Arc<dyn HttpTransport>,
@@ -145,6 +187,10 @@ pub struct Driver {
     events_closed: bool,
     /// Data events handed to the application since the progress was last updated.
     delivered: u64,
+    /// Whether a hello arrived (the stream was reached at least once).
+    reached: bool,
+    /// WebSocket connections attempted.
+    ws_attempts: u32,
 }
 
 /// At most this many frames that already arrived are read after the one that woke the driver.
@@ -207,6 +253,8 @@ impl Driver {
                 idle_timeout: PING_EVERY * 3,
                 events_closed: false,
                 delivered: 0,
+                reached: false,
+                ws_attempts: 0,
             },
             DriverHandle {
                 events: Events {
@@ -217,6 +265,21 @@ impl Driver {
                 progress,
             },
         ))
+    }
+
+    /// Makes the session take up a saved one ([`Progress::resume`], possibly
+    /// from another process) instead of buying a new one: the schema is
+    /// read for the terms, then the saved token reconnects from the saved
+    /// next event without paying. If the server says the paid time is over
+    /// (402), the next slice is bought on the same session, within the
+    /// spending policy. Call before [`run`](Self::run).
+    ///
+    /// A resume point whose URL does not belong to the configured server,
+    /// version and stream is refused ([`x402_session::UsageError::Config`]).
+    pub fn resume_from(mut self, point: &ResumePoint) -> Result<Self, x402_session::UsageError> {
+        self.session.resume_from(point)?;
+        self.progress().resume = Some(point.clone());
+        Ok(self)
     }
 
     fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
@@ -330,7 +393,7 @@ impl Driver {
                 self.session
                     .handle_ws_closed(t, conn, code.map(x402_types::CloseCode::from))
             }
-            Some(Err(TransportError::Frame(_))) => {
+            Some(Err(e)) if e.is_frame() => {
                 if let Some(l) = self.live.take() {
                     close_in_background(l.socket, 1009);
                 }
@@ -365,16 +428,32 @@ impl Driver {
     fn feed(&mut self, input: Input) -> Result<(), x402_session::UsageError> {
         let t = now();
         match input {
-            Input::Http(id, Ok(resp)) => self.session.handle_http_response(t, id, resp),
-            Input::Http(id, Err(e)) => {
-                let f = if matches!(e, TransportError::Timeout(_)) {
+            Input::Http(id, _, Ok(resp)) => self.session.handle_http_response(t, id, resp),
+            Input::Http(id, url, Err(e)) => {
+                let f = if e.is_timeout() {
                     TransportFailure::Timeout
                 } else {
                     TransportFailure::Connection
                 };
+                // Before the first upgrade only the schema is asked for: nothing is paid yet.
+                if !self.reached && self.ws_attempts == 0 {
+                    return self.give_up(FailedRequest::new(&url, e));
+                }
+                self.progress().last_failure = Some(FailedRequest::new(&url, e));
                 self.session.handle_http_error(t, id, f)
             }
-            Input::Upgrade(conn, Ok((resp, socket))) => {
+            Input::Upgrade(conn, url, Err(ConnectError::Failed(e))) => {
+                // The first upgrade could not connect: its payment (if any) was never sent.
+                if !self.reached && self.ws_attempts == 1 && e.is_connect() {
+                    return self.give_up(FailedRequest::new(&url, e));
+                }
+                self.progress().last_failure = Some(FailedRequest::new(&url, e));
+                self.session.handle_ws_upgrade(t, conn, Err(None))
+            }
+            Input::Upgrade(conn, _, Err(ConnectError::Refused(resp))) => {
+                self.session.handle_ws_upgrade(t, conn, Err(Some(resp)))
+            }
+            Input::Upgrade(conn, _, Ok((resp, socket))) => {
                 if let Some(old) = self.live.replace(Live {
                     conn,
                     socket,
@@ -384,8 +463,21 @@ impl Driver {
                 }
                 self.session.handle_ws_upgrade(t, conn, Ok(resp))
             }
-            Input::Upgrade(conn, Err(r)) => self.session.handle_ws_upgrade(t, conn, Err(r)),
         }
+    }
+
+    /// Ends the session at its start: the server could not be reached and
+    /// nothing was paid. Payments signed for the failed upgrade never left: released.
+    fn give_up(&mut self, failure: FailedRequest) -> Result<(), x402_session::UsageError> {
+        for (_, (r, _)) in self.reservations.drain() {
+            r.release();
+        }
+        {
+            let mut p = self.progress();
+            p.last_failure = Some(failure.clone());
+            p.unreachable = Some(failure);
+        }
+        self.session.stop(now())
     }
 
     /// Performs the session's transmits, hands over its events, and publishes progress.
@@ -425,7 +517,12 @@ impl Driver {
         };
         let remaining = self.session.paid_remaining(now());
         let delivered = std::mem::take(&mut self.delivered);
+        let paid = self.session.stats().slices > 0;
         let mut p = self.progress();
+        if paid {
+            // Updated in place: no copy per burst of events.
+            self.session.update_resume_point(&mut p.resume);
+        }
         p.events += delivered;
         p.renew_retries = retries;
         p.reconnects = reconnects;
@@ -453,7 +550,7 @@ impl Driver {
                 let r = match self.policy.authorize(&req, self.budget.as_ref()) {
                     Err(err) => {
                         self.session
-                            .handle_payment_declined(t, slice, err.to_string(), true)
+                            .handle_payment_declined(t, slice, err.describe(&req), true)
                     }
                     Ok(res) => match self.payer.pay(offer).await {
                         Ok(payload) => {
@@ -514,7 +611,10 @@ impl Driver {
                     }
                 }
             }
-            ClientEvent::Hello(h) => self.progress().hello = Some(h.clone()),
+            ClientEvent::Hello(h) => {
+                self.reached = true;
+                self.progress().hello = Some(h.clone());
+            }
             // Counted here, published with the rest of the progress once per drain.
             ClientEvent::Data(_) => self.delivered += 1,
             ClientEvent::Ended(r) => self.progress().ended = Some(r.clone()),
@@ -553,18 +653,15 @@ impl Driver {
                 let http = self.http.clone();
                 tokio::spawn(async move {
                     let r = http.request(method, &url, &headers).await;
-                    let _ = inputs.send(Input::Http(id, r)).await;
+                    let _ = inputs.send(Input::Http(id, url, r)).await;
                 });
             }
             Transmit::WsConnect { conn, url, headers } => {
                 let ws = self.ws.clone();
+                self.ws_attempts = self.ws_attempts.saturating_add(1);
                 tokio::spawn(async move {
-                    let r = match ws.connect(&url, &headers).await {
-                        Ok(x) => Ok(x),
-                        Err(ConnectError::Refused(resp)) => Err(Some(resp)),
-                        Err(ConnectError::Failed(_)) => Err(None),
-                    };
-                    let _ = inputs.send(Input::Upgrade(conn, r)).await;
+                    let r = ws.connect(&url, &headers).await;
+                    let _ = inputs.send(Input::Upgrade(conn, url, r)).await;
                 });
             }
             Transmit::WsSend { conn, text } => {

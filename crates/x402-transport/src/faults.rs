@@ -76,7 +76,7 @@ impl HttpTransport for BlipHttp {
         }
         let r = self.inner.request(method, url, headers).await;
         if fire {
-            return Err(TransportError::Timeout("answer lost (injected)".into()));
+            return Err(TransportError::timeout("answer lost (injected)"));
         }
         r
     }

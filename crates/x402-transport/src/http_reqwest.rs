@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::error::Kind;
 use crate::{HttpResponse, HttpTransport, Method, TransportError};
 
 /// Largest body read (bodies of this protocol are small).
@@ -26,7 +27,7 @@ impl ReqwestTransport {
             .timeout(request_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| TransportError::Connection(e.to_string()))?;
+            .map_err(|e| TransportError::from_cause(Kind::Connection, e))?;
         Ok(ReqwestTransport { client })
     }
 }
@@ -55,15 +56,9 @@ impl HttpTransport for ReqwestTransport {
         for (k, v) in headers {
             req = req.header(k, v);
         }
-        let map = |e: reqwest::Error| {
-            // Never echo the URL: it carries the session token.
-            let e = e.without_url();
-            if e.is_timeout() {
-                TransportError::Timeout(e.to_string())
-            } else {
-                TransportError::Connection(e.to_string())
-            }
-        };
+        // Never echo the URL: it carries the session token. The kind comes
+        // from the source chain (refused, DNS, TLS, timeout).
+        let map = |e: reqwest::Error| TransportError::from_cause(Kind::Connection, e.without_url());
         let mut resp = req.send().await.map_err(map)?;
         let status = resp.status().as_u16();
         let headers = resp
@@ -76,14 +71,14 @@ impl HttpTransport for ReqwestTransport {
             })
             .collect();
         if resp.content_length().is_some_and(|l| l > MAX_BODY as u64) {
-            return Err(TransportError::Frame("response body too large".into()));
+            return Err(TransportError::frame("response body too large"));
         }
         // Capped while reading: a chunked body without a length is cut off at
         // MAX_BODY, never buffered whole first.
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(map)? {
             if body.len() + chunk.len() > MAX_BODY {
-                return Err(TransportError::Frame("response body too large".into()));
+                return Err(TransportError::frame("response body too large"));
             }
             body.extend_from_slice(&chunk);
         }

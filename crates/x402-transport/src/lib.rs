@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 mod driver;
+mod error;
 pub mod faults;
 #[cfg(feature = "reqwest")]
 mod http_reqwest;
@@ -11,27 +12,13 @@ mod ws_tungstenite;
 
 use async_trait::async_trait;
 
-pub use driver::{Driver, DriverHandle, Events, Progress};
+pub use driver::{Driver, DriverHandle, Events, FailedRequest, Progress};
+pub use error::{Cause, Kind as TransportErrorKind, TransportError, classify};
 #[cfg(feature = "reqwest")]
 pub use http_reqwest::ReqwestTransport;
 #[cfg(feature = "tungstenite")]
 pub use ws_tungstenite::TungsteniteConnector;
 pub use x402_session::{HttpResponse, Method};
-
-/// A transport failure: no answer.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum TransportError {
-    /// No answer in time.
-    #[error("timed out: {0}")]
-    Timeout(String),
-    /// Could not connect or the connection broke.
-    #[error("connection failed: {0}")]
-    Connection(String),
-    /// A frame or message the transport refused (too large, not UTF-8).
-    #[error("invalid frame: {0}")]
-    Frame(String),
-}
 
 /// One HTTP exchange.
 #[async_trait]

@@ -9,6 +9,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use crate::error::Kind;
 use crate::{ConnectError, HttpResponse, TransportError, WsConnection, WsConnector, WsFrame};
 
 type Stream =
@@ -56,6 +57,35 @@ fn response_of(resp: &tungstenite::http::Response<Option<Vec<u8>>>) -> HttpRespo
     }
 }
 
+/// A failure of the connector's own (before any byte was sent).
+fn failed(e: TransportError) -> ConnectError {
+    ConnectError::Failed(e)
+}
+
+/// Resolves `host` and connects to the first address that answers, each
+/// step's failure kept apart: a name that does not resolve is [`Kind::Dns`],
+/// a closed port [`Kind::Refused`].
+async fn tcp_connect(host: &str, port: u16) -> Result<tokio::net::TcpStream, TransportError> {
+    // `[::1]` in a URL is `::1` to the resolver.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| TransportError::from_cause(Kind::Dns, e).with_kind(Kind::Dns))?
+        .collect();
+    let mut last = TransportError::new(Kind::Dns, format!("{host} has no address"));
+    for a in addrs {
+        match tokio::net::TcpStream::connect(a).await {
+            Ok(s) => {
+                // Small frames (pings, renew notices) go out at once.
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => last = TransportError::from_cause(Kind::Connect, e),
+        }
+    }
+    Err(last)
+}
+
 #[async_trait]
 impl WsConnector for TungsteniteConnector {
     async fn connect(
@@ -65,29 +95,38 @@ impl WsConnector for TungsteniteConnector {
     ) -> Result<(HttpResponse, Box<dyn WsConnection>), ConnectError> {
         let mut req = url
             .into_client_request()
-            .map_err(|e| ConnectError::Failed(TransportError::Connection(e.to_string())))?;
+            .map_err(|e| failed(TransportError::from_cause(Kind::Connection, e)))?;
         for (k, v) in headers {
             let name = tungstenite::http::HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| ConnectError::Failed(TransportError::Connection(e.to_string())))?;
-            let value = v.parse().map_err(|_| {
-                ConnectError::Failed(TransportError::Connection("bad header value".into()))
-            })?;
+                .map_err(|e| failed(TransportError::from_cause(Kind::Connection, e)))?;
+            let value = v
+                .parse()
+                .map_err(|_| failed(TransportError::connection("bad header value")))?;
             req.headers_mut().insert(name, value);
         }
+        let host = req.uri().host().unwrap_or_default().to_string();
+        let port = match (req.uri().port_u16(), req.uri().scheme_str()) {
+            (Some(p), _) => p,
+            (None, Some("wss")) => 443,
+            (None, _) => 80,
+        };
         let cfg = WebSocketConfig::default()
             .max_message_size(Some(self.max_message))
             .max_frame_size(Some(self.max_message));
-        let fut = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true);
-        match tokio::time::timeout(self.connect_timeout, fut).await {
-            Err(_) => Err(ConnectError::Failed(TransportError::Timeout(
-                "WebSocket handshake".into(),
-            ))),
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        // Connecting first, on its own: a failure there sent nothing.
+        let socket = match tokio::time::timeout_at(deadline, tcp_connect(&host, port)).await {
+            Err(_) => return Err(failed(TransportError::new(Kind::ConnectTimeout, ""))),
+            Ok(Err(e)) => return Err(failed(e)),
+            Ok(Ok(s)) => s,
+        };
+        let fut = tokio_tungstenite::client_async_tls_with_config(req, socket, Some(cfg), None);
+        match tokio::time::timeout_at(deadline, fut).await {
+            Err(_) => Err(failed(TransportError::timeout("WebSocket handshake"))),
             Ok(Err(tungstenite::Error::Http(resp))) => {
                 Err(ConnectError::Refused(response_of(&resp)))
             }
-            Ok(Err(e)) => Err(ConnectError::Failed(TransportError::Connection(
-                e.to_string(),
-            ))),
+            Ok(Err(e)) => Err(failed(TransportError::from_cause(Kind::Connection, e))),
             Ok(Ok((stream, resp))) => Ok((
                 response_of(&resp.map(|_| None)),
                 Box::new(TungsteniteConnection { stream }),
@@ -108,12 +147,12 @@ impl WsConnection for TungsteniteConnection {
                 // The frame's own buffer, not a copy.
                 Ok(Message::Text(t)) => Some(Ok(WsFrame::Text(t.into()))),
                 Ok(Message::Close(c)) => Some(Ok(WsFrame::Closed(c.map(|f| u16::from(f.code))))),
-                Ok(Message::Binary(_)) => Some(Err(TransportError::Frame("binary frame".into()))),
+                Ok(Message::Binary(_)) => Some(Err(TransportError::frame("binary frame"))),
                 Ok(_) => continue, // ping/pong handled by tungstenite
                 Err(tungstenite::Error::Capacity(e)) => {
-                    Some(Err(TransportError::Frame(e.to_string())))
+                    Some(Err(TransportError::frame(e.to_string())))
                 }
-                Err(e) => Some(Err(TransportError::Connection(e.to_string()))),
+                Err(e) => Some(Err(TransportError::from_cause(Kind::Connection, e))),
             };
         }
     }
@@ -122,7 +161,7 @@ impl WsConnection for TungsteniteConnection {
         self.stream
             .send(Message::Text(text.into()))
             .await
-            .map_err(|e| TransportError::Connection(e.to_string()))
+            .map_err(|e| TransportError::from_cause(Kind::Connection, e))
     }
 
     async fn close(&mut self, code: u16) -> Result<(), TransportError> {
@@ -133,6 +172,6 @@ impl WsConnection for TungsteniteConnection {
         self.stream
             .close(Some(frame))
             .await
-            .map_err(|e| TransportError::Connection(e.to_string()))
+            .map_err(|e| TransportError::from_cause(Kind::Connection, e))
     }
 }

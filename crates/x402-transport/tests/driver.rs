@@ -97,7 +97,7 @@ impl HttpTransport for Http {
                 .lock()
                 .unwrap()
                 .pop_front()
-                .ok_or_else(|| TransportError::Connection("no more answers".into())),
+                .ok_or_else(|| TransportError::connection("no more answers")),
         }
     }
 }
@@ -139,9 +139,7 @@ impl WsConnector for Ws {
                 },
                 Box::new(Socket(rx)),
             )),
-            None => Err(ConnectError::Failed(TransportError::Connection(
-                "refused".into(),
-            ))),
+            None => Err(ConnectError::Failed(TransportError::connection("refused"))),
         }
     }
 }
@@ -307,7 +305,7 @@ async fn an_oversized_frame_closes_1009_and_ends_the_session() {
     let s = setup(vec![], 1);
     s.sockets[0].send(Ok(hello(600))).await.unwrap();
     s.sockets[0]
-        .send(Err(TransportError::Frame("frame too big".into())))
+        .send(Err(TransportError::frame("frame too big")))
         .await
         .unwrap();
     let reason = tokio::time::timeout(Duration::from_secs(5), s.driver.run())
@@ -389,4 +387,294 @@ async fn frames_read_ahead_reach_the_application_in_order_and_are_counted() {
     }
     assert_eq!(progress.lock().unwrap().events, 500);
     task.abort();
+}
+
+/// What one scripted upgrade does: a socket fed by the test, or a failure.
+type Outcome = Result<mpsc::Receiver<Result<WsFrame, TransportError>>, ConnectError>;
+
+/// Answers each upgrade with the next scripted outcome, and records what was asked.
+struct Scripted {
+    outcomes: Mutex<VecDeque<Outcome>>,
+    /// (url, header names) of every upgrade.
+    asked: Mutex<Vec<(String, Vec<String>)>>,
+}
+
+#[async_trait]
+impl WsConnector for Scripted {
+    async fn connect(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+    ) -> Result<(HttpResponse, Box<dyn WsConnection>), ConnectError> {
+        self.asked.lock().unwrap().push((
+            url.to_string(),
+            headers
+                .iter()
+                .map(|(k, _)| k.to_ascii_lowercase())
+                .collect(),
+        ));
+        let next = self.outcomes.lock().unwrap().pop_front();
+        match next {
+            Some(Ok(rx)) => Ok((
+                HttpResponse {
+                    status: 101,
+                    ..Default::default()
+                },
+                Box::new(Socket(rx)),
+            )),
+            Some(Err(e)) => Err(e),
+            None => Err(ConnectError::Failed(TransportError::connection("no more"))),
+        }
+    }
+}
+
+/// The schema fails with `error`; the renewals are never asked for.
+struct Down(TransportError);
+
+#[async_trait]
+impl HttpTransport for Down {
+    async fn request(
+        &self,
+        _: Method,
+        _: &str,
+        _: &[(String, String)],
+    ) -> Result<HttpResponse, TransportError> {
+        Err(self.0.clone())
+    }
+}
+
+fn driver_with(
+    http: Arc<dyn HttpTransport>,
+    ws: Arc<dyn WsConnector>,
+) -> (Arc<Budget>, Driver, x402_transport::DriverHandle) {
+    let budget = Arc::new(Budget::new(BudgetScope::Lifetime, Amount::from(10 * PRICE)));
+    let policy = SpendPolicy::new(Amount::from(PRICE)).with_shared_budget(budget.clone());
+    let (driver, handle) = Driver::new(
+        ClientConfig::new(BASE, PathVersion::V2, "s"),
+        http,
+        ws,
+        Arc::new(EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap())),
+        policy,
+        None,
+    )
+    .unwrap();
+    (budget, driver, handle)
+}
+
+fn scripted(outcomes: Vec<Outcome>) -> Arc<Scripted> {
+    Arc::new(Scripted {
+        outcomes: Mutex::new(outcomes.into()),
+        asked: Mutex::new(Vec::new()),
+    })
+}
+
+fn schema_only() -> Arc<Http> {
+    Arc::new(Http {
+        renewals: Mutex::new(VecDeque::new()),
+    })
+}
+
+/// A server that cannot be reached at the start ends the session at once,
+/// with the URL and the cause, and nothing is signed.
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_server_ends_the_session_at_once_naming_the_cause() {
+    let ws = scripted(vec![]);
+    let down = TransportError::new(x402_transport::TransportErrorKind::Refused, "");
+    let (budget, driver, handle) = driver_with(Arc::new(Down(down.clone())), ws.clone());
+    let t0 = tokio::time::Instant::now();
+    let reason = driver.run().await;
+    assert_eq!(reason, EndReason::Stopped);
+    assert_eq!(t0.elapsed(), Duration::ZERO, "no retry, no backoff");
+    let p = handle.progress.lock().unwrap().clone();
+    let f = p.unreachable.expect("the cause is kept");
+    assert_eq!(f.url, "http://test.local/v2/schema/s");
+    assert_eq!(f.error, down);
+    assert!(ws.asked.lock().unwrap().is_empty());
+    assert_eq!(budget.reserved(), Amount::ZERO);
+    assert_eq!(budget.committed(), Amount::ZERO);
+}
+
+/// The first upgrade carries the first payment: when it cannot connect the
+/// payment never left, so it is released and the session ends at once. The
+/// URL named has no token.
+#[tokio::test(start_paused = true)]
+async fn a_first_upgrade_that_cannot_connect_releases_its_payment_and_ends() {
+    let refused = TransportError::new(x402_transport::TransportErrorKind::Tls, "corrupt");
+    let ws = scripted(vec![Err(ConnectError::Failed(refused.clone()))]);
+    let (budget, driver, handle) = driver_with(schema_only(), ws.clone());
+    let reason = driver.run().await;
+    assert_eq!(reason, EndReason::Stopped);
+    let asked = ws.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1);
+    assert!(asked[0].1.contains(&"payment-signature".to_string()));
+    let f = handle.progress.lock().unwrap().unreachable.clone().unwrap();
+    assert_eq!(f.url, "ws://test.local/v2/stream/s");
+    assert_eq!(f.error, refused);
+    assert_eq!(
+        budget.reserved(),
+        Amount::ZERO,
+        "the unsent payment is released"
+    );
+    assert_eq!(budget.committed(), Amount::ZERO);
+}
+
+/// A failure after the request may have left (a broken connection, a
+/// timeout) is retried as before: the payment may have arrived.
+#[tokio::test(start_paused = true)]
+async fn an_upgrade_that_may_have_reached_the_server_is_retried() {
+    let (_budget, driver, handle) = {
+        let budget = Arc::new(Budget::new(BudgetScope::Lifetime, Amount::from(10 * PRICE)));
+        let mut cfg = ClientConfig::new(BASE, PathVersion::V2, "s");
+        cfg.reconnect = ReconnectPolicy {
+            max_attempts: 2,
+            ..ReconnectPolicy::default()
+        };
+        let (d, h) = Driver::new(
+            cfg,
+            schema_only(),
+            scripted(
+                (0..3)
+                    .map(|_| Err(ConnectError::Failed(TransportError::timeout("handshake"))))
+                    .collect(),
+            ),
+            Arc::new(EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap())),
+            SpendPolicy::new(Amount::from(PRICE)).with_shared_budget(budget.clone()),
+            None,
+        )
+        .unwrap();
+        (budget, d, h)
+    };
+    let reason = driver.run().await;
+    assert!(
+        matches!(reason, EndReason::ConnectionLost { attempts: 2 }),
+        "{reason:?}"
+    );
+    let p = handle.progress.lock().unwrap().clone();
+    assert!(p.unreachable.is_none());
+    assert!(p.last_failure.unwrap().error.is_timeout());
+}
+
+fn resumed_hello(expires_in: u64, next_seq: u64) -> WsFrame {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    WsFrame::Text(
+        ServerMessage::Hello(Hello {
+            session_id: "q".into(),
+            stream_id: "s".into(),
+            version: PathVersion::V2,
+            slice_seconds: 20,
+            expires_at: now + expires_in,
+            server_time: now,
+            renew_url: "http://test.local/v2/renew/s?t=saved".into(),
+            resumed: true,
+            next_seq,
+        })
+        .to_json()
+        .into(),
+    )
+}
+
+fn saved_point(expires_in: i64) -> x402_session::ResumePoint {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    x402_session::ResumePoint {
+        websocket: "ws://test.local/v2/stream/s?t=saved".into(),
+        next_seq: Some(41),
+        slices: 3,
+        expires_at: (now + expires_in) as u64,
+    }
+}
+
+/// A saved session is taken up with its own token from the next event,
+/// without a payment, and its resume point follows it.
+#[tokio::test(start_paused = true)]
+async fn a_resumed_session_reconnects_with_its_token_without_paying() {
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(Ok(resumed_hello(15, 41))).await.unwrap();
+    let ws = scripted(vec![Ok(rx)]);
+    let (budget, driver, mut handle) = driver_with(schema_only(), ws.clone());
+    let driver = driver.resume_from(&saved_point(15)).unwrap();
+    let task = tokio::spawn(driver.run());
+    loop {
+        match handle.events.recv().await {
+            Some(x402_session::ClientEvent::Resumed { missed }) => {
+                assert_eq!(missed, 0);
+                break;
+            }
+            Some(x402_session::ClientEvent::Ended(r)) => panic!("ended: {r:?}"),
+            Some(_) => {}
+            None => panic!("driver stopped"),
+        }
+    }
+    let asked = ws.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1);
+    assert!(
+        asked[0].0.contains("t=saved") && asked[0].0.contains("from=41"),
+        "{asked:?}"
+    );
+    assert!(asked[0].1.is_empty(), "no payment header: {asked:?}");
+    assert_eq!(budget.committed(), Amount::ZERO);
+    assert_eq!(budget.reserved(), Amount::ZERO);
+    let point = handle.progress.lock().unwrap().resume.clone().unwrap();
+    assert!(point.websocket.contains("t=saved"));
+    assert_eq!((point.slices, point.next_seq), (3, Some(41)));
+    drop(tx);
+    task.abort();
+}
+
+/// A saved session whose paid time is over (the server answers 402) buys
+/// the next slice on the same token, within the policy.
+#[tokio::test(start_paused = true)]
+async fn a_resumed_session_without_paid_time_pays_on_its_own_token() {
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(Ok(resumed_hello(20, 41))).await.unwrap();
+    let ws = scripted(vec![
+        Err(ConnectError::Refused(error(
+            402,
+            ErrorCode::PaymentRequired,
+        ))),
+        Ok(rx),
+    ]);
+    let (budget, driver, mut handle) = driver_with(schema_only(), ws.clone());
+    let driver = driver.resume_from(&saved_point(-30)).unwrap();
+    let task = tokio::spawn(driver.run());
+    loop {
+        match handle.events.recv().await {
+            Some(x402_session::ClientEvent::PaymentAccepted { slice, .. }) => {
+                assert_eq!(slice, 4, "numbered after the saved slices");
+                break;
+            }
+            Some(x402_session::ClientEvent::Ended(r)) => panic!("ended: {r:?}"),
+            Some(_) => {}
+            None => panic!("driver stopped"),
+        }
+    }
+    let asked = ws.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 2);
+    assert!(asked[0].1.is_empty(), "first without payment");
+    assert!(
+        asked[1].0.contains("t=saved"),
+        "the same session: {asked:?}"
+    );
+    assert!(asked[1].1.contains(&"payment-signature".to_string()));
+    assert_eq!(budget.committed(), Amount::from(PRICE));
+    drop(tx);
+    task.abort();
+}
+
+#[test]
+fn a_resume_point_of_another_server_is_refused() {
+    let (_b, driver, _h) = driver_with(schema_only(), scripted(vec![]));
+    let mut p = saved_point(10);
+    p.websocket = "ws://elsewhere.example/v2/stream/s?t=saved".into();
+    assert!(matches!(
+        driver.resume_from(&p),
+        Err(x402_session::UsageError::Config(_))
+    ));
+    // Debug never shows the token.
+    assert!(!format!("{p:?}").contains("saved"), "{p:?}");
 }

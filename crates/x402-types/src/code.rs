@@ -55,6 +55,9 @@ pub enum ErrorCode {
     FacilitatorUnavailable,
     /// 503: the server cannot record payments right now; retry later.
     StoreUnavailable,
+    /// 503: the stream's source has failed, so it is not sold now (the
+    /// message says why). As a socket notice: events stopped mid-slice.
+    SourceUnavailable,
     /// Socket notice: events were evicted from the replay buffer (`count`).
     EventsLost,
     /// Socket notice: events published while the session was not paid were
@@ -66,7 +69,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every known code, for tests and docs.
-    pub const KNOWN: [ErrorCode; 20] = [
+    pub const KNOWN: [ErrorCode; 21] = [
         ErrorCode::PaymentRequired,
         ErrorCode::PaymentInvalid,
         ErrorCode::ValidityTooLong,
@@ -85,6 +88,7 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::FacilitatorUnavailable,
         ErrorCode::StoreUnavailable,
+        ErrorCode::SourceUnavailable,
         ErrorCode::EventsLost,
         ErrorCode::EventsSkipped,
     ];
@@ -110,6 +114,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::FacilitatorUnavailable => "facilitator_unavailable",
             ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::SourceUnavailable => "source_unavailable",
             ErrorCode::EventsLost => "events_lost",
             ErrorCode::EventsSkipped => "events_skipped",
             ErrorCode::Other(s) => s,
@@ -143,7 +148,9 @@ impl ErrorCode {
                 429
             }
             ErrorCode::BadRequest => 400,
-            ErrorCode::FacilitatorUnavailable | ErrorCode::StoreUnavailable => 503,
+            ErrorCode::FacilitatorUnavailable
+            | ErrorCode::StoreUnavailable
+            | ErrorCode::SourceUnavailable => 503,
             ErrorCode::EventsLost | ErrorCode::EventsSkipped | ErrorCode::Other(_) => 200,
         }
     }
@@ -161,6 +168,7 @@ impl ErrorCode {
                 | ErrorCode::RateLimited
                 | ErrorCode::FacilitatorUnavailable
                 | ErrorCode::StoreUnavailable
+                | ErrorCode::SourceUnavailable
         )
     }
 

@@ -230,6 +230,11 @@ pub trait PaymentStore: Send + Sync + fmt::Debug {
     /// Tells every instance that a session changed.
     async fn notify(&self, session: &str) -> Result<(), StoreError>;
 
+    /// Whether the store answers now (for `/readyz`); in memory, always.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Loads only a session.
     async fn load_session(&self, session: &str) -> Result<Versioned, StoreError> {
         Ok(self.load(session, None).await?.session)

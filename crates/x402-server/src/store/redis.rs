@@ -598,4 +598,14 @@ impl PaymentStore for RedisStore {
         let _: i64 = timed(self.timeout, conn.publish(self.notify_channel(), session)).await?;
         Ok(())
     }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let pong: String = timed(self.timeout, redis::cmd("PING").query_async(&mut conn)).await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Other(format!("PING answered {pong:?}")))
+        }
+    }
 }

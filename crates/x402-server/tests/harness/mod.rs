@@ -47,10 +47,19 @@ pub fn stream(id: &str, slice: u64, timeout: u64) -> StreamConfig {
 }
 
 pub async fn start_with(limits: Limits, streams: Vec<StreamConfig>) -> T {
+    start_cfg(|cfg| {
+        cfg.streams = streams;
+        cfg.limits = limits;
+    })
+    .await
+}
+
+/// A server with streams `s` and `other` and whatever `edit` changes.
+pub async fn start_cfg(edit: impl FnOnce(&mut Config)) -> T {
     let mut cfg = Config::demo("127.0.0.1:0".parse().unwrap());
-    cfg.streams = streams;
-    cfg.limits = limits;
+    cfg.streams = vec![stream("s", 60, 60), stream("other", 60, 60)];
     cfg.secret = Some("test-secret-test-secret-test-secret".into());
+    edit(&mut cfg);
     let ledger = Arc::new(EmbeddedFacilitator::default());
     let server = ServerBuilder::new(cfg)
         .facilitator(ledger.clone())
@@ -72,11 +81,7 @@ pub async fn start_with(limits: Limits, streams: Vec<StreamConfig>) -> T {
 }
 
 pub async fn start() -> T {
-    start_with(
-        Limits::default(),
-        vec![stream("s", 60, 60), stream("other", 60, 60)],
-    )
-    .await
+    start_cfg(|_| {}).await
 }
 
 pub struct Quote {

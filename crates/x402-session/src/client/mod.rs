@@ -3,6 +3,7 @@
 mod live;
 mod payment;
 mod reconnect;
+mod resume;
 mod schema;
 mod types;
 
@@ -15,6 +16,7 @@ use crate::error::UsageError;
 use crate::rng::Jitter;
 
 use payment::{Pending, Purpose};
+pub use resume::ResumePoint;
 pub use schema::{CheckedSchema, read_schema};
 pub use types::{
     ClientConfig, ClientEvent, ClientStats, ConnId, EndReason, HttpResponse, Method,
@@ -70,6 +72,8 @@ pub struct ClientSession {
     ctx: Option<UrlContext>,
     phase: Phase,
     ws_url: Option<x402_types::Url>,
+    /// A saved session's stream URL to take up after the schema ([`ClientSession::resume_from`]).
+    resume: Option<x402_types::Url>,
     renew_url: Option<String>,
     offer: Option<Offer>,
     slice_seconds: Option<u64>,
@@ -116,6 +120,7 @@ impl ClientSession {
             ctx: Some(ctx),
             phase: Phase::Idle,
             ws_url: None,
+            resume: None,
             renew_url: None,
             offer: None,
             slice_seconds: None,
@@ -479,6 +484,14 @@ impl ClientSession {
                 self.stats.skipped += n;
                 self.events
                     .push_back(ClientEvent::EventsSkipped { count: n });
+            }
+            ServerMessage::Error {
+                code: ErrorCode::SourceUnavailable,
+                message,
+                ..
+            } => {
+                self.events
+                    .push_back(ClientEvent::SourceUnavailable { message });
             }
             ServerMessage::Pong | ServerMessage::Unknown { .. } => {}
             _ => {}

@@ -46,8 +46,13 @@ impl ClientSession {
         match self.read_schema(&resp) {
             Ok((ws, offer)) => {
                 self.reconnect_attempt = 0;
-                self.ws_url = Some(ws);
                 self.offer = Some(offer);
+                if let Some(saved) = self.resume.take() {
+                    // A resumed session keeps its own token (and its paid time).
+                    self.connect_resumed(saved);
+                    return;
+                }
+                self.ws_url = Some(ws);
                 self.phase = Phase::Paying;
                 self.need_payment(now, Purpose::Upgrade);
             }

@@ -245,6 +245,12 @@ pub enum ClientEvent {
         /// How many.
         count: u64,
     },
+    /// The server said the stream's source failed: events stopped (paid time
+    /// keeps running; events resume if the source does).
+    SourceUnavailable {
+        /// The server's words.
+        message: String,
+    },
     /// The server is still settling the payment for `slice`; the same signed
     /// payload is sent again after `retry_after`.
     PaymentPending {

@@ -9,6 +9,10 @@ use x402_types::{Address, Amount, Network, usdc};
 
 use crate::error::ConfigError;
 
+mod http;
+pub(crate) use http::canonical;
+pub use http::{HttpConfig, MIN_METRICS_KEY_LEN};
+
 /// Where payments are verified and settled.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "kind", deny_unknown_fields)]
@@ -326,6 +330,9 @@ pub struct Config {
     /// Limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Browsers (CORS), trusted proxies and the metrics endpoint (`[http]`).
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -341,6 +348,7 @@ impl std::fmt::Debug for Config {
             .field("store", &self.store)
             .field("streams", &self.streams)
             .field("limits", &self.limits)
+            .field("http", &self.http)
             .finish()
     }
 }
@@ -355,9 +363,16 @@ pub const DEV_PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
 impl Config {
     /// Parses TOML.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let c: Config = parse(text)?;
         c.validate()?;
         Ok(c)
+    }
+
+    /// Parses TOML without checking it ([`Config::problems`] lists every
+    /// problem of what parsed). A parse error names the key's path and, for
+    /// an unknown key, the closest known one.
+    pub fn from_toml_unchecked(text: &str) -> Result<Config, ConfigError> {
+        parse(text)
     }
 
     /// Reads a TOML file.
@@ -395,6 +410,7 @@ impl Config {
             facilitator: Some(FacilitatorConfig::Embedded {}),
             facilitator_api: None,
             store: StoreConfig::Memory,
+            http: HttpConfig::default(),
             streams: vec![
                 stream(
                     "btc-usd",
@@ -428,7 +444,7 @@ impl Config {
     /// Every problem of the configuration, each naming its field
     /// (`streams[1] (eth-usd).price_per_minute: ...`). Empty when it is valid.
     pub fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = self.http.problems();
         if self.facilitator.is_none() {
             out.push(format!("facilitator: {NO_FACILITATOR}"));
         }
@@ -499,6 +515,7 @@ impl Config {
         if self.facilitator.is_none() {
             return Err(ConfigError::Invalid(NO_FACILITATOR.into()));
         }
+        self.http.validate()?;
         if let Some(api) = &self.facilitator_api
             && api.key.len() < 32
         {
@@ -572,6 +589,14 @@ kind = "embedded"                 # verifies, settles NOTHING: local testing onl
 # key = "at least thirty-two bytes, sent as Authorization: Bearer <key>"
 # requests_per_second = 50
 
+# Browsers, proxies and monitoring:
+# [http]
+# cors_origins = ["*"]                   # who may call from a browser page; [] = no CORS headers
+# trusted_proxies = ["10.0.0.0/8"]       # believe X-Forwarded-For / PROXY headers from these only
+# proxy_protocol = false                 # trusted proxies send a PROXY v1/v2 header (HAProxy send-proxy)
+# metrics_listen = "127.0.0.1:9464"      # /metrics only on this address
+# metrics_key = "a long scrape key"      # or: /metrics needs Authorization: Bearer <key>
+
 [[streams]]
 id = "btc-usd"                    # [A-Za-z0-9_-]+, used in URLs
 title = "BTC/USD"
@@ -594,6 +619,56 @@ source = { kind = "synthetic", rate = 10, symbol = "BTC-USD" }
 # facilitator_timeout_secs = 10
 # session_linger_secs = 600
 "#;
+
+/// Parses TOML into a [`Config`], naming the failing key's path
+/// (`streams[0].slice_secnds`) and, for an unknown key, the closest known one.
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let hint = did_you_mean(inner.message())
+            .map(|k| format!(" (did you mean `{k}`?)"))
+            .unwrap_or_default();
+        ConfigError::Parse(format!("at `{path}`{hint}: {inner}"))
+    })
+}
+
+/// For serde's "unknown field `x`, expected one of `a`, `b`": the expected
+/// name closest to `x`, if close enough to be a typo.
+fn did_you_mean(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (given, rest) = rest.split_once('`')?;
+    let expected = rest.split_once("expected")?.1;
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (edit_distance(given, k), k))
+        .filter(|(d, k)| *d <= (k.len() / 3).max(1) || k.starts_with(given) || given.starts_with(k))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.to_string())
+}
+
+/// Levenshtein distance over bytes (config keys are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(cur).min(row[j])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
 
 /// A stream's payment terms, resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -795,6 +870,20 @@ source = { kind = "synthetic", rate = 5 }
     #[test]
     fn the_example_is_valid_and_problems_name_their_fields() {
         let c = Config::from_toml(EXAMPLE).unwrap();
+        let typo = EXAMPLE.replace("slice_seconds = 300", "slice_secnds = 300");
+        let e = Config::from_toml(&typo).unwrap_err().to_string();
+        assert!(
+            e.contains("`streams[0].slice_secnds`") && e.contains("did you mean `slice_seconds`"),
+            "{e}"
+        );
+        let e = Config::from_toml(&EXAMPLE.replace("[limits]", "[limit]"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did you mean `limits`"), "{e}");
+        let e = Config::from_toml(&EXAMPLE.replace("[limits]", "[zzzzzz]"))
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("did you mean"), "{e}");
         assert!(c.problems().is_empty(), "{:?}", c.problems());
         let mut bad = c.clone();
         bad.facilitator = None;

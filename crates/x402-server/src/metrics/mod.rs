@@ -3,11 +3,14 @@
 
 use std::sync::atomic::AtomicU64;
 
+mod process;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 /// A stream label.
@@ -15,6 +18,17 @@ use prometheus_client::registry::Registry;
 pub struct StreamLabel {
     /// Stream id.
     pub stream: String,
+}
+
+/// A revenue label: the stream and the asset its price is paid in.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevenueLabel {
+    /// Stream id.
+    pub stream: String,
+    /// The asset's contract address.
+    pub asset: String,
+    /// The network (CAIP-2, `eip155:8453`).
+    pub network: String,
 }
 
 /// A refusal label.
@@ -33,6 +47,18 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+/// The codes a payment is refused with (the `payments_refused` series
+/// shown from the start).
+const REFUSALS: [&str; 7] = [
+    "payment_invalid",
+    "validity_too_long",
+    "payment_used",
+    "payment_id_conflict",
+    "settlement_unknown",
+    "horizon_exceeded",
+    "facilitator_unavailable",
+];
+
 /// Everything `/metrics` shows.
 pub struct Metrics {
     registry: Registry,
@@ -45,7 +71,7 @@ pub struct Metrics {
     /// Payments credited, per stream.
     pub credited: Family<StreamLabel, Counter>,
     /// Revenue per stream in atomic units of its asset.
-    pub revenue: Family<StreamLabel, Counter<u64, AtomicU64>>,
+    pub revenue: Family<RevenueLabel, Counter<u64, AtomicU64>>,
     /// Payments refused, per stream and code.
     pub refused: Family<RefusalLabel, Counter>,
     /// Settlements whose outcome could not be established.
@@ -70,7 +96,17 @@ impl std::fmt::Debug for Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("atomicstream");
+        let mut root = Registry::default();
+        process::register(&mut root);
+        let registry = root.sub_registry_with_prefix("atomicstream");
+        registry.register(
+            "build",
+            "The running build",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("protocol", "ws402 v1 v2; x402 v1 v2; exact"),
+            ]),
+        );
         let m = Metrics {
             sessions: Gauge::default(),
             sockets: Gauge::default(),
@@ -88,6 +124,18 @@ impl Default for Metrics {
             store_errors: Counter::default(),
             registry: Registry::default(),
         };
+        // Every family shows from the start, not from its first sample:
+        // dashboards and alerts see 0, not "no data".
+        for outcome in ["unpaid", "evicted"] {
+            let _ = m.events_dropped.get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            });
+        }
+        for outcome in ["settled", "refused", "pending", "unknown", "not_attempted"] {
+            let _ = m.settlement_seconds.get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            });
+        }
         registry.register("sessions", "Sessions held", m.sessions.clone());
         registry.register("sockets", "Live WebSocket connections", m.sockets.clone());
         registry.register("settling", "Settlements under way", m.settling.clone());
@@ -136,11 +184,44 @@ impl Default for Metrics {
             "Shared-store (Redis) operations that failed or timed out",
             m.store_errors.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 }
 
 impl Metrics {
+    /// Shows a stream's series from the start: credited and revenue at 0,
+    /// and a refusal count for every code a payment can be refused with.
+    pub fn register_stream(&self, stream: &str, asset: &str, network: &str) {
+        let label = StreamLabel {
+            stream: stream.into(),
+        };
+        let _ = self.credited.get_or_create(&label);
+        let _ = self.revenue.get_or_create(&RevenueLabel {
+            stream: stream.into(),
+            asset: asset.into(),
+            network: network.into(),
+        });
+        for code in x402_types::ErrorCode::KNOWN
+            .iter()
+            .filter(|c| REFUSALS.contains(&c.as_str()))
+        {
+            let _ = self.refused.get_or_create(&RefusalLabel {
+                stream: stream.into(),
+                code: code.to_string(),
+            });
+        }
+    }
+
+    /// A shared-store operation failed: one log line and one count, the
+    /// same for every caller (`what` says which operation).
+    pub fn store_failed(&self, what: &'static str, error: &dyn std::fmt::Display) {
+        self.store_errors.inc();
+        tracing::warn!(operation = what, error = %error, "shared store operation failed");
+    }
+
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
