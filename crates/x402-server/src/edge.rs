@@ -148,12 +148,16 @@ pub fn client_ip(cfg: &HttpConfig, peer: SocketAddr, headers: &HeaderMap) -> IpA
     )
 }
 
-/// The x402 headers a browser page must be able to send and read.
-const SENT: [&str; 4] = [
+/// The x402 headers a browser page must be able to send and read. The
+/// official SDKs (`@x402/fetch`, the Python client) also send an
+/// `Access-Control-Expose-Headers` request header on their paid retry, so
+/// a browser asks for it in the preflight.
+const SENT: [&str; 5] = [
     "content-type",
     "payment-signature",
     "x-payment",
     "payment-identifier",
+    "access-control-expose-headers",
 ];
 const EXPOSED: [&str; 3] = ["payment-required", "payment-response", "x-payment-response"];
 

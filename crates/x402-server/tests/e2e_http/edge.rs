@@ -25,7 +25,8 @@ async fn cors_lets_browser_pages_pay_and_read_the_x402_headers() {
         .header("access-control-request-method", "POST")
         .header(
             "access-control-request-headers",
-            "content-type,payment-signature",
+            // What `@x402/fetch` sends on its paid retry.
+            "content-type,payment-signature,access-control-expose-headers",
         )
         .send()
         .await
@@ -34,7 +35,10 @@ async fn cors_lets_browser_pages_pay_and_read_the_x402_headers() {
     let h = r.headers();
     assert_eq!(h["access-control-allow-origin"], "*");
     let allowed = h["access-control-allow-headers"].to_str().unwrap();
-    assert!(allowed.contains("payment-signature"), "{allowed}");
+    assert!(
+        allowed.contains("payment-signature") && allowed.contains("access-control-expose-headers"),
+        "{allowed}"
+    );
     // The 402 itself exposes PAYMENT-REQUIRED to the page's script.
     let r = t
         .client
