@@ -92,25 +92,14 @@ fn the_types_crate_keeps_a_small_tree() {
     }
 }
 
-/// The settling EVM facilitator implements `x402-facilitator`'s trait and
-/// never pulls the stream server (axum routes, redis, prometheus) into a chain
-/// crate: its normal dependency tree holds no `x402-server`.
-#[test]
-fn the_chain_crate_does_not_depend_on_the_server() {
+/// The package names in `pkg`'s normal dependency tree.
+fn normal_deps(pkg: &str) -> Vec<String> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap();
     let out = Command::new(env!("CARGO"))
         .args([
-            "tree",
-            "-p",
-            "x402-chain",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-            "--format",
-            "{p}",
+            "tree", "-p", pkg, "-e", "normal", "--prefix", "none", "--format", "{p}",
         ])
         .current_dir(root)
         .output()
@@ -120,16 +109,45 @@ fn the_chain_crate_does_not_depend_on_the_server() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let tree = String::from_utf8_lossy(&out.stdout);
-    let names: Vec<&str> = tree
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .collect();
+        .map(str::to_string)
+        .collect()
+}
+
+/// The settling EVM facilitator implements `x402-facilitator`'s trait and
+/// never pulls the stream server (axum routes, redis, prometheus) into a chain
+/// crate: its normal dependency tree holds no `x402-server`.
+#[test]
+fn the_chain_crate_does_not_depend_on_the_server() {
+    let names = normal_deps("x402-chain");
     assert!(
-        names.contains(&"atomicstream-x402-facilitator"),
-        "cargo tree output looks wrong: {tree}"
+        names.iter().any(|n| n == "atomicstream-x402-facilitator"),
+        "cargo tree output looks wrong: {names:?}"
     );
     for banned in ["x402-server", "x402-session", "redis", "prometheus-client"] {
-        assert!(!names.contains(&banned), "x402-chain depends on {banned}");
+        assert!(
+            !names.iter().any(|n| n == banned),
+            "x402-chain depends on {banned}"
+        );
+    }
+}
+
+/// The transport crate is traits, adapters and fault wrappers: the driver
+/// that composes session, payer and policy lives in the facade, so a user
+/// swapping a transport pulls no signer.
+#[test]
+fn the_transport_crate_has_no_payer() {
+    let names = normal_deps("x402-transport");
+    assert!(
+        names.iter().any(|n| n == "x402-session"),
+        "cargo tree output looks wrong: {names:?}"
+    );
+    for banned in ["x402-payer", "k256", "atomicstream"] {
+        assert!(
+            !names.iter().any(|n| n == banned),
+            "x402-transport depends on {banned}"
+        );
     }
 }

@@ -10,18 +10,21 @@ use std::time::Duration;
 use futures::Stream;
 use tokio::sync::mpsc;
 
+pub use driver::{FailedRequest, Progress};
 pub use x402_payer::{
     self as payer, Budget, BudgetScope, EvmExactPayer, LocalSigner, Payer, PolicyError, SpendPolicy,
 };
 pub use x402_session::{self as session, ClientEvent, EndReason, ReconnectPolicy};
 pub use x402_transport::{
-    self as transport, FailedRequest, HttpTransport, Progress, ReqwestTransport, TransportError,
-    TransportErrorKind, TungsteniteConnector, WsConnector,
+    self as transport, HttpTransport, ReqwestTransport, TransportError, TransportErrorKind,
+    TungsteniteConnector, WsConnector,
 };
 pub use x402_types::{self as types, Amount, Event, Hello, PathVersion, Requirement, Schema};
 
-use x402_transport::{Driver, Method};
+use driver::Driver;
+use x402_transport::Method;
 
+pub mod driver;
 mod ticket;
 pub use ticket::{SessionTicket, TICKET_FORMAT};
 
@@ -539,7 +542,7 @@ impl Drop for AbortOnDrop {
 
 /// An open stream: a `futures::Stream` of [`ClientEvent`]s ending with `Ended`.
 pub struct StreamSession {
-    events: x402_transport::Events,
+    events: driver::Events,
     stop: Option<mpsc::Sender<()>>,
     progress: Arc<Mutex<Progress>>,
     pending: Option<ClientEvent>,

@@ -137,16 +137,16 @@ impl PolicyError {
     /// let req = Requirement {
     ///     scheme: "exact".into(),
     ///     network: "eip155:84532".parse().unwrap(),
-    ///     amount: Amount::from_u64(50_000),
+    ///     amount: Amount::from(50_000u64),
     ///     asset: "0x036CbD53842c5426634e7929541eC2318f3dCF7e".into(),
     ///     pay_to: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C".into(),
     ///     max_timeout_seconds: 60,
     ///     extra: None,
     /// };
     /// let e = PolicyError::PerPaymentCap {
-    ///     limit: Amount::from_u64(10_000),
-    ///     requested: Amount::from_u64(50_000),
-    ///     excess: Amount::from_u64(40_000),
+    ///     limit: Amount::from(10_000u64),
+    ///     requested: Amount::from(50_000u64),
+    ///     excess: Amount::from(40_000u64),
     /// };
     /// assert_eq!(
     ///     e.describe(&req),

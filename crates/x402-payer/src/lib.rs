@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod book;
 pub mod eip712;
 mod error;
 mod payer;
@@ -9,6 +10,7 @@ mod policy;
 mod signer;
 pub mod verify;
 
+pub use book::{HOLD_SKEW_SECS, ReservationBook};
 pub use error::{BudgetScope, Error, PolicyError, Result, SignatureError};
 pub use payer::{
     Clock, EvmExactPayer, FixedClock, OsRandom, Payer, RandomSource, SeededRandom, SystemClock,

@@ -2,7 +2,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod driver;
 mod error;
 pub mod faults;
 #[cfg(feature = "reqwest")]
@@ -12,7 +11,6 @@ mod ws_tungstenite;
 
 use async_trait::async_trait;
 
-pub use driver::{Driver, DriverHandle, Events, FailedRequest, Progress};
 pub use error::{Cause, Kind as TransportErrorKind, TransportError, classify};
 #[cfg(feature = "reqwest")]
 pub use http_reqwest::ReqwestTransport;

@@ -1,19 +1,19 @@
 //! The async driver on paused time with in-memory transports: the money
 //! path (reservations committed, held after a refusal, kept for good when
 //! money may have moved), the idle-socket drop and 1009 on an oversized frame.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use atomicstream::driver::{Driver, DriverHandle};
 use tokio::sync::mpsc;
 use x402_payer::{Budget, BudgetScope, EvmExactPayer, LocalSigner, SpendPolicy};
 use x402_session::{ClientConfig, EndReason, ReconnectPolicy};
 use x402_transport::{
-    ConnectError, Driver, HttpResponse, HttpTransport, Method, TransportError, WsConnection,
-    WsConnector, WsFrame,
+    ConnectError, HttpResponse, HttpTransport, Method, TransportError, WsConnection, WsConnector,
+    WsFrame,
 };
 use x402_types::{
     Amount, ErrorBody, ErrorCode, Hello, Network, PathVersion, PaymentDetails, Pricing, Schema,
@@ -171,7 +171,7 @@ struct Setup {
     ws: Arc<Ws>,
     sockets: Vec<mpsc::Sender<Result<WsFrame, TransportError>>>,
     driver: Driver,
-    handle: x402_transport::DriverHandle,
+    handle: DriverHandle,
 }
 
 fn setup(renewals: Vec<HttpResponse>, sockets: usize) -> Setup {
@@ -446,7 +446,7 @@ impl HttpTransport for Down {
 fn driver_with(
     http: Arc<dyn HttpTransport>,
     ws: Arc<dyn WsConnector>,
-) -> (Arc<Budget>, Driver, x402_transport::DriverHandle) {
+) -> (Arc<Budget>, Driver, DriverHandle) {
     let budget = Arc::new(Budget::new(BudgetScope::Lifetime, Amount::from(10 * PRICE)));
     let policy = SpendPolicy::new(Amount::from(PRICE)).with_shared_budget(budget.clone());
     let (driver, handle) = Driver::new(

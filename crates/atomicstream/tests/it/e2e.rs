@@ -1,5 +1,4 @@
 //! The facade against the real server on loopback, v1 and v2.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;

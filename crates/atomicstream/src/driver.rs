@@ -2,20 +2,19 @@
 //! outcomes, signs when asked (policy first), and sleeps until `poll_timeout`.
 //! It decides no protocol rule.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use tokio::sync::mpsc;
-use x402_payer::{Budget, Payer, Reservation, SpendPolicy};
+use x402_payer::{Budget, Payer, ReservationBook, SpendPolicy};
 use x402_session::{
     ClientConfig, ClientEvent, ClientSession, ConnId, EndReason, RequestId, ResumePoint, Transmit,
     TransportFailure,
 };
 use x402_types::{Amount, Hello};
 
-use crate::{
+use x402_transport::{
     ConnectError, HttpResponse, HttpTransport, TransportError, WsConnection, WsConnector, WsFrame,
 };
 
@@ -178,11 +177,8 @@ pub struct Driver {
     inputs_tx: mpsc::Sender<Input>,
     inputs: mpsc::Receiver<Input>,
     live: Option<Live>,
-    /// Signed payments by slice, with their `validBefore`.
-    reservations: HashMap<u64, (Reservation, u64)>,
-    /// Refused payments: still spendable by whoever holds them until their
-    /// `validBefore` (plus skew) passes, so they stay counted until then.
-    held: Vec<(tokio::time::Instant, Reservation)>,
+    /// What was signed and what became of it (the budget's side).
+    book: ReservationBook,
     idle_timeout: Duration,
     events_closed: bool,
     /// Data events handed to the application since the progress was last updated.
@@ -195,9 +191,6 @@ pub struct Driver {
 
 /// At most this many frames that already arrived are read after the one that woke the driver.
 const READ_AHEAD: usize = 63;
-
-/// A refused authorization stays counted this long past its `validBefore` (clock skew).
-const HOLD_SKEW_SECS: u64 = 60;
 
 /// How often an idle socket is pinged, and how long silence means it is dead.
 const PING_EVERY: Duration = Duration::from_secs(15);
@@ -248,8 +241,7 @@ impl Driver {
                 inputs_tx,
                 inputs,
                 live: None,
-                reservations: HashMap::new(),
-                held: Vec::new(),
+                book: ReservationBook::default(),
                 idle_timeout: PING_EVERY * 3,
                 events_closed: false,
                 delivered: 0,
@@ -347,7 +339,7 @@ impl Driver {
                 }
                 Wake::Timeout => self.session.handle_timeout(now()),
                 Wake::Ping => {
-                    self.release_expired_holds();
+                    self.book.release_expired(unix_now());
                     self.ping().await
                 }
                 Wake::Stop(open) => {
@@ -366,9 +358,10 @@ impl Driver {
         }
         // Reservations still open belong to payments whose fate is unknown: they stay reserved.
         // Refused ones are released once their validBefore has passed, after the session.
-        for (until, r) in std::mem::take(&mut self.held) {
+        for (until, r) in std::mem::take(&mut self.book).into_held() {
+            let wait = Duration::from_secs(until.saturating_sub(unix_now()));
             tokio::spawn(async move {
-                tokio::time::sleep_until(until).await;
+                tokio::time::sleep(wait).await;
                 r.release();
             });
         }
@@ -469,9 +462,7 @@ impl Driver {
     /// Ends the session at its start: the server could not be reached and
     /// nothing was paid. Payments signed for the failed upgrade never left: released.
     fn give_up(&mut self, failure: FailedRequest) -> Result<(), x402_session::UsageError> {
-        for (_, (r, _)) in self.reservations.drain() {
-            r.release();
-        }
+        self.book.release_unsent();
         {
             let mut p = self.progress();
             p.last_failure = Some(failure.clone());
@@ -529,18 +520,6 @@ impl Driver {
         p.paid_until = (remaining > Duration::ZERO).then(|| Instant::now() + remaining);
     }
 
-    /// Releases refused authorizations whose `validBefore` (plus skew) passed.
-    fn release_expired_holds(&mut self) {
-        let now = tokio::time::Instant::now();
-        let (dead, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
-            .into_iter()
-            .partition(|(until, _)| *until <= now);
-        self.held = live;
-        for (_, r) in dead {
-            r.release();
-        }
-    }
-
     async fn on_event(&mut self, e: ClientEvent) {
         match &e {
             ClientEvent::PaymentNeeded { slice, offer } => {
@@ -558,7 +537,7 @@ impl Driver {
                                 .exact_evm()
                                 .and_then(|e| e.authorization.valid_before.to_u64())
                                 .unwrap_or(u64::MAX);
-                            self.reservations.insert(slice, (res, valid_before));
+                            self.book.signed(slice, res, valid_before);
                             self.session.handle_payment(now(), slice, payload)
                         }
                         Err(err) => {
@@ -580,11 +559,7 @@ impl Driver {
                 return; // internal: not forwarded
             }
             ClientEvent::PaymentAccepted { slice, .. } => {
-                let amount = self.reservations.remove(slice).map(|(r, _)| {
-                    let a = r.amount();
-                    r.commit();
-                    a
-                });
+                let amount = self.book.accepted(*slice);
                 let mut p = self.progress();
                 p.slices += 1;
                 if *slice > 1 {
@@ -600,16 +575,7 @@ impl Driver {
                 // A refused authorization can still be settled by whoever holds
                 // it until its validBefore: it stays counted as spent until then
                 // (forever if the money may have moved).
-                if let Some((r, valid_before)) = self.reservations.remove(slice) {
-                    if *maybe_spent {
-                        r.commit();
-                    } else {
-                        let left = valid_before.saturating_sub(unix_now());
-                        let until = tokio::time::Instant::now()
-                            + Duration::from_secs(left.saturating_add(HOLD_SKEW_SECS));
-                        self.held.push((until, r));
-                    }
-                }
+                self.book.refused(*slice, *maybe_spent, unix_now());
             }
             ClientEvent::Hello(h) => {
                 self.reached = true;
