@@ -10,7 +10,7 @@ use std::io::{self, IsTerminal, Write};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use atomicstream::transport::Progress;
+use atomicstream::Progress;
 use atomicstream::{Amount, ClientEvent};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 

@@ -1,19 +1,13 @@
 //! The built binary against the real server on loopback.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Output};
 
 use x402_server::{Config, ServerBuilder};
 
-#[path = "cli/browser.rs"]
 mod browser;
-#[path = "cli/clients.rs"]
 mod clients;
-#[path = "cli/failures.rs"]
 mod failures;
-#[path = "cli/resume.rs"]
 mod resume;
-#[path = "cli/terminal.rs"]
 mod terminal;
 
 const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";

@@ -2,7 +2,6 @@
 //! (Debian's package; `cargo xtask tools` installs it): sessions, payments
 //! and events shared across instances, `kill -9`, restarts, Redis outages.
 //! These tests never skip: without `redis-server` they fail and say why.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

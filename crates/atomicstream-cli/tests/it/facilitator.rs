@@ -1,7 +1,6 @@
 //! `atomicstream facilitator` as a process: settling on a local anvil chain
 //! for payments signed and sent by the official x402 Python SDK, refusing to
 //! run `--evm` without a key unless told, and refusing cross-site requests.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, Read, Write};
 use std::process::{Child, Command, Stdio};
