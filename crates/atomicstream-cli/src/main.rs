@@ -529,7 +529,7 @@ fn explain_end(r: &EndReason, paid: &Amount, budget: &Amount) -> String {
         EndReason::UnknownStream { message } => {
             format!("the server sells no such stream ({message}); nothing was paid")
         }
-        other => format!("{other:?}"),
+        other => other.to_string(),
     }
 }
 

@@ -126,13 +126,7 @@ pub fn when(unix: u64) -> String {
 
 /// `4m59s`, `1h02m`, `12s`, `0.8s`.
 pub fn span(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0 => format!("{:.1}s", d.as_secs_f64()),
-        1..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
+    atomicstream::session::human(d)
 }
 
 impl Ui {
@@ -322,7 +316,7 @@ pub fn describe(e: &ClientEvent) -> String {
             "connection lost: reconnecting in {} (attempt {attempt})",
             span(*delay)
         ),
-        other => format!("{other:?}"),
+        other => other.to_string(),
     }
 }
 

@@ -73,7 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             ClientEvent::Ended(r) => {
-                println!("ended: {r:?}, paid {} USDC", session.paid().to_display(6))
+                println!("ended: {r}, paid {} USDC", session.paid().to_display(6))
             }
             _ => {}
         }

@@ -64,9 +64,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             ClientEvent::Ended(r) => {
-                eprintln!("ended: {r:?}; paid {} USDC", session.paid().to_display(6))
+                eprintln!("ended: {r}; paid {} USDC", session.paid().to_display(6))
             }
-            other => eprintln!("{other:?}"),
+            other => eprintln!("{other}"),
         }
     }
     Ok(())

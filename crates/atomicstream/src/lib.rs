@@ -156,7 +156,7 @@ impl Error {
             }
             EndReason::ProtocolViolation(m) => Error::Protocol(m.clone()),
             EndReason::UnknownStream { message } => Error::UnknownStream(message.clone()),
-            other => Error::Protocol(format!("{other:?}")),
+            other => Error::Protocol(other.to_string()),
         })
     }
 }
@@ -506,7 +506,7 @@ impl Client {
                 }
                 Some(ClientEvent::Ended(r)) => {
                     return Err(s.end_error(&r).unwrap_or_else(|| {
-                        Error::Protocol(format!("ended before streaming: {r:?}"))
+                        Error::Protocol(format!("ended before streaming: {r}"))
                     }));
                 }
                 Some(_) => continue,

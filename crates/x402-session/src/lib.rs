@@ -10,7 +10,7 @@ pub mod server;
 pub use client::{
     CheckedSchema, ClientConfig, ClientEvent, ClientSession, ClientStats, ConnId, EndReason,
     HttpResponse, Method, ReconnectPolicy, RequestId, ResumePoint, Transmit, TransportFailure,
-    default_renew_margin, read_schema,
+    default_renew_margin, human, read_schema, utc_clock,
 };
 pub use error::UsageError;
 pub use server::{

@@ -1,5 +1,6 @@
 //! The client role: buy a stream by the slice, renew, reconnect, resume.
 
+mod display;
 mod live;
 mod payment;
 mod reconnect;
@@ -15,6 +16,7 @@ use x402_types::{CloseCode, ErrorCode, Offer, PaymentPayload, ServerMessage, Url
 use crate::error::UsageError;
 use crate::rng::Jitter;
 
+pub use display::{human, utc_clock};
 use payment::{Pending, Purpose};
 pub use resume::ResumePoint;
 pub use schema::{CheckedSchema, read_schema};
