@@ -51,9 +51,21 @@ pub enum Error {
     /// The server broke the protocol (bad schema, URL mismatch, malformed frames) or refused the token.
     #[error("protocol violation: {0}")]
     Protocol(String),
-    /// The network failed.
+    /// The HTTP or WebSocket transport could not be built or used.
     #[error("transport failure: {0}")]
-    Transport(String),
+    Transport(#[from] TransportError),
+    /// The connection could not be restored while paid time remained
+    /// (`last` is the last failure seen, with its URL).
+    #[error("connection lost after {attempts} attempts{}", last.as_ref().map(|f| format!(" (last: {f})")).unwrap_or_default())]
+    ConnectionLost {
+        /// Reconnection attempts made.
+        attempts: u32,
+        /// The last request or connection that failed, if one did.
+        last: Option<FailedRequest>,
+    },
+    /// Another connection took over the session's token (4409).
+    #[error("another connection took over the session (4409)")]
+    Superseded,
     /// The server could not be reached at the start, before anything was paid
     /// (refused, name not resolved, TLS, timeout: see the source's
     /// `is_refused()`, `is_dns()`, `is_tls()`, `is_timeout()`). Nothing was
@@ -116,7 +128,7 @@ impl Error {
     /// Trying again later may succeed (network trouble, server busy).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Transport(_) | Error::Unreachable { .. } => true,
+            Error::Transport(_) | Error::Unreachable { .. } | Error::ConnectionLost { .. } => true,
             Error::PaymentRefused { status, code, .. } => {
                 code.is_retryable() || x402_types::is_retryable_status(*status)
             }
@@ -147,13 +159,12 @@ impl Error {
                 code: code.clone(),
                 message: message.clone(),
             },
-            EndReason::Superseded => {
-                Error::Protocol("superseded by another connection (4409)".into())
-            }
+            EndReason::Superseded => Error::Superseded,
             EndReason::TokenRejected { code } => Error::TokenRejected { code: *code },
-            EndReason::ConnectionLost { attempts } => {
-                Error::Transport(format!("connection lost after {attempts} attempts"))
-            }
+            EndReason::ConnectionLost { attempts } => Error::ConnectionLost {
+                attempts: *attempts,
+                last: None,
+            },
             EndReason::ProtocolViolation(m) => Error::Protocol(m.clone()),
             EndReason::UnknownStream { message } => Error::UnknownStream(message.clone()),
             other => Error::Protocol(other.to_string()),
@@ -238,10 +249,7 @@ impl ClientBuilder {
             inner: Arc::new(Inner {
                 http: match self.http.clone() {
                     Some(h) => h,
-                    None => Arc::new(
-                        ReqwestTransport::standard()
-                            .map_err(|e| Error::Transport(e.to_string()))?,
-                    ),
+                    None => Arc::new(ReqwestTransport::standard()?),
                 },
                 ws: self
                     .ws
@@ -603,9 +611,10 @@ impl StreamSession {
             });
         }
         match (reason, p.last_failure) {
-            (EndReason::ConnectionLost { attempts }, Some(f)) => Some(Error::Transport(format!(
-                "connection lost after {attempts} attempts (last: {f})"
-            ))),
+            (EndReason::ConnectionLost { attempts }, Some(f)) => Some(Error::ConnectionLost {
+                attempts: *attempts,
+                last: Some(f),
+            }),
             _ => Error::from_end(reason),
         }
     }
