@@ -26,28 +26,7 @@ pub(crate) fn chromium() -> bool {
         eprintln!("xtask: {v}");
         return true;
     }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let apt = |args: &[&str]| {
-        let mut c = if root {
-            Command::new("apt-get")
-        } else {
-            let mut c = Command::new("sudo");
-            c.arg("apt-get");
-            c
-        };
-        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        c
-    };
-    let mut install = vec!["install", "-y", "--no-install-recommends"];
-    install.extend_from_slice(PACKAGES);
-    // A fresh machine may not have package lists yet: update, then try again.
-    let installed = crate::step("install chromium (apt-get)", &mut apt(&install))
-        || (crate::step("apt-get update", &mut apt(&["update"]))
-            && crate::step("install chromium (apt-get)", &mut apt(&install)));
-    if !installed {
+    if !crate::apt_install("chromium", PACKAGES) {
         return false;
     }
     match chromium_version() {

@@ -208,25 +208,7 @@ fn systemd_analyze() -> bool {
     if have() {
         return true;
     }
-    let root_user = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let apt = |args: &[&str]| {
-        let mut c = if root_user {
-            Command::new("apt-get")
-        } else {
-            let mut c = Command::new("sudo");
-            c.arg("apt-get");
-            c
-        };
-        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        c
-    };
-    let install = ["install", "-y", "--no-install-recommends", "systemd"];
-    let installed = step("install systemd-analyze (apt-get)", &mut apt(&install))
-        || (step("apt-get update", &mut apt(&["update"]))
-            && step("install systemd-analyze (apt-get)", &mut apt(&install)));
+    let installed = crate::apt_install("systemd-analyze", &["systemd"]);
     if !(installed && have()) {
         eprintln!(
             "xtask deploy: systemd-analyze is needed to verify {UNIT} (Debian package `systemd`)"

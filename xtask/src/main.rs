@@ -1,6 +1,6 @@
 //! Project automation. `cargo xtask <verb>`:
 //!
-//! - `ci`: the gate (fmt, clippy, tests, docs). Fuzzing is `cargo xtask fuzz`
+//! - `ci`: the gate (rust-version, fmt, clippy, tests, docs). Fuzzing is `cargo xtask fuzz`
 //!   (cargo-fuzz needs minutes to install, so it is not part of the gate).
 //! - `bench`: benchmarks with baselines, writes `target/bench/report.json`.
 //! - `soak [seconds]`: bounded load and fault run against the reference server.
@@ -17,6 +17,7 @@ mod browser;
 mod clients;
 mod deploy;
 mod examples;
+mod msrv;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -141,6 +142,25 @@ fn redis_server() -> bool {
         }
         return true;
     }
+    if !apt_install("redis-server", &["redis-server"]) {
+        return false;
+    }
+    match redis_version() {
+        Some(v) => {
+            eprintln!("xtask: redis-server {v}");
+            true
+        }
+        None => {
+            eprintln!("xtask: redis-server is still not runnable after apt-get install");
+            false
+        }
+    }
+}
+
+/// Installs Debian `packages` with apt-get (as root, or through sudo), after
+/// an `apt-get update` when the first try fails (a fresh machine may have no
+/// package lists yet). `what` names them in the step's line.
+pub(crate) fn apt_install(what: &str, packages: &[&str]) -> bool {
     let root = Command::new("id")
         .arg("-u")
         .output()
@@ -156,24 +176,11 @@ fn redis_server() -> bool {
         c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
         c
     };
-    let install = ["install", "-y", "--no-install-recommends", "redis-server"];
-    // A fresh machine may not have package lists yet: update, then try again.
-    let installed = step("install redis-server (apt-get)", &mut apt(&install))
-        || (step("apt-get update", &mut apt(&["update"]))
-            && step("install redis-server (apt-get)", &mut apt(&install)));
-    if !installed {
-        return false;
-    }
-    match redis_version() {
-        Some(v) => {
-            eprintln!("xtask: redis-server {v}");
-            true
-        }
-        None => {
-            eprintln!("xtask: redis-server is still not runnable after apt-get install");
-            false
-        }
-    }
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend_from_slice(packages);
+    let name = format!("install {what} (apt-get)");
+    step(&name, &mut apt(&install))
+        || (step("apt-get update", &mut apt(&["update"])) && step(&name, &mut apt(&install)))
 }
 
 /// The official x402 Python SDK version the interop test uses.
@@ -193,6 +200,9 @@ fn ci() -> bool {
         eprintln!(
             "xtask ci: the test tools (anvil, solc, redis-server, the x402 Python SDK, the client recipes' packages) could not be installed; tests that need them would fail"
         );
+        return false;
+    }
+    if !msrv::check() {
         return false;
     }
     let mut doc = cargo_cmd(&["doc", "--workspace", "--no-deps"]);

@@ -377,8 +377,6 @@ async fn run_stream(
             return Err(Fail(error_code(&e), msg));
         }
     };
-    // One past the last event written out: where a resumed run starts.
-    let mut written: Option<u64> = None;
     let mut ui = ui::Ui::new(stream, budget, show.quiet, show.status_json, show.verbose);
     let started = Instant::now();
     let deadline = duration.map(|d| tokio::time::Instant::now() + Duration::from_secs(d));
@@ -416,7 +414,7 @@ async fn run_stream(
                 }
                 ui.status(&session.progress());
                 if let Some(f) = target.file.as_mut() {
-                    f.update(&session, written);
+                    f.update(&session, stdout.written());
                 }
                 continue;
             }
@@ -431,8 +429,7 @@ async fn run_stream(
                     ),
                     None => format!("{{\"seq\":{},\"data\":{}}}", e.seq, e.data.get()),
                 };
-                stdout.push(&line);
-                written = Some(e.seq.saturating_add(1));
+                stdout.push_event(&line, e.seq);
                 if stdout.due() && stdout.flush(&ui).is_err() && !stopping {
                     // stdout closed (piped into `head`): stop before the next payment.
                     stopping = true;
@@ -459,13 +456,13 @@ async fn run_stream(
             }
             ui.status(&session.progress());
             if let Some(f) = target.file.as_mut() {
-                f.update(&session, written);
+                f.update(&session, stdout.written());
             }
         }
     };
     let _ = stdout.flush(&ui);
     if let Some(f) = target.file.as_mut() {
-        f.update(&session, written);
+        f.update(&session, stdout.written());
     }
     let p = session.progress();
     let summary = format!(

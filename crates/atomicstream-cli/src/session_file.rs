@@ -210,9 +210,15 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "session".into());
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    // A fresh, unguessable name created exclusively (O_CREAT|O_EXCL, which
+    // follows no symlink): in a shared directory nobody can plant the file
+    // or a link to it first, and it has mode 0600 from its creation.
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let suffix: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = path.with_file_name(format!(".{name}.{suffix}.tmp"));
     let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
+    o.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;

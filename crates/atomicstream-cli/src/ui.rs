@@ -57,6 +57,10 @@ pub struct Lines<W: Write> {
     out: W,
     pending: Vec<u8>,
     last: Instant,
+    /// One past the last event in `pending`, and one past the last event
+    /// actually written out (where a resumed run starts).
+    pending_next: Option<u64>,
+    written_next: Option<u64>,
 }
 
 impl<W: Write> Lines<W> {
@@ -66,7 +70,21 @@ impl<W: Write> Lines<W> {
             out,
             pending: Vec::with_capacity(BATCH_BYTES),
             last: Instant::now(),
+            pending_next: None,
+            written_next: None,
         }
+    }
+
+    /// Adds the line of event `seq`.
+    pub fn push_event(&mut self, line: &str, seq: u64) {
+        self.push(line);
+        self.pending_next = Some(seq.saturating_add(1));
+    }
+
+    /// One past the last event written out and flushed, if any: events
+    /// still in the batch, or lost with a failed write, are not counted.
+    pub fn written(&self) -> Option<u64> {
+        self.written_next
     }
 
     /// Adds one line (without its newline).
@@ -91,6 +109,9 @@ impl<W: Write> Lines<W> {
         let (out, pending) = (&mut self.out, &self.pending);
         let r = ui.around_stdout(|| out.write_all(pending).and_then(|()| out.flush()));
         self.pending.clear();
+        if r.is_ok() && self.pending_next.is_some() {
+            self.written_next = self.pending_next;
+        }
         r
     }
 }
@@ -590,6 +611,34 @@ mod tests {
             out.push("{\"seq\":2}");
         }
         assert!(out.due(), "8 KiB is written at once");
+    }
+
+    /// The resume point counts only events that reached the reader.
+    #[test]
+    fn written_counts_only_what_was_flushed() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let ui = Ui::with_mode(Mode::Quiet, false, "s", Amount::from(1u64), false);
+        let mut out = Lines::new(Vec::new());
+        out.push_event("{\"seq\":7}", 7);
+        assert_eq!(out.written(), None, "still in the batch");
+        out.flush(&ui).unwrap();
+        assert_eq!(out.written(), Some(8));
+        let mut gone = Lines::new(Closed);
+        gone.push_event("{\"seq\":9}", 9);
+        assert!(gone.flush(&ui).is_err());
+        assert_eq!(
+            gone.written(),
+            None,
+            "a failed write is not a written event"
+        );
     }
 
     #[test]

@@ -165,12 +165,18 @@ pub(crate) async fn lead(
                     leading: leading.clone(),
                 };
                 let end = crate::run_source(sink, source.clone()).await;
-                leading.store(false, Ordering::Relaxed);
-                // This instance's buyers learn of it; the others see the
-                // shared log go quiet (the source is retried each beat).
-                if let (crate::hub::SourceEnd::Failed(reason), Some(hub)) = (end, hub.upgrade()) {
-                    hub.source_down(reason);
+                if let crate::hub::SourceEnd::Failed(reason) = end {
+                    // This instance's buyers learn of it (the other instances
+                    // see the shared log go quiet: docs/server.md). The lease
+                    // is kept, so no instance runs a failed or finished
+                    // source again, until this one stops.
+                    if let Some(hub) = hub.upgrade() {
+                        hub.source_down(reason);
+                    }
+                    let _ = keeper.await;
+                    return;
                 }
+                leading.store(false, Ordering::Relaxed);
                 keeper.abort();
                 tracing::info!(stream, "no longer running the stream's source");
             }

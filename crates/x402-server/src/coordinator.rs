@@ -42,6 +42,11 @@ impl AppState {
         crate::payments::store_down()
     }
 
+    /// Why `stream` is not sold now, if its source has failed.
+    fn source_down(&self, stream: &str) -> Option<String> {
+        self.streams.get(stream)?.hub.not_sold(stream)
+    }
+
     /// Takes a session's state from the store (a renewal or a connection
     /// made on another instance). Failures are logged and counted: the next
     /// notice or timer tries again.
@@ -185,6 +190,16 @@ impl AppState {
             let PaymentDecision::Settle(id) = decision else {
                 return Ok(decision);
             };
+            // A stream whose source failed is not sold: a *new* payment is
+            // refused before anything is claimed or settled (nothing moves).
+            // One already known (credited, settling) was answered above.
+            if let Some(reason) = self.source_down(&quote.stream_id) {
+                self.with_core(|ep, now| ep.abandon(now, id));
+                return Ok(PaymentDecision::Refused(Refusal::new(
+                    ErrorCode::SourceUnavailable,
+                    reason,
+                )));
+            }
             let Some((state, rec, until)) = commit else {
                 self.with_core(|ep, now| ep.abandon(now, id));
                 continue;

@@ -83,6 +83,25 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
 /// unavailable (a load balancer stops sending buyers here). `/healthz` is
 /// liveness only: the process answers.
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    // One probe at a time, its answer reused for a second: a flood of
+    // /readyz asks Redis and the facilitator at most once a second.
+    let mut cached = s.readiness.lock().await;
+    let fresh = cached
+        .as_ref()
+        .filter(|(at, _, _)| at.elapsed() < std::time::Duration::from_secs(1));
+    let (status, body) = match fresh {
+        Some((_, status, body)) => (*status, body.clone()),
+        None => {
+            let (status, body) = probe_readiness(&s).await;
+            *cached = Some((std::time::Instant::now(), status, body.clone()));
+            (status, body)
+        }
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// Asks the store, the facilitator and every source once.
+async fn probe_readiness(s: &AppState) -> (StatusCode, serde_json::Value) {
     let limit = std::time::Duration::from_secs(s.cfg.limits.facilitator_timeout_secs.clamp(1, 5));
     let (store, facilitator) = tokio::join!(
         tokio::time::timeout(limit, s.store.ping()),
@@ -120,9 +139,8 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
     };
     (
         status,
-        axum::Json(serde_json::json!({"status": word, "problems": problems})),
+        serde_json::json!({"status": word, "problems": problems}),
     )
-        .into_response()
 }
 
 async fn streams(State(s): State<Arc<AppState>>) -> Response {
@@ -274,7 +292,6 @@ async fn renew(
         let q = query(q)?;
         let (v, sold) = s.entry(&ver, &id, &headers)?;
         let e = &sold;
-        e.on_sale()?;
         let quote = s.quote(v, e, q.t.as_deref())?;
         let header = payment_header(v, &headers)?.ok_or_else(|| {
             s.payment_error(
@@ -362,7 +379,6 @@ async fn stream(
         let guard = ip_guard(&s, ip)?;
         let settlement = match header {
             Some(h) => {
-                e.on_sale()?;
                 s.admit_payment(ip)?;
                 s.pay(v, e, &quote, h).await?.settlement
             }
@@ -425,31 +441,35 @@ async fn page() -> Response {
 /// The router of the stream server. `/metrics` is here unless
 /// `[http] metrics_listen` gives it its own listener ([`metrics_router`]).
 pub fn router(state: Arc<AppState>) -> Router {
-    let mut r = Router::new()
-        .route("/", get(page))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    // What a browser page on another origin may call: the catalog and the
+    // three x402 endpoints. Health, readiness and metrics get no CORS.
+    let mut sale = Router::new()
         .route("/streams", get(streams))
         .route("/{ver}/schema/{id}", get(schema))
         .route("/{ver}/stream/{id}", get(stream))
-        .route("/{ver}/renew/{id}", post(renew));
+        .route("/{ver}/renew/{id}", post(renew))
+        .with_state(state.clone());
+    if let Some(layer) = cors(&state.cfg.http) {
+        sale = sale.layer(layer);
+    }
+    let mut r = Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
     if state.cfg.http.metrics_listen.is_none() {
         r = r.route("/metrics", get(metrics));
     }
-    let mut r = r
-        .fallback(|| async { not_found("route").into_response() })
-        .with_state(state.clone());
-    if let Some(layer) = cors(&state.cfg.http) {
-        r = r.layer(layer);
-    }
-    r
+    r.fallback(|| async { not_found("route").into_response() })
+        .with_state(state)
+        .merge(sale)
 }
 
-/// `/metrics` (and `/healthz`) alone, for `[http] metrics_listen`.
+/// `/metrics`, `/healthz` and `/readyz` alone, for `[http] metrics_listen`.
 pub fn metrics_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .fallback(|| async { not_found("route").into_response() })
         .with_state(state)
 }

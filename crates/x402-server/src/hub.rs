@@ -80,6 +80,14 @@ impl Hub {
         self.source.borrow().clone()
     }
 
+    /// Why the stream `id` of this hub is not sold now, if its source failed.
+    pub(crate) fn not_sold(&self, id: &str) -> Option<String> {
+        match &*self.source.borrow() {
+            SourceState::Live => None,
+            SourceState::Down(reason) => Some(format!("stream {id} is not sold now: {reason}")),
+        }
+    }
+
     /// Watches the source's state (sockets tell their buyer when it fails).
     pub fn watch_source(&self) -> tokio::sync::watch::Receiver<SourceState> {
         self.source.subscribe()

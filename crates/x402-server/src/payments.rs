@@ -29,14 +29,15 @@ pub(crate) struct Sold<'a> {
 }
 
 impl Sold<'_> {
-    /// Whether the stream may be sold now: not while its source is down.
+    /// Whether the stream may be quoted now: not while its source is down
+    /// (new payments are refused in the coordinator, known ones answered).
     pub(crate) fn on_sale(&self) -> Result<(), ApiError> {
-        match self.hub.source_state() {
-            crate::hub::SourceState::Live => Ok(()),
-            crate::hub::SourceState::Down(reason) => Err(ApiError::new(
+        match self.hub.not_sold(&self.cfg.id) {
+            None => Ok(()),
+            Some(reason) => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::SourceUnavailable,
-                format!("stream {} is not sold now: {reason}", self.cfg.id),
+                reason,
             )),
         }
     }

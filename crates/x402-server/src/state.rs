@@ -86,6 +86,9 @@ pub struct AppState {
     pub(crate) payment_rate: Mutex<HashMap<IpAddr, (Instant, f64)>>,
     /// Connection ids.
     pub next_conn: AtomicU64,
+    /// The last readiness probe (`/readyz`): when, and its answer.
+    pub(crate) readiness:
+        tokio::sync::Mutex<Option<(Instant, axum::http::StatusCode, serde_json::Value)>>,
     /// What `/metrics` shows (shared with the background tasks).
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -140,6 +143,7 @@ impl AppState {
             payment_rate: Mutex::default(),
             next_conn: 1.into(),
             metrics,
+            readiness: tokio::sync::Mutex::new(None),
         }
     }
 

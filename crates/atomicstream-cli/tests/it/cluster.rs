@@ -195,18 +195,9 @@ payment_wait_secs = 3
         h["sockets"].as_u64().unwrap()
     }
 
-    /// `x402_payments_credited_total` summed over streams, from /metrics.
+    /// Payments credited by this instance, over every stream.
     async fn credited(&self) -> u64 {
-        let text = reqwest::get(format!("{}/metrics", self.http()))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with("atomicstream_payments_credited_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+        crate::credited(&self.http(), None).await
     }
 }
 

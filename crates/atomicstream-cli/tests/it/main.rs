@@ -7,3 +7,19 @@
 mod cli;
 mod cluster;
 mod facilitator;
+
+/// Payments credited by the server at `base`, from its `/metrics`
+/// (`atomicstream_payments_credited_total`), for one stream or all.
+async fn credited(base: &str, stream: Option<&str>) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("atomicstream_payments_credited_total{"))
+        .filter(|l| stream.is_none_or(|s| l.contains(&format!("stream=\"{s}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}

@@ -9,11 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{KEY, server};
+use super::KEY;
 
-/// Events asked of each recipe: `demo-fast` sends 20 a second in 4-second
-/// slices, so 100 events need a second slice.
-const EVENTS: usize = 100;
+/// The recipes' stream: 20 events a second in 9-second slices, so the
+/// `expiring` notice comes 3 s ahead (a third of a slice) and a recipe on a
+/// loaded machine has time to sign and settle its renewal without a gap.
+const STREAM: &str = "recipe";
+
+/// Events asked of each recipe: 200 at 20 a second need a second slice.
+const EVENTS: usize = 200;
 
 /// A recipe must be done by then (it needs about 6 s).
 const DEADLINE: Duration = Duration::from_secs(40);
@@ -59,29 +63,32 @@ fn run_bounded(mut c: Command, what: &str) -> Output {
     }
 }
 
-/// Slices paid for `demo-fast`, from the server's /metrics.
-async fn credited(base: &str) -> u64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with("atomicstream_payments_credited_total{")
-                && l.contains("stream=\"demo-fast\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+/// A server selling the demo catalog and [`STREAM`].
+async fn recipe_server() -> String {
+    let mut cfg = x402_server::Config::demo("127.0.0.1:0".parse().unwrap());
+    cfg.secret = Some("recipe-test-secret-recipe-test-secret".into());
+    let mut s = cfg.streams[0].clone();
+    s.id = STREAM.into();
+    s.slice_seconds = 9;
+    s.price_per_minute = "0.06".into();
+    s.source = x402_server::SourceConfig::Synthetic {
+        rate: 20.0,
+        symbol: "BTC-USD".into(),
+        pad: 0,
+    };
+    cfg.streams.push(s);
+    let server = x402_server::ServerBuilder::new(cfg).bind().await.unwrap();
+    let base = server.http_base().to_string();
+    server.spawn();
+    base
 }
 
 /// Runs one recipe against a fresh server and checks it: exit 0, `EVENTS`
 /// events in order and without a gap (the renewal came in time), and at
 /// least two slices paid, as the recipe says and the server counted.
 async fn recipe_buys_and_renews(what: &str, mut c: Command) {
-    let base = server().await;
-    c.args([&base, "demo-fast", "--events", &EVENTS.to_string()])
+    let base = recipe_server().await;
+    c.args([&base, STREAM, "--events", &EVENTS.to_string()])
         .env("X402_PRIVATE_KEY", KEY);
     let name = what.to_string();
     let out = tokio::task::spawn_blocking(move || run_bounded(c, &name))
@@ -115,7 +122,7 @@ async fn recipe_buys_and_renews(what: &str, mut c: Command) {
         "{what}:\n{err}"
     );
     assert_eq!(
-        credited(&base).await,
+        crate::credited(&base, Some(STREAM)).await,
         paid,
         "{what}: the server's count of slices paid"
     );

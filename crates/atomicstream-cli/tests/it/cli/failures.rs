@@ -30,8 +30,10 @@ fn assert_fast_failure(
         "expected the URL and `{cause}`: {err}"
     );
     assert!(err.contains(hint), "expected `{hint}`: {err}");
+    // Ten retries with backoff took 33 s; one attempt is well under 15 s
+    // even where the resolver is slow to say a name does not exist.
     assert!(
-        took < Duration::from_secs(5),
+        took < Duration::from_secs(15),
         "no retries before the first payment: {took:?}"
     );
 }

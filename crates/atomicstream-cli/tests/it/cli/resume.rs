@@ -16,20 +16,6 @@ fn seqs(stdout: &[u8]) -> Vec<u64> {
         .collect()
 }
 
-/// `atomicstream_payments_credited_total`, summed over streams.
-async fn credited(base: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("atomicstream_payments_credited_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn a_saved_session_resumes_from_the_next_event_without_paying_again() {
     let base = server().await;
@@ -74,7 +60,7 @@ async fn a_saved_session_resumes_from_the_next_event_without_paying_again() {
     assert_eq!(saved["nextSeq"], last + 1);
     assert!(saved["token"].as_str().is_some_and(|t| !t.is_empty()));
     assert!(saved["paidUntil"].as_u64().unwrap() > 0);
-    assert_eq!(credited(&base).await, 1.0);
+    assert_eq!(crate::credited(&base, None).await, 1);
 
     // Run 2: takes it up, no stream id or URL needed.
     let mut c = bin();
@@ -93,8 +79,8 @@ async fn a_saved_session_resumes_from_the_next_event_without_paying_again() {
         "in order, none missing"
     );
     assert_eq!(
-        credited(&base).await,
-        1.0,
+        crate::credited(&base, None).await,
+        1,
         "one payment while the paid time lasts"
     );
     let saved: serde_json::Value =
@@ -174,6 +160,6 @@ async fn a_session_the_server_does_not_know_ends_with_exit_5() {
         "{err}"
     );
     assert!(out.stdout.is_empty());
-    assert_eq!(credited(&base).await, 0.0, "nothing paid");
+    assert_eq!(crate::credited(&base, None).await, 0, "nothing paid");
     std::fs::remove_dir_all(&dir).unwrap();
 }
