@@ -21,7 +21,9 @@ pub(crate) fn count_op(op: &str, n: u64) {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let digest = [7u8; 32];
-    let (sig, rid) = key.sign_prehash_recoverable(&digest);
+    let (sig, rid) = key
+        .sign_prehash_recoverable(&digest)
+        .unwrap_or_else(|e| panic!("{e}"));
     let large_data = payload(4096, 1);
     let (small, large) = (
         event_frame(123_456, &payload_small()),

@@ -232,6 +232,14 @@ pub fn free_port() -> u16 {
         .expect("bind a loopback port")
 }
 
+/// anvil's first development key, the one key the tests sign with. It is
+/// public (every anvil funds it on start): never use it for anything of value.
+pub const DEV_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+/// The address of [`DEV_KEY`], EIP-55 checksummed (`x402-payer`'s known-answer
+/// test derives it from the key).
+pub const DEV_ADDRESS: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
+
 /// A fresh scratch directory under the system's temporary directory.
 ///
 /// # Panics

@@ -45,7 +45,7 @@ use crate::{ChainError, rpc};
 /// How to reach the chain and who pays the gas.
 #[derive(Clone)]
 pub struct EvmConfig {
-    /// JSON-RPC URL (`http://`; `https://` with the `https` feature).
+    /// JSON-RPC URL (`http://` or `https://`: alloy's reqwest is the workspace's, with rustls).
     pub rpc_url: String,
     /// The network settled on (its chain id is checked against the node).
     pub network: Network,

@@ -188,7 +188,7 @@ pub fn domain_for(req: &Requirement) -> Result<Domain> {
 /// use x402_payer::{EvmExactPayer, LocalSigner, Offer, Payer};
 /// use x402_types::{Amount, Network, PathVersion, Requirement};
 /// # tokio_test_block_on(async {
-/// let signer = LocalSigner::from_hex("0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80")?;
+/// let signer = LocalSigner::random()?;
 /// let payer = EvmExactPayer::new(signer);
 /// let req = Requirement {
 ///     scheme: "exact".into(),

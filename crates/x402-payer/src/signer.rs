@@ -95,12 +95,18 @@ impl DigestSigner for LocalSigner {
     }
 
     fn sign_digest(&self, digest: &[u8; 32]) -> Result<B65, Error> {
-        let (sig, recid) = self.key.sign_prehash_recoverable(digest);
-        // Normalise to low-s, flipping the parity if s changed.
-        let normalized = sig.normalize_s();
-        let flip = normalized != sig;
+        // Fails only if RFC 6979 yields r or s = 0 (probability ~2^-256).
+        let (sig, recid) = self
+            .key
+            .sign_prehash_recoverable(digest)
+            .map_err(|_| Error::Signer("secp256k1 signing failed".into()))?;
+        // Low s (k256 already returns it): flip the parity if s had to change.
+        let (sig, flip) = match sig.normalize_s() {
+            Some(low) => (low, true),
+            None => (sig, false),
+        };
         let mut out = [0u8; 65];
-        out[..64].copy_from_slice(&normalized.to_bytes());
+        out[..64].copy_from_slice(&sig.to_bytes());
         out[64] = 27 + (recid.is_y_odd() ^ flip) as u8;
         Ok(FixedBytes(out))
     }
@@ -122,7 +128,7 @@ impl fmt::Display for LocalSigner {
 
 /// The address of a public key: the last 20 bytes of keccak256 of the uncompressed point.
 pub fn address_of(vk: &VerifyingKey) -> Address {
-    let point = vk.to_sec1_point(false);
+    let point = vk.to_encoded_point(false);
     let bytes = point.as_bytes();
     let hash = keccak256(&bytes[1..]);
     let mut a = [0u8; 20];

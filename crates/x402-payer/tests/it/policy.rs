@@ -1,5 +1,4 @@
 //! Spending policy: every limit, and budgets that no sequence of payments exceeds.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 

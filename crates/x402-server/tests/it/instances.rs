@@ -10,7 +10,6 @@
 //! a final answer on a living instance:
 //! - every settled payment is credited exactly once, and only those;
 //! - every payload's answer is its own slice, and no paid slice is lost.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -21,14 +20,14 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use proptest::prelude::*;
-use x402_payer::{EvmExactPayer, LocalSigner};
 use x402_server::{
-    Config, DEV_PAY_TO, EmbeddedFacilitator, Facilitator, HttpFacilitator, Limits, MemoryStore,
-    PaymentStore, ServerBuilder, SourceConfig, StreamConfig,
+    Config, EmbeddedFacilitator, Facilitator, HttpFacilitator, Limits, MemoryStore, PaymentStore,
+    ServerBuilder,
 };
-use x402_types::{FacilitatorRequest, Offer, PaymentRequiredV2, RenewResponse, Schema};
+use x402_types::{FacilitatorRequest, Offer, RenewResponse};
 
-const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+use crate::harness::{dev_payer, quote_v2, stream};
+
 const SECRET: &str = "instances-test-secret-instances-test-secret";
 
 /// What the facilitator does on one `/settle` call.
@@ -136,16 +135,7 @@ fn facilitator(driver: &tokio::runtime::Runtime, faults: Vec<Fault>) -> (Arc<Scr
 
 /// A fresh quote from an instance: the offer to sign and the session's stream URL.
 async fn quote(http: &str) -> (Offer, String) {
-    let r = reqwest::get(format!("{http}/v2/schema/s")).await.unwrap();
-    let header = r.headers()["PAYMENT-REQUIRED"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let schema = Schema::from_json(&r.bytes().await.unwrap()).unwrap();
-    let offer: Offer = PaymentRequiredV2::from_header(&header)
-        .unwrap()
-        .into_offer()
-        .unwrap();
+    let (schema, offer) = quote_v2(&reqwest::Client::new(), http, "s").await;
     (offer, schema.websocket_endpoint)
 }
 
@@ -174,18 +164,7 @@ fn start_on(handle: Arc<dyn PaymentStore>, name: &str, facilitator: &str) -> Ins
         horizon_slices: 10,
         ..Limits::default()
     };
-    cfg.streams = vec![StreamConfig {
-        id: "s".into(),
-        title: "s".into(),
-        description: "test".into(),
-        price_per_minute: "0.06".into(),
-        slice_seconds: 60,
-        network: "base-sepolia".into(),
-        asset: None,
-        pay_to: DEV_PAY_TO.into(),
-        max_timeout_seconds: 60,
-        source: SourceConfig::Api,
-    }];
+    cfg.streams = vec![stream("s", 60, 60)];
     let remote = HttpFacilitator::new(facilitator, Duration::from_secs(2)).unwrap();
     let http = rt.block_on(async {
         let server = ServerBuilder::new(cfg)
@@ -295,7 +274,7 @@ fn run(steps: Vec<Step>, faults: Vec<Fault>, swept_before_retry: bool) {
     let mut instances: Vec<Instance> = (0..INSTANCES)
         .map(|i| start_instance(&store, &format!("i{i}"), &f_url))
         .collect();
-    let payer = EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap());
+    let payer = dev_payer();
     driver.block_on(async {
         // One quote (one session) from instance 0; three payloads for it.
         let (offer, ws) = quote(&instances[0].http).await;
@@ -509,7 +488,7 @@ fn solo_losing_one_answer() -> (tokio::runtime::Runtime, Arc<Script>, MemoryStor
 #[test]
 fn a_commit_whose_answer_was_lost_is_restarted_by_the_sweep() {
     let (driver, script, store, i) = solo_losing_one_answer();
-    let payer = EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap());
+    let payer = dev_payer();
     driver.block_on(async {
         let (offer, ws) = quote(&i.http).await;
         let pay = payer.sign(&offer).unwrap().to_header();
@@ -543,7 +522,7 @@ fn a_commit_whose_answer_was_lost_is_restarted_by_the_sweep() {
 #[test]
 fn a_restarted_junk_copy_is_refused_as_forged_and_frees_the_authorization() {
     let (driver, script, store, i) = solo_losing_one_answer();
-    let payer = EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap());
+    let payer = dev_payer();
     driver.block_on(async {
         let (offer, ws) = quote(&i.http).await;
         let genuine = payer.sign(&offer).unwrap();

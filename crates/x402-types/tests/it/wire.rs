@@ -1,5 +1,4 @@
 //! Every wire example of the spec, parsed and written.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use x402_types::*;
 

@@ -2,7 +2,6 @@
 //! the reference server, which settles every payment on a local anvil chain
 //! through the EVM facilitator. v1 and v2. The payee's balance rises by exactly
 //! the slices bought times the price, and the payer's falls by the same.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;

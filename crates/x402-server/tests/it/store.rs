@@ -4,11 +4,10 @@
 //! nothing, versions are compared, refused payloads free their claims,
 //! orphans are listed and adopted once, and outcomes are never lost when two
 //! instances end up settling one payload.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
-use atomicstream_testkit::Redis;
+use atomicstream_testkit::{DEV_ADDRESS, Redis};
 use x402_server::store::{Begin, Commit, Finish, MemoryStore, PaymentStore, RedisStore};
 use x402_session::{
     Credit, PaymentIn, PaymentKey, PaymentRecord, PaymentStatus, Refusal, SessionState,
@@ -25,9 +24,7 @@ fn record(status: PaymentStatus) -> PaymentRecord {
     PaymentRecord {
         scheme: x402_session::EXACT.into(),
         session: "q".into(),
-        payer: "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
-            .parse()
-            .unwrap(),
+        payer: DEV_ADDRESS.parse().unwrap(),
         nonce: x402_types::FixedBytes([7; 32]),
         amount: 4000u64.into(),
         valid_before: 4_000_000_000,

@@ -5,7 +5,6 @@
 //! success for another payer or amount, or `settlement_pending`. In every
 //! case: nothing credited without a settlement, nothing settled left
 //! uncredited, no payment counted twice.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,17 +14,14 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use x402_payer::{EvmExactPayer, LocalSigner};
+use x402_payer::EvmExactPayer;
 use x402_server::{
     Config, DEV_PAY_TO, EmbeddedFacilitator, Facilitator, HttpFacilitator, Limits, ServerBuilder,
-    SourceConfig, StoreConfig, StreamConfig,
+    StoreConfig,
 };
-use x402_types::{
-    ErrorBody, ErrorCode, FacilitatorRequest, Offer, PaymentRequiredV2, RenewResponse, Schema,
-    SettleResponse,
-};
+use x402_types::{ErrorBody, ErrorCode, FacilitatorRequest, RenewResponse, SettleResponse};
 
-const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+use crate::harness::{dev_payer, quote_v2, renew_url, stream};
 
 /// What the scripted facilitator does on its first `/settle` (later ones answer honestly).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -117,18 +113,7 @@ async fn start_on(fault: Fault, store: StoreConfig) -> T {
         facilitator_timeout_secs: 5,
         ..Limits::default()
     };
-    cfg.streams = vec![StreamConfig {
-        id: "s".into(),
-        title: "s".into(),
-        description: "test".into(),
-        price_per_minute: "0.06".into(),
-        slice_seconds: 60,
-        network: "base-sepolia".into(),
-        asset: None,
-        pay_to: DEV_PAY_TO.into(),
-        max_timeout_seconds: 60,
-        source: SourceConfig::Api,
-    }];
+    cfg.streams = vec![stream("s", 60, 60)];
     let remote = HttpFacilitator::new(&format!("http://{f_addr}"), Duration::from_secs(5)).unwrap();
     let server = ServerBuilder::new(cfg)
         .facilitator(Arc::new(remote))
@@ -148,33 +133,18 @@ async fn start_on(fault: Fault, store: StoreConfig) -> T {
         script,
         state,
         client: reqwest::Client::new(),
-        payer: EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap()),
+        payer: dev_payer(),
     }
 }
 
 impl T {
     /// A renew URL and a signed payment for a fresh quote.
     async fn quote(&self) -> (String, String) {
-        let r = self
-            .client
-            .get(format!("{}/v2/schema/s", self.http))
-            .send()
-            .await
-            .unwrap();
-        let header = r.headers()["PAYMENT-REQUIRED"]
-            .to_str()
-            .unwrap()
-            .to_string();
-        let schema = Schema::from_json(&r.bytes().await.unwrap()).unwrap();
-        let offer: Offer = PaymentRequiredV2::from_header(&header)
-            .unwrap()
-            .into_offer()
-            .unwrap();
-        let renew = schema
-            .websocket_endpoint
-            .replace("ws://", "http://")
-            .replace("/stream/", "/renew/");
-        (renew, self.payer.sign(&offer).unwrap().to_header())
+        let (schema, offer) = quote_v2(&self.client, &self.http, "s").await;
+        (
+            renew_url(&schema),
+            self.payer.sign(&offer).unwrap().to_header(),
+        )
     }
 
     async fn post(&self, url: &str, payment: &str) -> (u16, Vec<u8>, Option<String>) {
@@ -295,17 +265,8 @@ async fn a_facilitator_that_is_down_moves_nothing_and_the_retry_starts_over() {
     let down_state = down.state().clone();
     let down_http = down.http_base().to_string();
     down.spawn();
-    let r = t
-        .client
-        .get(format!("{down_http}/v2/schema/s"))
-        .send()
-        .await
-        .unwrap();
-    let schema = Schema::from_json(&r.bytes().await.unwrap()).unwrap();
-    let down_url = schema
-        .websocket_endpoint
-        .replace("ws://", "http://")
-        .replace("/stream/", "/renew/");
+    let (schema, _) = quote_v2(&t.client, &down_http, "s").await;
+    let down_url = renew_url(&schema);
     let (status, body, _) = t.post(&down_url, &pay).await;
     assert_eq!(
         (status, code(&body)),

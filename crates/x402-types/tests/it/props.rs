@@ -1,5 +1,4 @@
 //! Property tests: round trips for every type, and no decoder panics on arbitrary input.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use proptest::prelude::*;
 use x402_types::*;

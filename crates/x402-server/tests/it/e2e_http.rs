@@ -1,10 +1,5 @@
 //! End to end on real sockets: the HTTP surface beside the stream (catalog,
 //! health, metrics) and the facilitator API with its HTTP client.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "e2e_http/edge.rs"]
-mod edge;
-mod harness;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +7,7 @@ use std::time::Duration;
 use x402_server::{EmbeddedFacilitator, Facilitator};
 use x402_types::{ErrorBody, ErrorCode, PathVersion, PaymentPayload};
 
-use harness::{next_event_seq, start};
+use crate::harness::{next_event_seq, start};
 
 #[tokio::test]
 async fn catalog_and_health() {

@@ -2,8 +2,6 @@
 //! `evm`, which the workspace's test run has through the CLI), against a
 //! real anvil chain: the configured relayer key settles, a missing key is a
 //! clear configuration error.
-#![cfg(feature = "evm")]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use x402_chain::anvil::{Anvil, DEV_KEYS};
 use x402_server::{Config, FacilitatorConfig, ServerBuilder};

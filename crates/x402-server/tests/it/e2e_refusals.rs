@@ -2,20 +2,18 @@
 //! and leave nothing behind (bad payments, forged and swapped tokens, replayed
 //! nonces, unpaid events, resets before the 101, leaked secrets, races, rate
 //! limits).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod harness;
 
 use std::time::Duration;
 
-use x402_payer::{EvmExactPayer, LocalSigner};
 use x402_server::{Config, Limits, ServerBuilder};
 use x402_types::{
-    Amount, ErrorBody, ErrorCode, PathVersion, PaymentPayload, PaymentRequiredV2, Requirement,
-    Schema, ServerMessage,
+    Amount, ErrorBody, ErrorCode, PathVersion, PaymentPayload, Requirement, ServerMessage,
 };
 
-use harness::{KEY, close_code, error_of, next_event_seq, next_msg, start, start_with, stream};
+use crate::harness::{
+    close_code, dev_payer, error_of, next_event_seq, next_msg, quote_v2, renew_url, start,
+    start_with, stream,
+};
 
 #[tokio::test]
 async fn refusals_credit_nothing() {
@@ -267,28 +265,13 @@ async fn secrets_never_appear_in_answers_or_debug() {
         .unwrap();
     assert!(health.contains("127.0.0.1"), "{health}");
     // A payment while the facilitator is down: 503, and the body names no credential.
+    let (schema, offer) = quote_v2(&client, &http, "s").await;
     let r = client
-        .get(format!("{http}/v2/schema/s"))
-        .send()
-        .await
-        .unwrap();
-    let header = r.headers()["PAYMENT-REQUIRED"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let schema = Schema::from_json(&r.bytes().await.unwrap()).unwrap();
-    let offer = PaymentRequiredV2::from_header(&header)
-        .unwrap()
-        .into_offer()
-        .unwrap();
-    let payer = EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap());
-    let renew = schema
-        .websocket_endpoint
-        .replace("ws://", "http://")
-        .replace("/stream/", "/renew/");
-    let r = client
-        .post(&renew)
-        .header("PAYMENT-SIGNATURE", payer.sign(&offer).unwrap().to_header())
+        .post(renew_url(&schema))
+        .header(
+            "PAYMENT-SIGNATURE",
+            dev_payer().sign(&offer).unwrap().to_header(),
+        )
         .send()
         .await
         .unwrap();

@@ -137,7 +137,8 @@ async fn a_failed_source_is_not_sold_and_its_buyers_are_told() {
     let (mut ws, _) = t.open(&q).await;
     // The replay of two events at 1000/s is over within moments.
     let mut ready = (status, body);
-    for _ in 0..100 {
+    // (/readyz reuses its answer for a second.)
+    for _ in 0..250 {
         if ready.0 == 503 {
             break;
         }
@@ -160,6 +161,17 @@ async fn a_failed_source_is_not_sold_and_its_buyers_are_told() {
     let body = ErrorBody::from_json(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(body.error, ErrorCode::SourceUnavailable);
     assert!(body.message.contains("not sold"), "{}", body.message);
+    // A second slice bought while the source is live.
+    let renew_url = q
+        .schema
+        .websocket_endpoint
+        .replace("ws://", "http://")
+        .replace("/stream/", "/renew/");
+    let bought = t.pay(&q);
+    let r = t.renew(&renew_url, PathVersion::V2, Some(&bought)).await;
+    assert_eq!(r.status(), 200);
+    // Another buyer's quote, taken while the stream was on sale.
+    let q2 = t.schema(PathVersion::V2, "s").await;
     // `s` fails now, mid-slice: its buyer is told on the socket.
     t.state.streams["s"]
         .hub
@@ -171,22 +183,31 @@ async fn a_failed_source_is_not_sold_and_its_buyers_are_told() {
                 assert!(message.contains("upstream feed"), "{message}");
                 break;
             }
-            ServerMessage::Event(_) => {}
+            ServerMessage::Event(_) | ServerMessage::Renewed { .. } => {}
             other => panic!("unexpected {other:?}"),
         }
     }
-    // A renewal is refused while down (nothing is bought for nothing)...
+    // A payment already made is answered as before (a resend after 202 must
+    // learn its fate, never "nothing moved")...
+    let again = t.renew(&renew_url, PathVersion::V2, Some(&bought)).await;
+    assert_eq!(
+        again.status(),
+        200,
+        "the same payload is answered as credited"
+    );
+    // ...a new one is refused before anything is claimed.
+    let renew_url2 = q2
+        .schema
+        .websocket_endpoint
+        .replace("ws://", "http://")
+        .replace("/stream/", "/renew/");
     let renew = t
-        .renew(
-            &q.schema
-                .websocket_endpoint
-                .replace("ws://", "http://")
-                .replace("/stream/", "/renew/"),
-            PathVersion::V2,
-            Some(&t.pay(&q)),
-        )
+        .renew(&renew_url2, PathVersion::V2, Some(&t.pay(&q2)))
         .await;
     assert_eq!(renew.status(), 503);
+    let body = ErrorBody::from_json(&renew.bytes().await.unwrap()).unwrap();
+    assert_eq!(body.error, ErrorCode::SourceUnavailable);
+    assert_eq!(t.credited(), 2, "nothing settled for the refused one");
     // ...and the stream is for sale again once its source publishes.
     t.publish(1);
     let r = t
@@ -205,6 +226,20 @@ async fn readyz_is_ready_and_healthz_is_liveness() {
     assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
     let (status, _) = get_json(&t, "/healthz").await;
     assert_eq!(status, 200);
+    // Health, readiness and metrics are not for other origins' pages.
+    for path in ["/readyz", "/healthz", "/metrics"] {
+        let r = t
+            .client
+            .get(format!("{}{path}", t.http))
+            .header("origin", "https://app.example")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.headers().get("access-control-allow-origin").is_none(),
+            "{path} answers CORS"
+        );
+    }
 }
 
 /// The schema of `s` over a raw connection that first writes `prefix`:

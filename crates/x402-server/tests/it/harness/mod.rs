@@ -1,11 +1,12 @@
-//! The end-to-end harness the `e2e*` tests share: a server on 127.0.0.1
-//! port 0 with the embedded facilitator, a paying client (real EIP-3009
-//! signatures, real WebSocket and HTTP), and readers of what the socket says.
-#![allow(dead_code)]
+//! The harness the server's tests share: a server on 127.0.0.1 port 0 with
+//! the embedded facilitator, a paying client (real EIP-3009 signatures from
+//! the dev key, real WebSocket and HTTP), a quote read from a 402, and readers
+//! of what the socket says.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use atomicstream_testkit::DEV_KEY;
 use futures::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -16,8 +17,6 @@ use x402_server::{
 use x402_types::{
     ErrorBody, ErrorCode, Offer, PathVersion, PaymentRequiredV2, Requirement, Schema, ServerMessage,
 };
-
-pub const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -76,8 +75,45 @@ pub async fn start_cfg(edit: impl FnOnce(&mut Config)) -> T {
         ledger,
         publisher,
         client: reqwest::Client::new(),
-        payer: EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap()),
+        payer: dev_payer(),
     }
+}
+
+/// A payer signing with the dev key.
+pub fn dev_payer() -> EvmExactPayer {
+    EvmExactPayer::new(LocalSigner::from_hex(DEV_KEY).unwrap())
+}
+
+/// `GET {http}/v2/schema/{id}` unpaid: the 402's schema and the offer of its
+/// `PAYMENT-REQUIRED` header.
+pub async fn quote_v2(client: &reqwest::Client, http: &str, id: &str) -> (Schema, Offer) {
+    let r = client
+        .get(format!("{http}/v2/schema/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402);
+    let header = r
+        .headers()
+        .get("PAYMENT-REQUIRED")
+        .expect("v2 402 carries PAYMENT-REQUIRED")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let schema = Schema::from_json(&r.bytes().await.unwrap()).unwrap();
+    let offer = PaymentRequiredV2::from_header(&header)
+        .unwrap()
+        .into_offer()
+        .unwrap();
+    (schema, offer)
+}
+
+/// The HTTP renew URL of a quote's WebSocket endpoint (same session token).
+pub fn renew_url(schema: &Schema) -> String {
+    schema
+        .websocket_endpoint
+        .replace("ws://", "http://")
+        .replace("/stream/", "/renew/")
 }
 
 pub async fn start() -> T {
@@ -92,6 +128,10 @@ pub struct Quote {
 
 impl T {
     pub async fn schema(&self, v: PathVersion, id: &str) -> Quote {
+        if v == PathVersion::V2 {
+            let (schema, offer) = quote_v2(&self.client, &self.http, id).await;
+            return Quote { schema, offer, v };
+        }
         let r = self
             .client
             .get(format!("{}/{}/schema/{id}", self.http, v.segment()))
@@ -99,25 +139,9 @@ impl T {
             .await
             .unwrap();
         assert_eq!(r.status(), 402);
-        let header = r
-            .headers()
-            .get("PAYMENT-REQUIRED")
-            .map(|h| h.to_str().unwrap().to_string());
-        let body = r.bytes().await.unwrap();
-        let schema = Schema::from_json(&body).unwrap();
-        let offer = match v {
-            PathVersion::V1 => {
-                let accepts = schema.accepts.clone().unwrap();
-                assert_eq!(schema.x402_version, Some(1));
-                Offer::V1(accepts[0].clone())
-            }
-            PathVersion::V2 => {
-                PaymentRequiredV2::from_header(&header.expect("v2 402 carries PAYMENT-REQUIRED"))
-                    .unwrap()
-                    .into_offer()
-                    .unwrap()
-            }
-        };
+        let schema = Schema::from_json(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(schema.x402_version, Some(1));
+        let offer = Offer::V1(schema.accepts.clone().unwrap()[0].clone());
         Quote { schema, offer, v }
     }
 

@@ -1,15 +1,14 @@
 //! The verifier: a payload signed here verifies; every failure reason is reachable.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 
+use atomicstream_testkit::{DEV_ADDRESS, DEV_KEY};
 use x402_payer::*;
 use x402_types::{
     Amount, ExactEvmPayload, Network, PathVersion, PaymentPayload, PaymentRequirements,
     Requirement, SchemePayload, U256,
 };
 
-const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 const NOW: u64 = 1_750_000_000;
 
 fn req() -> Requirement {
@@ -25,7 +24,7 @@ fn req() -> Requirement {
 }
 
 fn payer() -> EvmExactPayer {
-    EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap())
+    EvmExactPayer::new(LocalSigner::from_hex(DEV_KEY).unwrap())
         .with_clock(Arc::new(FixedClock(NOW)))
         .with_random(Arc::new(SeededRandom::new(1)))
 }
@@ -64,10 +63,7 @@ fn signed_payload_verifies_on_both_versions() {
     for v in [PathVersion::V1, PathVersion::V2] {
         let (p, r) = signed(v, &req());
         let from = verify_exact(&p, &r, NOW).unwrap();
-        assert_eq!(
-            from.to_string(),
-            "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
-        );
+        assert_eq!(from.to_string(), DEV_ADDRESS);
         let e = p.exact_evm().unwrap();
         assert_eq!(e.authorization.valid_after, U256::from_u64(NOW - 600));
         assert_eq!(e.authorization.valid_before, U256::from_u64(NOW + 60));

@@ -2,9 +2,6 @@
 //! real HTTP, real EIP-3009 signatures, the embedded facilitator. The paid
 //! stream's life: open, events, renew, resume, eviction, expiry, sweeping,
 //! sources and shutdown.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod harness;
 
 use std::time::Duration;
 
@@ -14,7 +11,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCode
 use x402_server::{Limits, SourceConfig};
 use x402_types::{Amount, ErrorBody, ErrorCode, PathVersion, RenewResponse, ServerMessage};
 
-use harness::{close_code, error_of, next_event_seq, next_msg, start, start_with, stream};
+use crate::harness::{close_code, error_of, next_event_seq, next_msg, start, start_with, stream};
 
 async fn paid_open_events_renew_resume(v: PathVersion) {
     let t = start().await;
@@ -365,7 +362,7 @@ async fn shutdown_closes_sockets_with_1012_so_clients_resume_elsewhere() {
 #[tokio::test]
 async fn a_client_close_is_answered_with_1000() {
     use futures::SinkExt;
-    let t = harness::start().await;
+    let t = start().await;
     let q = t.schema(PathVersion::V2, "s").await;
     let (mut ws, _hello) = t.open(&q).await;
     ws.send(tokio_tungstenite::tungstenite::Message::Close(Some(
@@ -376,5 +373,5 @@ async fn a_client_close_is_answered_with_1000() {
     )))
     .await
     .unwrap();
-    assert_eq!(harness::close_code(&mut ws).await, Some(1000));
+    assert_eq!(close_code(&mut ws).await, Some(1000));
 }

@@ -1,12 +1,10 @@
 //! Known-answer vectors: the one of x402-facts.md and 24 produced by eth-account.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use atomicstream_testkit::{DEV_ADDRESS, DEV_KEY};
 use serde::Deserialize;
 use x402_payer::eip712::{Domain, digest, transfer_typehash};
 use x402_payer::{DigestSigner, LocalSigner, recover};
 use x402_types::{Address, Authorization, B65};
-
-const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
 fn kat_auth() -> Authorization {
     serde_json::from_str(r#"{"from":"0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266","to":"0x209693Bc6afc0C5328bA36FaF03C514EF312287C","value":"10000","validAfter":"1740672089","validBefore":"1740672154","nonce":"0xf3746613c2d920b5fdabc0856f2aeb2d4f88ee6037b8cc5d04a71a4462f13480"}"#).unwrap()
@@ -28,11 +26,8 @@ fn typehash() {
 
 #[test]
 fn facts_known_answer() {
-    let signer = LocalSigner::from_hex(KEY).unwrap();
-    assert_eq!(
-        signer.address().to_string(),
-        "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
-    );
+    let signer = LocalSigner::from_hex(DEV_KEY).unwrap();
+    assert_eq!(signer.address().to_string(), DEV_ADDRESS);
     let domain = Domain {
         name: "USDC".into(),
         version: "2".into(),
@@ -122,7 +117,7 @@ fn eth_account_vectors() {
 
 #[test]
 fn recover_accepts_v01_and_rejects_bad_v_and_high_s() {
-    let signer = LocalSigner::from_hex(KEY).unwrap();
+    let signer = LocalSigner::from_hex(DEV_KEY).unwrap();
     let d = [7u8; 32];
     let sig = signer.sign_digest(&d).unwrap();
     let mut b = sig.0;
@@ -160,10 +155,10 @@ fn recover_accepts_v01_and_rejects_bad_v_and_high_s() {
 
 #[test]
 fn debug_shows_only_the_address() {
-    let signer = LocalSigner::from_hex(KEY).unwrap();
+    let signer = LocalSigner::from_hex(DEV_KEY).unwrap();
     let shown = format!("{signer:?} {signer}");
-    assert!(shown.contains("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"));
-    assert!(!shown.contains("ac0974bec39a17e3"));
+    assert!(shown.contains(DEV_ADDRESS));
+    assert!(!shown.contains(&DEV_KEY[2..18]));
     assert!(LocalSigner::from_hex("0x1234").is_err());
     assert!(LocalSigner::from_hex(&"00".repeat(32)).is_err());
     assert!(LocalSigner::from_env("X402_SURELY_NOT_SET_VARIABLE").is_err());

@@ -2,7 +2,6 @@
 //! chain id 84532), the test USDC at the canonical base-sepolia address, real
 //! EIP-3009 signatures from the project's payer, real transactions. No mocks.
 //! A test that cannot find anvil fails (run `cargo xtask ci`, which installs it).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
