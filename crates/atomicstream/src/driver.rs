@@ -1,6 +1,8 @@
 //! The async driver: performs the session's transmits, feeds back their
 //! outcomes, signs when asked (policy first), and sleeps until `poll_timeout`.
-//! It decides no protocol rule.
+//! It decides no protocol rule: even keep-alive pings and the verdict that a
+//! silent socket is dead are the session's (`ClientConfig::keep_alive`,
+//! `ClientConfig::idle_timeout`); the driver only sends the ping it is given.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -95,7 +97,6 @@ enum Input {
 struct Live {
     conn: ConnId,
     socket: Box<dyn WsConnection>,
-    last_heard: tokio::time::Instant,
 }
 
 /// What woke the loop.
@@ -103,7 +104,6 @@ enum Wake {
     Input(Input),
     Frame(ConnId, Option<Result<WsFrame, TransportError>>),
     Timeout,
-    Ping,
     Stop(bool),
 }
 
@@ -179,7 +179,6 @@ pub struct Driver {
     live: Option<Live>,
     /// What was signed and what became of it (the budget's side).
     book: ReservationBook,
-    idle_timeout: Duration,
     events_closed: bool,
     /// Data events handed to the application since the progress was last updated.
     delivered: u64,
@@ -191,9 +190,6 @@ pub struct Driver {
 
 /// At most this many frames that already arrived are read after the one that woke the driver.
 const READ_AHEAD: usize = 63;
-
-/// How often an idle socket is pinged, and how long silence means it is dead.
-const PING_EVERY: Duration = Duration::from_secs(15);
 
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -242,7 +238,6 @@ impl Driver {
                 inputs,
                 live: None,
                 book: ReservationBook::default(),
-                idle_timeout: PING_EVERY * 3,
                 events_closed: false,
                 delivered: 0,
                 reached: false,
@@ -284,12 +279,6 @@ impl Driver {
             return EndReason::ProtocolViolation(format!("driver misuse: {e}"));
         }
         let mut stop_open = true;
-        // The first ping is due one period from now. (Awaiting an interval's
-        // immediate first tick costs up to a timer tick: tokio rounds deadlines
-        // up to the next millisecond, which was most of the handshake's overhead.)
-        let mut ping =
-            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.drain().await;
             if self.session.is_ended() {
@@ -312,7 +301,6 @@ impl Driver {
                 (conn, f) = frame => Wake::Frame(conn, f),
                 Some(input) = self.inputs.recv() => Wake::Input(input),
                 _ = sleep => Wake::Timeout,
-                _ = ping.tick() => Wake::Ping,
                 s = self.stop.recv(), if stop_open => Wake::Stop(s.is_some()),
             };
             let r = match wake {
@@ -337,10 +325,12 @@ impl Driver {
                     }
                     r
                 }
-                Wake::Timeout => self.session.handle_timeout(now()),
-                Wake::Ping => {
+                Wake::Timeout => {
+                    // The session's timers include a keep-alive every 15 s
+                    // while a socket is open: refused payments past their
+                    // validBefore are released at that pace.
                     self.book.release_expired(unix_now());
-                    self.ping().await
+                    self.session.handle_timeout(now())
                 }
                 Wake::Stop(open) => {
                     stop_open = open;
@@ -375,12 +365,7 @@ impl Driver {
     ) -> Result<(), x402_session::UsageError> {
         let t = now();
         match f {
-            Some(Ok(WsFrame::Text(text))) => {
-                if let Some(l) = self.live.as_mut() {
-                    l.last_heard = tokio::time::Instant::now();
-                }
-                self.session.handle_ws_message(t, conn, &text)
-            }
+            Some(Ok(WsFrame::Text(text))) => self.session.handle_ws_message(t, conn, &text),
             Some(Ok(WsFrame::Closed(code))) => {
                 self.live = None;
                 self.session
@@ -398,24 +383,6 @@ impl Driver {
                 self.session.handle_ws_closed(t, conn, None)
             }
         }
-    }
-
-    /// Keeps an idle socket alive and detects a half-open one.
-    async fn ping(&mut self) -> Result<(), x402_session::UsageError> {
-        let Some(l) = self.live.as_mut() else {
-            return Ok(());
-        };
-        let dead = l.last_heard.elapsed() > self.idle_timeout
-            || l.socket
-                .send_text(x402_types::ClientMessage::PING.to_string())
-                .await
-                .is_err();
-        if dead {
-            let conn = l.conn;
-            self.live = None;
-            return self.session.handle_ws_closed(now(), conn, None);
-        }
-        Ok(())
     }
 
     fn feed(&mut self, input: Input) -> Result<(), x402_session::UsageError> {
@@ -447,11 +414,7 @@ impl Driver {
                 self.session.handle_ws_upgrade(t, conn, Err(Some(resp)))
             }
             Input::Upgrade(conn, _, Ok((resp, socket))) => {
-                if let Some(old) = self.live.replace(Live {
-                    conn,
-                    socket,
-                    last_heard: tokio::time::Instant::now(),
-                }) {
+                if let Some(old) = self.live.replace(Live { conn, socket }) {
                     close_in_background(old.socket, 1000);
                 }
                 self.session.handle_ws_upgrade(t, conn, Ok(resp))
@@ -632,7 +595,8 @@ impl Driver {
             }
             Transmit::WsSend { conn, text } => {
                 if let Some(l) = self.live.as_mut().filter(|l| l.conn == conn) {
-                    // A failed send surfaces as the next recv's error.
+                    // A failed send surfaces as the next recv's error (or, on
+                    // a half-open socket, as the session's idle timeout).
                     let _ = l.socket.send_text(text).await;
                 }
             }

@@ -1,6 +1,7 @@
 //! The async driver on paused time with in-memory transports: the money
 //! path (reservations committed, held after a refusal, kept for good when
-//! money may have moved), the idle-socket drop and 1009 on an oversized frame.
+//! money may have moved), the session's keep-alive pings sent, the
+//! silent-socket drop and 1009 on an oversized frame.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -106,16 +107,23 @@ impl HttpTransport for Http {
 struct Ws {
     sockets: Mutex<VecDeque<mpsc::Receiver<Result<WsFrame, TransportError>>>>,
     connects: Mutex<u32>,
+    /// Every text frame the driver sent, on any socket.
+    sent: Arc<Mutex<Vec<String>>>,
 }
 
-struct Socket(mpsc::Receiver<Result<WsFrame, TransportError>>);
+/// A socket fed by the test; what the driver sends is recorded.
+struct Socket(
+    mpsc::Receiver<Result<WsFrame, TransportError>>,
+    Arc<Mutex<Vec<String>>>,
+);
 
 #[async_trait]
 impl WsConnection for Socket {
     async fn recv(&mut self) -> Option<Result<WsFrame, TransportError>> {
         self.0.recv().await
     }
-    async fn send_text(&mut self, _text: String) -> Result<(), TransportError> {
+    async fn send_text(&mut self, text: String) -> Result<(), TransportError> {
+        self.1.lock().unwrap().push(text);
         Ok(())
     }
     async fn close(&mut self, _code: u16) -> Result<(), TransportError> {
@@ -137,7 +145,7 @@ impl WsConnector for Ws {
                     status: 101,
                     ..Default::default()
                 },
-                Box::new(Socket(rx)),
+                Box::new(Socket(rx, self.sent.clone())),
             )),
             None => Err(ConnectError::Failed(TransportError::connection("refused"))),
         }
@@ -187,6 +195,7 @@ fn setup(renewals: Vec<HttpResponse>, sockets: usize) -> Setup {
     let ws = Arc::new(Ws {
         sockets: Mutex::new(rxs),
         connects: Mutex::new(0),
+        sent: Arc::default(),
     });
     let mut cfg = ClientConfig::new(BASE, PathVersion::V2, "s");
     cfg.reconnect = ReconnectPolicy {
@@ -275,25 +284,44 @@ async fn a_payment_that_may_have_moved_money_stays_spent() {
     task.abort();
 }
 
+/// The session's keep-alive and idle rules, performed by the driver: a ping
+/// every 15 s, and after 45 s without a frame the socket is dropped and a
+/// new one opened (paid time remains: without a payment).
 #[tokio::test(start_paused = true)]
-async fn a_silent_socket_is_dropped_and_reconnected() {
+async fn the_session_pings_and_a_silent_socket_is_dropped_and_reconnected() {
     let s = setup(vec![], 2);
     s.sockets[0].send(Ok(hello(600))).await.unwrap();
     s.sockets[1].send(Ok(hello(600))).await.unwrap();
     let ws = s.ws.clone();
+    let budget = s.budget.clone();
     let keep = s.sockets;
     let task = tokio::spawn(s.driver.run());
     settle().await;
     assert_eq!(*ws.connects.lock().unwrap(), 1);
-    // Nothing heard for more than three ping periods (45 s): at the next ping (60 s) the socket is dead.
-    tokio::time::sleep(Duration::from_secs(65)).await;
+    assert!(ws.sent.lock().unwrap().is_empty(), "no ping before 15 s");
+    tokio::time::sleep(Duration::from_millis(15_100)).await;
     settle().await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        *ws.sent.lock().unwrap(),
+        vec![x402_types::ClientMessage::PING.to_string()]
+    );
+    // Unanswered pings (15 s, 30 s); still the first socket until 45 s of silence.
+    tokio::time::sleep(Duration::from_millis(29_700)).await;
+    settle().await;
+    assert_eq!(ws.sent.lock().unwrap().len(), 2);
+    assert_eq!(*ws.connects.lock().unwrap(), 1);
+    // At 45 s the peer counts as dead: reconnected after the first backoff (at most 200 ms).
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
     settle().await;
     assert_eq!(
         *ws.connects.lock().unwrap(),
         2,
         "reconnected after the idle drop"
+    );
+    assert_eq!(
+        budget.committed(),
+        Amount::from(PRICE),
+        "paid time remained: no second payment"
     );
     drop(keep);
     drop(s.handle);
@@ -420,7 +448,7 @@ impl WsConnector for Scripted {
                     status: 101,
                     ..Default::default()
                 },
-                Box::new(Socket(rx)),
+                Box::new(Socket(rx, Arc::default())),
             )),
             Some(Err(e)) => Err(e),
             None => Err(ConnectError::Failed(TransportError::connection("no more"))),

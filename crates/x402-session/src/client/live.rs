@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use x402_types::{EndpointKind, Event, Hello};
 
-use super::payment::Purpose;
+use super::payment::{Purpose, Step};
+use super::timer::Timer;
 use super::{ClientEvent, ClientSession, ConnId, END_SLACK, Phase};
 
 impl ClientSession {
@@ -30,11 +31,12 @@ impl ClientSession {
         self.slices = self.slices.max(slices);
         self.stats.slices = self.slices;
         if self.no_more.is_some() {
-            self.end_at = Some(until + END_SLACK);
+            self.timers.set(Timer::End, until + END_SLACK);
             return;
         }
         let margin = self.renew_margin();
-        self.renew_at = Some(until.checked_sub(margin).unwrap_or(now).max(now));
+        let renew = until.checked_sub(margin).unwrap_or(now).max(now);
+        self.timers.set(Timer::Renew, renew);
     }
 
     pub(super) fn on_hello(&mut self, now: Instant, conn: ConnId, h: Hello) {
@@ -53,7 +55,7 @@ impl ClientSession {
         }
         self.renew_url = Some(h.renew_url.clone());
         self.slice_seconds = Some(h.slice_seconds);
-        self.phase = Phase::Live { conn, hello: true };
+        self.set_phase(Phase::Live { conn, hello: true });
         self.reconnect_attempt = 0;
         let expected = self.next_seq;
         self.update_expiry(now, h.expires_at, Some(h.server_time), 0);
@@ -68,12 +70,14 @@ impl ClientSession {
             self.next_seq = Some(next);
         }
         // The paid time may already be short (reconnect near the end).
-        if self.renew_at.is_some_and(|t| t <= now) && self.pending.is_none() {
-            self.renew_at = None;
-            self.need_payment(now, Purpose::Renew);
-        } else if self.pending.is_some() && self.renew_req.is_none() && self.asking.is_none() {
+        match self.payment.signed().map(|s| s.step) {
+            None if self.timers.is_expired(Timer::Renew, now) => {
+                self.timers.stop(Timer::Renew);
+                self.need_payment(now, Purpose::Renew);
+            }
             // A renewal was interrupted by the drop: retry it with the same payload.
-            self.send_renew(now);
+            Some(Step::Held | Step::RetryWait) => self.send_renew(now),
+            _ => {}
         }
     }
 
@@ -91,11 +95,11 @@ impl ClientSession {
     }
 
     pub(super) fn on_renewed(&mut self, now: Instant, expires_at: u64, slices: u64) {
-        if let Some(p) = &self.pending
-            && slices >= p.slice
+        if let Some(slice) = self.payment.signed().map(|s| s.slice)
+            && slices >= slice
         {
-            let slice = p.slice;
-            self.renew_req = None;
+            // Whatever carried it (a renewal still in flight, an upgrade)
+            // is answered: the payment is confirmed.
             self.accept_payment(slice, None);
         }
         if expires_at <= self.expires_at && slices <= self.slices {

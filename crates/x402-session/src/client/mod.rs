@@ -6,6 +6,7 @@ mod payment;
 mod reconnect;
 mod resume;
 mod schema;
+mod timer;
 mod types;
 
 use std::collections::VecDeque;
@@ -17,12 +18,14 @@ use crate::error::UsageError;
 use crate::rng::Jitter;
 
 pub use display::{human, utc_clock};
-use payment::{Pending, Purpose};
+use payment::{PaymentState, Purpose, Step};
 pub use resume::ResumePoint;
 pub use schema::{CheckedSchema, read_schema};
+use timer::{Timer, TimerTable};
 pub use types::{
-    ClientConfig, ClientEvent, ClientStats, ConnId, EndReason, HttpResponse, Method,
-    ReconnectPolicy, RequestId, Transmit, TransportFailure, default_renew_margin,
+    ClientConfig, ClientEvent, ClientStats, ConnId, DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE,
+    EndReason, HttpResponse, Method, ReconnectPolicy, RequestId, Transmit, TransportFailure,
+    default_renew_margin,
 };
 
 /// How long after local expiry a session without further payments gives up waiting for the server.
@@ -42,7 +45,8 @@ enum Phase {
         conn: ConnId,
         hello: bool,
     },
-    /// Disconnected, waiting to reconnect (or to pay first).
+    /// Disconnected (or the schema request failed), waiting to try again
+    /// (or to pay first).
     Down,
     Ended,
 }
@@ -65,6 +69,12 @@ enum Phase {
 /// 5. Sleep until [`poll_timeout`](Self::poll_timeout) and call
 ///    [`handle_timeout`](Self::handle_timeout).
 ///
+/// Tell it of every text frame heard ([`handle_ws_message`](Self::handle_ws_message)):
+/// the socket's liveness is a session rule. While a socket is open the session
+/// asks for a ping every [`ClientConfig::keep_alive`] (a [`Transmit::WsSend`])
+/// and, after [`ClientConfig::idle_timeout`] without a frame, closes it and
+/// reconnects as after a drop. A driver adds no timer of its own.
+///
 /// The machine never reads a clock: `now` comes with every input, and wall
 /// time is derived from the anchor given to `new`.
 #[derive(Debug)]
@@ -83,18 +93,11 @@ pub struct ClientSession {
     paid_until: Option<Instant>,
     expires_at: u64,
     server_offset_ms: i64,
-    pending: Option<Pending>,
-    asking: Option<(u64, Purpose)>,
-    resigns: u32,
-    renew_req: Option<RequestId>,
-    /// The slice whose payment the renew request in flight carries.
-    renew_slice: Option<u64>,
-    renew_at: Option<Instant>,
-    renew_retry_at: Option<Instant>,
-    renew_attempt: u32,
-    reconnect_at: Option<Instant>,
+    /// The payment under way, if any.
+    payment: PaymentState,
+    /// Every deadline.
+    timers: TimerTable,
     reconnect_attempt: u32,
-    end_at: Option<Instant>,
     next_seq: Option<u64>,
     no_more: Option<EndReason>,
     next_id: u64,
@@ -108,7 +111,16 @@ pub struct ClientSession {
 
 impl ClientSession {
     /// A new session. `unix_now` is the wall time (unix seconds) at `now`.
+    ///
+    /// [`UsageError::Config`] if the URL cannot be built, or if
+    /// `keep_alive` is zero or not shorter than `idle_timeout`.
     pub fn new(cfg: ClientConfig, now: Instant, unix_now: u64) -> Result<Self, UsageError> {
+        if cfg.keep_alive.is_zero() || cfg.idle_timeout <= cfg.keep_alive {
+            return Err(UsageError::Config(format!(
+                "keep_alive ({:?}) must be positive and shorter than idle_timeout ({:?})",
+                cfg.keep_alive, cfg.idle_timeout
+            )));
+        }
         let schema_url =
             x402_types::version::schema_url(&cfg.http_base, cfg.version, &cfg.stream_id)
                 .map_err(|e| UsageError::Config(e.to_string()))?
@@ -130,17 +142,9 @@ impl ClientSession {
             paid_until: None,
             expires_at: 0,
             server_offset_ms: 0,
-            pending: None,
-            asking: None,
-            resigns: 0,
-            renew_req: None,
-            renew_slice: None,
-            renew_at: None,
-            renew_retry_at: None,
-            renew_attempt: 0,
-            reconnect_at: None,
+            payment: PaymentState::Idle,
+            timers: TimerTable::default(),
             reconnect_attempt: 0,
-            end_at: None,
             next_seq: None,
             no_more: None,
             next_id: 1,
@@ -173,16 +177,7 @@ impl ClientSession {
         if self.phase == Phase::Ended {
             return None;
         }
-        [
-            self.renew_at,
-            self.renew_retry_at,
-            self.reconnect_at,
-            self.end_at,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .map(|t| t.max(self.last_now))
+        self.timers.next_timeout().map(|t| t.max(self.last_now))
     }
 
     // ----- queries -----
@@ -248,14 +243,7 @@ impl ClientSession {
         if self.phase != Phase::Idle {
             return Err(UsageError::AlreadyOpen);
         }
-        let id = self.request_id();
-        self.phase = Phase::FetchingSchema(id);
-        self.transmits.push_back(Transmit::Http {
-            id,
-            method: Method::Get,
-            url: self.schema_url.clone(),
-            headers: Vec::new(),
-        });
+        self.request_schema();
         Ok(())
     }
 
@@ -274,7 +262,12 @@ impl ClientSession {
         payload: PaymentPayload,
     ) -> Result<(), UsageError> {
         self.input(now)?;
-        let Some((asked, purpose)) = self.asking else {
+        let PaymentState::Asking {
+            slice: asked,
+            purpose,
+            refused,
+        } = self.payment
+        else {
             return Err(UsageError::UnexpectedPayment { slice });
         };
         if asked != slice {
@@ -283,12 +276,17 @@ impl ClientSession {
         if payload.version() != self.cfg.version {
             return Err(UsageError::WrongPaymentVersion);
         }
-        self.asking = None;
+        self.payment = PaymentState::Idle;
         if self.phase == Phase::Ended {
             return Ok(());
         }
-        let header = payload.to_header();
-        self.pending = Some(Pending { slice, header });
+        self.payment = PaymentState::Signed(payment::Signed {
+            slice,
+            header: payload.to_header(),
+            refused,
+            attempt: 0,
+            step: Step::Held,
+        });
         match purpose {
             Purpose::Renew => self.send_renew(now),
             Purpose::Upgrade => self.connect(now),
@@ -306,13 +304,15 @@ impl ClientSession {
         policy: bool,
     ) -> Result<(), UsageError> {
         self.input(now)?;
-        if self.asking.map(|(s, _)| s) != Some(slice) {
+        let Some((asked, purpose)) = self.payment.asking() else {
+            return Err(UsageError::UnexpectedPayment { slice });
+        };
+        if asked != slice {
             return Err(UsageError::UnexpectedPayment { slice });
         }
-        let purpose = self.asking.map(|(_, p)| p);
-        self.asking = None;
+        self.payment = PaymentState::Idle;
         self.stop_paying(now, EndReason::PaymentDeclined { message, policy });
-        if purpose == Some(Purpose::Upgrade) && !self.has_paid_time(now) {
+        if purpose == Purpose::Upgrade && !self.has_paid_time(now) {
             let reason = self.no_more.clone().unwrap_or(EndReason::Stopped);
             self.end(reason, Some(CloseCode::Normal));
         }
@@ -329,8 +329,7 @@ impl ClientSession {
         self.input(now)?;
         if self.phase == Phase::FetchingSchema(id) {
             self.on_schema(now, resp);
-        } else if self.renew_req == Some(id) {
-            self.renew_req = None;
+        } else if self.answered_renewal(id) {
             self.on_renew_response(now, resp);
         }
         Ok(())
@@ -346,21 +345,8 @@ impl ClientSession {
         self.input(now)?;
         if self.phase == Phase::FetchingSchema(id) {
             // Nothing was paid yet: retry the schema with backoff.
-            self.reconnect_attempt += 1;
-            if self.reconnect_attempt > self.cfg.reconnect.max_attempts {
-                self.end(
-                    EndReason::ConnectionLost {
-                        attempts: self.reconnect_attempt - 1,
-                    },
-                    Some(CloseCode::Normal),
-                );
-            } else {
-                self.phase = Phase::Idle;
-                let d = self.backoff(self.reconnect_attempt);
-                self.reconnect_at = Some(now + d);
-            }
-        } else if self.renew_req == Some(id) {
-            self.renew_req = None;
+            self.connection_lost(now);
+        } else if self.answered_renewal(id) {
             self.retry_renew(now);
         }
         Ok(())
@@ -390,7 +376,8 @@ impl ClientSession {
                     let settlement = self.settlement(&resp);
                     self.accept_payment(slice, settlement);
                 }
-                self.phase = Phase::Live { conn, hello: false };
+                self.set_phase(Phase::Live { conn, hello: false });
+                self.socket_up(now);
             }
             Err(None) => self.connection_lost(now),
             Err(Some(resp)) => self.on_upgrade_refused(now, paid_slice, resp),
@@ -412,6 +399,7 @@ impl ClientSession {
         if c != conn {
             return Ok(());
         }
+        self.heard(now);
         let msg = match ServerMessage::parse(text) {
             Ok(m) => m,
             Err(e) => {
@@ -446,11 +434,7 @@ impl ClientSession {
                 self.events
                     .push_back(ClientEvent::Expiring { seconds_left });
                 let within_margin = Duration::from_secs(seconds_left) <= self.renew_margin();
-                if within_margin
-                    && self.pending.is_none()
-                    && self.asking.is_none()
-                    && self.renew_req.is_none()
-                {
+                if within_margin && self.payment.is_idle() {
                     self.need_payment(now, Purpose::Renew);
                 }
             }
@@ -461,7 +445,7 @@ impl ClientSession {
                 self.events.push_back(ClientEvent::Expired);
                 if let Some(reason) = self.no_more.clone() {
                     self.end(reason, Some(CloseCode::Normal));
-                } else if self.pending.is_none() && self.asking.is_none() {
+                } else if self.payment.is_idle() {
                     self.need_payment(now, Purpose::Renew);
                 }
             }
@@ -530,9 +514,9 @@ impl ClientSession {
                 if let Some(reason) = self.no_more.clone() {
                     self.end(reason, None);
                 } else {
-                    self.phase = Phase::Down;
-                    if self.renew_req.is_none() && self.asking.is_none() {
-                        self.reconnect_at = Some(now);
+                    self.set_phase(Phase::Down);
+                    if self.payment.renewing().is_none() && self.payment.asking().is_none() {
+                        self.timers.set(Timer::Reconnect, now);
                     }
                 }
             }
@@ -541,36 +525,45 @@ impl ClientSession {
         Ok(())
     }
 
-    /// A deadline from [`poll_timeout`](Self::poll_timeout) passed.
+    /// A deadline from [`poll_timeout`](Self::poll_timeout) passed: every
+    /// expired timer is served (end, idle socket, keep-alive, renewal retry,
+    /// renewal, reconnect, in that order).
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), UsageError> {
         self.input(now)?;
-        if self.phase == Phase::Ended {
-            return Ok(());
-        }
-        if self.end_at.is_some_and(|t| t <= now) {
-            self.end_at = None;
-            let reason = self.no_more.clone().unwrap_or(EndReason::Stopped);
-            self.end(reason, Some(CloseCode::Normal));
-            return Ok(());
-        }
-        if self.renew_retry_at.is_some_and(|t| t <= now) {
-            self.renew_retry_at = None;
-            if self.pending.is_some() && self.renew_req.is_none() {
-                self.send_renew(now);
+        for timer in Timer::VALUES {
+            if self.phase == Phase::Ended {
+                break;
             }
-        }
-        if self.renew_at.is_some_and(|t| t <= now) {
-            self.renew_at = None;
-            if self.pending.is_none() && self.asking.is_none() && self.renew_req.is_none() {
-                self.need_payment(now, Purpose::Renew);
+            if !self.timers.is_expired(timer, now) {
+                continue;
             }
-        }
-        if self.reconnect_at.is_some_and(|t| t <= now) {
-            self.reconnect_at = None;
-            match self.phase {
-                Phase::Idle => self.open_again(now),
-                Phase::Down => self.reconnect(now),
-                _ => {}
+            self.timers.stop(timer);
+            match timer {
+                Timer::End => {
+                    let reason = self.no_more.clone().unwrap_or(EndReason::Stopped);
+                    self.end(reason, Some(CloseCode::Normal));
+                }
+                Timer::Idle => self.peer_silent(now),
+                Timer::KeepAlive => self.keep_alive(now),
+                Timer::RenewRetry => {
+                    if self
+                        .payment
+                        .signed()
+                        .is_some_and(|s| !matches!(s.step, Step::Renewing(_)))
+                    {
+                        self.send_renew(now);
+                    }
+                }
+                Timer::Renew => {
+                    if self.payment.is_idle() {
+                        self.need_payment(now, Purpose::Renew);
+                    }
+                }
+                Timer::Reconnect => {
+                    if self.phase == Phase::Down {
+                        self.reconnect(now);
+                    }
+                }
             }
         }
         Ok(())
@@ -607,16 +600,25 @@ impl ClientSession {
         self.paid_until.is_some_and(|p| p > now)
     }
 
-    fn open_again(&mut self, now: Instant) {
-        let id = self.request_id();
-        self.phase = Phase::FetchingSchema(id);
-        let _ = now;
-        self.transmits.push_back(Transmit::Http {
-            id,
-            method: Method::Get,
-            url: self.schema_url.clone(),
-            headers: Vec::new(),
-        });
+    /// Moves to `phase`; leaving a live socket disarms its keep-alive and idle timers.
+    fn set_phase(&mut self, phase: Phase) {
+        if !matches!(phase, Phase::Live { .. }) {
+            self.timers.stop(Timer::KeepAlive);
+            self.timers.stop(Timer::Idle);
+        }
+        self.phase = phase;
+    }
+
+    /// Whether `id` is the renew request carrying the unconfirmed payload;
+    /// if so, the payload is no longer in flight.
+    fn answered_renewal(&mut self, id: RequestId) -> bool {
+        match &mut self.payment {
+            PaymentState::Signed(s) if s.step == Step::Renewing(id) => {
+                s.step = Step::Held;
+                true
+            }
+            _ => false,
+        }
     }
 
     fn end(&mut self, reason: EndReason, close: Option<CloseCode>) {
@@ -628,12 +630,12 @@ impl ClientSession {
         {
             self.transmits.push_back(Transmit::WsClose { conn, code });
         }
-        self.phase = Phase::Ended;
-        self.renew_at = None;
-        self.renew_retry_at = None;
-        self.reconnect_at = None;
-        self.end_at = None;
-        self.asking = None;
+        self.set_phase(Phase::Ended);
+        self.timers.stop_all();
+        if self.payment.asking().is_some() {
+            // A signature asked for and not yet given is no longer wanted.
+            self.payment = PaymentState::Idle;
+        }
         self.events.push_back(ClientEvent::Ended(reason));
     }
 
@@ -641,9 +643,10 @@ impl ClientSession {
         if self.no_more.is_none() {
             self.no_more = Some(reason);
         }
-        self.renew_at = None;
+        self.timers.stop(Timer::Renew);
         // End once the paid time is used up (the server also says `expired`).
-        self.end_at = Some(self.paid_until.map_or(now, |p| p.max(now)) + END_SLACK);
+        let until = self.paid_until.map_or(now, |p| p.max(now));
+        self.timers.set(Timer::End, until + END_SLACK);
     }
 
     fn protocol_violation(&mut self, msg: String) {

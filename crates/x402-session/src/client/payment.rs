@@ -1,13 +1,18 @@
-//! Paying: asking the payer for a slice, carrying the signed payload on a
-//! renewal or an upgrade, and reading the server's verdict (accept, refuse, retry).
+//! Paying: the one payment's life ([`PaymentState`]), asking the payer for a
+//! slice, carrying the signed payload on a renewal or an upgrade, and reading
+//! the server's verdict (accept, refuse, retry).
 
 use std::time::{Duration, Instant};
 
 use x402_types::x402::{decode_header, headers};
 use x402_types::{CloseCode, ErrorBody, ErrorCode, RenewResponse, SettleResponse};
 
-use super::{ClientEvent, ClientSession, EndReason, HttpResponse, Method, Phase, Transmit};
+use super::timer::Timer;
+use super::{
+    ClientEvent, ClientSession, EndReason, HttpResponse, Method, Phase, RequestId, Transmit,
+};
 
+/// Where a signed payment is to be carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Purpose {
     /// Attach to the WebSocket upgrade.
@@ -16,36 +21,142 @@ pub(super) enum Purpose {
     Renew,
 }
 
-#[derive(Clone)]
-pub(super) struct Pending {
-    pub(super) slice: u64,
-    pub(super) header: String,
+/// The life of one payment: at most one slice is being bought at a time, so
+/// the combinations that must never exist (two signatures asked for, a
+/// payload both asked for and signed, a retry of nothing) cannot be written.
+///
+/// `Idle` → `Asking` (a [`ClientEvent::PaymentNeeded`] is out) → `Signed`
+/// (the payer answered) → back to `Idle` once the server accepted the
+/// payload ([`ClientEvent::PaymentAccepted`]), or to `Asking` for the same
+/// slice once after a definite refusal. A signed payload is never signed
+/// again while its fate is unknown: every retry (202, 503, a lost answer, a
+/// dropped socket) sends the same bytes.
+///
+/// A channel of the `batch-settlement` scheme (issue "Channels": deposit
+/// once, then cumulative vouchers in-band) plugs in beside this one, not into
+/// it: a `channel: Option<ChannelState>` on the session holding the deposit,
+/// the signed maximum and the charged total, with `Asking`'s purpose gaining a
+/// `Voucher` (answer the server's `voucher-needed` on the socket) and
+/// `Signed` carrying either payload. The timers (`Renew`, `RenewRetry`) and
+/// the refusal rule below stay the channel's too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) enum PaymentState {
+    /// No payment under way: nothing asked of the payer, nothing unconfirmed.
+    #[default]
+    Idle,
+    /// The payer was asked to sign for `slice`.
+    Asking {
+        /// The slice asked for.
+        slice: u64,
+        /// Where the payload goes once signed.
+        purpose: Purpose,
+        /// Definite refusals of earlier payloads for this slice.
+        refused: u32,
+    },
+    /// Signed, not yet confirmed by the server.
+    Signed(Signed),
 }
 
-impl std::fmt::Debug for Pending {
+/// A signed payload whose fate the server has not told yet.
+#[derive(Clone, PartialEq, Eq)]
+pub(super) struct Signed {
+    /// The slice it pays for.
+    pub(super) slice: u64,
+    /// The payment header's value: a spendable authorization.
+    pub(super) header: String,
+    /// Definite refusals of earlier payloads for this slice.
+    pub(super) refused: u32,
+    /// Renewals of this payload that got no definite answer (the backoff's exponent).
+    pub(super) attempt: u32,
+    /// Where the payload is on the renew endpoint.
+    pub(super) step: Step,
+}
+
+/// Where a signed payload is on the renew endpoint. (An upgrade carrying it
+/// is [`Phase::Connecting`]'s `paid_slice`: both may hold the same bytes, and
+/// the first answer decides.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Not being POSTed: waiting for a connection (it rides the upgrade) or
+    /// for a `hello` (which gives the renew URL).
+    Held,
+    /// POSTed to the renew URL as this request; its answer is awaited.
+    Renewing(RequestId),
+    /// The last answer was no verdict (pending, busy, horizon, lost): the
+    /// same payload goes again when [`Timer::RenewRetry`] fires.
+    RetryWait,
+}
+
+impl std::fmt::Debug for Signed {
     // The header is a spendable authorization: never printed.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending")
+        f.debug_struct("Signed")
             .field("slice", &self.slice)
             .field("header", &"<redacted>")
+            .field("refused", &self.refused)
+            .field("attempt", &self.attempt)
+            .field("step", &self.step)
             .finish()
     }
 }
 
+impl PaymentState {
+    /// Whether no payment is under way.
+    pub(super) fn is_idle(&self) -> bool {
+        matches!(self, PaymentState::Idle)
+    }
+
+    /// The slice and purpose asked of the payer, if asking.
+    pub(super) fn asking(&self) -> Option<(u64, Purpose)> {
+        match self {
+            PaymentState::Asking { slice, purpose, .. } => Some((*slice, *purpose)),
+            _ => None,
+        }
+    }
+
+    /// The unconfirmed payload, if any.
+    pub(super) fn signed(&self) -> Option<&Signed> {
+        match self {
+            PaymentState::Signed(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The renew request carrying the unconfirmed payload, if one is in flight.
+    pub(super) fn renewing(&self) -> Option<RequestId> {
+        match self.signed()?.step {
+            Step::Renewing(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
 impl ClientSession {
+    /// Pays for the next slice on `purpose`: reuses the unconfirmed payload
+    /// if there is one, else asks the payer (unless no more payments are wanted).
     pub(super) fn need_payment(&mut self, now: Instant, purpose: Purpose) {
-        if self.phase == Phase::Ended || self.no_more.is_some() || self.asking.is_some() {
+        self.ask_payer(now, purpose, 0);
+    }
+
+    /// [`need_payment`](Self::need_payment), `refused` payloads for this slice later.
+    fn ask_payer(&mut self, now: Instant, purpose: Purpose, refused: u32) {
+        if self.phase == Phase::Ended || self.no_more.is_some() {
             return;
         }
-        // An unconfirmed payment is reused, even past its validBefore: the server
-        // answers a payload it accepted with its first result, and refuses one it
-        // did not. Only that definite answer lets us sign again for the slice.
-        if self.pending.is_some() {
-            match purpose {
-                Purpose::Renew => self.send_renew(now),
-                Purpose::Upgrade => self.connect(now),
+        match self.payment {
+            PaymentState::Asking { .. } => return,
+            // An unconfirmed payment is reused, even past its validBefore: the
+            // server answers a payload it accepted with its first result, and
+            // refuses one it did not. Only that definite answer lets us sign
+            // again for the slice.
+            PaymentState::Signed(_) => {
+                match purpose {
+                    Purpose::Renew => self.send_renew(now),
+                    Purpose::Upgrade => self.connect(now),
+                }
+                return;
             }
-            return;
+            PaymentState::Idle => {}
         }
         if let Some(max) = self.cfg.max_slices
             && self.slices >= max
@@ -60,21 +171,28 @@ impl ClientSession {
             return;
         };
         let slice = self.slices + 1;
-        self.asking = Some((slice, purpose));
+        self.payment = PaymentState::Asking {
+            slice,
+            purpose,
+            refused,
+        };
         self.stats.payments_requested += 1;
         self.events
             .push_back(ClientEvent::PaymentNeeded { slice, offer });
     }
 
+    /// The payment header carrying the unconfirmed payload.
     pub(super) fn payment_header(&self) -> Option<(String, String)> {
-        self.pending.as_ref().map(|p| {
+        self.payment.signed().map(|s| {
             (
                 self.cfg.version.payment_header().to_string(),
-                p.header.clone(),
+                s.header.clone(),
             )
         })
     }
 
+    /// POSTs the unconfirmed payload to the renew URL (or, before any
+    /// `hello`, carries it on an upgrade).
     pub(super) fn send_renew(&mut self, now: Instant) {
         let Some(url) = self.renew_url.clone() else {
             // No hello yet: pay on the upgrade instead.
@@ -85,8 +203,10 @@ impl ClientSession {
             return;
         };
         let id = self.request_id();
-        self.renew_req = Some(id);
-        self.renew_slice = self.pending.as_ref().map(|p| p.slice);
+        if let PaymentState::Signed(s) = &mut self.payment {
+            s.step = Step::Renewing(id);
+        }
+        self.timers.stop(Timer::RenewRetry);
         self.stats.renew_attempts += 1;
         self.transmits.push_back(Transmit::Http {
             id,
@@ -96,14 +216,24 @@ impl ClientSession {
         });
     }
 
+    /// The renewal got no answer (or a busy one): the same payload again after backoff.
     pub(super) fn retry_renew(&mut self, now: Instant) {
-        if self.pending.is_none() {
+        let PaymentState::Signed(s) = &mut self.payment else {
             return;
-        }
-        self.renew_attempt += 1;
-        let delay = self.backoff(self.renew_attempt);
+        };
+        s.attempt += 1;
+        let attempt = s.attempt;
+        let delay = self.backoff(attempt);
         self.stats.renew_retries += 1;
-        self.renew_retry_at = Some(now + delay);
+        self.retry_renew_at(now + delay);
+    }
+
+    /// Parks the unconfirmed payload until `at`, when it is sent again.
+    fn retry_renew_at(&mut self, at: Instant) {
+        if let PaymentState::Signed(s) = &mut self.payment {
+            s.step = Step::RetryWait;
+            self.timers.set(Timer::RenewRetry, at);
+        }
     }
 
     pub(super) fn settlement(&self, resp: &HttpResponse) -> Option<SettleResponse> {
@@ -112,12 +242,11 @@ impl ClientSession {
             .and_then(|v| decode_header(headers::X_PAYMENT_RESPONSE, v).ok())
     }
 
+    /// The server accepted the payload for `slice` (if it is the one unconfirmed).
     pub(super) fn accept_payment(&mut self, slice: u64, settlement: Option<SettleResponse>) {
-        if self.pending.as_ref().is_some_and(|p| p.slice == slice) {
-            self.pending = None;
-            self.resigns = 0;
-            self.renew_attempt = 0;
-            self.renew_retry_at = None;
+        if self.payment.signed().is_some_and(|s| s.slice == slice) {
+            self.payment = PaymentState::Idle;
+            self.timers.stop(Timer::RenewRetry);
             self.slices = self.slices.max(slice);
             self.stats.slices = self.slices;
             self.events
@@ -125,6 +254,9 @@ impl ClientSession {
         }
     }
 
+    /// The server definitely refused the unconfirmed payload: sign once more
+    /// for the slice, or stop paying after a second refusal (or at once if
+    /// the money may have moved).
     pub(super) fn refuse_payment(
         &mut self,
         now: Instant,
@@ -132,7 +264,14 @@ impl ClientSession {
         body: &[u8],
         purpose: Purpose,
     ) {
-        let Some(p) = self.pending.take() else { return };
+        let s = match std::mem::take(&mut self.payment) {
+            PaymentState::Signed(s) => s,
+            other => {
+                self.payment = other;
+                return;
+            }
+        };
+        self.timers.stop(Timer::RenewRetry);
         let eb = ErrorBody::from_json(body).ok();
         let code = eb
             .as_ref()
@@ -141,13 +280,13 @@ impl ClientSession {
         let message = eb.map(|b| b.message).unwrap_or_default();
         let maybe_spent = code.maybe_spent();
         self.events.push_back(ClientEvent::PaymentRefused {
-            slice: p.slice,
+            slice: s.slice,
             status,
             code: code.clone(),
             maybe_spent,
         });
-        self.resigns += 1;
-        if self.resigns > 1 || maybe_spent {
+        let refused = s.refused + 1;
+        if refused > 1 || maybe_spent {
             // A second definite refusal: stop paying rather than loop.
             let reason = EndReason::PaymentRefused {
                 status,
@@ -163,27 +302,16 @@ impl ClientSession {
                 self.stop_paying(now, reason);
             }
         } else {
-            self.need_payment(now, purpose);
+            self.ask_payer(now, purpose, refused);
         }
     }
 
+    /// The answer to the renew request that carried the unconfirmed payload.
     pub(super) fn on_renew_response(&mut self, now: Instant, resp: HttpResponse) {
-        let carried = self.renew_slice.take();
-        if carried.is_some() && carried != self.pending.as_ref().map(|p| p.slice) {
-            // The answer about a payment already settled otherwise (its
-            // acceptance came through an upgrade); it says nothing about the
-            // payment now pending. Only the paid time it reports counts.
-            if resp.status == 200
-                && let Ok(r) = RenewResponse::from_json(&resp.body)
-            {
-                self.update_expiry(now, r.expires_at, None, r.slices);
-            }
-            return;
-        }
         match resp.status {
             200 => match RenewResponse::from_json(&resp.body) {
                 Ok(r) => {
-                    let slice = self.pending.as_ref().map(|p| p.slice).unwrap_or(r.slices);
+                    let slice = self.payment.signed().map_or(r.slices, |s| s.slice);
                     let settlement = self.settlement(&resp);
                     self.accept_payment(slice, settlement);
                     self.update_expiry(now, r.expires_at, None, r.slices);
@@ -191,8 +319,8 @@ impl ClientSession {
                         expires_at: r.expires_at,
                         slices: r.slices,
                     });
-                    if self.phase == Phase::Down && self.reconnect_at.is_none() {
-                        self.reconnect_at = Some(now);
+                    if self.phase == Phase::Down && !self.timers.is_set(Timer::Reconnect) {
+                        self.timers.set(Timer::Reconnect, now);
                     }
                 }
                 Err(e) => self.protocol_violation(format!("renew answer: {e}")),
@@ -204,12 +332,12 @@ impl ClientSession {
             s => match retry_kind(&resp) {
                 Retry::HorizonLater => {
                     // Bought far enough ahead: keep the payload, try again later.
-                    self.renew_retry_at =
-                        Some(now + self.renew_margin() / 2 + Duration::from_millis(500));
+                    let later = now + self.renew_margin() / 2 + Duration::from_millis(500);
+                    self.retry_renew_at(later);
                 }
                 Retry::Pending(after) => {
                     self.on_pending(after);
-                    self.renew_retry_at = Some(now + after);
+                    self.retry_renew_at(now + after);
                 }
                 Retry::Backoff => self.retry_renew(now),
                 Retry::No => self.refuse_payment(now, s, &resp.body, Purpose::Renew),
@@ -218,12 +346,11 @@ impl ClientSession {
     }
 
     pub(super) fn on_pending(&mut self, retry_after: Duration) {
-        if let Some(p) = &self.pending {
+        if let Some(s) = self.payment.signed() {
+            let slice = s.slice;
             self.stats.pending_answers += 1;
-            self.events.push_back(ClientEvent::PaymentPending {
-                slice: p.slice,
-                retry_after,
-            });
+            self.events
+                .push_back(ClientEvent::PaymentPending { slice, retry_after });
         }
     }
 }

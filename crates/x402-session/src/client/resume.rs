@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use x402_types::EndpointKind;
 
-use super::{ClientSession, ConnId, Phase, Transmit, UsageError};
+use super::{ClientSession, Phase, UsageError};
 
 /// Where a session can be taken up later: everything a new
 /// [`ClientSession`] needs besides its [`ClientConfig`](super::ClientConfig).
@@ -118,17 +118,7 @@ impl ClientSession {
         if let Some(from) = self.next_seq {
             url.append_pair("from", &from.to_string());
         }
-        self.next_id += 1;
-        let conn = ConnId(self.next_id);
-        self.phase = Phase::Connecting {
-            conn,
-            paid_slice: None,
-        };
-        self.transmits.push_back(Transmit::WsConnect {
-            conn,
-            url: url.to_string(),
-            headers: Vec::new(),
-        });
+        self.open_socket(url, Vec::new(), None);
     }
 }
 

@@ -9,9 +9,22 @@ use x402_types::{
 };
 
 use super::payment::Purpose;
-use super::{ClientSession, EndReason, HttpResponse, Phase};
+use super::{ClientSession, EndReason, HttpResponse, Method, Phase, Transmit};
 
 impl ClientSession {
+    /// The one schema request: at [`open`](Self::open), and again after a
+    /// failed one ([`Timer::Reconnect`](super::timer::Timer::Reconnect)).
+    pub(super) fn request_schema(&mut self) {
+        let id = self.request_id();
+        self.set_phase(Phase::FetchingSchema(id));
+        self.transmits.push_back(Transmit::Http {
+            id,
+            method: Method::Get,
+            url: self.schema_url.clone(),
+            headers: Vec::new(),
+        });
+    }
+
     pub(super) fn on_schema(&mut self, now: Instant, resp: HttpResponse) {
         if resp.status == 404 {
             let body = ErrorBody::from_json(&resp.body).ok();
@@ -24,19 +37,8 @@ impl ClientSession {
             return;
         }
         if resp.status >= 500 || resp.status == 429 {
-            self.phase = Phase::Idle;
-            self.reconnect_attempt += 1;
-            if self.reconnect_attempt > self.cfg.reconnect.max_attempts {
-                self.end(
-                    EndReason::ConnectionLost {
-                        attempts: self.reconnect_attempt - 1,
-                    },
-                    None,
-                );
-            } else {
-                let d = self.backoff(self.reconnect_attempt);
-                self.reconnect_at = Some(now + d);
-            }
+            // Busy or failing, nothing paid yet: the reconnect escalation.
+            self.connection_lost(now);
             return;
         }
         if resp.status != 402 && resp.status != 200 {
@@ -53,7 +55,7 @@ impl ClientSession {
                     return;
                 }
                 self.ws_url = Some(ws);
-                self.phase = Phase::Paying;
+                self.set_phase(Phase::Paying);
                 self.need_payment(now, Purpose::Upgrade);
             }
             Err(msg) => self.protocol_violation(msg),

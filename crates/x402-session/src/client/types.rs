@@ -45,7 +45,7 @@ pub enum Transmit {
         /// Upgrade request headers.
         headers: Vec<(String, String)>,
     },
-    /// Send a text frame.
+    /// Send a text frame (the session's only one is the keep-alive `ping`).
     WsSend {
         /// Connection.
         conn: ConnId,
@@ -264,7 +264,8 @@ pub enum ClientEvent {
         /// Its seq.
         seq: u64,
     },
-    /// The connection dropped; reconnecting after `delay`.
+    /// The connection dropped (or went silent, or the schema request
+    /// failed); trying again after `delay`.
     Reconnecting {
         /// Attempt number (1 = first).
         attempt: u32,
@@ -314,7 +315,19 @@ pub struct ClientConfig {
     pub jitter_seed: u64,
     /// Stop after this many slices.
     pub max_slices: Option<u64>,
+    /// While a socket is open, a `ping` is sent this often (default 15 s).
+    pub keep_alive: Duration,
+    /// A socket on which nothing was heard for this long is dead: it is
+    /// closed and the session reconnects, without paying while paid time
+    /// remains (default 45 s, three pings unanswered). Longer than `keep_alive`.
+    pub idle_timeout: Duration,
 }
+
+/// Default [`ClientConfig::keep_alive`].
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Default [`ClientConfig::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 
 impl ClientConfig {
     /// A configuration with defaults.
@@ -331,6 +344,8 @@ impl ClientConfig {
             reconnect: ReconnectPolicy::default(),
             jitter_seed: 0x5eed,
             max_slices: None,
+            keep_alive: DEFAULT_KEEP_ALIVE,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }

@@ -1,5 +1,4 @@
 //! The drain contract and API misuse are typed errors; margins follow the protocol.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
@@ -118,10 +117,7 @@ fn debug_output_never_shows_a_spendable_payment() {
     let Some(ClientEvent::PaymentNeeded { slice, offer }) = s.poll_event() else {
         panic!()
     };
-    let payer = EvmExactPayer::new(
-        LocalSigner::from_hex("0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80")
-            .unwrap(),
-    );
+    let payer = EvmExactPayer::new(LocalSigner::from_hex(atomicstream_testkit::DEV_KEY).unwrap());
     let payload = payer.sign(&offer).unwrap();
     let header = payload.to_header();
     s.handle_payment(now, slice, payload).unwrap();

@@ -5,17 +5,15 @@
 //! lie within `maxTimeoutSeconds`; every attempt, the first included, leaves
 //! through `poll_settle` with its facilitator request, until a final answer
 //! or `validBefore` plus skew.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod sim;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sim::{junk_copy, request};
 use x402_payer::EvmExactPayer;
 use x402_session::*;
 use x402_types::{ErrorCode, PaymentPayload, SchemePayload, U256};
+
+use crate::sim::{self, junk_copy, request};
 
 const U0: u64 = sim::UNIX0;
 

@@ -2,10 +2,7 @@
 //! and the rules hold across them (one credit per payload, renewals and
 //! connections seen everywhere, a dead instance's settlement taken over).
 //! The store here is two variables; the Redis store is tested with real
-//! processes in `atomicstream-cli/tests/cluster.rs`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod sim;
+//! processes in `atomicstream-cli/tests/it/cluster.rs`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +10,8 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use x402_session::*;
 use x402_types::{CloseCode, ErrorCode, ServerMessage};
+
+use crate::sim;
 
 const U0: u64 = sim::UNIX0;
 

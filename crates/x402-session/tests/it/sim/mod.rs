@@ -1,9 +1,8 @@
 //! A simulated client/server pair on virtual time, wired through a link that
 //! can delay, drop and reorder. The client side is driven exactly as a real
 //! driver would (policy, then a real EIP-3009 signature); the server side is
-//! `ServerSession` plus a real verifier, a nonce store and a stream with a
+//! `ServerEndpoint` plus a real verifier, a nonce store and a stream with a
 //! replay buffer.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 mod driver;
 mod facilitator;
@@ -16,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use atomicstream_testkit::DEV_KEY;
 use x402_payer::{
     Budget, BudgetScope, Clock, EvmExactPayer, LocalSigner, Reservation, SeededRandom, SpendPolicy,
 };
@@ -25,7 +25,6 @@ use x402_types::*;
 use link::{ToClient, ToServer};
 pub use server::Server;
 
-pub const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 pub const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
 pub const UNIX0: u64 = 1_750_000_000;
 pub const PRICE: u64 = 1_000;
@@ -82,12 +81,16 @@ pub struct Sim {
     pub received: Vec<u64>,
     pub reported_lost: u64,
     pub max_paid_ahead_at_sign: Duration,
+    /// Every keep-alive ping the client sent: when, on which socket.
+    pub pings: Vec<(Instant, ConnId)>,
+    /// Sockets gone half-open ([`Sim::silence`]): nothing reaches the client on them.
+    pub silent: HashSet<ConnId>,
 }
 
 /// A payer signing with the test key on the virtual clock `unix`, with nonces
 /// from `seed` (the same seed signs the same payloads).
 pub fn payer(unix: Arc<AtomicU64>, seed: u64) -> EvmExactPayer {
-    EvmExactPayer::new(LocalSigner::from_hex(KEY).unwrap())
+    EvmExactPayer::new(LocalSigner::from_hex(DEV_KEY).unwrap())
         .with_clock(Arc::new(VClock(unix)))
         .with_random(Arc::new(SeededRandom::new(seed)))
 }
@@ -262,6 +265,8 @@ impl Sim {
             received: Vec::new(),
             reported_lost: 0,
             max_paid_ahead_at_sign: Duration::ZERO,
+            pings: Vec::new(),
+            silent: HashSet::new(),
         }
     }
 

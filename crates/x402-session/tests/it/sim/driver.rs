@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use x402_session::*;
+use x402_types::ClientMessage;
 
 use super::Sim;
 use super::link::ToServer;
@@ -56,7 +57,6 @@ impl Sim {
                     ToServer::Http {
                         id,
                         method,
-                        url,
                         headers,
                     },
                     None,
@@ -76,7 +76,15 @@ impl Sim {
                 ));
                 self.send_to_server(ToServer::Connect { conn, url, headers }, Some(conn));
             }
-            Transmit::WsSend { .. } => {}
+            Transmit::WsSend { conn, text } => {
+                assert_eq!(
+                    ClientMessage::parse(&text),
+                    ClientMessage::Ping,
+                    "the client sends only pings"
+                );
+                self.pings.push((self.now, conn));
+                self.send_keep_alive(true, conn);
+            }
             Transmit::WsClose { conn, code } => {
                 self.transcript
                     .push(format!("{} T ws-close {code}", self.elapsed()));

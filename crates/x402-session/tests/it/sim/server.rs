@@ -302,6 +302,12 @@ impl Sim {
                     None => self.upgrade(conn, from),
                 }
             }
+            ToServer::Ping { conn } => {
+                // As the reference server: every ping on a live socket is answered.
+                if self.server.conns.contains_key(&conn) {
+                    self.send_keep_alive(false, conn);
+                }
+            }
             ToServer::Close { conn } => {
                 self.server.endpoint.disconnect(self.now, conn);
                 if self.server.conns.remove(&conn).is_some() {

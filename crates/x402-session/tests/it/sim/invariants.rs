@@ -61,6 +61,17 @@ impl Sim {
             unexplained <= self.reported_lost.max(resumed_missed),
             "{unexplained} events missing without a report"
         );
+        // Keep-alive: on each socket, one ping per period, never faster.
+        let mut last_ping = std::collections::HashMap::new();
+        for (at, conn) in &self.pings {
+            if let Some(prev) = last_ping.insert(*conn, *at) {
+                assert_eq!(
+                    at.duration_since(prev),
+                    DEFAULT_KEEP_ALIVE,
+                    "pings on {conn:?} not one period apart"
+                );
+            }
+        }
         // Never paid while more than a margin of paid time remained (server truth, 2 s of slack for rounding).
         let margin = self.client.renew_margin();
         assert!(

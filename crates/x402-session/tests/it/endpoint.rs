@@ -1,9 +1,6 @@
 //! The server endpoint's rules, input by input: payments and their recorded
 //! outcomes, pending settlements, nonce claims, payment identifiers, the
 //! horizon, paid-time delivery floors, timers and bounded memory.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod sim;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +8,8 @@ use std::time::{Duration, Instant};
 use x402_payer::EvmExactPayer;
 use x402_session::*;
 use x402_types::{CloseCode, ErrorCode, PaymentPayload, ServerMessage};
+
+use crate::sim;
 
 const U0: u64 = sim::UNIX0;
 

@@ -13,7 +13,6 @@ pub(super) enum ToServer {
     Http {
         id: RequestId,
         method: Method,
-        url: String,
         headers: Vec<(String, String)>,
     },
     Connect {
@@ -22,6 +21,10 @@ pub(super) enum ToServer {
         headers: Vec<(String, String)>,
     },
     Close {
+        conn: ConnId,
+    },
+    /// A keep-alive `ping` on the socket.
+    Ping {
         conn: ConnId,
     },
 }
@@ -84,8 +87,43 @@ impl Sim {
     }
 
     pub(super) fn send_to_client(&mut self, m: ToClient, conn: Option<ConnId>) {
+        if conn.is_some_and(|c| self.silent.contains(&c)) {
+            return; // a half-open socket: lost
+        }
         let key = self.arrival(conn);
         self.to_client.insert(key, m);
+    }
+
+    /// Sends a keep-alive frame (`ping` to the server, `pong` back) at the
+    /// base latency, in order on its socket. No jitter is drawn: the link's
+    /// random sequence, hence every other message's timing, is the same as
+    /// without keep-alive.
+    pub(super) fn send_keep_alive(&mut self, to_server: bool, conn: ConnId) {
+        if !to_server && self.silent.contains(&conn) {
+            return;
+        }
+        let last = self.conn_last.get(&conn).copied().unwrap_or(self.now);
+        let at = (self.now + Duration::from_millis(self.faults.latency_ms)).max(last);
+        self.conn_last.insert(conn, at);
+        self.msg_counter += 1;
+        let key = (at, self.msg_counter);
+        if to_server {
+            self.to_server.insert(key, ToServer::Ping { conn });
+        } else {
+            let text = ServerMessage::Pong.to_json();
+            self.to_client.insert(key, ToClient::Msg { conn, text });
+        }
+    }
+
+    /// The live socket goes half-open: the server still holds it and keeps
+    /// writing, but nothing it sends reaches the client any more (no events,
+    /// no `pong`, no close). Only the client's idle rule can notice.
+    pub fn silence(&mut self) {
+        let conns: Vec<ConnId> = self.server.conns.keys().copied().collect();
+        for conn in conns {
+            self.transcript.push(format!("{} ! silent", self.elapsed()));
+            self.silent.insert(conn);
+        }
     }
 
     /// Cuts the live socket (both sides see it drop).

@@ -1,11 +1,9 @@
 //! Golden transcripts: the exact sequence of transmits and events of the main scenarios.
 //! `T` lines are transmits, `E` lines events, `!` lines what the simulated network did.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod sim;
-
-use sim::{Faults, Sim, SimConfig};
 use x402_types::PathVersion;
+
+use crate::sim::{self, Faults, Sim, SimConfig};
 
 /// A fault injected at a time (ms).
 type Mid = (u64, fn(&mut Sim));

@@ -1,8 +1,5 @@
 //! Hours of simulated time over a lossy, reordering link, and proptest over
 //! random link behaviours and operations, asserting the protocol invariants.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod sim;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,12 +7,13 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use sim::{Faults, Sim, SimConfig};
 use x402_session::{
     ClientEvent, EndReason, EndpointConfig, PaymentDecision, PaymentIn, PaymentRecord,
     PaymentStatus, Quote, ServerEndpoint, ServerEvent, SettleId, SettleJob, SettleOutcome,
 };
 use x402_types::{ErrorCode, PathVersion, PaymentPayload};
+
+use crate::sim::{self, Faults, Sim, SimConfig};
 
 #[test]
 fn three_hours_over_a_bad_link() {
@@ -57,6 +55,8 @@ enum Op {
     Run(u64),
     Cut,
     LoseNextRenewAnswer,
+    /// The live socket goes half-open: only the client's idle rule notices.
+    Silence,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -64,6 +64,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (1u64..40).prop_map(Op::Run),
         2 => Just(Op::Cut),
         1 => Just(Op::LoseNextRenewAnswer),
+        1 => Just(Op::Silence),
     ]
 }
 
@@ -107,8 +108,22 @@ proptest! {
                 Op::Run(secs) => { t += secs; let at = s.at(t); s.run_until(at); }
                 Op::Cut => s.cut(),
                 Op::LoseNextRenewAnswer => s.server.drop_renew_answers += 1,
+                Op::Silence => s.silence(),
             }
             s.check_invariants();
+        }
+        // Liveness: a socket gone silent is given up within the idle timeout
+        // (45 s): a minute on, no socket still pinged is a silent one.
+        if s.ended.is_none() {
+            t += 60;
+            let at = s.at(t);
+            s.run_until(at);
+            s.check_invariants();
+            let recent = s.at(t - 15);
+            prop_assert!(
+                s.pings.iter().filter(|p| p.0 > recent).all(|p| !s.silent.contains(&p.1)),
+                "still pinging a silent socket"
+            );
         }
         // Never more slices than the budget allows.
         prop_assert!(s.server.endpoint.slices("s1") <= budget);
