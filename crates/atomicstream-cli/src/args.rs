@@ -390,7 +390,8 @@ pub struct EvmArgs {
 
 #[derive(Debug, Args)]
 pub struct ConnArgs {
-    /// Server base URL.
+    /// Server base URL (the protocol's default; a local `atomicstream serve`
+    /// is http://127.0.0.1:4021, or set ATOMICSTREAM_BASE_URL once).
     #[arg(
         long,
         default_value = "https://x402.atomicstream.net",

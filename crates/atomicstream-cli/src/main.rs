@@ -101,7 +101,12 @@ fn check_config(path: Option<&std::path::Path>) -> Result<u8, Fail> {
         );
         return Ok(exit::OK);
     }
-    eprintln!("{}: {} problems:", path.display(), problems.len());
+    let n = problems.len();
+    eprintln!(
+        "{}: {n} {}:",
+        path.display(),
+        if n == 1 { "problem" } else { "problems" }
+    );
     for p in problems {
         eprintln!("  - {p}");
     }
@@ -225,7 +230,12 @@ async fn streams(conn: &ConnArgs) -> Result<u8, Fail> {
         .base_url(&conn.base_url)
         .version(conn.protocol)
         .build()?;
-    let catalog = client.catalog().await?;
+    let catalog = client.catalog().await.map_err(|e| {
+        Fail(
+            error_code(&e),
+            session_file::explain_error(&e, "--base-url"),
+        )
+    })?;
     for s in &catalog.streams {
         println!(
             "{:<14} {} {} per minute, {} s slices ({} {} each): {}",
@@ -384,6 +394,8 @@ async fn run_stream(
     let mut stdout = ui::Lines::new(std::io::stdout().lock());
     let mut last_status = Instant::now() - Duration::from_secs(1);
     let mut stopping = false;
+    // Why this run stopped the session itself, for the end sentence.
+    let mut stopped_because: Option<&str> = None;
     enum Wake {
         Event(Option<ClientEvent>),
         Tick,
@@ -393,11 +405,13 @@ async fn run_stream(
             ev = session.next() => Wake::Event(ev),
             _ = tokio::signal::ctrl_c(), if !stopping => {
                 stopping = true;
+                stopped_because = Some("interrupted (Ctrl-C)");
                 session.stop();
                 continue;
             }
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } }, if !stopping => {
                 stopping = true;
+                stopped_because = Some("--duration reached");
                 session.stop();
                 continue;
             }
@@ -410,6 +424,7 @@ async fn run_stream(
                 last_status = Instant::now();
                 if stdout.flush(&ui).is_err() && !stopping {
                     stopping = true;
+                    stopped_because = Some("the reader of stdout left");
                     session.stop();
                 }
                 ui.status(&session.progress());
@@ -433,6 +448,7 @@ async fn run_stream(
                 if stdout.due() && stdout.flush(&ui).is_err() && !stopping {
                     // stdout closed (piped into `head`): stop before the next payment.
                     stopping = true;
+                    stopped_because = Some("the reader of stdout left");
                     session.stop();
                 }
             }
@@ -441,6 +457,7 @@ async fn run_stream(
                 // Events already printed come before the line that follows them.
                 if stdout.flush(&ui).is_err() && !stopping {
                     stopping = true;
+                    stopped_because = Some("the reader of stdout left");
                     session.stop();
                 }
                 ui.event(&other)
@@ -452,6 +469,7 @@ async fn run_stream(
             // pipe until it is written out): never pay for it again.
             if stdout.flush(&ui).is_err() && !stopping {
                 stopping = true;
+                stopped_because = Some("the reader of stdout left");
                 session.stop();
             }
             ui.status(&session.progress());
@@ -476,7 +494,21 @@ async fn run_stream(
         started.elapsed().as_secs_f64()
     );
     let code = end_code(&reason, p.slices);
-    let mut ended = explain_end(&reason, &p.paid, &budget);
+    let mut ended = match (&reason, stopped_because) {
+        (EndReason::Stopped, Some(why)) => format!("stopped: {why}"),
+        _ => explain_end(&reason, &p.paid, &budget),
+    };
+    // Paid time left behind: say how to keep it next time.
+    let left = p.remaining();
+    if matches!(reason, EndReason::Stopped)
+        && target.file.is_none()
+        && left >= Duration::from_secs(5)
+    {
+        ended = format!(
+            "{ended}; {} of paid time was left unused (run with --session-file FILE to keep it for --resume)",
+            ui::span(left)
+        );
+    }
     if let (EndReason::ConnectionLost { .. }, Some(f)) = (&reason, &p.last_failure) {
         // What the last attempt ran into (the URL without its token).
         ended = format!("{ended} (last: {f})");

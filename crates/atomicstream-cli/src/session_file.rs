@@ -244,7 +244,9 @@ pub fn explain_error(e: &atomicstream::Error, url_flag: &str) -> String {
     let hint = if t.is_refused() {
         format!("is the server running? check {url_flag}")
     } else if t.is_dns() {
-        format!("check the host name in {url_flag}")
+        format!(
+            "check the host name in {url_flag}; a local `atomicstream serve` is http://127.0.0.1:4021"
+        )
     } else if t.is_tls() {
         format!("does the server speak TLS? a plain server needs http:// in {url_flag}")
     } else if t.is_timeout() {

@@ -85,6 +85,17 @@ pub enum Error {
         /// HTTP status or close code.
         code: u16,
     },
+    /// Before anything was paid, the server said it cannot sell the stream
+    /// now (its source failed, its store is down, it is full).
+    #[error("the server cannot sell this stream now ({status} {code}): {message}")]
+    Unavailable {
+        /// HTTP status.
+        status: u16,
+        /// The server's code (`source_unavailable`, `store_unavailable`, ...).
+        code: x402_types::ErrorCode,
+        /// The server's words.
+        message: String,
+    },
     /// A bad configuration or argument.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -128,7 +139,10 @@ impl Error {
     /// Trying again later may succeed (network trouble, server busy).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Transport(_) | Error::Unreachable { .. } | Error::ConnectionLost { .. } => true,
+            Error::Transport(_)
+            | Error::Unreachable { .. }
+            | Error::ConnectionLost { .. }
+            | Error::Unavailable { .. } => true,
             Error::PaymentRefused { status, code, .. } => {
                 code.is_retryable() || x402_types::is_retryable_status(*status)
             }
@@ -167,6 +181,15 @@ impl Error {
             },
             EndReason::ProtocolViolation(m) => Error::Protocol(m.clone()),
             EndReason::UnknownStream { message } => Error::UnknownStream(message.clone()),
+            EndReason::Unavailable {
+                status,
+                code,
+                message,
+            } => Error::Unavailable {
+                status: *status,
+                code: code.clone(),
+                message: message.clone(),
+            },
             other => Error::Protocol(other.to_string()),
         })
     }

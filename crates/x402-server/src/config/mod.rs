@@ -492,8 +492,8 @@ impl Config {
             if !seen.insert(&s.id) {
                 out.push(format!("streams[{i}].id: duplicate stream id {}", s.id));
             }
-            if let Err(ConfigError::Invalid(m)) = s.resolve() {
-                out.push(format!("streams[{i}] ({}): {m}", s.id));
+            for m in s.problems() {
+                out.push(format!("streams[{i}] ({}).{m}", s.id));
             }
             if let Some(m) = s.source.problem() {
                 out.push(format!("streams[{i}] ({}).source: {m}", s.id));
@@ -645,7 +645,12 @@ fn did_you_mean(message: &str) -> Option<String> {
         .skip(1)
         .step_by(2)
         .map(|k| (edit_distance(given, k), k))
-        .filter(|(d, k)| *d <= (k.len() / 3).max(1) || k.starts_with(given) || given.starts_with(k))
+        .filter(|(d, k)| {
+            *d <= (k.len() / 3).max(1)
+                || k.starts_with(given)
+                || given.starts_with(k)
+                || given.ends_with(&format!("_{k}"))
+        })
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k.to_string())
 }
@@ -692,6 +697,44 @@ pub struct Terms {
 }
 
 impl StreamConfig {
+    /// Every problem of this stream, each field checked on its own (a bad
+    /// `pay_to` does not hide a bad price).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.id.is_empty()
+            || !self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            out.push("id: must be [A-Za-z0-9_-]+".to_string());
+        }
+        if self.slice_seconds == 0 {
+            out.push("slice_seconds: must be > 0".into());
+        }
+        if let Err(e) = self.network.parse::<Network>() {
+            out.push(format!("network: {e}"));
+        }
+        if let Some(Err(e)) = self.asset.as_ref().map(|a| a.parse::<Address>()) {
+            out.push(format!("asset: {e}"));
+        }
+        if let Err(e) = self.pay_to.parse::<Address>() {
+            out.push(format!("pay_to: {e}"));
+        }
+        if let Err(e) = Amount::from_display(&self.price_per_minute, 18) {
+            out.push(format!("price_per_minute: {e}"));
+        }
+        if out.is_empty()
+            && let Err(ConfigError::Invalid(m)) = self.resolve()
+        {
+            // What depends on several fields (asset on its network, the
+            // price of a slice in the asset's decimals).
+            let prefix = format!("stream {}: ", self.id);
+            out.push(m.strip_prefix(&prefix).unwrap_or(&m).to_string());
+        }
+        out
+    }
+
     /// Resolves network, asset and prices.
     pub fn resolve(&self) -> Result<Terms, ConfigError> {
         let bad = |m: String| ConfigError::Invalid(format!("stream {}: {m}", self.id));
@@ -880,6 +923,10 @@ source = { kind = "synthetic", rate = 5 }
             .unwrap_err()
             .to_string();
         assert!(e.contains("did you mean `limits`"), "{e}");
+        let e = Config::from_toml(&format!("{EXAMPLE}\n[facilitator_api]\napi_key = \"k\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did you mean `key`"), "{e}");
         let e = Config::from_toml(&EXAMPLE.replace("[limits]", "[zzzzzz]"))
             .unwrap_err()
             .to_string();
@@ -889,13 +936,20 @@ source = { kind = "synthetic", rate = 5 }
         bad.facilitator = None;
         bad.secret = Some("short".into());
         bad.streams[0].price_per_minute = "-1".into();
+        bad.streams[0].pay_to = "0x12".into();
         bad.streams.push(bad.streams[0].clone());
         let p = bad.problems();
+        // Each field on its own: the bad pay_to does not hide the bad price.
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("streams[0] (btc-usd).pay_to: ")),
+            "{p:?}"
+        );
         assert!(p.iter().any(|m| m.starts_with("facilitator: ")), "{p:?}");
         assert!(p.iter().any(|m| m.starts_with("secret: ")), "{p:?}");
         assert!(
             p.iter()
-                .any(|m| m.starts_with("streams[0] (btc-usd): ") && m.contains("price")),
+                .any(|m| m.starts_with("streams[0] (btc-usd).price_per_minute: ")),
             "{p:?}"
         );
         assert!(

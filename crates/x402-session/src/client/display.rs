@@ -90,6 +90,14 @@ impl fmt::Display for EndReason {
                     "the server broke the protocol ({m}); nothing more was paid"
                 )
             }
+            EndReason::Unavailable {
+                status,
+                code,
+                message,
+            } => write!(
+                f,
+                "the server cannot sell this stream now ({status} {code}: {message}); nothing was paid"
+            ),
             EndReason::UnknownStream { message } => {
                 write!(
                     f,

@@ -37,7 +37,25 @@ impl ClientSession {
             return;
         }
         if resp.status >= 500 || resp.status == 429 {
-            // Busy or failing, nothing paid yet: the reconnect escalation.
+            // A first purchase the server refuses with a reason (its source
+            // failed, its store is down, it is full): nothing was paid, so
+            // nothing to protect by retrying; say why at once. A resumed
+            // session (paid time on its token), or an answer without a
+            // reason (a proxy's page), takes the reconnect escalation.
+            if self.slices == 0
+                && self.resume.is_none()
+                && let Ok(body) = ErrorBody::from_json(&resp.body)
+            {
+                self.end(
+                    EndReason::Unavailable {
+                        status: resp.status,
+                        code: body.error,
+                        message: body.message,
+                    },
+                    None,
+                );
+                return;
+            }
             self.connection_lost(now);
             return;
         }

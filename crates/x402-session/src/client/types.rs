@@ -178,6 +178,17 @@ pub enum EndReason {
         /// The server's words.
         message: String,
     },
+    /// Before anything was paid, the server said it cannot sell the stream
+    /// now (a 5xx or 429 with a reason: `source_unavailable`,
+    /// `store_unavailable`, ...). Nothing to protect, so no retries.
+    Unavailable {
+        /// HTTP status.
+        status: u16,
+        /// The server's code.
+        code: ErrorCode,
+        /// The server's words.
+        message: String,
+    },
 }
 
 /// What the session reports to the application.

@@ -9,8 +9,16 @@ use super::{KEY, bin, run, server};
 /// Runs `stream btc-usd --base-url BASE` and returns (exit code, stderr, seconds taken).
 async fn stream_at(base: &str) -> (Option<i32>, String, Duration) {
     let mut c = bin();
-    c.args(["stream", "btc-usd", "--base-url", base, "--quiet"])
-        .env("X402_PRIVATE_KEY", KEY);
+    c.args([
+        "stream",
+        "btc-usd",
+        "--base-url",
+        base,
+        "--quiet",
+        "--duration",
+        "30",
+    ])
+    .env("X402_PRIVATE_KEY", KEY);
     let started = Instant::now();
     let out = run(c).await;
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -70,4 +78,29 @@ async fn https_against_a_plain_server_is_a_tls_failure() {
         "TLS handshake failed",
         "a plain server needs http://",
     );
+}
+
+/// A stream the server does not sell now (its source failed): the first
+/// purchase ends at once with the server's reason, nothing paid, no retries.
+#[tokio::test]
+async fn a_stream_not_sold_now_ends_at_once_with_the_reason() {
+    let mut cfg = x402_server::Config::demo("127.0.0.1:0".parse().unwrap());
+    cfg.secret = Some("failures-test-secret-failures-test-secret".into());
+    // No source of its own that would publish and so revive the stream.
+    cfg.streams[0].source = x402_server::SourceConfig::Api;
+    let s = x402_server::ServerBuilder::new(cfg).bind().await.unwrap();
+    let base = s.http_base().to_string();
+    s.state().streams["btc-usd"]
+        .hub
+        .source_down("the exchange feed is down");
+    s.spawn();
+    let (code, err, took) = stream_at(&base).await;
+    assert_eq!(code, Some(5), "{err}");
+    assert!(
+        err.contains("cannot sell this stream now")
+            && err.contains("source_unavailable")
+            && err.contains("the exchange feed is down"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(15), "no retries: {took:?}");
 }
