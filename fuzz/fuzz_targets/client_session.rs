@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let mut conns = Vec::new();
     let mut asked = Vec::new();
     let payer = x402_payer::EvmExactPayer::new(
-        x402_payer::LocalSigner::from_hex("0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80").expect("key"),
+        x402_payer::LocalSigner::from_hex("0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d").expect("key"),
     );
     let mut floor = now;
     let mut i = 0;

@@ -21,7 +21,7 @@ use crate::{cargo_cmd, root, step};
 
 /// The anvil development key (account 0): it pays the embedded facilitator, which checks
 /// signatures and settles nothing.
-const DEV_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+const DEV_KEY: &str = atomicstream_testkit::DEV_KEY;
 /// The address the README's commands name; replaced by the server under test.
 const README_BASE: &str = "http://127.0.0.1:4021";
 /// Events an example that takes `--events` prints before it stops.

@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use x402_server::{Config, DEV_PAY_TO, Limits, ServerBuilder, SourceConfig, StreamConfig};
 use x402_types::{Offer, PathVersion, PaymentRequiredV2, Schema, ServerMessage};
 
-pub(crate) const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+pub(crate) const KEY: &str = atomicstream_testkit::DEV_KEY;
 
 pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

@@ -10,7 +10,7 @@ mod failures;
 mod resume;
 mod terminal;
 
-const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+const KEY: &str = atomicstream_testkit::DEV_KEY;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_atomicstream"));

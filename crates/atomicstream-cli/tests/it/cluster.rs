@@ -19,7 +19,7 @@ use x402_types::{
     ServerMessage,
 };
 
-const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+const KEY: &str = atomicstream_testkit::DEV_KEY;
 const SECRET: &str = "cluster-test-secret-cluster-test-secret";
 
 type Ws =

@@ -21,7 +21,7 @@ use x402_types::{
     ServerMessage, StreamInfo,
 };
 
-const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+const KEY: &str = atomicstream_testkit::DEV_KEY;
 const BASE: &str = "http://test.local";
 const PRICE: u64 = 1_000;
 

@@ -12,7 +12,7 @@ use x402_server::{
     Config, DEV_PAY_TO, EmbeddedFacilitator, ServerBuilder, SourceConfig, StreamConfig,
 };
 
-const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+const KEY: &str = atomicstream_testkit::DEV_KEY;
 
 struct Env {
     base: String,
