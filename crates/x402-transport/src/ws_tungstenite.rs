@@ -126,15 +126,10 @@ impl WsConnector for TungsteniteConnector {
             Ok(Err(tungstenite::Error::Http(resp))) => {
                 Err(ConnectError::Refused(response_of(&resp)))
             }
-            // Only a TLS error proper means the upgrade (and any payment on
-            // it) never left; anything else after the TCP connect may have
-            // reached the server, whatever its text says.
-            Ok(Err(e @ tungstenite::Error::Tls(_))) => {
-                Err(failed(TransportError::from_cause(Kind::Tls, e)))
-            }
-            Ok(Err(e)) => Err(failed(
-                TransportError::from_cause(Kind::Connection, e).with_kind(Kind::Connection),
-            )),
+            // A TLS failure (tungstenite's Tls, or rustls' error inside an
+            // I/O error while the TLS session is set up) happens before the
+            // upgrade request is written: nothing was sent.
+            Ok(Err(e)) => Err(failed(TransportError::from_cause(Kind::Connection, e))),
             Ok(Ok((stream, resp))) => Ok((
                 response_of(&resp.map(|_| None)),
                 Box::new(TungsteniteConnection { stream }),
