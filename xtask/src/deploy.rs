@@ -33,7 +33,10 @@ const DRAIN_TIMEOUTS: u64 = 3;
 pub fn check() -> bool {
     if !step(
         "build atomicstream (for the deploy checks)",
-        &mut cargo_cmd(&["build", "-p", "atomicstream-cli"]),
+        // The same selection as the examples step: features resolve the same
+        // way, so after it this is a no-op (`-p atomicstream-cli` alone rebuilt
+        // the binary with another feature set: 30 s of CI).
+        &mut cargo_cmd(&["build", "--workspace", "--bins", "--examples"]),
     ) {
         return false;
     }
