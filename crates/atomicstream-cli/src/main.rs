@@ -304,6 +304,41 @@ async fn schema(stream: &str, conn: &ConnArgs, json: bool) -> Result<u8, Fail> {
     Ok(exit::OK)
 }
 
+/// Why a run stops when its stdout is gone.
+const READER_LEFT: &str = "the reader of stdout left";
+
+/// Stops the session once, remembering why (for the end sentence).
+fn stop_once(
+    session: &mut atomicstream::StreamSession,
+    stopped: &mut Option<&'static str>,
+    why: &'static str,
+) {
+    if stopped.is_none() {
+        *stopped = Some(why);
+        session.stop();
+    }
+}
+
+/// The periodic work of `stream`: write out the batch (a reader that left
+/// shows here first: the buffer hides a closed pipe until it is written
+/// out, and it is never paid for again), redraw the status, save the
+/// session file.
+fn tick(
+    stdout: &mut ui::Lines<std::io::StdoutLock<'static>>,
+    ui: &mut ui::Ui,
+    session: &mut atomicstream::StreamSession,
+    file: Option<&mut session_file::Saver>,
+    stopped: &mut Option<&'static str>,
+) {
+    if stdout.flush(ui).is_err() {
+        stop_once(session, stopped, READER_LEFT);
+    }
+    ui.status(&session.progress());
+    if let Some(f) = file {
+        f.update(session, stdout.written());
+    }
+}
+
 /// The flags a spending-policy refusal is about.
 const POLICY_FLAGS: &str =
     "raise --max-per-slice for one payment or --budget for all of them, in USDC";
@@ -393,9 +428,8 @@ async fn run_stream(
     // Batched, and written around the live line: the two never mix on one terminal.
     let mut stdout = ui::Lines::new(std::io::stdout().lock());
     let mut last_status = Instant::now() - Duration::from_secs(1);
-    let mut stopping = false;
-    // Why this run stopped the session itself, for the end sentence.
-    let mut stopped_because: Option<&str> = None;
+    // Why this run stopped the session itself, once it has (the end sentence).
+    let mut stopped: Option<&'static str> = None;
     enum Wake {
         Event(Option<ClientEvent>),
         Tick,
@@ -403,16 +437,12 @@ async fn run_stream(
     let reason = loop {
         let wake = tokio::select! {
             ev = session.next() => Wake::Event(ev),
-            _ = tokio::signal::ctrl_c(), if !stopping => {
-                stopping = true;
-                stopped_because = Some("interrupted (Ctrl-C)");
-                session.stop();
+            _ = tokio::signal::ctrl_c(), if stopped.is_none() => {
+                stop_once(&mut session, &mut stopped, "interrupted (Ctrl-C)");
                 continue;
             }
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } }, if !stopping => {
-                stopping = true;
-                stopped_because = Some("--duration reached");
-                session.stop();
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } }, if stopped.is_none() => {
+                stop_once(&mut session, &mut stopped, "--duration reached");
                 continue;
             }
             _ = tokio::time::sleep(Duration::from_millis(250)) => Wake::Tick,
@@ -422,15 +452,13 @@ async fn run_stream(
             Wake::Event(None) => break EndReason::Stopped,
             Wake::Tick => {
                 last_status = Instant::now();
-                if stdout.flush(&ui).is_err() && !stopping {
-                    stopping = true;
-                    stopped_because = Some("the reader of stdout left");
-                    session.stop();
-                }
-                ui.status(&session.progress());
-                if let Some(f) = target.file.as_mut() {
-                    f.update(&session, stdout.written());
-                }
+                tick(
+                    &mut stdout,
+                    &mut ui,
+                    &mut session,
+                    target.file.as_mut(),
+                    &mut stopped,
+                );
                 continue;
             }
         };
@@ -445,37 +473,29 @@ async fn run_stream(
                     None => format!("{{\"seq\":{},\"data\":{}}}", e.seq, e.data.get()),
                 };
                 stdout.push_event(&line, e.seq);
-                if stdout.due() && stdout.flush(&ui).is_err() && !stopping {
-                    // stdout closed (piped into `head`): stop before the next payment.
-                    stopping = true;
-                    stopped_because = Some("the reader of stdout left");
-                    session.stop();
+                // stdout closed (piped into `head`): stop before the next payment.
+                if stdout.due() && stdout.flush(&ui).is_err() {
+                    stop_once(&mut session, &mut stopped, READER_LEFT);
                 }
             }
             ClientEvent::Ended(r) => break r,
             other => {
                 // Events already printed come before the line that follows them.
-                if stdout.flush(&ui).is_err() && !stopping {
-                    stopping = true;
-                    stopped_because = Some("the reader of stdout left");
-                    session.stop();
+                if stdout.flush(&ui).is_err() {
+                    stop_once(&mut session, &mut stopped, READER_LEFT);
                 }
                 ui.event(&other)
             }
         }
         if last_status.elapsed() >= Duration::from_millis(250) {
             last_status = Instant::now();
-            // A reader that left shows here first (the buffer hides a closed
-            // pipe until it is written out): never pay for it again.
-            if stdout.flush(&ui).is_err() && !stopping {
-                stopping = true;
-                stopped_because = Some("the reader of stdout left");
-                session.stop();
-            }
-            ui.status(&session.progress());
-            if let Some(f) = target.file.as_mut() {
-                f.update(&session, stdout.written());
-            }
+            tick(
+                &mut stdout,
+                &mut ui,
+                &mut session,
+                target.file.as_mut(),
+                &mut stopped,
+            );
         }
     };
     let _ = stdout.flush(&ui);
@@ -494,7 +514,7 @@ async fn run_stream(
         started.elapsed().as_secs_f64()
     );
     let code = end_code(&reason, p.slices);
-    let mut ended = match (&reason, stopped_because) {
+    let mut ended = match (&reason, stopped) {
         (EndReason::Stopped, Some(why)) => format!("stopped: {why}"),
         _ => explain_end(&reason, &p.paid, &budget),
     };
