@@ -40,10 +40,11 @@ struct Sample {
 
 fn sample() -> Sample {
     let read = |p: &str| std::fs::read_to_string(p).ok();
+    let status = read("/proc/self/status");
     Sample {
         cpu_seconds: read("/proc/self/stat").and_then(|s| cpu_seconds(&s)),
-        resident_bytes: read("/proc/self/status").and_then(|s| status_kb(&s, "VmRSS:")),
-        virtual_bytes: read("/proc/self/status").and_then(|s| status_kb(&s, "VmSize:")),
+        resident_bytes: status.as_deref().and_then(|s| status_kb(s, "VmRSS:")),
+        virtual_bytes: status.as_deref().and_then(|s| status_kb(s, "VmSize:")),
         open_fds: std::fs::read_dir("/proc/self/fd")
             .ok()
             .map(|d| i64::try_from(d.count()).unwrap_or(i64::MAX)),
