@@ -159,7 +159,7 @@ impl FacilitatorApi {
     ) -> Result<Router, ServeError> {
         let key_digest = match &self.key {
             Some(k) if k.len() < MIN_KEY_BYTES => return Err(ServeError::KeyTooShort),
-            Some(k) => Some(digest(k.as_bytes())),
+            Some(k) => Some(BearerKey::new(k)),
             None => None,
         };
         let hosts = self
@@ -261,7 +261,7 @@ struct Guard {
     listen: IpAddr,
     hosts: Vec<AllowedHost>,
     origins: Vec<String>,
-    key_digest: Option<[u8; 32]>,
+    key_digest: Option<BearerKey>,
     per_second: Option<u32>,
     window: Mutex<(u64, u32)>,
 }
@@ -313,20 +313,7 @@ impl Guard {
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(key_digest) = &self.key_digest else {
-            return true;
-        };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        // Compare digests in constant time: the key's length and prefix leak nothing.
-        let d = digest(given.as_bytes());
-        d.iter()
-            .zip(key_digest.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        self.key_digest.as_ref().is_none_or(|k| k.admits(headers))
     }
 
     fn admit(&self) -> bool {
@@ -362,6 +349,49 @@ fn routes(f: Arc<dyn Facilitator>, guard: Guard) -> Router {
 fn digest(b: &[u8]) -> [u8; 32] {
     use sha2::Digest as _;
     sha2::Sha256::digest(b).into()
+}
+
+/// A bearer key, kept as its digest: [`admits`](Self::admits) compares the
+/// digest of `Authorization: Bearer <given>` with it in constant time, so
+/// the key's length and prefix leak nothing. The facilitator API and the
+/// stream server's `/metrics` both check their keys with it.
+///
+/// ```
+/// use axum::http::HeaderMap;
+/// let key = x402_facilitator::BearerKey::new("a-scrape-key-of-some-length");
+/// let mut h = HeaderMap::new();
+/// assert!(!key.admits(&h));
+/// h.insert("authorization", "Bearer a-scrape-key-of-some-length".parse().unwrap());
+/// assert!(key.admits(&h));
+/// ```
+#[derive(Clone)]
+pub struct BearerKey([u8; 32]);
+
+impl std::fmt::Debug for BearerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerKey(<redacted>)")
+    }
+}
+
+impl BearerKey {
+    /// The key.
+    pub fn new(key: &str) -> Self {
+        BearerKey(digest(key.as_bytes()))
+    }
+
+    /// Whether `headers` carry `Authorization: Bearer <this key>`.
+    pub fn admits(&self, headers: &HeaderMap) -> bool {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        digest(given.as_bytes())
+            .iter()
+            .zip(self.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
 }
 
 async fn guard_layer(

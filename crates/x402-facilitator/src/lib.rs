@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use x402_types::{FacilitatorRequest, SettleResponse, SupportedResponse, VerifyResponse};
 
 pub use api::{
-    FacilitatorApi, MAX_REQUEST_BYTES, MIN_KEY_BYTES, facilitator_router, guarded_router,
-    serve_facilitator, serve_facilitator_guarded,
+    BearerKey, FacilitatorApi, MAX_REQUEST_BYTES, MIN_KEY_BYTES, facilitator_router,
+    guarded_router, serve_facilitator, serve_facilitator_guarded,
 };
 pub use embedded::{EmbeddedFacilitator, LedgerEntry};
 pub use error::{Cause, FacilitatorError, Result, ServeError, TransportError, with_causes};

@@ -38,20 +38,15 @@ fn with_header(mut resp: Response, name: &'static str, value: Option<String>) ->
 }
 
 async fn metrics(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Some(key) = &s.cfg.http.metrics_key {
-        let given = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !crate::token::constant_time_eq(given.as_bytes(), key.as_bytes()) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [("www-authenticate", "Bearer realm=\"metrics\"")],
-                "metrics need Authorization: Bearer <metrics_key>\n",
-            )
-                .into_response();
-        }
+    if let Some(key) = &s.cfg.http.metrics_key
+        && !x402_facilitator::BearerKey::new(key).admits(&headers)
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [("www-authenticate", "Bearer realm=\"metrics\"")],
+            "metrics need Authorization: Bearer <metrics_key>\n",
+        )
+            .into_response();
     }
     let st = s.endpoint_stats();
     let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);

@@ -147,21 +147,6 @@ pub fn redact(s: &str) -> String {
     format!("{head}…")
 }
 
-/// Whether a presented key equals the configured one, in constant time:
-/// both are MACed and the tags compared by `verify_slice`, which does not
-/// stop at the first difference (length and prefix leak nothing).
-pub(crate) fn constant_time_eq(given: &[u8], key: &[u8]) -> bool {
-    let tag = |bytes: &[u8]| {
-        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(b"atomicstream key comparison")
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        m.update(bytes);
-        m
-    };
-    tag(given)
-        .verify_slice(&tag(key).finalize().into_bytes())
-        .is_ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
