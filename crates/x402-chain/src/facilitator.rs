@@ -139,6 +139,7 @@ enum Check {
 
 fn invalid(reason: FacilitatorReason, message: String, payer: Option<String>) -> VerifyResponse {
     VerifyResponse {
+        extra: None,
         is_valid: false,
         invalid_reason: Some(reason.into()),
         invalid_message: Some(message),
@@ -452,6 +453,7 @@ impl EvmFacilitator {
             return self.replayed(a, tx, version);
         }
         SettleResponse {
+            extra: None,
             success: true,
             error_reason: None,
             payer: Some(a.from.to_string()),
@@ -467,6 +469,7 @@ impl EvmFacilitator {
     /// stock parsers read without complaint (`transaction` is always there).
     fn replayed(&self, a: &Auth, tx: B256, version: u8) -> SettleResponse {
         SettleResponse {
+            extra: None,
             amount: Some(Self::amount(a)),
             ..self.failure(a, FacilitatorReason::NonceAlreadyUsed, Some(tx), version)
         }
@@ -480,6 +483,7 @@ impl EvmFacilitator {
         version: u8,
     ) -> SettleResponse {
         SettleResponse {
+            extra: None,
             success: false,
             error_reason: Some(reason.into()),
             payer: Some(a.from.to_string()),
@@ -602,6 +606,7 @@ impl Facilitator for EvmFacilitator {
             return Ok(refusal);
         }
         Ok(VerifyResponse {
+            extra: None,
             is_valid: true,
             invalid_reason: None,
             invalid_message: None,
@@ -623,6 +628,7 @@ impl Facilitator for EvmFacilitator {
                     return self.used(&a, version).await;
                 }
                 return Ok(SettleResponse {
+                    extra: None,
                     success: false,
                     error_reason: v.invalid_reason,
                     payer: v.payer,

@@ -78,6 +78,7 @@ impl std::fmt::Debug for EmbeddedFacilitator {
 
 fn invalid(reason: FacilitatorReason, msg: String, payer: Option<String>) -> VerifyResponse {
     VerifyResponse {
+        extra: None,
         is_valid: false,
         invalid_reason: Some(reason.into()),
         invalid_message: Some(msg),
@@ -132,6 +133,7 @@ impl EmbeddedFacilitator {
                     );
                 }
                 VerifyResponse {
+                    extra: None,
                     is_valid: true,
                     invalid_reason: None,
                     invalid_message: None,
@@ -154,6 +156,7 @@ impl Facilitator for EmbeddedFacilitator {
         // v1 names networks, v2 writes CAIP-2: answer in the request's notation.
         let network = requirement.network.for_x402_version(req.x402_version());
         let fail = |reason: Option<String>, payer: Option<String>| SettleResponse {
+            extra: None,
             success: false,
             error_reason: reason,
             payer,
@@ -187,6 +190,7 @@ impl Facilitator for EmbeddedFacilitator {
         };
         let a = &evm.authorization;
         let answer = SettleResponse {
+            extra: None,
             success: true,
             error_reason: None,
             payer: v.payer.clone(),
@@ -273,6 +277,7 @@ impl Facilitator for EmbeddedFacilitator {
         // `settle` runs every check of `verify`; do them once.
         let s = self.settle(req).await?;
         let v = VerifyResponse {
+            extra: None,
             is_valid: s.success,
             invalid_reason: s.error_reason.clone(),
             invalid_message: None,

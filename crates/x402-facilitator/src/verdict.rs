@@ -234,6 +234,7 @@ mod tests {
 
     fn verify(valid: bool, reason: Option<&str>) -> VerifyResponse {
         VerifyResponse {
+            extra: None,
             is_valid: valid,
             invalid_reason: reason.map(Into::into),
             invalid_message: reason.map(|_| "detail".into()),
@@ -243,6 +244,7 @@ mod tests {
 
     fn settle(success: bool, reason: Option<&str>, transaction: &str) -> SettleResponse {
         SettleResponse {
+            extra: None,
             success,
             error_reason: reason.map(Into::into),
             payer: Some(PAYER.into()),

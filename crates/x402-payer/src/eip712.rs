@@ -48,8 +48,14 @@ impl Domain {
 
 /// `hashStruct(TransferWithAuthorization)`: the typehash and six 32-byte words.
 pub fn struct_hash(auth: &Authorization) -> [u8; 32] {
+    struct_hash_with(&transfer_typehash(), auth)
+}
+
+/// `hashStruct` of an EIP-3009 message of the given type (`TransferWithAuthorization`
+/// or `ReceiveWithAuthorization`: the same six fields).
+pub fn struct_hash_with(typehash: &[u8; 32], auth: &Authorization) -> [u8; 32] {
     let mut buf = [0u8; 32 * 7];
-    buf[..32].copy_from_slice(&transfer_typehash());
+    buf[..32].copy_from_slice(typehash);
     buf[32..64].copy_from_slice(&auth.from.to_word());
     buf[64..96].copy_from_slice(&auth.to.to_word());
     buf[96..128].copy_from_slice(&auth.value.atomic().to_be_bytes());

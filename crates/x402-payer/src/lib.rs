@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 mod book;
+pub mod channel;
 pub mod eip712;
 mod error;
 mod payer;

@@ -601,6 +601,7 @@ pub(crate) async fn settle_outcome(
             amount: amount @ Some(_),
         } if attempt > 0 => {
             let answer = SettleResponse {
+                extra: None,
                 success: true,
                 error_reason: None,
                 payer: payer.map(|p| p.to_string()),

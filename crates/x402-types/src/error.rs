@@ -59,6 +59,14 @@ pub enum Error {
         /// The expected length in bytes.
         expected_bytes: usize,
     },
+    /// A variable-length hex byte string (a signature) was malformed.
+    #[error("invalid hex bytes {input:?}: {reason}")]
+    Bytes {
+        /// The offending input (truncated).
+        input: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
     /// A network identifier is neither a known v1 name nor a CAIP-2 id.
     #[error("unknown network {0:?}")]
     UnknownNetwork(String),

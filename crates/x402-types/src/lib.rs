@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod batch;
 pub mod code;
 pub mod error;
 pub mod message;

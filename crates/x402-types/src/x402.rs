@@ -691,6 +691,9 @@ pub struct VerifyResponse {
     /// The payer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payer: Option<String>,
+    /// Scheme-specific detail (`batch-settlement`: the channel's state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<Value>,
 }
 
 /// The answer of `POST /settle`, also the x402 response header.
@@ -714,6 +717,9 @@ pub struct SettleResponse {
     /// Amount settled (v2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount: Option<Amount>,
+    /// Scheme-specific detail (`batch-settlement`: `chargedAmount`, `channelState`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<Value>,
 }
 
 impl SettleResponse {

@@ -1,0 +1,362 @@
+//! `batch-settlement` channels, the receiver's side: the record a server keeps per
+//! channel and the rules that change it (the cumulative voucher rule, balance and claim
+//! bounds, idempotent acceptance), and the per-second meter.
+//!
+//! Sans-IO like the rest of the crate: signatures are checked by the caller
+//! (`x402_payer::channel`), the chain is read by the facilitator, and the record is
+//! stored by whoever drives this (compare-and-set by version).
+//!
+//! ```
+//! use x402_session::channel::{ChannelRecord, Judgement, Meter};
+//! # use x402_types::batch::{ChannelConfig, SignedVoucher, Bytes};
+//! # let config = ChannelConfig { payer: Default::default(), payer_authorizer: Default::default(),
+//! #   receiver: Default::default(), receiver_authorizer: Default::default(), token: Default::default(),
+//! #   withdraw_delay: 900, salt: Default::default() };
+//! let mut ch = ChannelRecord::new(config, Default::default());
+//! ch.balance = 100_000;
+//! let v = SignedVoucher { channel_id: ch.id, max_claimable_amount: 10_000, signature: Bytes(vec![1; 65]) };
+//! // The first voucher must sign the charged total (0) plus one request's price.
+//! assert_eq!(ch.judge(&v, 10_000), Judgement::Accept { charge: 10_000 });
+//! ch.accept(&v, 10_000);
+//! assert_eq!(ch.judge(&v, 10_000), Judgement::Repeat);
+//! // Per-second metering rounds once, on the cumulative total.
+//! let m = Meter::new(1_000, 1); // 1000 atomic units a minute
+//! assert_eq!(m.charge_ms(1), 17); // one started second: ceil(1000/60)
+//! assert_eq!(m.charge_ms(60_000), 1_000);
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use x402_types::batch::{ChannelConfig, ChannelState, SignedVoucher, VoucherState, reasons};
+use x402_types::{B256, U256};
+
+/// What a server knows of one channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRecord {
+    /// The configuration.
+    pub config: ChannelConfig,
+    /// Its id.
+    pub id: B256,
+    /// Deposited (as last read from the chain, plus deposits this server made).
+    pub balance: u128,
+    /// Claimed on chain.
+    pub total_claimed: u128,
+    /// A pending withdrawal's start (unix seconds; 0: none).
+    pub withdraw_requested_at: u64,
+    /// The chain's refund nonce.
+    pub refund_nonce: U256,
+    /// What this server charged, cumulative.
+    pub charged: u128,
+    /// The highest voucher held: its maximum (0: none).
+    pub signed_max: u128,
+    /// Its signature (empty: none).
+    pub signature: x402_types::batch::Bytes,
+    /// Closed by a refund: no more vouchers.
+    #[serde(default)]
+    pub closed: bool,
+}
+
+/// What [`ChannelRecord::judge`] decided about a voucher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judgement {
+    /// A new voucher paying `charge`: [`ChannelRecord::accept`] it.
+    Accept {
+        /// The charge it pays.
+        charge: u128,
+    },
+    /// The voucher already held (a retry): answer as before, charge nothing.
+    Repeat,
+    /// The client's total is not ours: answer the corrective 402 with
+    /// [`ChannelRecord::state`] and [`ChannelRecord::voucher_state`].
+    Mismatch,
+    /// Refused, with an `invalid_batch_settlement_evm_*` reason.
+    Refuse {
+        /// The reason.
+        reason: &'static str,
+        /// For people.
+        message: String,
+    },
+}
+
+impl ChannelRecord {
+    /// A channel seen for the first time (nothing charged, nothing known of the chain).
+    pub fn new(config: ChannelConfig, id: B256) -> Self {
+        ChannelRecord {
+            config,
+            id,
+            balance: 0,
+            total_claimed: 0,
+            withdraw_requested_at: 0,
+            refund_nonce: U256::ZERO,
+            charged: 0,
+            signed_max: 0,
+            signature: Default::default(),
+            closed: false,
+        }
+    }
+
+    /// Adopts what the chain says (a deposit's or a verification's answer). The charged
+    /// total never falls below what was claimed: a server that lost its records
+    /// resumes from the chain.
+    pub fn sync(&mut self, chain: &ChannelState) {
+        self.balance = chain.balance;
+        self.total_claimed = self.total_claimed.max(chain.total_claimed);
+        self.withdraw_requested_at = chain.withdraw_requested_at;
+        self.refund_nonce = chain.refund_nonce;
+        self.charged = self.charged.max(self.total_claimed);
+    }
+
+    /// Judges a voucher paying one request of `price` (the cumulative rule:
+    /// `maxClaimableAmount == charged + price`).
+    pub fn judge(&self, v: &SignedVoucher, price: u128) -> Judgement {
+        if v.channel_id != self.id {
+            return refuse(
+                reasons::CHANNEL_ID_MISMATCH,
+                "the voucher is for another channel",
+            );
+        }
+        if self.signed_max != 0
+            && v.max_claimable_amount == self.signed_max
+            && v.signature == self.signature
+        {
+            return Judgement::Repeat;
+        }
+        if self.closed {
+            return refuse(
+                reasons::REFUND_NO_BALANCE,
+                "the channel was refunded and closed",
+            );
+        }
+        let Some(want) = self.charged.checked_add(price) else {
+            return refuse(
+                reasons::CUMULATIVE_EXCEEDS_BALANCE,
+                "the charged total would overflow uint128",
+            );
+        };
+        if v.max_claimable_amount != want {
+            return Judgement::Mismatch;
+        }
+        if v.max_claimable_amount > self.balance {
+            return refuse(
+                reasons::CUMULATIVE_EXCEEDS_BALANCE,
+                format!(
+                    "the voucher signs {} but the channel holds {}; deposit more",
+                    v.max_claimable_amount, self.balance
+                ),
+            );
+        }
+        if v.max_claimable_amount <= self.total_claimed {
+            return refuse(
+                reasons::CUMULATIVE_BELOW_CLAIMED,
+                format!(
+                    "the voucher signs {} but {} is already claimed",
+                    v.max_claimable_amount, self.total_claimed
+                ),
+            );
+        }
+        Judgement::Accept { charge: price }
+    }
+
+    /// Records an accepted voucher and its charge.
+    pub fn accept(&mut self, v: &SignedVoucher, charge: u128) {
+        self.charged = self.charged.saturating_add(charge);
+        self.signed_max = v.max_claimable_amount;
+        self.signature = v.signature.clone();
+    }
+
+    /// Charged and not yet claimed: what a withdrawal could take from the receiver.
+    pub fn unclaimed(&self) -> u128 {
+        self.charged
+            .min(self.signed_max)
+            .saturating_sub(self.total_claimed)
+    }
+
+    /// Whether to claim now: a withdrawal is pending, or the unclaimed exposure reached
+    /// `threshold`.
+    pub fn claim_due(&self, threshold: u128) -> bool {
+        self.unclaimed() > 0 && (self.withdraw_requested_at != 0 || self.unclaimed() >= threshold)
+    }
+
+    /// The channel as receipts and corrective 402s show it.
+    pub fn state(&self) -> ChannelState {
+        ChannelState {
+            channel_id: self.id,
+            balance: self.balance,
+            total_claimed: self.total_claimed,
+            withdraw_requested_at: self.withdraw_requested_at,
+            refund_nonce: self.refund_nonce,
+            charged_cumulative_amount: Some(self.charged),
+        }
+    }
+
+    /// The last voucher held, for a corrective 402 (`None` before the first).
+    pub fn voucher_state(&self) -> Option<VoucherState> {
+        (self.signed_max != 0).then(|| VoucherState {
+            signed_max_claimable: self.signed_max,
+            signature: self.signature.clone(),
+        })
+    }
+}
+
+fn refuse(reason: &'static str, message: impl Into<String>) -> Judgement {
+    Judgement::Refuse {
+        reason,
+        message: message.into(),
+    }
+}
+
+/// Per-second billing: `charge = ceil(seconds * price_per_minute / 60)`, where seconds
+/// are counted in whole granules (a started granule counts), and the rounding happens
+/// once, on the cumulative total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meter {
+    /// Price of one minute, atomic units.
+    pub price_per_minute: u128,
+    /// Billing granularity in seconds (at least 1).
+    pub granularity_secs: u64,
+}
+
+impl Meter {
+    /// A meter.
+    pub fn new(price_per_minute: u128, granularity_secs: u64) -> Self {
+        Meter {
+            price_per_minute,
+            granularity_secs: granularity_secs.max(1),
+        }
+    }
+
+    /// Seconds billed for `ms` milliseconds delivered (whole granules, rounded up).
+    pub fn billed_secs(&self, ms: u64) -> u64 {
+        let g = self.granularity_secs.saturating_mul(1000);
+        ms.div_ceil(g).saturating_mul(self.granularity_secs)
+    }
+
+    /// The cumulative charge for `ms` milliseconds delivered.
+    pub fn charge_ms(&self, ms: u64) -> u128 {
+        let secs = u128::from(self.billed_secs(ms));
+        secs.saturating_mul(self.price_per_minute).div_ceil(60)
+    }
+
+    /// The most a server may claim for `ms` of paid time seen by the client, allowing
+    /// `skew_ms` of clock difference (the client's check of a server's claim).
+    pub fn ceiling_ms(&self, ms: u64, skew_ms: u64) -> u128 {
+        self.charge_ms(ms.saturating_add(skew_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use x402_types::batch::Bytes;
+
+    fn record(balance: u128) -> ChannelRecord {
+        let config = ChannelConfig {
+            payer: Default::default(),
+            payer_authorizer: Default::default(),
+            receiver: Default::default(),
+            receiver_authorizer: Default::default(),
+            token: Default::default(),
+            withdraw_delay: 900,
+            salt: Default::default(),
+        };
+        let mut r = ChannelRecord::new(config, x402_types::FixedBytes([7; 32]));
+        r.balance = balance;
+        r
+    }
+
+    fn voucher(r: &ChannelRecord, max: u128, sig: u8) -> SignedVoucher {
+        SignedVoucher {
+            channel_id: r.id,
+            max_claimable_amount: max,
+            signature: Bytes(vec![sig; 65]),
+        }
+    }
+
+    #[test]
+    fn cumulative_rule_and_bounds() {
+        let mut r = record(25);
+        assert_eq!(r.judge(&voucher(&r, 5, 1), 10), Judgement::Mismatch);
+        assert_eq!(
+            r.judge(&voucher(&r, 10, 1), 10),
+            Judgement::Accept { charge: 10 }
+        );
+        r.accept(&voucher(&r, 10, 1), 10);
+        // A retry of the same voucher is a repeat; a different signature is not.
+        assert_eq!(r.judge(&voucher(&r, 10, 1), 10), Judgement::Repeat);
+        assert_eq!(r.judge(&voucher(&r, 10, 2), 10), Judgement::Mismatch);
+        r.accept(&voucher(&r, 20, 3), 10);
+        assert!(matches!(
+            r.judge(&voucher(&r, 30, 4), 10),
+            Judgement::Refuse {
+                reason: reasons::CUMULATIVE_EXCEEDS_BALANCE,
+                ..
+            }
+        ));
+        let mut other = voucher(&r, 30, 4);
+        other.channel_id = x402_types::FixedBytes([8; 32]);
+        assert!(matches!(
+            r.judge(&other, 10),
+            Judgement::Refuse {
+                reason: reasons::CHANNEL_ID_MISMATCH,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn sync_never_lowers_what_was_claimed() {
+        let mut r = record(0);
+        r.sync(&ChannelState {
+            channel_id: r.id,
+            balance: 100,
+            total_claimed: 40,
+            withdraw_requested_at: 0,
+            refund_nonce: U256::ZERO,
+            charged_cumulative_amount: None,
+        });
+        assert_eq!((r.balance, r.charged), (100, 40));
+        assert_eq!(
+            r.judge(&voucher(&r, 50, 1), 10),
+            Judgement::Accept { charge: 10 }
+        );
+    }
+
+    proptest! {
+        /// Whatever vouchers arrive, the charge never exceeds the highest signed
+        /// maximum nor the balance, and each accepted voucher pays exactly one price.
+        #[test]
+        fn charge_is_bounded_by_signed_credit(
+            balance in 0u128..1_000,
+            price in 1u128..50,
+            maxes in proptest::collection::vec(0u128..1_200, 0..40),
+        ) {
+            let mut r = record(balance);
+            let mut accepted = 0u128;
+            for (i, m) in maxes.iter().enumerate() {
+                let v = voucher(&r, *m, (i % 250) as u8);
+                if let Judgement::Accept { charge } = r.judge(&v, price) {
+                    prop_assert_eq!(charge, price);
+                    r.accept(&v, charge);
+                    accepted += 1;
+                }
+                prop_assert!(r.charged <= r.signed_max || r.signed_max == 0);
+                prop_assert!(r.charged <= r.balance);
+            }
+            prop_assert_eq!(r.charged, accepted * price);
+        }
+
+        /// The meter is monotone, rounds once (never more than one atomic unit above
+        /// the exact price of the billed seconds), and the granule is respected.
+        #[test]
+        fn meter_rounds_once(ppm in 0u128..10_000_000, g in 1u64..10, a in 0u64..10_000_000, b in 0u64..10_000_000) {
+            let m = Meter::new(ppm, g);
+            let (lo, hi) = (a.min(b), a.max(b));
+            prop_assert!(m.charge_ms(lo) <= m.charge_ms(hi));
+            let secs = u128::from(m.billed_secs(hi));
+            prop_assert_eq!(secs % u128::from(g), 0);
+            prop_assert!(m.charge_ms(hi) * 60 >= secs * ppm);
+            prop_assert!(m.charge_ms(hi) * 60 < secs * ppm + 60);
+        }
+    }
+}
