@@ -26,6 +26,7 @@ pub(crate) fn stream_cfg(id: &str, slice: u64) -> StreamConfig {
         pay_to: DEV_PAY_TO.into(),
         max_timeout_seconds: 300,
         source: SourceConfig::Api,
+        channel: None,
     }
 }
 

@@ -40,6 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         pay_to: DEV_PAY_TO.into(),
         max_timeout_seconds: 60,
         source: SourceConfig::Api,
+        channel: None,
     }];
     let server = ServerBuilder::new(cfg).bind().await?;
     let base = server.http_base().to_string();

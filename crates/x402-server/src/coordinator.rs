@@ -523,6 +523,9 @@ impl Drop for BellGuard<'_> {
 pub(crate) async fn run_settlement(state: Arc<AppState>, job: SettleJob) {
     let started = tokio::time::Instant::now();
     let outcome = match &job.request {
+        Some(_) if job.scheme == x402_types::batch::BATCH_SETTLEMENT => {
+            crate::channels::settle_channel(&state, &job).await
+        }
         Some(req) => settle_outcome(state.facilitator.as_ref(), req, job.attempt).await,
         None => SettleOutcome::Unknown {
             reason: "the settlement's payload is missing".into(),

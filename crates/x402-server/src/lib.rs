@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod channels;
 mod cluster;
 pub mod config;
 mod coordinator;
@@ -189,6 +190,7 @@ impl ServerBuilder {
             streams.insert(
                 sc.id.clone(),
                 StreamEntry {
+                    channel: channels::resolve(facilitator.as_ref(), sc, &terms).await?,
                     cfg: sc.clone(),
                     terms,
                     hub,
@@ -261,6 +263,7 @@ impl ServerBuilder {
 ///     pay_to: DEV_PAY_TO.into(),
 ///     max_timeout_seconds: 60,
 ///     source: SourceConfig::Api,
+///     channel: None,
 /// }];
 /// let server = ServerBuilder::new(cfg).bind().await?;
 /// let publisher = server.publisher("prices").unwrap();

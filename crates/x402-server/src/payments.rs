@@ -129,7 +129,10 @@ impl AppState {
                 description: Some(e.cfg.description.clone()),
                 mime_type: Some("application/json".into()),
             }),
-            accepts: vec![PreservedRequirement::new(e.requirement().to_v2())],
+            accepts: std::iter::once(e.requirement())
+                .chain(e.channel_requirement())
+                .map(|r| PreservedRequirement::new(r.to_v2()))
+                .collect(),
             extensions: Some(payment_identifier_declaration()),
         }
     }
@@ -151,9 +154,12 @@ impl AppState {
                 err.x402_version = Some(1);
             }
             PathVersion::V2 => {
-                err.accepts = Some(vec![
-                    serde_json::to_value(e.requirement().to_v2()).unwrap_or(Value::Null),
-                ]);
+                err.accepts = Some(
+                    std::iter::once(e.requirement())
+                        .chain(e.channel_requirement())
+                        .map(|r| serde_json::to_value(r.to_v2()).unwrap_or(Value::Null))
+                        .collect(),
+                );
                 err.x402_version = Some(2);
                 err.payment_required = Some(self.payment_required_v2(v, e, &message).to_header());
             }
@@ -261,12 +267,20 @@ impl AppState {
                 format!("malformed {} header: {err}", v.payment_header()),
             )
         })?;
-        let payment = PaymentIn::from_payload(&payload)
-            .map_err(|r| self.refusal(v, e, r))?
-            .with_request(FacilitatorRequest {
+        let payment = if payload.scheme() == x402_types::batch::BATCH_SETTLEMENT {
+            let (payment, ours) = self.channel_payment(v, e, quote, &payload).await?;
+            payment.with_request(FacilitatorRequest {
                 payment_payload: payload,
-                payment_requirements: self.requirements(v, e),
-            });
+                payment_requirements: PaymentRequirements::V2(ours.to_v2()),
+            })
+        } else {
+            PaymentIn::from_payload(&payload)
+                .map_err(|r| self.refusal(v, e, r))?
+                .with_request(FacilitatorRequest {
+                    payment_payload: payload,
+                    payment_requirements: self.requirements(v, e),
+                })
+        };
         let id = match self.admit(quote, &payment).await? {
             PaymentDecision::Settle(id) | PaymentDecision::Pending { id, .. } => id,
             PaymentDecision::Credited(c) => return Ok(c),

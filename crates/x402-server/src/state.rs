@@ -31,6 +31,8 @@ pub struct StreamEntry {
     pub terms: Terms,
     /// Its events.
     pub hub: Arc<Hub>,
+    /// Its `batch-settlement` terms, when it is also sold over channels.
+    pub channel: Option<crate::channels::ChannelTerms>,
 }
 
 impl StreamEntry {

@@ -38,6 +38,7 @@ async fn server(slice: u64) -> Env {
             symbol: "T".into(),
             pad: 0,
         },
+        channel: None,
     }];
     let ledger = Arc::new(EmbeddedFacilitator::default());
     let s = ServerBuilder::new(cfg)

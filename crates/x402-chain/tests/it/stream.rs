@@ -49,6 +49,7 @@ async fn slices_bought_from_the_server_are_settled_on_chain_exactly() {
             symbol: "T".into(),
             pad: 0,
         },
+        channel: None,
     }];
     let server = ServerBuilder::new(cfg)
         .facilitator(Arc::new(f))

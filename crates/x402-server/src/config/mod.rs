@@ -9,7 +9,9 @@ use x402_types::{Address, Amount, Network, usdc};
 
 use crate::error::ConfigError;
 
+mod channel;
 mod http;
+pub use channel::ChannelOffer;
 pub(crate) use http::canonical;
 pub use http::{HttpConfig, MIN_METRICS_KEY_LEN};
 
@@ -232,6 +234,9 @@ pub struct StreamConfig {
     pub max_timeout_seconds: u64,
     /// Event source.
     pub source: SourceConfig,
+    /// Also sell over x402 `batch-settlement` (payment channels) on these terms.
+    #[serde(default)]
+    pub channel: Option<ChannelOffer>,
 }
 
 fn default_slice() -> u64 {
@@ -400,6 +405,7 @@ impl Config {
                     symbol: symbol.into(),
                     pad: 0,
                 },
+                channel: None,
             }
         };
         Config {
@@ -724,6 +730,7 @@ impl StreamConfig {
         if let Err(e) = Amount::from_display(&self.price_per_minute, 18) {
             out.push(format!("price_per_minute: {e}"));
         }
+        out.extend(self.channel.iter().flat_map(ChannelOffer::problems));
         if out.is_empty()
             && let Err(ConfigError::Invalid(m)) = self.resolve()
         {

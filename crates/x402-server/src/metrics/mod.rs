@@ -86,6 +86,8 @@ pub struct Metrics {
     pub facilitator_errors: Counter,
     /// Shared-store (Redis) operations that failed or timed out.
     pub store_errors: Counter,
+    /// Charged over `batch-settlement` channels, per stream, in atomic units.
+    pub channel_charged: Family<StreamLabel, Counter<u64, AtomicU64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -104,7 +106,10 @@ impl Default for Metrics {
             "The running build",
             Info::new(vec![
                 ("version", env!("CARGO_PKG_VERSION")),
-                ("protocol", "ws402 v1 v2; x402 v1 v2; exact"),
+                (
+                    "protocol",
+                    "ws402 v1 v2; x402 v1 v2; exact, batch-settlement (v2)",
+                ),
             ]),
         );
         let m = Metrics {
@@ -122,6 +127,7 @@ impl Default for Metrics {
             }),
             facilitator_errors: Counter::default(),
             store_errors: Counter::default(),
+            channel_charged: Family::default(),
             registry: Registry::default(),
         };
         // Every family shows from the start, not from its first sample:
@@ -184,6 +190,11 @@ impl Default for Metrics {
             "Shared-store (Redis) operations that failed or timed out",
             m.store_errors.clone(),
         );
+        registry.register(
+            "channel_charged_atomic",
+            "Charged over batch-settlement channels (vouchers accepted), per stream, in atomic units",
+            m.channel_charged.clone(),
+        );
         Metrics {
             registry: root,
             ..m
@@ -220,6 +231,15 @@ impl Metrics {
     pub fn store_failed(&self, what: &'static str, error: &dyn std::fmt::Display) {
         self.store_errors.inc();
         tracing::warn!(operation = what, error = %error, "shared store operation failed");
+    }
+
+    /// A voucher's charge was accepted into a channel.
+    pub fn channel_charged(&self, stream: &str, charge: u128) {
+        self.channel_charged
+            .get_or_create(&StreamLabel {
+                stream: stream.into(),
+            })
+            .inc_by(u64::try_from(charge).unwrap_or(u64::MAX));
     }
 
     /// The text exposition.

@@ -42,6 +42,8 @@ struct Inner {
     claims: HashMap<String, (String, u64)>,
     dead: HashSet<String>,
     ops: u64,
+    /// `batch-settlement` channels: id -> (version, record JSON).
+    channels: HashMap<String, (u64, String)>,
 }
 
 /// Sessions and records in this process. Cheap to clone (a shared handle).
@@ -357,5 +359,30 @@ impl PaymentStore for MemoryStore {
     async fn notify(&self, _session: &str) -> Result<(), StoreError> {
         // One process: every endpoint on this store loads before it decides.
         Ok(())
+    }
+
+    async fn load_channel(&self, id: &str) -> Result<(u64, Option<String>), StoreError> {
+        Ok(self
+            .lock()
+            .channels
+            .get(id)
+            .map_or((0, None), |(v, j)| (*v, Some(j.clone()))))
+    }
+
+    async fn commit_channel(
+        &self,
+        id: &str,
+        version: u64,
+        record: &str,
+    ) -> Result<Commit, StoreError> {
+        let mut inner = self.lock();
+        let current = inner.channels.get(id).map_or(0, |(v, _)| *v);
+        if current != version {
+            return Ok(Commit::Conflict);
+        }
+        inner
+            .channels
+            .insert(id.to_string(), (version + 1, record.to_string()));
+        Ok(Commit::Done)
     }
 }

@@ -235,6 +235,20 @@ pub trait PaymentStore: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// Loads a `batch-settlement` channel's record (JSON, written by the server's
+    /// channel path) and its version; `(0, None)` when absent.
+    async fn load_channel(&self, id: &str) -> Result<(u64, Option<String>), StoreError>;
+
+    /// Writes a channel's record if its version is still `version` (0: it must
+    /// not exist yet); `Conflict` otherwise. Channel records never expire: they
+    /// hold what the receiver may still claim.
+    async fn commit_channel(
+        &self,
+        id: &str,
+        version: u64,
+        record: &str,
+    ) -> Result<Commit, StoreError>;
+
     /// Loads only a session.
     async fn load_session(&self, session: &str) -> Result<Versioned, StoreError> {
         Ok(self.load(session, None).await?.session)

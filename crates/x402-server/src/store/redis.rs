@@ -12,6 +12,7 @@
 //! | `s:{session}` | hash | `v` version, `j` [`SessionState`] JSON, `c` connections |
 //! | `r:{payment key}` | hash | `j` [`PaymentRecord`] JSON, `o` owner instance (while settling), `d` the payload to settle |
 //! | `c:{payer}:{nonce}` | string | the payment key holding the authorization |
+//! | `ch:{channel id}` | hash | `v` version, `j` a `batch-settlement` channel record (JSON; no expiry) |
 //! | `i:{payment-identifier}` | string | the payment key holding the identifier |
 //! | `alive:{instance}` | string | present while the instance lives (3 s lease) |
 //! | `e:{stream}` | stream | the stream's events (entry id `{seq}-1`), capped at the replay buffer |
@@ -52,6 +53,15 @@ impl std::fmt::Debug for RedisStore {
             .finish_non_exhaustive()
     }
 }
+
+/// Compare-and-set of a channel record: `KEYS[1]` the channel, `ARGV` the
+/// expected version and the new record. 1 written, 0 conflict.
+const COMMIT_CHANNEL: &str = r#"
+local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if v ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'v', v + 1, 'j', ARGV[2])
+return 1
+"#;
 
 const LOAD: &str = r#"
 local p = ARGV[1]
@@ -282,6 +292,10 @@ impl RedisStore {
 
     fn record_key(&self, key: &PaymentKey) -> String {
         format!("{}r:{}", self.prefix, key.as_str())
+    }
+
+    fn channel_key(&self, id: &str) -> String {
+        format!("{}ch:{id}", self.prefix)
     }
 
     fn claim_key(&self, payer: &Address, nonce: &Nonce) -> String {
@@ -597,6 +611,43 @@ impl PaymentStore for RedisStore {
         let mut conn = self.conn.clone();
         let _: i64 = timed(self.timeout, conn.publish(self.notify_channel(), session)).await?;
         Ok(())
+    }
+
+    async fn load_channel(&self, id: &str) -> Result<(u64, Option<String>), StoreError> {
+        let mut conn = self.conn.clone();
+        let (v, j): (Option<u64>, Option<String>) = timed(
+            self.timeout,
+            redis::cmd("HMGET")
+                .arg(self.channel_key(id))
+                .arg("v")
+                .arg("j")
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok((v.unwrap_or(0), j))
+    }
+
+    async fn commit_channel(
+        &self,
+        id: &str,
+        version: u64,
+        record: &str,
+    ) -> Result<Commit, StoreError> {
+        let mut conn = self.conn.clone();
+        let done: i64 = timed(
+            self.timeout,
+            redis::Script::new(COMMIT_CHANNEL)
+                .key(self.channel_key(id))
+                .arg(version)
+                .arg(record)
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        Ok(if done == 1 {
+            Commit::Done
+        } else {
+            Commit::Conflict
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -466,6 +466,20 @@ impl PaymentStore for LosesOneAnswer {
     async fn notify(&self, session: &str) -> Result<(), x402_server::StoreError> {
         self.inner.notify(session).await
     }
+    async fn load_channel(
+        &self,
+        id: &str,
+    ) -> Result<(u64, Option<String>), x402_server::StoreError> {
+        self.inner.load_channel(id).await
+    }
+    async fn commit_channel(
+        &self,
+        id: &str,
+        version: u64,
+        record: &str,
+    ) -> Result<x402_server::store::Commit, x402_server::StoreError> {
+        self.inner.commit_channel(id, version, record).await
+    }
 }
 
 /// One instance whose store loses the answer of its first claim, with the

@@ -42,6 +42,7 @@ pub fn stream(id: &str, slice: u64, timeout: u64) -> StreamConfig {
         pay_to: DEV_PAY_TO.into(),
         max_timeout_seconds: timeout,
         source: SourceConfig::Api,
+        channel: None,
     }
 }
 
