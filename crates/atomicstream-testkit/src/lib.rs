@@ -255,6 +255,21 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// The official x402 Python SDK's install (`target/tools/py`, put on `PYTHONPATH`),
+/// found from the workspace root.
+///
+/// # Panics
+/// When it is not installed: the interop tests need it (`cargo xtask tools`).
+pub fn x402_python() -> PathBuf {
+    let py = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/py");
+    assert!(
+        py.join("x402").is_dir(),
+        "the official x402 Python SDK is not installed in {}: run `cargo xtask tools`",
+        py.display()
+    );
+    py
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
