@@ -110,12 +110,12 @@ impl StreamEntry {
     }
 }
 
-fn invalid(reason: &str, message: impl std::fmt::Display) -> Refusal {
+pub(crate) fn invalid(reason: &str, message: impl std::fmt::Display) -> Refusal {
     Refusal::new(ErrorCode::PaymentInvalid, format!("{reason}: {message}"))
 }
 
 /// The scheme payload of a `batch-settlement` payment.
-fn batch_of(p: &PaymentPayload) -> Result<BatchPayload, Refusal> {
+pub(crate) fn batch_of(p: &PaymentPayload) -> Result<BatchPayload, Refusal> {
     match p.scheme_payload() {
         SchemePayload::Other(map) => parse_payload(map).map_err(|e| invalid("invalid_payload", e)),
         SchemePayload::ExactEvm(_) => Err(invalid(
@@ -125,10 +125,16 @@ fn batch_of(p: &PaymentPayload) -> Result<BatchPayload, Refusal> {
     }
 }
 
+/// Whether a payment is a `batch-settlement` refund (a cooperative close, not a purchase).
+pub(crate) fn is_refund(p: &PaymentPayload) -> bool {
+    p.scheme() == BATCH_SETTLEMENT
+        && matches!(p.scheme_payload(), SchemePayload::Other(m) if m.get("type").and_then(Value::as_str) == Some("refund"))
+}
+
 /// What a facilitator would check without the chain: the accepted requirement is
 /// ours, the channel is for our receiver, token, authorizer and delay, its id is the
 /// hash of its config, and the voucher is signed by the payer's authorizer.
-fn check_offline(
+pub(crate) fn check_offline(
     t: &ChannelTerms,
     ours: &Requirement,
     p: &PaymentPayload,
@@ -205,7 +211,7 @@ fn check_offline(
     }
 }
 
-fn parse_record(json: Option<String>) -> Result<Option<ChannelRecord>, String> {
+pub(crate) fn parse_record(json: Option<String>) -> Result<Option<ChannelRecord>, String> {
     json.map(|j| serde_json::from_str(&j).map_err(|e| format!("unreadable channel record: {e}")))
         .transpose()
 }
@@ -293,7 +299,7 @@ impl AppState {
             store_down()
         })?;
         if let Some(rec) = rec {
-            match rec.judge(voucher, price(&ours)) {
+            match rec.judge(voucher, price(&ours), self.unix_now()) {
                 Judgement::Accept { .. } => {}
                 Judgement::Mismatch => return Err(self.corrective(v, e, &ours, &rec)),
                 // Only a retry whose record still answers is a repeat; an old voucher
@@ -321,7 +327,7 @@ impl AppState {
 
     /// The corrective 402: the server's charged total and the last voucher it holds,
     /// so the client (after checking that voucher's signature) signs `charged + price`.
-    fn corrective(
+    pub(crate) fn corrective(
         &self,
         v: PathVersion,
         e: &Sold<'_>,
@@ -425,7 +431,7 @@ pub(crate) async fn settle_channel(state: &AppState, job: &SettleJob) -> SettleO
         if let Some(st) = &chain {
             rec.sync(st);
         }
-        let charge = match rec.judge(voucher, price(&ours)) {
+        let charge = match rec.judge(voucher, price(&ours), state.unix_now()) {
             Judgement::Accept { charge } => charge,
             Judgement::Repeat => return settled(req, &rec, price(&ours), deposit.as_ref()),
             Judgement::Mismatch => {
@@ -478,7 +484,7 @@ fn refused(r: Refusal) -> SettleOutcome {
 
 /// The channel's state in a facilitator answer's `extra` (verify: the state itself;
 /// settle: under `channelState`).
-fn state_in(extra: Option<&Value>) -> Option<ChannelState> {
+pub(crate) fn state_in(extra: Option<&Value>) -> Option<ChannelState> {
     let x = extra?;
     let v = x.get("channelState").unwrap_or(x);
     serde_json::from_value(v.clone()).ok()
@@ -526,7 +532,7 @@ async fn deposit_once(
 }
 
 /// Reads a channel this server has never seen from the chain (the facilitator's verify).
-async fn read_chain(
+pub(crate) async fn read_chain(
     f: &dyn Facilitator,
     req: &FacilitatorRequest,
 ) -> Result<ChannelState, SettleOutcome> {

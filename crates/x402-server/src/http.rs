@@ -297,16 +297,18 @@ async fn renew(
             )
         })?;
         s.admit_payment(client_ip(&s.cfg.http, addr, &headers))?;
-        let credit = s.pay(v, e, &quote, header).await?;
-        Ok::<_, ApiError>((v, credit))
+        let payload = s.decode_payment(v, e, header)?;
+        // A channel's cooperative close (the official client GETs the renew URL).
+        if crate::channels::is_refund(&payload) {
+            let (body, receipt) = s.channel_refund(v, e, &payload).await?;
+            return Ok((v, axum::Json(body).into_response(), Some(receipt)));
+        }
+        let c = s.pay(v, e, &quote, payload).await?;
+        Ok::<_, ApiError>((v, axum::Json(c.response).into_response(), c.settlement))
     }
     .await;
     match result {
-        Ok((v, c)) => with_header(
-            axum::Json(c.response).into_response(),
-            v.payment_response_header(),
-            c.settlement,
-        ),
+        Ok((v, body, receipt)) => with_header(body, v.payment_response_header(), receipt),
         Err(e) => e.into_response(),
     }
 }
@@ -375,7 +377,9 @@ async fn stream(
         let settlement = match header {
             Some(h) => {
                 s.admit_payment(ip)?;
-                s.pay(v, e, &quote, h).await?.settlement
+                s.pay(v, e, &quote, s.decode_payment(v, e, h)?)
+                    .await?
+                    .settlement
             }
             None => None,
         };
@@ -442,7 +446,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/streams", get(streams))
         .route("/{ver}/schema/{id}", get(schema))
         .route("/{ver}/stream/{id}", get(stream))
-        .route("/{ver}/renew/{id}", post(renew))
+        .route("/{ver}/renew/{id}", post(renew).get(renew))
         .with_state(state.clone());
     if let Some(layer) = cors(&state.cfg.http) {
         sale = sale.layer(layer);

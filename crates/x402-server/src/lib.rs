@@ -2,7 +2,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod channels;
+mod channel_close;
+pub mod channels;
 mod cluster;
 pub mod config;
 mod coordinator;
@@ -31,9 +32,11 @@ use tokio::task::JoinHandle;
 
 /// The shared, reference-counted text of a frame ([`Frame::text`], [`Hub::push`]).
 pub use axum::extract::ws::Utf8Bytes;
+pub use channels::ChannelTerms;
 pub use config::{
-    Config, DEV_PAY_TO, EXAMPLE as CONFIG_EXAMPLE, FacilitatorApiConfig, FacilitatorConfig,
-    HttpConfig, Limits, SourceConfig, StoreConfig, StreamConfig,
+    ChannelManagerConfig, ChannelOffer, Config, DEV_PAY_TO, EXAMPLE as CONFIG_EXAMPLE,
+    FacilitatorApiConfig, FacilitatorConfig, HttpConfig, Limits, SourceConfig, StoreConfig,
+    StreamConfig,
 };
 pub use error::{ApiError, ConfigError, Error, Result};
 pub use facilitator::{
@@ -214,6 +217,20 @@ impl ServerBuilder {
             tasks.push(tokio::spawn(cluster::notices(state.clone(), st)));
         }
         tasks.push(tokio::spawn(coordinator::sweep_orphans(state.clone())));
+        if let Some(threshold) = state
+            .streams
+            .values()
+            .filter(|e| e.channel.is_some())
+            .map(|e| e.terms.per_slice.atomic().to_u128().unwrap_or(u128::MAX))
+            .min()
+        {
+            let m = &state.cfg.channel_manager;
+            tasks.push(tokio::spawn(channel_close::manage(
+                state.clone(),
+                Duration::from_secs(m.interval_secs.max(1)),
+                threshold.saturating_mul(u128::from(m.claim_threshold_slices.max(1))),
+            )));
+        }
         let mut router = router(state.clone());
         // The facilitator API only when configured, and then behind a bearer key;
         // it answers to the listen address and the public name only.

@@ -249,6 +249,23 @@ impl AppState {
         Ok(())
     }
 
+    /// Decodes a payment header of the path's version.
+    pub(crate) fn decode_payment(
+        &self,
+        v: PathVersion,
+        e: &Sold<'_>,
+        header: &str,
+    ) -> Result<PaymentPayload, ApiError> {
+        PaymentPayload::from_header(v, header).map_err(|err| {
+            self.payment_error(
+                v,
+                e,
+                ErrorCode::PaymentInvalid,
+                format!("malformed {} header: {err}", v.payment_header()),
+            )
+        })
+    }
+
     /// Buys one slice with a payment header. The decision, its commit and
     /// the settlement run in tasks of their own (they outlive this request);
     /// the answer waits at most `payment_wait_secs` before saying "pending".
@@ -257,16 +274,8 @@ impl AppState {
         v: PathVersion,
         e: &Sold<'_>,
         quote: &Quote,
-        header: &str,
+        payload: PaymentPayload,
     ) -> Result<Credit, ApiError> {
-        let payload = PaymentPayload::from_header(v, header).map_err(|err| {
-            self.payment_error(
-                v,
-                e,
-                ErrorCode::PaymentInvalid,
-                format!("malformed {} header: {err}", v.payment_header()),
-            )
-        })?;
         let payment = if payload.scheme() == x402_types::batch::BATCH_SETTLEMENT {
             let (payment, ours) = self.channel_payment(v, e, quote, &payload).await?;
             payment.with_request(FacilitatorRequest {

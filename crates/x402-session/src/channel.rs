@@ -16,9 +16,9 @@
 //! ch.balance = 100_000;
 //! let v = SignedVoucher { channel_id: ch.id, max_claimable_amount: 10_000, signature: Bytes(vec![1; 65]) };
 //! // The first voucher must sign the charged total (0) plus one request's price.
-//! assert_eq!(ch.judge(&v, 10_000), Judgement::Accept { charge: 10_000 });
+//! assert_eq!(ch.judge(&v, 10_000, 0), Judgement::Accept { charge: 10_000 });
 //! ch.accept(&v, 10_000);
-//! assert_eq!(ch.judge(&v, 10_000), Judgement::Repeat);
+//! assert_eq!(ch.judge(&v, 10_000, 0), Judgement::Repeat);
 //! // Per-second metering rounds once, on the cumulative total.
 //! let m = Meter::new(1_000, 1); // 1000 atomic units a minute
 //! assert_eq!(m.charge_ms(1), 17); // one started second: ceil(1000/60)
@@ -51,9 +51,10 @@ pub struct ChannelRecord {
     pub signed_max: u128,
     /// Its signature (empty: none).
     pub signature: x402_types::batch::Bytes,
-    /// Closed by a refund: no more vouchers.
+    /// A cooperative refund is under way until this unix second: vouchers wait
+    /// (`channel_busy`), so no charge lands between the refund's claim and its payout.
     #[serde(default)]
-    pub closed: bool,
+    pub busy_until: u64,
 }
 
 /// What [`ChannelRecord::judge`] decided about a voucher.
@@ -91,7 +92,7 @@ impl ChannelRecord {
             charged: 0,
             signed_max: 0,
             signature: Default::default(),
-            closed: false,
+            busy_until: 0,
         }
     }
 
@@ -106,9 +107,9 @@ impl ChannelRecord {
         self.charged = self.charged.max(self.total_claimed);
     }
 
-    /// Judges a voucher paying one request of `price` (the cumulative rule:
-    /// `maxClaimableAmount == charged + price`).
-    pub fn judge(&self, v: &SignedVoucher, price: u128) -> Judgement {
+    /// Judges a voucher paying one request of `price` at unix second `now` (the
+    /// cumulative rule: `maxClaimableAmount == charged + price`).
+    pub fn judge(&self, v: &SignedVoucher, price: u128, now: u64) -> Judgement {
         if v.channel_id != self.id {
             return refuse(
                 reasons::CHANNEL_ID_MISMATCH,
@@ -121,10 +122,10 @@ impl ChannelRecord {
         {
             return Judgement::Repeat;
         }
-        if self.closed {
+        if self.busy_until > now {
             return refuse(
-                reasons::REFUND_NO_BALANCE,
-                "the channel was refunded and closed",
+                reasons::CHANNEL_BUSY,
+                "a refund of this channel is under way; send the voucher again shortly",
             );
         }
         let Some(want) = self.charged.checked_add(price) else {
@@ -169,6 +170,28 @@ impl ChannelRecord {
         self.charged
             .min(self.signed_max)
             .saturating_sub(self.total_claimed)
+    }
+
+    /// The refund voucher's rule: it signs exactly the charged total (a zero-charge
+    /// voucher). `Mismatch` (corrective 402) when the client's total is behind ours.
+    pub fn judge_refund(&self, v: &SignedVoucher, now: u64) -> Judgement {
+        if v.channel_id != self.id {
+            return refuse(reasons::CHANNEL_ID_MISMATCH, "the voucher is for another channel");
+        }
+        if self.busy_until > now {
+            return refuse(reasons::CHANNEL_BUSY, "a refund of this channel is already under way");
+        }
+        match v.max_claimable_amount.cmp(&self.charged) {
+            std::cmp::Ordering::Equal => Judgement::Accept { charge: 0 },
+            std::cmp::Ordering::Less => Judgement::Mismatch,
+            std::cmp::Ordering::Greater => refuse(
+                reasons::CHARGE_EXCEEDS_SIGNED_CUMULATIVE,
+                format!(
+                    "a refund voucher signs the charged total ({}), not {}",
+                    self.charged, v.max_claimable_amount
+                ),
+            ),
+        }
     }
 
     /// Whether to claim now: a withdrawal is pending, or the unclaimed exposure reached
@@ -276,18 +299,18 @@ mod tests {
     #[test]
     fn cumulative_rule_and_bounds() {
         let mut r = record(25);
-        assert_eq!(r.judge(&voucher(&r, 5, 1), 10), Judgement::Mismatch);
+        assert_eq!(r.judge(&voucher(&r, 5, 1), 10, 0), Judgement::Mismatch);
         assert_eq!(
-            r.judge(&voucher(&r, 10, 1), 10),
+            r.judge(&voucher(&r, 10, 1), 10, 0),
             Judgement::Accept { charge: 10 }
         );
         r.accept(&voucher(&r, 10, 1), 10);
         // A retry of the same voucher is a repeat; a different signature is not.
-        assert_eq!(r.judge(&voucher(&r, 10, 1), 10), Judgement::Repeat);
-        assert_eq!(r.judge(&voucher(&r, 10, 2), 10), Judgement::Mismatch);
+        assert_eq!(r.judge(&voucher(&r, 10, 1), 10, 0), Judgement::Repeat);
+        assert_eq!(r.judge(&voucher(&r, 10, 2), 10, 0), Judgement::Mismatch);
         r.accept(&voucher(&r, 20, 3), 10);
         assert!(matches!(
-            r.judge(&voucher(&r, 30, 4), 10),
+            r.judge(&voucher(&r, 30, 4), 10, 0),
             Judgement::Refuse {
                 reason: reasons::CUMULATIVE_EXCEEDS_BALANCE,
                 ..
@@ -296,7 +319,7 @@ mod tests {
         let mut other = voucher(&r, 30, 4);
         other.channel_id = x402_types::FixedBytes([8; 32]);
         assert!(matches!(
-            r.judge(&other, 10),
+            r.judge(&other, 10, 0),
             Judgement::Refuse {
                 reason: reasons::CHANNEL_ID_MISMATCH,
                 ..
@@ -317,7 +340,7 @@ mod tests {
         });
         assert_eq!((r.balance, r.charged), (100, 40));
         assert_eq!(
-            r.judge(&voucher(&r, 50, 1), 10),
+            r.judge(&voucher(&r, 50, 1), 10, 0),
             Judgement::Accept { charge: 10 }
         );
     }
@@ -335,7 +358,7 @@ mod tests {
             let mut accepted = 0u128;
             for (i, m) in maxes.iter().enumerate() {
                 let v = voucher(&r, *m, (i % 250) as u8);
-                if let Judgement::Accept { charge } = r.judge(&v, price) {
+                if let Judgement::Accept { charge } = r.judge(&v, price, 0) {
                     prop_assert_eq!(charge, price);
                     r.accept(&v, charge);
                     accepted += 1;

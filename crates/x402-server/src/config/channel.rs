@@ -2,17 +2,16 @@
 //! channels) beside `exact`.
 
 use serde::Deserialize;
-use x402_types::Address;
 use x402_types::batch::{MAX_WITHDRAW_DELAY, MIN_WITHDRAW_DELAY};
 
-/// A stream's `batch-settlement` terms. Present: the stream's 402 lists
+/// A stream's `batch-settlement` terms. The receiver's authorizer (who signs claims
+/// and refunds) is the facilitator's, from its `/supported`. Present: the stream's 402 lists
 /// `batch-settlement` after `exact` (clients that know only `exact` are unaffected).
 ///
 /// ```toml
 /// [streams.channel]
 /// withdraw_delay = 900        # seconds a payer's timed withdrawal waits (900 to 2592000)
 /// min_deposit_slices = 12     # the minDeposit hint, in slices
-/// # receiver_authorizer = "0x…" # default: the facilitator's, from its /supported
 /// ```
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -21,9 +20,6 @@ pub struct ChannelOffer {
     pub withdraw_delay: u64,
     /// The `minDeposit` hint, in slices.
     pub min_deposit_slices: u64,
-    /// Who signs claims and refunds for the receiver; default: the facilitator's
-    /// `receiverAuthorizer` for the network (`/supported`).
-    pub receiver_authorizer: Option<String>,
 }
 
 impl Default for ChannelOffer {
@@ -31,7 +27,6 @@ impl Default for ChannelOffer {
         ChannelOffer {
             withdraw_delay: MIN_WITHDRAW_DELAY,
             min_deposit_slices: 12,
-            receiver_authorizer: None,
         }
     }
 }
@@ -48,13 +43,33 @@ impl ChannelOffer {
         if self.min_deposit_slices == 0 {
             out.push("channel.min_deposit_slices: must be at least 1".into());
         }
-        if let Some(Err(e)) = self
-            .receiver_authorizer
-            .as_ref()
-            .map(|a| a.parse::<Address>())
-        {
-            out.push(format!("channel.receiver_authorizer: {e}"));
-        }
         out
+    }
+}
+
+/// `[channel_manager]`: when the server claims what its channels were charged.
+///
+/// ```toml
+/// [channel_manager]
+/// interval_secs = 60          # how often channels are read from the chain
+/// claim_threshold_slices = 10 # claim once this many slices are unclaimed on a channel
+/// ```
+/// A channel with a pending withdrawal is claimed at the next round whatever its
+/// exposure: the shortest `withdrawDelay` (900 s) leaves many rounds to do it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelManagerConfig {
+    /// Seconds between rounds.
+    pub interval_secs: u64,
+    /// Unclaimed slices (per channel) that trigger a claim.
+    pub claim_threshold_slices: u64,
+}
+
+impl Default for ChannelManagerConfig {
+    fn default() -> Self {
+        ChannelManagerConfig {
+            interval_secs: 60,
+            claim_threshold_slices: 10,
+        }
     }
 }

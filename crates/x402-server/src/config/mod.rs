@@ -11,7 +11,7 @@ use crate::error::ConfigError;
 
 mod channel;
 mod http;
-pub use channel::ChannelOffer;
+pub use channel::{ChannelManagerConfig, ChannelOffer};
 pub(crate) use http::canonical;
 pub use http::{HttpConfig, MIN_METRICS_KEY_LEN};
 
@@ -338,6 +338,9 @@ pub struct Config {
     /// Browsers (CORS), trusted proxies and the metrics endpoint (`[http]`).
     #[serde(default)]
     pub http: HttpConfig,
+    /// When `batch-settlement` channels are claimed.
+    #[serde(default)]
+    pub channel_manager: ChannelManagerConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -417,6 +420,7 @@ impl Config {
             facilitator_api: None,
             store: StoreConfig::Memory,
             http: HttpConfig::default(),
+            channel_manager: ChannelManagerConfig::default(),
             streams: vec![
                 stream(
                     "btc-usd",

@@ -88,6 +88,14 @@ pub struct Metrics {
     pub store_errors: Counter,
     /// Charged over `batch-settlement` channels, per stream, in atomic units.
     pub channel_charged: Family<StreamLabel, Counter<u64, AtomicU64>>,
+    /// Claimed on chain from channels, in atomic units.
+    pub channel_claimed: Counter<u64, AtomicU64>,
+    /// Seconds a claim took (broadcast to receipt).
+    pub channel_claim_seconds: Histogram,
+    /// Channels held with a balance not yet claimed or refunded.
+    pub channels_open: Gauge,
+    /// Charged and not yet claimed over every channel (what a withdrawal could take).
+    pub channel_unclaimed: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -128,6 +136,10 @@ impl Default for Metrics {
             facilitator_errors: Counter::default(),
             store_errors: Counter::default(),
             channel_charged: Family::default(),
+            channel_claimed: Counter::default(),
+            channel_claim_seconds: Histogram::new([0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            channels_open: Gauge::default(),
+            channel_unclaimed: Gauge::default(),
             registry: Registry::default(),
         };
         // Every family shows from the start, not from its first sample:
@@ -195,6 +207,26 @@ impl Default for Metrics {
             "Charged over batch-settlement channels (vouchers accepted), per stream, in atomic units",
             m.channel_charged.clone(),
         );
+        registry.register(
+            "channel_claimed_atomic",
+            "Claimed on chain from batch-settlement channels, in atomic units",
+            m.channel_claimed.clone(),
+        );
+        registry.register(
+            "channel_claim_seconds",
+            "Duration of channel claims",
+            m.channel_claim_seconds.clone(),
+        );
+        registry.register(
+            "channels_open",
+            "Channels held with a balance not yet claimed or refunded",
+            m.channels_open.clone(),
+        );
+        registry.register(
+            "channel_unclaimed_atomic",
+            "Charged and not yet claimed over every channel (exposure to withdrawals), atomic units",
+            m.channel_unclaimed.clone(),
+        );
         Metrics {
             registry: root,
             ..m
@@ -240,6 +272,13 @@ impl Metrics {
                 stream: stream.into(),
             })
             .inc_by(u64::try_from(charge).unwrap_or(u64::MAX));
+    }
+
+    /// A claim landed.
+    pub fn channel_claimed(&self, amount: u128, took: std::time::Duration) {
+        self.channel_claimed
+            .inc_by(u64::try_from(amount).unwrap_or(u64::MAX));
+        self.channel_claim_seconds.observe(took.as_secs_f64());
     }
 
     /// The text exposition.

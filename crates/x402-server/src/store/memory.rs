@@ -361,6 +361,10 @@ impl PaymentStore for MemoryStore {
         Ok(())
     }
 
+    async fn channels(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.lock().channels.keys().cloned().collect())
+    }
+
     async fn load_channel(&self, id: &str) -> Result<(u64, Option<String>), StoreError> {
         Ok(self
             .lock()

@@ -249,6 +249,9 @@ pub trait PaymentStore: Send + Sync + fmt::Debug {
         record: &str,
     ) -> Result<Commit, StoreError>;
 
+    /// The ids of every channel record held (the channel manager's rounds).
+    async fn channels(&self) -> Result<Vec<String>, StoreError>;
+
     /// Loads only a session.
     async fn load_session(&self, session: &str) -> Result<Versioned, StoreError> {
         Ok(self.load(session, None).await?.session)

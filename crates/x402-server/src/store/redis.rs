@@ -13,6 +13,7 @@
 //! | `r:{payment key}` | hash | `j` [`PaymentRecord`] JSON, `o` owner instance (while settling), `d` the payload to settle |
 //! | `c:{payer}:{nonce}` | string | the payment key holding the authorization |
 //! | `ch:{channel id}` | hash | `v` version, `j` a `batch-settlement` channel record (JSON; no expiry) |
+//! | `channels` | set | every channel id held |
 //! | `i:{payment-identifier}` | string | the payment key holding the identifier |
 //! | `alive:{instance}` | string | present while the instance lives (3 s lease) |
 //! | `e:{stream}` | stream | the stream's events (entry id `{seq}-1`), capped at the replay buffer |
@@ -54,12 +55,14 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// Compare-and-set of a channel record: `KEYS[1]` the channel, `ARGV` the
-/// expected version and the new record. 1 written, 0 conflict.
+/// Compare-and-set of a channel record: `KEYS[1]` the channel, `KEYS[2]` the set of
+/// channel ids, `ARGV` the expected version, the new record and the id. 1 written,
+/// 0 conflict.
 const COMMIT_CHANNEL: &str = r#"
 local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if v ~= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'v', v + 1, 'j', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
 return 1
 "#;
 
@@ -292,6 +295,10 @@ impl RedisStore {
 
     fn record_key(&self, key: &PaymentKey) -> String {
         format!("{}r:{}", self.prefix, key.as_str())
+    }
+
+    fn channel_set(&self) -> String {
+        format!("{}channels", self.prefix)
     }
 
     fn channel_key(&self, id: &str) -> String {
@@ -613,6 +620,17 @@ impl PaymentStore for RedisStore {
         Ok(())
     }
 
+    async fn channels(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        timed(
+            self.timeout,
+            redis::cmd("SMEMBERS")
+                .arg(self.channel_set())
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
     async fn load_channel(&self, id: &str) -> Result<(u64, Option<String>), StoreError> {
         let mut conn = self.conn.clone();
         let (v, j): (Option<u64>, Option<String>) = timed(
@@ -638,8 +656,10 @@ impl PaymentStore for RedisStore {
             self.timeout,
             redis::Script::new(COMMIT_CHANNEL)
                 .key(self.channel_key(id))
+                .key(self.channel_set())
                 .arg(version)
                 .arg(record)
+                .arg(id)
                 .invoke_async(&mut conn),
         )
         .await?;

@@ -466,6 +466,9 @@ impl PaymentStore for LosesOneAnswer {
     async fn notify(&self, session: &str) -> Result<(), x402_server::StoreError> {
         self.inner.notify(session).await
     }
+    async fn channels(&self) -> Result<Vec<String>, x402_server::StoreError> {
+        self.inner.channels().await
+    }
     async fn load_channel(
         &self,
         id: &str,
