@@ -3,8 +3,9 @@
 //
 // It behaves like Circle's FiatToken v2 where x402 settlement touches it:
 // EIP-712 domain {name: "USDC", version: "2", chainId, verifyingContract},
-// 6 decimals, both `transferWithAuthorization` forms (v,r,s with v in {27, 28},
-// and `bytes signature` with EIP-1271 for contract wallets), `authorizationState`,
+// 6 decimals, both `transferWithAuthorization` and `receiveWithAuthorization` forms
+// (v,r,s with v in {27, 28}, and `bytes signature` with EIP-1271 for contract wallets;
+// `receiveWithAuthorization` must be called by its payee `to`), `authorizationState`,
 // and the events USDC emits (`Transfer`, `AuthorizationUsed`). It has no
 // constructor state, so it can be placed at the canonical USDC address of a
 // network with `anvil_setCode`. `mint` is open to anyone: never deploy it
@@ -23,6 +24,9 @@ contract TestUSDC {
 
     bytes32 public constant TRANSFER_WITH_AUTHORIZATION_TYPEHASH = keccak256(
         "TransferWithAuthorization(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)"
+    );
+    bytes32 public constant RECEIVE_WITH_AUTHORIZATION_TYPEHASH = keccak256(
+        "ReceiveWithAuthorization(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)"
     );
     bytes32 private constant EIP712_DOMAIN_TYPEHASH = keccak256(
         "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
@@ -86,7 +90,9 @@ contract TestUSDC {
         bytes32 r,
         bytes32 s
     ) external {
-        _transferWithAuthorization(from, to, value, validAfter, validBefore, nonce, abi.encodePacked(r, s, v));
+        _useAuthorization(
+            TRANSFER_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce, abi.encodePacked(r, s, v)
+        );
     }
 
     function transferWithAuthorization(
@@ -98,10 +104,41 @@ contract TestUSDC {
         bytes32 nonce,
         bytes memory signature
     ) external {
-        _transferWithAuthorization(from, to, value, validAfter, validBefore, nonce, signature);
+        _useAuthorization(TRANSFER_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce, signature);
     }
 
-    function _transferWithAuthorization(
+    function receiveWithAuthorization(
+        address from,
+        address to,
+        uint256 value,
+        uint256 validAfter,
+        uint256 validBefore,
+        bytes32 nonce,
+        uint8 v,
+        bytes32 r,
+        bytes32 s
+    ) external {
+        require(to == msg.sender, "FiatTokenV2: caller must be the payee");
+        _useAuthorization(
+            RECEIVE_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce, abi.encodePacked(r, s, v)
+        );
+    }
+
+    function receiveWithAuthorization(
+        address from,
+        address to,
+        uint256 value,
+        uint256 validAfter,
+        uint256 validBefore,
+        bytes32 nonce,
+        bytes memory signature
+    ) external {
+        require(to == msg.sender, "FiatTokenV2: caller must be the payee");
+        _useAuthorization(RECEIVE_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce, signature);
+    }
+
+    function _useAuthorization(
+        bytes32 typehash,
         address from,
         address to,
         uint256 value,
@@ -114,7 +151,7 @@ contract TestUSDC {
         require(block.timestamp < validBefore, "FiatTokenV2: authorization is expired");
         require(!_authorizationStates[from][nonce], "FiatTokenV2: authorization is used or canceled");
         bytes32 structHash = keccak256(
-            abi.encode(TRANSFER_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce)
+            abi.encode(typehash, from, to, value, validAfter, validBefore, nonce)
         );
         bytes32 digest = keccak256(abi.encodePacked("\x19\x01", DOMAIN_SEPARATOR(), structHash));
         require(_isValidSignature(from, digest, signature), "FiatTokenV2: invalid signature");

@@ -1,7 +1,7 @@
 //! A local chain for tests and the demo: anvil (from the npm package
 //! `@foundry-rs/anvil`, pinned in `cargo xtask`), started on a port it binds itself (port 0) with
 //! base-sepolia's chain id, with the test USDC token placed at the canonical
-//! base-sepolia USDC address.
+//! base-sepolia USDC address and, on request, the x402 `batch-settlement` contracts at theirs.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -162,6 +162,31 @@ impl Anvil {
             .await
             .map_err(rpc)?;
         Ok(addr)
+    }
+
+    /// Places our x402 `batch-settlement` contracts (`contracts/BatchSettlement.sol`) at their
+    /// canonical addresses (`anvil_setCode`): `X402BatchSettlement` at
+    /// [`BATCH_SETTLEMENT`](crate::channel_contract::BATCH_SETTLEMENT) and
+    /// `ERC3009DepositCollector` at
+    /// [`ERC3009_DEPOSIT_COLLECTOR`](crate::channel_contract::ERC3009_DEPOSIT_COLLECTOR).
+    /// Neither has constructor state, so no deployment is needed. Returns the settlement
+    /// contract's address.
+    pub async fn install_batch_settlement(&self) -> Result<Address, ChainError> {
+        use crate::channel_contract::{
+            BATCH_SETTLEMENT, BATCH_SETTLEMENT_RUNTIME, DEPOSIT_COLLECTOR_RUNTIME,
+            ERC3009_DEPOSIT_COLLECTOR,
+        };
+        let p = self.provider(DEV_KEYS[0])?;
+        for (addr, code) in [
+            (BATCH_SETTLEMENT, BATCH_SETTLEMENT_RUNTIME),
+            (ERC3009_DEPOSIT_COLLECTOR, DEPOSIT_COLLECTOR_RUNTIME),
+        ] {
+            let _: () = p
+                .raw_request("anvil_setCode".into(), (addr, code.trim()))
+                .await
+                .map_err(rpc)?;
+        }
+        Ok(BATCH_SETTLEMENT)
     }
 
     /// Mints test USDC (atomic units) to `to`, waiting for the receipt.

@@ -19,6 +19,9 @@
 //! this very transfer (and its amount) when there is one, so a stock resource
 //! server never grants twice for one payment. Answers name the network as the
 //! request's version does (v1 `base-sepolia`, v2 `eip155:84532`).
+//!
+//! `batch-settlement` payloads (payment channels) are verified and settled by
+//! the `batch` module with the same relayer, nonces and receipt wait.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -55,6 +58,9 @@ pub struct EvmConfig {
     pub confirmations: u64,
     /// How long to wait for a receipt before answering `settlement_pending`.
     pub receipt_timeout: Duration,
+    /// The `batch-settlement` `receiverAuthorizer` key (hex), which signs claim batches and
+    /// refunds for channels that name it; `None`: the relayer key. Never printed.
+    pub authorizer_key: Option<String>,
 }
 
 impl std::fmt::Debug for EvmConfig {
@@ -64,6 +70,10 @@ impl std::fmt::Debug for EvmConfig {
             .field("relayer_key", &"<redacted>")
             .field("confirmations", &self.confirmations)
             .field("receipt_timeout", &self.receipt_timeout)
+            .field(
+                "authorizer_key",
+                &self.authorizer_key.as_ref().map(|_| "<redacted>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -81,6 +91,7 @@ impl EvmConfig {
             relayer_key: relayer_key.into(),
             confirmations: 1,
             receipt_timeout: Duration::from_secs(20),
+            authorizer_key: None,
         }
     }
 }
@@ -90,14 +101,16 @@ const LOG_WINDOW_BLOCKS: u64 = 50_000;
 
 /// The settling EVM facilitator. See the module docs.
 pub struct EvmFacilitator {
-    provider: DynProvider,
+    pub(crate) provider: DynProvider,
     wallet: EthereumWallet,
-    relayer: EvmAddress,
-    chain_id: u64,
-    network: Network,
+    pub(crate) relayer: EvmAddress,
+    pub(crate) chain_id: u64,
+    pub(crate) network: Network,
     confirmations: u64,
     receipt_timeout: Duration,
-    clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// The `batch-settlement` scheme's authorizer and its transactions in flight.
+    pub(crate) batch: crate::batch::BatchState,
     /// The relayer's next nonce (None: read it from the node).
     next_nonce: tokio::sync::Mutex<Option<u64>>,
     /// Transactions this facilitator signed, by authorization (payer, nonce).
@@ -149,12 +162,12 @@ fn invalid(reason: FacilitatorReason, message: String, payer: Option<String>) ->
 
 /// A failed RPC exchange. Only the text (causes included, URLs scrubbed) is
 /// kept: alloy's errors name the RPC URL, which often carries an API key.
-fn transport<E: std::fmt::Display>(e: E) -> FacilitatorError {
+pub(crate) fn transport<E: std::fmt::Display>(e: E) -> FacilitatorError {
     FacilitatorError::transport(crate::scrub_urls(&e.to_string()))
 }
 
 /// [`transport`] for an error value: its text with its causes.
-fn transport_err<E: std::error::Error>(e: E) -> FacilitatorError {
+pub(crate) fn transport_err<E: std::error::Error>(e: E) -> FacilitatorError {
     transport(crate::with_causes(&e))
 }
 
@@ -172,6 +185,9 @@ impl EvmFacilitator {
             .map_err(|_| ChainError::Config("relayer key: not a 32-byte hex secret".into()))?;
         let relayer = signer.address();
         let wallet = EthereumWallet::from(signer);
+        let batch = crate::batch::BatchState::new(
+            cfg.authorizer_key.as_deref().unwrap_or(&cfg.relayer_key),
+        )?;
         let url = cfg
             .rpc_url
             .parse()
@@ -196,6 +212,7 @@ impl EvmFacilitator {
             confirmations: cfg.confirmations.max(1),
             receipt_timeout: cfg.receipt_timeout,
             clock: Arc::new(SystemClock),
+            batch,
             next_nonce: tokio::sync::Mutex::new(None),
             sent: Mutex::new(HashMap::new()),
         })
@@ -313,7 +330,13 @@ impl EvmFacilitator {
                 payer,
             )));
         }
-        // The relayer must be able to pay for the gas, or nothing is sent.
+        self.ensure_gas(tx).await?;
+        Ok(None)
+    }
+
+    /// The relayer must be able to pay for `tx`'s gas, or nothing is sent
+    /// ([`FacilitatorError::Unavailable`]).
+    pub(crate) async fn ensure_gas(&self, tx: TransactionRequest) -> Result<(), FacilitatorError> {
         let gas = self
             .provider
             .estimate_gas(tx)
@@ -336,7 +359,7 @@ impl EvmFacilitator {
                 self.relayer
             )));
         }
-        Ok(None)
+        Ok(())
     }
 
     /// The transaction this facilitator signed for authorization `a`, if any.
@@ -507,7 +530,26 @@ impl EvmFacilitator {
     /// Signs and sends the settlement with the relayer's next nonce. The hash
     /// is recorded before the send, so a lost answer can be reconciled.
     async fn send(&self, a: &Auth) -> Result<B256, FacilitatorError> {
-        let tx = self.call_request(a);
+        self.send_request(self.call_request(a), |hash| {
+            self.sent.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                (a.from, a.nonce),
+                Sent {
+                    hash,
+                    signature: a.signature,
+                    reported: false,
+                },
+            );
+        })
+        .await
+    }
+
+    /// Signs and sends `tx` from the relayer with its next nonce; `record` is
+    /// given the hash before the send, so a lost answer can be reconciled.
+    pub(crate) async fn send_request(
+        &self,
+        tx: TransactionRequest,
+        record: impl FnOnce(B256) + Send,
+    ) -> Result<B256, FacilitatorError> {
         let gas = self
             .provider
             .estimate_gas(tx.clone())
@@ -539,14 +581,7 @@ impl EvmFacilitator {
             .await
             .map_err(|e| FacilitatorError::Unavailable(format!("cannot sign: {e}")))?;
         let hash = *envelope.tx_hash();
-        self.sent.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            (a.from, a.nonce),
-            Sent {
-                hash,
-                signature: a.signature,
-                reported: false,
-            },
-        );
+        record(hash);
         let raw = alloy::eips::Encodable2718::encoded_2718(&envelope);
         match self.provider.send_raw_transaction(&raw).await {
             Ok(_) => {
@@ -577,7 +612,7 @@ impl EvmFacilitator {
     }
 
     /// Waits for `hash`'s receipt with the configured confirmations, bounded.
-    async fn wait(&self, hash: B256) -> Result<Option<bool>, FacilitatorError> {
+    pub(crate) async fn wait(&self, hash: B256) -> Result<Option<bool>, FacilitatorError> {
         let deadline = tokio::time::Instant::now() + self.receipt_timeout;
         loop {
             if let Ok(Some(r)) = self.provider.get_transaction_receipt(hash).await {
@@ -598,6 +633,9 @@ impl EvmFacilitator {
 #[async_trait]
 impl Facilitator for EvmFacilitator {
     async fn verify(&self, req: &FacilitatorRequest) -> Result<VerifyResponse, FacilitatorError> {
+        if req.payment_payload.scheme() == x402_types::batch::BATCH_SETTLEMENT {
+            return self.batch_verify(req).await;
+        }
         let a = match self.check_offline(req) {
             Check::Invalid(v) => return Ok(v),
             Check::Ok(a) => a,
@@ -617,6 +655,9 @@ impl Facilitator for EvmFacilitator {
     async fn settle(&self, req: &FacilitatorRequest) -> Result<SettleResponse, FacilitatorError> {
         // Answers name the network as the request's version does (v1: `base-sepolia`).
         let version = req.x402_version();
+        if req.payment_payload.scheme() == x402_types::batch::BATCH_SETTLEMENT {
+            return self.batch_settle(req).await;
+        }
         let a = match self.check_offline(req) {
             Check::Invalid(v) => {
                 // A settled authorization sent again after its window closed is
@@ -709,6 +750,7 @@ impl Facilitator for EvmFacilitator {
             network: self.network.v1_name(),
             extra: None,
         });
+        kinds.push(self.batch_kind());
         Ok(SupportedResponse {
             kinds,
             extensions: Some(Vec::new()),

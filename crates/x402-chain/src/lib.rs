@@ -3,10 +3,13 @@
 #![warn(missing_docs)]
 
 pub mod anvil;
+mod batch;
+pub mod channel_contract;
 mod facilitator;
 pub mod token;
 
 pub use alloy::primitives::{Address as EvmAddress, U256 as EvmU256};
+pub use channel_contract::{BATCH_SETTLEMENT, ERC3009_DEPOSIT_COLLECTOR};
 pub use facilitator::{EvmConfig, EvmFacilitator};
 
 /// Errors of connecting to a chain or running the local node.

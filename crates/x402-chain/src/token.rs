@@ -8,12 +8,14 @@ use alloy::sol;
 
 sol! {
     /// What x402 settlement uses of USDC (FiatToken v2): both
-    /// `transferWithAuthorization` forms, `authorizationState`, balances and
+    /// `transferWithAuthorization` forms, `receiveWithAuthorization` (the
+    /// batch-settlement deposit collector's), `authorizationState`, balances and
     /// the events. `mint` exists only on the test token.
     #[sol(rpc)]
     interface IEip3009Token {
         function transferWithAuthorization(address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce, uint8 v, bytes32 r, bytes32 s) external;
         function transferWithAuthorization(address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce, bytes signature) external;
+        function receiveWithAuthorization(address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce, bytes signature) external;
         function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
         function balanceOf(address account) external view returns (uint256);
         function mint(address to, uint256 value) external;

@@ -379,31 +379,69 @@ async fn a_pending_settlement_is_reported_once_to_its_retry_then_refused_as_a_re
     assert_eq!(c.usdc(pay_to).await, payee0 + U256::from(PRICE));
 }
 
+/// Every committed runtime bytecode (`contracts/*.runtime.hex`) is what its source compiles to.
 #[test]
 fn the_committed_bytecode_is_what_the_source_compiles_to() {
+    use x402_chain::channel_contract::{BATCH_SETTLEMENT_RUNTIME, DEPOSIT_COLLECTOR_RUNTIME};
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let tools = dir.join("../../target/tools/node_modules");
     assert!(
         tools.join("solc").exists(),
-        "solc-js not installed: run `cargo xtask ci` (installs solc@0.8.37 into target/tools)"
+        "solc-js not installed: run `cargo xtask tools` (installs solc@0.8.37 into target/tools)"
     );
-    let out = std::process::Command::new("node")
-        .arg(dir.join("contracts/compile.js"))
-        .arg(dir.join("contracts/TestUSDC.sol"))
-        .env("NODE_PATH", &tools)
-        .output()
-        .expect("node");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let compiled = String::from_utf8(out.stdout).unwrap();
+    let committed = [
+        (
+            "TestUSDC.sol",
+            "TestUSDC",
+            "TestUSDC.runtime.hex",
+            x402_chain::token::TEST_USDC_RUNTIME,
+        ),
+        (
+            "BatchSettlement.sol",
+            "X402BatchSettlement",
+            "BatchSettlement.runtime.hex",
+            BATCH_SETTLEMENT_RUNTIME,
+        ),
+        (
+            "BatchSettlement.sol",
+            "ERC3009DepositCollector",
+            "DepositCollector.runtime.hex",
+            DEPOSIT_COLLECTOR_RUNTIME,
+        ),
+    ];
+    let hex_files = std::fs::read_dir(dir.join("contracts"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().ends_with(".runtime.hex")
+        })
+        .count();
     assert_eq!(
-        compiled.trim(),
-        x402_chain::token::TEST_USDC_RUNTIME.trim(),
-        "contracts/TestUSDC.runtime.hex is stale: regenerate it with contracts/compile.js"
+        hex_files,
+        committed.len(),
+        "a .runtime.hex file this test does not check"
     );
+    for (source, contract, hex, runtime) in committed {
+        let out = std::process::Command::new("node")
+            .arg(dir.join("contracts/compile.js"))
+            .arg(dir.join("contracts").join(source))
+            .arg(contract)
+            .env("NODE_PATH", &tools)
+            .output()
+            .expect("node");
+        assert!(
+            out.status.success(),
+            "{source}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let compiled = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(
+            compiled.trim(),
+            runtime.trim(),
+            "contracts/{hex} is stale: regenerate it with \
+             `node contracts/compile.js contracts/{source} {contract} > contracts/{hex}`"
+        );
+    }
 }
 
 /// A stock x402 resource server written with the official x402 Python SDK (pinned, installed by

@@ -5,4 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod anvil;
+mod batch_facilitator;
+mod channel_contract;
+mod channel_stream;
 mod stream;
