@@ -176,10 +176,16 @@ impl ChannelRecord {
     /// voucher). `Mismatch` (corrective 402) when the client's total is behind ours.
     pub fn judge_refund(&self, v: &SignedVoucher, now: u64) -> Judgement {
         if v.channel_id != self.id {
-            return refuse(reasons::CHANNEL_ID_MISMATCH, "the voucher is for another channel");
+            return refuse(
+                reasons::CHANNEL_ID_MISMATCH,
+                "the voucher is for another channel",
+            );
         }
         if self.busy_until > now {
-            return refuse(reasons::CHANNEL_BUSY, "a refund of this channel is already under way");
+            return refuse(
+                reasons::CHANNEL_BUSY,
+                "a refund of this channel is already under way",
+            );
         }
         match v.max_claimable_amount.cmp(&self.charged) {
             std::cmp::Ordering::Equal => Judgement::Accept { charge: 0 },
