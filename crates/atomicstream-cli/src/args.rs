@@ -109,6 +109,8 @@ pub enum Cmd {
         key: KeyArgs,
         #[command(flatten)]
         limits: PolicyArgs,
+        #[command(flatten)]
+        pay: crate::channels::PayArgs,
         /// Stop after this many slices.
         #[arg(long)]
         slices: Option<u64>,
@@ -141,6 +143,11 @@ pub enum Cmd {
         /// (0 when valid, 2 otherwise).
         #[arg(long)]
         check: bool,
+    },
+    /// Payment channels (x402 batch-settlement) kept by `stream --scheme batch-settlement`.
+    Channel {
+        #[command(subcommand)]
+        cmd: crate::channels::ChannelCmd,
     },
     /// Configuration helpers.
     Config {
@@ -195,6 +202,10 @@ pub enum Cmd {
         /// Print every event (default: every 10th).
         #[arg(long)]
         all: bool,
+        /// `exact` (one transfer per slice) or, with --chain, `batch-settlement` (one
+        /// deposit, a voucher per slice, the rest refunded at the end).
+        #[arg(long, value_enum, default_value_t = crate::channels::Scheme::Exact)]
+        scheme: crate::channels::Scheme,
     },
     /// Print a shell completion script: `atomicstream completions bash`, `zsh`, `fish`,
     /// `powershell` or `elvish` (see the crate README for where to put it).

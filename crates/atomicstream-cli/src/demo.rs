@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use atomicstream::transport::faults::Blip;
 use atomicstream::{
-    Amount, Client, ClientEvent, EndReason, EvmExactPayer, LocalSigner, SpendPolicy,
+    Amount, Client, ClientEvent, EndReason, EvmChannelPayer, EvmExactPayer, LocalSigner, Payer,
+    SpendPolicy,
 };
 use futures::StreamExt;
 
@@ -22,6 +23,9 @@ struct LocalChain {
     token: x402_chain::EvmAddress,
     payer: x402_chain::EvmAddress,
     payee: x402_chain::EvmAddress,
+    /// Balances (atomic) before the demo.
+    payer_start: u64,
+    payee_start: u64,
 }
 
 fn chain_err(e: impl std::fmt::Display) -> Fail {
@@ -29,6 +33,23 @@ fn chain_err(e: impl std::fmt::Display) -> Fail {
 }
 
 impl LocalChain {
+    /// Both balances in atomic units.
+    async fn raw(&self) -> Result<(u64, u64), Fail> {
+        let b = |v: x402_chain::EvmU256| u64::try_from(v).unwrap_or(u64::MAX);
+        Ok((
+            b(self
+                .anvil
+                .usdc_balance(self.token, self.payer)
+                .await
+                .map_err(chain_err)?),
+            b(self
+                .anvil
+                .usdc_balance(self.token, self.payee)
+                .await
+                .map_err(chain_err)?),
+        ))
+    }
+
     async fn balances(&self) -> Result<(String, String), Fail> {
         let b = |v: x402_chain::EvmU256| {
             Amount::from(u64::try_from(v).unwrap_or(u64::MAX)).to_display(6)
@@ -48,8 +69,13 @@ impl LocalChain {
     }
 }
 
-pub async fn run(slices: u64, all: bool, on_chain: bool) -> Result<u8, Fail> {
+pub async fn run(slices: u64, all: bool, on_chain: bool, channel: bool) -> Result<u8, Fail> {
     crate::init_logs("warn", false);
+    if channel && !on_chain {
+        return Err(crate::usage(
+            "--scheme batch-settlement needs --chain: the embedded facilitator moves no money, and a channel is money on chain",
+        ));
+    }
     let started = Instant::now();
     let mut cfg = x402_server::Config::demo(([127, 0, 0, 1], 0).into());
     cfg.streams.retain(|s| s.id == "demo-fast");
@@ -62,6 +88,9 @@ pub async fn run(slices: u64, all: bool, on_chain: bool) -> Result<u8, Fail> {
         use x402_chain::anvil::{Anvil, DEV_KEYS};
         let anvil = Anvil::start(84532).map_err(chain_err)?;
         let token = anvil.install_test_usdc().await.map_err(chain_err)?;
+        if channel {
+            anvil.install_batch_settlement().await.map_err(chain_err)?;
+        }
         let payer: x402_chain::EvmAddress = wallet.to_string().parse().map_err(chain_err)?;
         // The payee is anvil's third account; the relayer (gas) its second.
         let payee: x402_chain::EvmAddress = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
@@ -85,13 +114,21 @@ pub async fn run(slices: u64, all: bool, on_chain: bool) -> Result<u8, Fail> {
         eprintln!("demo: {}", x402_server::Facilitator::describe(&f));
         let mut cfg = cfg;
         cfg.streams[0].pay_to = payee.to_string();
+        if channel {
+            cfg.streams[0].channel = Some(x402_server::ChannelOffer::default());
+            cfg.channel_manager.interval_secs = 1;
+        }
         builder = x402_server::ServerBuilder::new(cfg).facilitator(Arc::new(f));
-        Some(LocalChain {
+        let mut c = LocalChain {
             anvil,
             token,
             payer,
             payee,
-        })
+            payer_start: 0,
+            payee_start: 0,
+        };
+        (c.payer_start, c.payee_start) = c.raw().await?;
+        Some(c)
     } else {
         None
     };
@@ -113,12 +150,30 @@ pub async fn run(slices: u64, all: bool, on_chain: bool) -> Result<u8, Fail> {
         ),
     }
     eprintln!("demo: development wallet {wallet}");
-    let payer = Arc::new(EvmExactPayer::new(wallet));
+    // With a channel, the payer's own book says what was charged.
+    let mut channel_payer = None;
+    let (payer, scheme): (Arc<dyn Payer>, &str) = if channel {
+        let p = Arc::new(EvmChannelPayer::new(
+            wallet,
+            Amount::from_display("0.10", 6)?,
+        ));
+        channel_payer = Some(p.clone());
+        (p, "batch-settlement")
+    } else {
+        (Arc::new(EvmExactPayer::new(wallet)), "exact")
+    };
+    let charged_total = || {
+        channel_payer
+            .as_ref()
+            .and_then(|p| p.channels().first().map(|c| Amount::from_u128(c.charged)))
+            .unwrap_or_default()
+    };
     let policy = SpendPolicy::new(Amount::from_display("0.01", 6)?)
         .with_lifetime_budget(Amount::from_display("0.10", 6)?);
     let blip = Blip::new();
     let client = Client::builder()
         .base_url(&base)
+        .scheme(scheme)
         .payer(payer)
         .policy(policy)
         .max_slices(slices)
@@ -131,7 +186,7 @@ pub async fn run(slices: u64, all: bool, on_chain: bool) -> Result<u8, Fail> {
         .build()?;
     let info = client.schema("demo-fast").await?;
     eprintln!(
-        "demo: stream demo-fast costs {} USDC per {}-second slice; buying {slices} slices",
+        "demo: stream demo-fast costs {} USDC per {}-second slice; buying {slices} slices with {scheme}",
         info.price_per_slice, info.estimated_slice_seconds
     );
     let mut session = client
@@ -139,6 +194,7 @@ pub async fn run(slices: u64, all: bool, on_chain: bool) -> Result<u8, Fail> {
         .await
         .map_err(|e| Fail(crate::error_code(&e), e.to_string()))?;
     let mut events = 0u64;
+    let mut told_channel = !channel;
     let reason = loop {
         let Some(ev) = tokio::time::timeout(Duration::from_secs(20), session.next())
             .await
@@ -161,6 +217,36 @@ pub async fn run(slices: u64, all: bool, on_chain: bool) -> Result<u8, Fail> {
                 }
             }
             ClientEvent::Ended(r) => break r,
+            ClientEvent::Hello(_) if !told_channel => {
+                eprintln!("demo: {}", crate::ui::describe(&ev));
+                if let Some(c) = channel_payer.as_ref().and_then(|p| p.channels().pop()) {
+                    told_channel = true;
+                    eprintln!(
+                        "demo: deposited {} USDC once into channel {} (gasless: the facilitator relayed the payer's ERC-3009 authorization); slice 1 charged {} USDC",
+                        Amount::from_u128(c.balance).to_display(6),
+                        c.channel_id,
+                        Amount::from_u128(c.charged).to_display(6)
+                    );
+                }
+            }
+            ClientEvent::PaymentAccepted {
+                slice,
+                settlement: Some(s),
+            } if channel => {
+                let c = crate::channels::charged(&s);
+                match s.transaction.as_str() {
+                    "" => eprintln!(
+                        "demo: slice {slice} paid by an off-chain voucher: charged {} USDC, {} USDC in all",
+                        c.to_display(6),
+                        charged_total().to_display(6)
+                    ),
+                    tx => eprintln!(
+                        "demo: slice {slice}: deposited {} USDC into a channel in transaction {tx}, charged {} USDC",
+                        s.amount.unwrap_or_default().to_display(6),
+                        c.to_display(6)
+                    ),
+                }
+            }
             ClientEvent::PaymentAccepted {
                 slice,
                 settlement: Some(s),
@@ -197,23 +283,50 @@ pub async fn run(slices: u64, all: bool, on_chain: bool) -> Result<u8, Fail> {
         crate::explain_end(&reason, &p.paid, &Amount::from_display("0.10", 6)?),
         started.elapsed().as_secs_f64()
     );
+    let mut exact_loss = true;
     if let Some(c) = &chain {
+        let (p0, q0) = (c.payer_start, c.payee_start);
+        if channel {
+            // Close the channel: the seller claims what it charged and returns the rest.
+            let r = client.refund_channel("demo-fast").await?;
+            eprintln!(
+                "  refund            {} USDC of the deposit came back in transaction {}",
+                r.amount.unwrap_or_default().to_display(6),
+                r.transaction
+            );
+        }
         // Settlements of the last slices may still be landing.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (p2, q2) = c.balances().await?;
-        let txs = c
-            .anvil
-            .settlements_of(c.token, c.payer)
-            .await
-            .map_err(chain_err)?;
-        eprintln!("  transactions      {} settlements on chain:", txs.len());
-        for t in &txs {
-            eprintln!("                    {t}");
+        if !channel {
+            let txs = c
+                .anvil
+                .settlements_of(c.token, c.payer)
+                .await
+                .map_err(chain_err)?;
+            eprintln!("  transactions      {} settlements on chain:", txs.len());
+            for t in &txs {
+                eprintln!("                    {t}");
+            }
         }
         eprintln!(
             "  on chain          payer {} now has {p2} USDC, payee {} has {q2} USDC",
             c.payer, c.payee
         );
+        if channel {
+            let (p1, q1) = c.raw().await?;
+            let lost = p0.saturating_sub(p1);
+            let gained = q1.saturating_sub(q0);
+            let seconds = p.slices * info.estimated_slice_seconds;
+            let charged = charged_total();
+            eprintln!(
+                "  charged           {} USDC for {seconds} s of stream; the payer lost {} USDC, the payee gained {} USDC",
+                charged.to_display(6),
+                Amount::from(lost).to_display(6),
+                Amount::from(gained).to_display(6)
+            );
+            exact_loss = Amount::from(lost) == charged && lost == gained;
+        }
     }
     // The lost renewal answer is recovered either by retrying with the same
     // payload or, when the settlement is still landing (on a chain), by the
@@ -221,7 +334,8 @@ pub async fn run(slices: u64, all: bool, on_chain: bool) -> Result<u8, Fail> {
     // comes first is timing. What must hold: every slice bought once, a resume.
     let ok = matches!(reason, EndReason::SliceLimit | EndReason::Stopped)
         && p.slices == slices
-        && p.reconnects >= 1;
+        && p.reconnects >= 1
+        && exact_loss;
     Ok(if ok { exit::OK } else { exit::FAILURE })
 }
 

@@ -1,6 +1,7 @@
 //! `atomicstream`: buy, serve and demo x402-paid live streams.
 
 mod args;
+mod channels;
 mod demo;
 mod session_file;
 mod ui;
@@ -167,14 +168,16 @@ async fn main() -> ExitCode {
             conn,
             key,
             limits,
+            pay,
             slices,
             duration,
             session,
             show,
         } => match session_file::Target::new(stream, conn, &session) {
-            Ok(target) => run_stream(target, &key, &limits, slices, duration, &show).await,
+            Ok(target) => run_stream(target, &key, &limits, &pay, slices, duration, &show).await,
             Err(f) => Err(f),
         },
+        Cmd::Channel { cmd } => channels::run(cmd).await,
         Cmd::Pay { input, key, limits } => pay(&input, &key, &limits).await,
         Cmd::Serve {
             config,
@@ -207,7 +210,15 @@ async fn main() -> ExitCode {
             facilitator(listen, evm, api_key, insecure_no_key, api).await
         }
         Cmd::Keygen { out } => keygen(&out),
-        Cmd::Demo { slices, all, chain } => demo::run(slices, all, chain).await,
+        Cmd::Demo {
+            slices,
+            all,
+            chain,
+            scheme,
+        } => {
+            let channel = scheme == channels::Scheme::BatchSettlement;
+            demo::run(slices, all, chain, channel).await
+        }
         Cmd::Completions { shell } => args::print(&args::completions(shell))
             .map(|()| exit::OK)
             .map_err(Fail::from),
@@ -374,6 +385,7 @@ async fn run_stream(
     mut target: session_file::Target,
     key: &KeyArgs,
     limits: &PolicyArgs,
+    pay: &channels::PayArgs,
     slices: Option<u64>,
     duration: Option<u64>,
     show: &ShowArgs,
@@ -386,10 +398,12 @@ async fn run_stream(
         .lifetime_budget()
         .map(|b| b.limit())
         .unwrap_or_default();
+    let (payer, scheme) = channels::payer(signer, pay)?;
     let mut b = Client::builder()
         .base_url(&conn.base_url)
         .version(conn.protocol)
-        .payer(Arc::new(EvmExactPayer::new(signer)))
+        .scheme(scheme)
+        .payer(payer)
         .policy(policy);
     if let Some(n) = slices {
         b = b.max_slices(n);
@@ -534,6 +548,11 @@ async fn run_stream(
         ended = format!("{ended} (last: {f})");
     }
     if let Some(note) = target.file.as_ref().and_then(|f| f.note()) {
+        ended = format!("{ended}; {note}");
+    }
+    if p.slices > 0
+        && let Some(note) = channels::close_at_end(&client, stream, pay).await
+    {
         ended = format!("{ended}; {note}");
     }
     ui.end(&summary, &ended, code);

@@ -2,11 +2,11 @@
 //! in a private file (its token holds paid time) so that a later run uses
 //! the paid time left; and the words for a server that cannot be reached.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use atomicstream::{SessionTicket, StreamSession};
+pub use x402_payer::write_private;
 
 use crate::args::{ConnArgs, SessionArgs};
 use crate::{Fail, usage};
@@ -200,40 +200,6 @@ fn check_writable(path: &Path) -> Result<(), Fail> {
         )));
     }
     Ok(())
-}
-
-/// Writes `bytes` to `path` readable by its owner only: a temporary file
-/// in the same directory (mode 0600 from its creation), synced, then
-/// renamed over `path`, so a reader never sees half a file.
-pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "session".into());
-    // A fresh, unguessable name created exclusively (O_CREAT|O_EXCL, which
-    // follows no symlink): in a shared directory nobody can plant the file
-    // or a link to it first, and it has mode 0600 from its creation.
-    let mut nonce = [0u8; 8];
-    getrandom::fill(&mut nonce).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let suffix: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = path.with_file_name(format!(".{name}.{suffix}.tmp"));
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    let r = (|| {
-        let mut f = o.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
 }
 
 /// An error in words, with what to check when the server could not be reached.

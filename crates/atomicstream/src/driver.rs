@@ -521,7 +521,9 @@ impl Driver {
                 }
                 return; // internal: not forwarded
             }
-            ClientEvent::PaymentAccepted { slice, .. } => {
+            ClientEvent::PaymentAccepted { slice, settlement } => {
+                // A channel payer learns the charge (and checks it) from the receipt.
+                self.payer.accepted(settlement.as_ref());
                 let amount = self.book.accepted(*slice);
                 let mut p = self.progress();
                 p.slices += 1;

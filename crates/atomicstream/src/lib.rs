@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 
 pub use driver::{FailedRequest, Progress};
 pub use x402_payer::{
-    self as payer, Budget, BudgetScope, EvmExactPayer, LocalSigner, Payer, PolicyError, SpendPolicy,
+    self as payer, Budget, BudgetScope, ClientChannel, EvmChannelPayer, EvmExactPayer, LocalSigner,
+    Payer, PolicyError, SpendPolicy,
 };
 pub use x402_session::{self as session, ClientEvent, EndReason, ReconnectPolicy};
 pub use x402_transport::{
@@ -24,8 +25,11 @@ pub use x402_types::{self as types, Amount, Event, Hello, PathVersion, Requireme
 use driver::Driver;
 use x402_transport::Method;
 
+mod channel;
 pub mod driver;
 mod ticket;
+
+pub use channel::ChannelRefund;
 pub use ticket::{SessionTicket, TICKET_FORMAT};
 
 /// Everything that can go wrong, classified.
@@ -208,6 +212,7 @@ pub struct ClientBuilder {
     renew_margin: Option<Duration>,
     reconnect: ReconnectPolicy,
     max_slices: Option<u64>,
+    scheme: String,
     http: Option<Arc<dyn HttpTransport>>,
     ws: Option<Arc<dyn WsConnector>>,
 }
@@ -248,6 +253,14 @@ impl ClientBuilder {
         self.reconnect = r;
         self
     }
+    /// The x402 scheme to pay with: `"exact"` (the default: one transfer per
+    /// slice) or `"batch-settlement"` (a channel: one deposit, then a voucher per
+    /// slice; pay with an [`EvmChannelPayer`]).
+    pub fn scheme(mut self, scheme: impl Into<String>) -> Self {
+        self.scheme = scheme.into();
+        self
+    }
+
     /// Stop after this many slices per session.
     pub fn max_slices(mut self, n: u64) -> Self {
         self.max_slices = Some(n);
@@ -332,6 +345,10 @@ pub struct SchemaInfo {
     pub price_per_minute: String,
     /// Slice length announced in the schema (`hello.sliceSeconds` is authoritative).
     pub estimated_slice_seconds: u64,
+    /// The x402 offer of the client's scheme, checked against `paymentDetails`.
+    pub offer: x402_types::Offer,
+    /// The renew URL with the schema's token (payments and refunds go there).
+    pub renew_url: String,
 }
 
 impl Client {
@@ -346,6 +363,7 @@ impl Client {
             renew_margin: None,
             reconnect: ReconnectPolicy::default(),
             max_slices: None,
+            scheme: "exact".into(),
             http: None,
             ws: None,
         }
@@ -397,7 +415,7 @@ impl Client {
         }
         // The same reader and checks the session applies before paying.
         let ctx = x402_types::UrlContext::from_schema_url(url.as_str())?;
-        let checked = x402_session::read_schema(
+        let checked = x402_session::read_schema_of(
             &ctx,
             b.version,
             &x402_session::HttpResponse {
@@ -405,7 +423,18 @@ impl Client {
                 headers: resp.headers.clone(),
                 body: resp.body.clone(),
             },
+            &b.scheme,
         )?;
+        let token = checked
+            .websocket
+            .query_pairs()
+            .into_iter()
+            .find(|(k, _)| k == "t")
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        let renew_url =
+            x402_types::version::renew_url(&b.http_base, b.version, id, &token)?.to_string();
+        let offer = checked.offer;
         let schema = checked.schema;
         let requirement = schema.payment_details.requirement();
         let decimals = requirement
@@ -426,6 +455,8 @@ impl Client {
                 .map(|a| a.to_display(decimals))
                 .unwrap_or_default(),
             estimated_slice_seconds: schema.pricing.estimated_duration,
+            offer,
+            renew_url,
             requirement,
             decimals,
             schema,
@@ -498,6 +529,7 @@ impl Client {
         cfg.renew_margin = b.renew_margin;
         cfg.reconnect = b.reconnect.clone();
         cfg.max_slices = b.max_slices.map(|n| n.saturating_add(already));
+        cfg.scheme = b.scheme.clone();
         let (base_url, version, stream_id) =
             (cfg.http_base.clone(), cfg.version, cfg.stream_id.clone());
         let budget = b

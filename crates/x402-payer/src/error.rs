@@ -122,6 +122,15 @@ pub enum PolicyError {
         /// The callback's reason.
         reason: String,
     },
+    /// A channel deposit above the deposit cap (a deposit is money at risk,
+    /// refundable, not spent; the cap bounds it).
+    #[error("a deposit of {requested} exceeds the deposit cap {limit} (atomic units)")]
+    DepositCap {
+        /// The cap.
+        limit: Amount,
+        /// The deposit the channel needs.
+        requested: Amount,
+    },
     /// Budget arithmetic overflowed (absurd amounts).
     #[error("amount overflow")]
     Overflow,
@@ -191,6 +200,11 @@ impl PolicyError {
                     money(&used)
                 )
             }
+            PolicyError::DepositCap { limit, requested } => format!(
+                "the channel needs a deposit of {}, above the deposit cap of {}",
+                money(requested),
+                money(limit)
+            ),
             other => other.to_string(),
         }
     }

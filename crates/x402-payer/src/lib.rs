@@ -4,6 +4,7 @@
 
 mod book;
 pub mod channel;
+mod channel_payer;
 pub mod eip712;
 mod error;
 mod payer;
@@ -12,6 +13,7 @@ mod signer;
 pub mod verify;
 
 pub use book::{HOLD_SKEW_SECS, ReservationBook};
+pub use channel_payer::{ClientChannel, DEFAULT_DEPOSIT_SLICES, EvmChannelPayer, write_private};
 pub use error::{BudgetScope, Error, PolicyError, Result, SignatureError};
 pub use payer::{
     Clock, EvmExactPayer, FixedClock, OsRandom, Payer, RandomSource, SeededRandom, SystemClock,

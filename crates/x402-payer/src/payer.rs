@@ -29,12 +29,29 @@ pub trait Payer: Send + Sync {
 
     /// Signs a payment for `offer`. Each call makes a new payment (fresh nonce).
     async fn pay(&self, offer: &Offer) -> Result<PaymentPayload>;
+
+    /// The server accepted a payment this payer signed; `receipt` is its
+    /// `PAYMENT-RESPONSE`, when it sent one. A channel payer learns the charge from
+    /// it (and checks it); the default does nothing.
+    fn accepted(&self, _receipt: Option<&x402_types::SettleResponse>) {}
+
+    /// Signs a cooperative refund of the channel `offer` names (`batch-settlement`):
+    /// `None` when this payer holds no such channel (the default: it holds none).
+    fn refund(&self, _offer: &Offer) -> Result<Option<PaymentPayload>> {
+        Ok(None)
+    }
 }
 
 #[async_trait]
 impl<P: Payer + ?Sized> Payer for Arc<P> {
     fn supports(&self, scheme: &str, network: &Network) -> bool {
         (**self).supports(scheme, network)
+    }
+    fn refund(&self, offer: &Offer) -> Result<Option<PaymentPayload>> {
+        (**self).refund(offer)
+    }
+    fn accepted(&self, receipt: Option<&x402_types::SettleResponse>) {
+        (**self).accepted(receipt)
     }
     fn address(&self) -> Option<String> {
         (**self).address()
@@ -49,6 +66,12 @@ impl<P: Payer + ?Sized> Payer for Box<P> {
     fn supports(&self, scheme: &str, network: &Network) -> bool {
         (**self).supports(scheme, network)
     }
+    fn refund(&self, offer: &Offer) -> Result<Option<PaymentPayload>> {
+        (**self).refund(offer)
+    }
+    fn accepted(&self, receipt: Option<&x402_types::SettleResponse>) {
+        (**self).accepted(receipt)
+    }
     fn address(&self) -> Option<String> {
         (**self).address()
     }
@@ -61,6 +84,12 @@ impl<P: Payer + ?Sized> Payer for Box<P> {
 impl<P: Payer + ?Sized> Payer for &P {
     fn supports(&self, scheme: &str, network: &Network) -> bool {
         (**self).supports(scheme, network)
+    }
+    fn refund(&self, offer: &Offer) -> Result<Option<PaymentPayload>> {
+        (**self).refund(offer)
+    }
+    fn accepted(&self, receipt: Option<&x402_types::SettleResponse>) {
+        (**self).accepted(receipt)
     }
     fn address(&self) -> Option<String> {
         (**self).address()

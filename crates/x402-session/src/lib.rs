@@ -12,7 +12,7 @@ pub use client::{
     CheckedSchema, ClientConfig, ClientEvent, ClientSession, ClientStats, ConnId,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE, EndReason, HttpResponse, Method, ReconnectPolicy,
     RequestId, ResumePoint, Transmit, TransportFailure, default_renew_margin, human, read_schema,
-    utc_clock,
+    read_schema_of, utc_clock,
 };
 pub use error::UsageError;
 pub use server::{

@@ -117,7 +117,7 @@ impl<'de> Deserialize<'de> for Address {
 ///
 /// [`Nonce`] (32 bytes) is the EIP-3009 nonce; [`B65`] holds a 65-byte
 /// `r || s || v` signature.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FixedBytes<const N: usize>(pub [u8; N]);
 
 /// The 32-byte EIP-3009 authorization nonce.

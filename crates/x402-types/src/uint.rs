@@ -209,6 +209,8 @@ impl From<u64> for U256 {
     }
 }
 
+
+
 impl fmt::Display for U256 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_zero() {
@@ -382,6 +384,13 @@ impl Amount {
 impl From<u64> for Amount {
     fn from(v: u64) -> Self {
         Amount(U256::from_u64(v))
+    }
+}
+
+impl Amount {
+    /// From a `u128` (a `batch-settlement` amount).
+    pub fn from_u128(v: u128) -> Self {
+        Amount(U256::from_u128(v))
     }
 }
 

@@ -350,6 +350,16 @@ impl PaymentRequiredV2 {
             .map(|accepted| Offer::V2 { accepted, resource })
     }
 
+    /// The first requirement of `scheme` (`"exact"`, `"batch-settlement"`), with the
+    /// resource, as an [`Offer`], if the server offers it.
+    pub fn into_offer_of(self, scheme: &str) -> Option<Offer> {
+        let resource = self.resource;
+        self.accepts
+            .into_iter()
+            .find(|a| a.get().scheme == scheme)
+            .map(|accepted| Offer::V2 { accepted, resource })
+    }
+
     /// Decodes a `PAYMENT-REQUIRED` header value.
     pub fn from_header(value: &str) -> Result<Self, Error> {
         let pr: Self = decode_header(headers::PAYMENT_REQUIRED, value)?;

@@ -3,6 +3,7 @@
 //! `vectors/` holds the eth-account signatures `vectors` checks against.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod channel_payer;
 mod channel_vectors;
 mod policy;
 mod vectors;

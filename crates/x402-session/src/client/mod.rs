@@ -20,7 +20,7 @@ use crate::rng::Jitter;
 pub use display::{human, utc_clock};
 use payment::{PaymentState, Purpose, Step};
 pub use resume::ResumePoint;
-pub use schema::{CheckedSchema, read_schema};
+pub use schema::{CheckedSchema, read_schema, read_schema_of};
 use timer::{Timer, TimerTable};
 pub use types::{
     ClientConfig, ClientEvent, ClientStats, ConnId, DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE,

@@ -85,7 +85,7 @@ impl ClientSession {
         resp: &HttpResponse,
     ) -> Result<(x402_types::Url, Offer), String> {
         let ctx = self.ctx.as_ref().ok_or("no URL context")?;
-        read_schema(ctx, self.cfg.version, resp)
+        read_schema_of(ctx, self.cfg.version, resp, &self.cfg.scheme)
             .map(|r| (r.websocket, r.offer))
             .map_err(|e| e.to_string())
     }
@@ -103,14 +103,25 @@ pub struct CheckedSchema {
     pub offer: Offer,
 }
 
-/// The one schema reader (session, facade and command line): parses the 402
-/// answer, checks its version and its `websocketEndpoint` against the schema
-/// request (`ctx`), reads the x402 offer (v1 `accepts`, v2 `PAYMENT-REQUIRED`)
-/// and refuses an offer that disagrees with `paymentDetails`.
+/// [`read_schema_of`] for the `exact` scheme.
 pub fn read_schema(
     ctx: &UrlContext,
     version: PathVersion,
     resp: &HttpResponse,
+) -> Result<CheckedSchema, x402_types::Error> {
+    read_schema_of(ctx, version, resp, "exact")
+}
+
+/// The one schema reader (session, facade and command line): parses the 402
+/// answer, checks its version and its `websocketEndpoint` against the schema
+/// request (`ctx`), reads the x402 offer of `scheme` (v1 `accepts`, v2
+/// `PAYMENT-REQUIRED`; `batch-settlement` is offered on v2 only) and refuses an
+/// offer that disagrees with `paymentDetails` (network, asset, payTo, price).
+pub fn read_schema_of(
+    ctx: &UrlContext,
+    version: PathVersion,
+    resp: &HttpResponse,
+    scheme: &str,
 ) -> Result<CheckedSchema, x402_types::Error> {
     let bad = |m: &str| x402_types::Error::Protocol(m.to_string());
     let schema = Schema::from_json(&resp.body)?;
@@ -138,10 +149,11 @@ pub fn read_schema(
         PathVersion::V2 => match resp.header(headers::PAYMENT_REQUIRED) {
             Some(h) => {
                 let pr = PaymentRequiredV2::from_header(h)?;
-                match pr
-                    .into_offer()
-                    .ok_or_else(|| bad("PAYMENT-REQUIRED has no accepts"))?
-                {
+                match pr.into_offer_of(scheme).ok_or_else(|| {
+                    x402_types::Error::Protocol(format!(
+                        "the server does not offer the {scheme} scheme for this stream"
+                    ))
+                })? {
                     Offer::V2 {
                         accepted,
                         resource: None,
@@ -156,21 +168,31 @@ pub fn read_schema(
                     offer => offer,
                 }
             }
-            None => Offer::from_requirement(
+            None if scheme == req.scheme => Offer::from_requirement(
                 PathVersion::V2,
                 &req,
                 &resource,
                 &schema.stream.description,
             ),
+            None => {
+                return Err(bad(
+                    "no PAYMENT-REQUIRED header: only paymentDetails' scheme is offered",
+                ));
+            }
         },
     };
+    if version == PathVersion::V1 && scheme != req.scheme {
+        return Err(x402_types::Error::Protocol(format!(
+            "the {scheme} scheme is offered on /v2 only"
+        )));
+    }
     // The x402 part must agree with paymentDetails: no bait and switch.
     let r = offer.requirement();
     if r.amount != req.amount
         || r.network != req.network
         || !r.pay_to.eq_ignore_ascii_case(&req.pay_to)
         || !r.asset.eq_ignore_ascii_case(&req.asset)
-        || r.scheme != req.scheme
+        || r.scheme != scheme
     {
         return Err(bad("x402 requirement disagrees with paymentDetails"));
     }

@@ -332,6 +332,9 @@ pub struct ClientConfig {
     /// closed and the session reconnects, without paying while paid time
     /// remains (default 45 s, three pings unanswered). Longer than `keep_alive`.
     pub idle_timeout: Duration,
+    /// The x402 scheme to pay with: `"exact"` (default: one transfer per slice) or
+    /// `"batch-settlement"` (a channel: one deposit, a voucher per slice).
+    pub scheme: String,
 }
 
 /// Default [`ClientConfig::keep_alive`].
@@ -357,6 +360,7 @@ impl ClientConfig {
             max_slices: None,
             keep_alive: DEFAULT_KEEP_ALIVE,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            scheme: "exact".into(),
         }
     }
 }

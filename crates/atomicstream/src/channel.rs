@@ -1,0 +1,79 @@
+//! Closing a `batch-settlement` channel from the client: the cooperative refund.
+
+use x402_session::Method;
+use x402_types::{SettleResponse, x402::decode_header};
+
+use crate::{Client, Error, Result, unreachable};
+
+/// What a cooperative refund returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelRefund {
+    /// The refund's transaction.
+    pub transaction: String,
+    /// The amount returned to the payer (atomic units), as the server reports it.
+    pub amount: Option<x402_types::Amount>,
+    /// The server's receipt (`PAYMENT-RESPONSE`).
+    pub receipt: SettleResponse,
+}
+
+impl Client {
+    /// Closes this client's channel with the seller of stream `id` cooperatively:
+    /// the seller claims what it charged and returns the rest of the deposit in one
+    /// transaction. The client must be built with the `batch-settlement` scheme and a
+    /// payer that holds the channel ([`crate::EvmChannelPayer`]); [`Error::Config`]
+    /// otherwise.
+    pub async fn refund_channel(&self, id: &str) -> Result<ChannelRefund> {
+        let info = self.schema(id).await?;
+        let b = &self.inner.b;
+        let payer = b
+            .payer
+            .clone()
+            .ok_or_else(|| Error::Config("no payer configured".into()))?;
+        let payload = payer.refund(&info.offer)?.ok_or_else(|| {
+            Error::Config(format!(
+                "no channel is held with the seller of {id} (scheme {})",
+                b.scheme
+            ))
+        })?;
+        let headers = [(b.version.payment_header().to_string(), payload.to_header())];
+        let resp = self
+            .inner
+            .http
+            .request(Method::Post, &info.renew_url, &headers)
+            .await
+            .map_err(|e| unreachable(&info.renew_url, e))?;
+        if resp.status != 200 {
+            let body = x402_types::ErrorBody::from_json(&resp.body).ok();
+            return Err(Error::PaymentRefused {
+                status: resp.status,
+                code: body
+                    .as_ref()
+                    .map_or(x402_types::ErrorCode::Other("refund_refused".into()), |b| {
+                        b.error.clone()
+                    }),
+                message: body.map(|b| b.message).unwrap_or_default(),
+            });
+        }
+        let receipt: SettleResponse = resp
+            .header(b.version.payment_response_header())
+            .ok_or_else(|| Error::Protocol("the refund's answer has no receipt".into()))
+            .and_then(|h| {
+                decode_header(x402_types::x402::headers::PAYMENT_RESPONSE, h).map_err(Error::from)
+            })?;
+        if !receipt.success {
+            return Err(Error::PaymentRefused {
+                status: resp.status,
+                code: x402_types::ErrorCode::Other(
+                    receipt.error_reason.clone().unwrap_or_default(),
+                ),
+                message: "the refund failed".into(),
+            });
+        }
+        payer.accepted(Some(&receipt));
+        Ok(ChannelRefund {
+            transaction: receipt.transaction.clone(),
+            amount: receipt.amount,
+            receipt,
+        })
+    }
+}
