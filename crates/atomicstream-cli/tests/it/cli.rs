@@ -394,6 +394,37 @@ fn demo_on_a_local_chain_moves_usdc_and_shows_the_transactions() {
     assert!(err.contains("has 0.016 USDC"), "{err}");
 }
 
+#[test]
+fn demo_with_a_channel_deposits_once_and_refunds_the_rest() {
+    let out = bin()
+        .args(["demo", "--chain", "--scheme", "batch-settlement"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    // One deposit of 12 slices (0.048 USDC), four slices charged, the rest refunded.
+    assert!(err.contains("deposited 0.048 USDC once into channel 0x"), "{err}");
+    assert!(err.contains("paid by an off-chain voucher"), "{err}");
+    assert!(err.contains("slices bought     4"), "{err}");
+    assert!(
+        err.contains("0.032 USDC of the deposit came back in transaction 0x"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "charged           0.016 USDC for 16 s of stream; the payer lost 0.016 USDC, the payee gained 0.016 USDC"
+        ),
+        "{err}"
+    );
+    // Without a chain there is no channel to open.
+    let out = bin()
+        .args(["demo", "--scheme", "batch-settlement"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --chain"));
+}
+
 /// Runs the binary on a pseudo-terminal (Python's `pty`, in every CI image) and returns what the
 /// terminal received.
 fn on_terminal(args: &[&str]) -> (Option<i32>, String) {
