@@ -3,7 +3,7 @@
 use x402_session::Method;
 use x402_types::{SettleResponse, x402::decode_header};
 
-use crate::{Client, Error, Result, unreachable};
+use crate::{Client, ConfigError, Error, Result, unreachable};
 
 /// What a cooperative refund returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,15 +25,12 @@ impl Client {
     pub async fn refund_channel(&self, id: &str) -> Result<ChannelRefund> {
         let info = self.schema(id).await?;
         let b = &self.inner.b;
-        let payer = b
-            .payer
-            .clone()
-            .ok_or_else(|| Error::Config("no payer configured".into()))?;
+        let payer = b.payer.clone().ok_or(Error::Config(ConfigError::NoPayer))?;
         let payload = payer.refund(&info.offer)?.ok_or_else(|| {
-            Error::Config(format!(
-                "no channel is held with the seller of {id} (scheme {})",
-                b.scheme
-            ))
+            Error::Config(ConfigError::NoChannel {
+                stream: id.to_string(),
+                scheme: b.scheme.clone(),
+            })
         })?;
         let headers = [(b.version.payment_header().to_string(), payload.to_header())];
         let resp = self

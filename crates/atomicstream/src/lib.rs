@@ -102,7 +102,7 @@ pub enum Error {
     },
     /// A bad configuration or argument.
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     /// The server sells no stream by this id (nothing was paid).
     #[error("unknown stream: {0}")]
     UnknownStream(String),
@@ -199,6 +199,35 @@ impl Error {
     }
 }
 
+/// What is wrong with a client's configuration or its arguments.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// [`ClientBuilder::payer`] was not called.
+    #[error("no payer configured")]
+    NoPayer,
+    /// [`ClientBuilder::policy`] was not called.
+    #[error("no spending policy configured")]
+    NoPolicy,
+    /// The base URL does not parse.
+    #[error("base URL: {0}")]
+    BaseUrl(#[source] x402_types::Error),
+    /// The session machine refused the configuration.
+    #[error(transparent)]
+    Session(#[from] x402_session::UsageError),
+    /// A saved session ticket is unreadable or inconsistent.
+    #[error("session ticket: {0}")]
+    Ticket(String),
+    /// No channel is held with the seller (a refund needs the channel).
+    #[error("no channel is held with the seller of {stream} (scheme {scheme})")]
+    NoChannel {
+        /// The stream named.
+        stream: String,
+        /// The client's scheme.
+        scheme: String,
+    },
+}
+
 /// `Result` with the facade [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -280,7 +309,7 @@ impl ClientBuilder {
     /// Builds the client.
     pub fn build(self) -> Result<Client> {
         x402_types::Url::parse(&self.http_base)
-            .map_err(|e| Error::Config(format!("base URL: {e}")))?;
+            .map_err(|e| Error::Config(ConfigError::BaseUrl(e)))?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http: match self.http.clone() {
@@ -517,14 +546,11 @@ impl Client {
         resume: Option<x402_session::ResumePoint>,
     ) -> Result<StreamSession> {
         let b = &self.inner.b;
-        let payer = b
-            .payer
-            .clone()
-            .ok_or_else(|| Error::Config("no payer configured".into()))?;
+        let payer = b.payer.clone().ok_or(Error::Config(ConfigError::NoPayer))?;
         let policy = b
             .policy
             .clone()
-            .ok_or_else(|| Error::Config("no spending policy configured".into()))?;
+            .ok_or(Error::Config(ConfigError::NoPolicy))?;
         let already = resume.as_ref().map_or(0, |p| p.slices);
         cfg.renew_margin = b.renew_margin;
         cfg.reconnect = b.reconnect.clone();
@@ -543,11 +569,9 @@ impl Client {
             policy,
             budget,
         )
-        .map_err(|e| Error::Config(e.to_string()))?;
+        .map_err(ConfigError::from)?;
         if let Some(point) = &resume {
-            driver = driver
-                .resume_from(point)
-                .map_err(|e| Error::Config(e.to_string()))?;
+            driver = driver.resume_from(point).map_err(ConfigError::from)?;
         }
         let task = tokio::spawn(driver.run());
         let mut s = StreamSession {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use x402_session::ResumePoint;
 use x402_types::{PathVersion, Url};
 
-use crate::{Error, Result};
+use crate::{ConfigError, Error, Result};
 
 /// The `format` of a ticket's JSON form.
 pub const TICKET_FORMAT: &str = "atomicstream-session/1";
@@ -85,7 +85,7 @@ impl SessionTicket {
 
     pub(crate) fn resume_point(&self) -> Result<ResumePoint> {
         let mut url = Url::parse(&self.websocket)
-            .map_err(|e| Error::Config(format!("session ticket: stream URL: {e}")))?;
+            .map_err(|e| Error::Config(ConfigError::Ticket(format!("stream URL: {e}"))))?;
         url.set_query(None);
         url.append_pair("t", &self.token);
         Ok(ResumePoint {
@@ -129,7 +129,7 @@ impl SessionTicket {
     /// Reads the JSON form; anything missing or of the wrong type is an
     /// [`Error::Config`] naming the field.
     pub fn from_json(text: &str) -> Result<Self> {
-        let bad = |m: String| Error::Config(format!("session ticket: {m}"));
+        let bad = |m: String| Error::Config(ConfigError::Ticket(m));
         let v: serde_json::Value =
             serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
         let format = v.get("format").and_then(|f| f.as_str()).unwrap_or_default();
