@@ -13,15 +13,16 @@
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use x402_payer::channel::{ChannelDomain, voucher_signer};
-use x402_session::channel::{ChannelRecord, Judgement};
+use x402_session::channel::{ChannelRecord, Judgement, mirror_ttl};
 use x402_session::{PaymentIn, Quote, Refusal, SettleJob, SettleOutcome};
 use x402_types::batch::{
     BATCH_SETTLEMENT, BatchExtra, BatchPayload, BatchReceiptExtra, ChannelState, parse_payload,
     reasons,
 };
 use x402_types::{
-    Address, Amount, ErrorCode, FacilitatorRequest, FixedBytes, PathVersion, PaymentPayload,
-    PaymentRequiredV2, PreservedRequirement, Requirement, SchemePayload, SettleResponse, keccak256,
+    Address, ErrorCode, FacilitatorRequest, FixedBytes, PathVersion, PaymentPayload,
+    PaymentRequiredV2, PaymentRequirements, PreservedRequirement, Requirement, SchemePayload,
+    SettleResponse, keccak256,
 };
 
 use crate::config::{StreamConfig, Terms};
@@ -172,14 +173,44 @@ pub(crate) fn check_offline(
         .pay_to
         .parse()
         .map_err(|e| invalid("invalid_payload", e))?;
-    if config.receiver != ours_to
-        || config.token != ours_token
-        || config.receiver_authorizer != t.receiver_authorizer
-        || config.withdraw_delay != t.withdraw_delay
-    {
-        return Err(invalid(
-            reasons::CONFIG_MISMATCH,
-            "the channel's receiver, token, receiverAuthorizer or withdrawDelay is not this stream's",
+    // In the official facilitator's order (`validate_channel_config`).
+    let mismatch =
+        |reason: &str, field: &str, got: &dyn std::fmt::Display, want: &dyn std::fmt::Display| {
+            invalid(
+                reason,
+                format!("channelConfig.{field} is {got}, this stream's is {want}"),
+            )
+        };
+    if config.receiver != ours_to {
+        return Err(mismatch(
+            reasons::RECEIVER_MISMATCH,
+            "receiver",
+            &config.receiver,
+            &ours_to,
+        ));
+    }
+    if config.receiver_authorizer != t.receiver_authorizer {
+        return Err(mismatch(
+            reasons::RECEIVER_AUTHORIZER_MISMATCH,
+            "receiverAuthorizer",
+            &config.receiver_authorizer,
+            &t.receiver_authorizer,
+        ));
+    }
+    if config.token != ours_token {
+        return Err(mismatch(
+            reasons::TOKEN_MISMATCH,
+            "token",
+            &config.token,
+            &ours_token,
+        ));
+    }
+    if config.withdraw_delay != t.withdraw_delay {
+        return Err(mismatch(
+            reasons::WITHDRAW_DELAY_MISMATCH,
+            "withdrawDelay",
+            &config.withdraw_delay,
+            &t.withdraw_delay,
         ));
     }
     let id = t.domain.channel_id(config);
@@ -274,9 +305,7 @@ impl AppState {
             key: x402_session::PaymentKey::from_stored(key),
             payer: config.payer,
             nonce: FixedBytes(keccak256(&word)),
-            amount: Amount::from(0u64)
-                .checked_add(ours.amount)
-                .unwrap_or_default(),
+            amount: ours.amount,
             valid_before,
             payment_id: payload
                 .payment_identifier()
@@ -305,15 +334,7 @@ impl AppState {
                 // Only a retry whose record still answers is a repeat; an old voucher
                 // sent again long after is told the channel's state.
                 Judgement::Repeat => {
-                    let loaded =
-                        self.store
-                            .load(&quote.id, Some(&payment))
-                            .await
-                            .map_err(|err| {
-                                self.metrics.store_failed("load", &err);
-                                store_down()
-                            })?;
-                    if !loaded.records.iter().any(|r| r.key == payment.key) {
+                    if !self.recorded(quote, &payment).await? {
                         return Err(self.corrective(v, e, &ours, &rec));
                     }
                 }
@@ -322,7 +343,48 @@ impl AppState {
                 }
             }
         }
+        // A new deposit the facilitator refuses (its authorization used, the payer's
+        // balance short, ...) is refused before anything is recorded: a recorded refusal
+        // would also answer, for minutes, the payer's next payload of the same voucher
+        // (the payment's key), a good voucher or a good deposit among them.
+        if matches!(b, BatchPayload::Deposit { .. }) && !self.recorded(quote, &payment).await? {
+            let req = FacilitatorRequest {
+                payment_payload: payload.clone(),
+                payment_requirements: PaymentRequirements::V2(ours.to_v2()),
+            };
+            match self.facilitator.verify(&req).await {
+                Ok(r) if r.is_valid => {}
+                Ok(r) => {
+                    return Err(refuse(invalid(
+                        r.invalid_reason.as_deref().unwrap_or("invalid_payload"),
+                        r.invalid_message.unwrap_or_default(),
+                    )));
+                }
+                Err(err) => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        ErrorCode::FacilitatorUnavailable,
+                        format!(
+                            "the facilitator could not check the deposit: {err}; nothing moved; send it again"
+                        ),
+                    ));
+                }
+            }
+        }
         Ok((payment, ours))
+    }
+
+    /// Whether `payment` has a record (a retry: its recorded answer stands).
+    async fn recorded(&self, quote: &Quote, payment: &PaymentIn) -> Result<bool, ApiError> {
+        let loaded = self
+            .store
+            .load(&quote.id, Some(payment))
+            .await
+            .map_err(|err| {
+                self.metrics.store_failed("load", &err);
+                store_down()
+            })?;
+        Ok(loaded.records.iter().any(|r| r.key == payment.key))
     }
 
     /// The corrective 402: the server's charged total and the last voucher it holds,
@@ -422,7 +484,13 @@ pub(crate) async fn settle_channel(state: &AppState, job: &SettleJob) -> SettleO
             Ok(None) => ChannelRecord::new(config.clone(), voucher.channel_id),
             Err(m) => return SettleOutcome::Unknown { reason: m },
         };
-        if chain.is_none() && version == 0 {
+        let now = state.unix_now();
+        // A channel never seen, or a mirror gone stale (or with a withdrawal pending),
+        // is read from the chain before a new voucher is judged on it.
+        if chain.is_none()
+            && (version == 0 || !rec.fresh(now, mirror_ttl(t.withdraw_delay)))
+            && rec.judge(voucher, price(&ours), now) != Judgement::Repeat
+        {
             match read_chain(state.facilitator.as_ref(), req).await {
                 Ok(st) => chain = Some(st),
                 Err(outcome) => return outcome,
@@ -430,8 +498,9 @@ pub(crate) async fn settle_channel(state: &AppState, job: &SettleJob) -> SettleO
         }
         if let Some(st) = &chain {
             rec.sync(st);
+            rec.synced_at = now;
         }
-        let charge = match rec.judge(voucher, price(&ours), state.unix_now()) {
+        let charge = match rec.judge(voucher, price(&ours), now) {
             Judgement::Accept { charge } => charge,
             Judgement::Repeat => return settled(req, &rec, price(&ours), deposit.as_ref()),
             Judgement::Mismatch => {

@@ -55,6 +55,9 @@ pub struct ChannelRecord {
     /// (`channel_busy`), so no charge lands between the refund's claim and its payout.
     #[serde(default)]
     pub busy_until: u64,
+    /// When the chain was last read into this record (unix seconds; 0: never).
+    #[serde(default)]
+    pub synced_at: u64,
 }
 
 /// What [`ChannelRecord::judge`] decided about a voucher.
@@ -93,6 +96,7 @@ impl ChannelRecord {
             signed_max: 0,
             signature: Default::default(),
             busy_until: 0,
+            synced_at: 0,
         }
     }
 
@@ -105,6 +109,18 @@ impl ChannelRecord {
         self.withdraw_requested_at = chain.withdraw_requested_at;
         self.refund_nonce = chain.refund_nonce;
         self.charged = self.charged.max(self.total_claimed);
+    }
+
+    /// Whether vouchers may be judged on this mirror alone at unix second `now`: the
+    /// chain was read into it less than `ttl` seconds ago and no withdrawal is pending.
+    /// Otherwise read the channel again first: a finalized withdrawal (or a refund made
+    /// elsewhere) lowers the balance, and a voucher above it could never be claimed.
+    /// With `ttl` below the withdrawal delay ([`mirror_ttl`]), no withdrawal initiated
+    /// after the last read can finalize while the mirror is still trusted.
+    pub fn fresh(&self, now: u64, ttl: u64) -> bool {
+        self.synced_at != 0
+            && self.withdraw_requested_at == 0
+            && now.saturating_sub(self.synced_at) < ttl
     }
 
     /// Judges a voucher paying one request of `price` at unix second `now` (the
@@ -225,6 +241,12 @@ impl ChannelRecord {
             signature: self.signature.clone(),
         })
     }
+}
+
+/// How long a channel's mirror is trusted (seconds), as the official server does it:
+/// a third of the withdrawal delay, between 30 seconds and 5 minutes.
+pub fn mirror_ttl(withdraw_delay: u64) -> u64 {
+    (withdraw_delay / 3).clamp(30, 300)
 }
 
 fn refuse(reason: &'static str, message: impl Into<String>) -> Judgement {
@@ -348,6 +370,21 @@ mod tests {
         assert_eq!(
             r.judge(&voucher(&r, 50, 1), 10, 0),
             Judgement::Accept { charge: 10 }
+        );
+    }
+
+    #[test]
+    fn the_mirror_goes_stale_with_time_or_a_pending_withdrawal() {
+        let mut r = record(100);
+        assert!(!r.fresh(1_000, 300), "never read");
+        r.synced_at = 1_000;
+        assert!(r.fresh(1_299, 300));
+        assert!(!r.fresh(1_300, 300));
+        r.withdraw_requested_at = 990;
+        assert!(!r.fresh(1_000, 300), "a withdrawal is pending");
+        assert_eq!(
+            (mirror_ttl(900), mirror_ttl(60), mirror_ttl(2_592_000)),
+            (300, 30, 300)
         );
     }
 

@@ -384,8 +384,17 @@ pub struct BatchReceiptExtra {
     pub channel_state: ChannelState,
 }
 
-/// Reasons of the scheme (`invalid_batch_settlement_evm_*`), as stock software spells them.
+/// Reasons of the scheme (`invalid_batch_settlement_evm_*`), spelled as the official SDK
+/// spells them (x402 Python 2.25, `mechanisms/evm/batch_settlement/errors.py`): strings
+/// are part of the wire contract. The facilitator (`x402-chain`) and the server
+/// (`x402-server`) use these and no others.
 pub mod reasons {
+    /// The scheme of the payload or the requirement is not `batch-settlement`.
+    pub const INVALID_SCHEME: &str = "invalid_batch_settlement_evm_scheme";
+    /// The payload's network is not the requirement's.
+    pub const NETWORK_MISMATCH: &str = "invalid_batch_settlement_evm_network_mismatch";
+    /// A payload type the endpoint does not take (a voucher to `/settle`, a claim to `/verify`).
+    pub const PAYLOAD_TYPE: &str = "invalid_batch_settlement_evm_payload_type";
     /// The client's cumulative total is not the server's (answered with a corrective 402).
     pub const CUMULATIVE_AMOUNT_MISMATCH: &str =
         "invalid_batch_settlement_evm_cumulative_amount_mismatch";
@@ -402,23 +411,123 @@ pub mod reasons {
         "invalid_batch_settlement_evm_cumulative_below_claimed";
     /// The voucher's signature does not recover to the payer's authorizer.
     pub const VOUCHER_SIGNATURE: &str = "invalid_batch_settlement_evm_voucher_signature";
-    /// The channel does not exist (never funded).
+    /// A voucher payload (or the channel it names) is malformed, e.g. a zero payer.
+    pub const VOUCHER_PAYLOAD: &str = "invalid_batch_settlement_evm_voucher_payload";
+    /// The server knows no such channel and could not read it (server-emitted).
     pub const MISSING_CHANNEL: &str = "invalid_batch_settlement_evm_missing_channel";
-    /// Nothing is left to refund.
-    pub const REFUND_NO_BALANCE: &str = "invalid_batch_settlement_evm_refund_no_balance";
-    /// Nothing is claimed and unsettled.
-    pub const NOTHING_TO_SETTLE: &str = "invalid_batch_settlement_evm_nothing_to_settle";
+    /// The channel holds no deposit on chain (the facilitator's answer to a voucher or
+    /// refund of a channel never funded).
+    pub const CHANNEL_NOT_FOUND: &str = "invalid_batch_settlement_evm_channel_not_found";
+    /// The channel id is not the hash of the configuration.
+    pub const CHANNEL_ID_MISMATCH: &str = "invalid_batch_settlement_evm_channel_id_mismatch";
+    /// The channel's receiver is not the requirement's `payTo`.
+    pub const RECEIVER_MISMATCH: &str = "invalid_batch_settlement_evm_receiver_mismatch";
+    /// The channel's token is not the requirement's asset.
+    pub const TOKEN_MISMATCH: &str = "invalid_batch_settlement_evm_token_mismatch";
+    /// The channel's `receiverAuthorizer` is not the requirement's (or that is zero).
+    pub const RECEIVER_AUTHORIZER_MISMATCH: &str =
+        "invalid_batch_settlement_evm_receiver_authorizer_mismatch";
+    /// The channel's `withdrawDelay` is not the requirement's.
+    pub const WITHDRAW_DELAY_MISMATCH: &str =
+        "invalid_batch_settlement_evm_withdraw_delay_mismatch";
     /// The withdrawal delay is outside the contract's range.
     pub const WITHDRAW_DELAY_OUT_OF_RANGE: &str =
         "invalid_batch_settlement_evm_withdraw_delay_out_of_range";
-    /// The channel id is not the hash of the configuration.
-    pub const CHANNEL_ID_MISMATCH: &str = "invalid_batch_settlement_evm_channel_id_mismatch";
-    /// The configuration does not match the requirement (receiver, token, authorizer, delay).
-    pub const CONFIG_MISMATCH: &str = "invalid_batch_settlement_evm_channel_config_mismatch";
-    /// The deposit's authorization is malformed, expired or already used.
-    pub const DEPOSIT_AUTHORIZATION: &str = "invalid_batch_settlement_evm_deposit_authorization";
-    /// The refund nonce is not the chain's.
-    pub const REFUND_NONCE: &str = "invalid_batch_settlement_evm_refund_nonce";
+    /// A deposit payload is malformed (e.g. a deposit of zero).
+    pub const DEPOSIT_PAYLOAD: &str = "invalid_batch_settlement_evm_deposit_payload";
+    /// A deposit carries no ERC-3009 authorization (the only form executed here).
+    pub const ERC3009_AUTHORIZATION_REQUIRED: &str =
+        "invalid_batch_settlement_evm_erc3009_authorization_required";
+    /// The deposit's `ReceiveWithAuthorization` is not signed by the payer (or unusable).
+    pub const RECEIVE_AUTHORIZATION_SIGNATURE: &str =
+        "invalid_batch_settlement_evm_receive_authorization_signature";
+    /// The deposit's authorization is valid only later (`validAfter` in the future).
+    pub const VALID_AFTER_IN_FUTURE: &str =
+        "invalid_batch_settlement_evm_payload_authorization_valid_after";
+    /// The deposit's authorization expired or is about to (`validBefore`).
+    pub const VALID_BEFORE_EXPIRED: &str =
+        "invalid_batch_settlement_evm_payload_authorization_valid_before";
+    /// The payer's token balance does not cover the deposit.
+    pub const INSUFFICIENT_BALANCE: &str = "invalid_batch_settlement_evm_insufficient_balance";
+    /// The deposit call would revert (among others: its authorization is already used).
+    pub const DEPOSIT_SIMULATION_FAILED: &str =
+        "invalid_batch_settlement_evm_deposit_simulation_failed";
+    /// The deposit was mined and reverted.
+    pub const DEPOSIT_TRANSACTION_FAILED: &str =
+        "invalid_batch_settlement_evm_deposit_transaction_failed";
+    /// This facilitator is not the channel's receiverAuthorizer and no signature was given.
+    pub const AUTHORIZER_ADDRESS_MISMATCH: &str =
+        "invalid_batch_settlement_evm_authorizer_address_mismatch";
+    /// A claim payload without rows, or rows naming different receiverAuthorizers.
+    pub const CLAIM_PAYLOAD: &str = "invalid_batch_settlement_evm_claim_payload";
+    /// The claim call would revert.
+    pub const CLAIM_SIMULATION_FAILED: &str =
+        "invalid_batch_settlement_evm_claim_simulation_failed";
+    /// The claim was mined and reverted.
+    pub const CLAIM_TRANSACTION_FAILED: &str =
+        "invalid_batch_settlement_evm_claim_transaction_failed";
+    /// Nothing is claimed and unsettled.
+    pub const NOTHING_TO_SETTLE: &str = "invalid_batch_settlement_evm_nothing_to_settle";
+    /// The settle call would revert.
+    pub const SETTLE_SIMULATION_FAILED: &str =
+        "invalid_batch_settlement_evm_settle_simulation_failed";
+    /// The settle was mined and reverted.
+    pub const SETTLE_TRANSACTION_FAILED: &str =
+        "invalid_batch_settlement_evm_settle_transaction_failed";
+    /// A refund payload is malformed or stale (e.g. its `refundNonce` is not the chain's).
+    pub const REFUND_PAYLOAD: &str = "invalid_batch_settlement_evm_refund_payload";
+    /// A refund of zero.
+    pub const REFUND_AMOUNT_INVALID: &str = "invalid_batch_settlement_evm_refund_amount_invalid";
+    /// Nothing is left to refund.
+    pub const REFUND_NO_BALANCE: &str = "invalid_batch_settlement_evm_refund_no_balance";
+    /// The refund call would revert.
+    pub const REFUND_SIMULATION_FAILED: &str =
+        "invalid_batch_settlement_evm_refund_simulation_failed";
+    /// The refund was mined and reverted.
+    pub const REFUND_TRANSACTION_FAILED: &str =
+        "invalid_batch_settlement_evm_refund_transaction_failed";
+
+    /// Every reason above (for tests and documentation).
+    pub const ALL: &[&str] = &[
+        INVALID_SCHEME,
+        NETWORK_MISMATCH,
+        PAYLOAD_TYPE,
+        CUMULATIVE_AMOUNT_MISMATCH,
+        CHANNEL_BUSY,
+        CHARGE_EXCEEDS_SIGNED_CUMULATIVE,
+        CUMULATIVE_EXCEEDS_BALANCE,
+        CUMULATIVE_BELOW_CLAIMED,
+        VOUCHER_SIGNATURE,
+        VOUCHER_PAYLOAD,
+        MISSING_CHANNEL,
+        CHANNEL_NOT_FOUND,
+        CHANNEL_ID_MISMATCH,
+        RECEIVER_MISMATCH,
+        TOKEN_MISMATCH,
+        RECEIVER_AUTHORIZER_MISMATCH,
+        WITHDRAW_DELAY_MISMATCH,
+        WITHDRAW_DELAY_OUT_OF_RANGE,
+        DEPOSIT_PAYLOAD,
+        ERC3009_AUTHORIZATION_REQUIRED,
+        RECEIVE_AUTHORIZATION_SIGNATURE,
+        VALID_AFTER_IN_FUTURE,
+        VALID_BEFORE_EXPIRED,
+        INSUFFICIENT_BALANCE,
+        DEPOSIT_SIMULATION_FAILED,
+        DEPOSIT_TRANSACTION_FAILED,
+        AUTHORIZER_ADDRESS_MISMATCH,
+        CLAIM_PAYLOAD,
+        CLAIM_SIMULATION_FAILED,
+        CLAIM_TRANSACTION_FAILED,
+        NOTHING_TO_SETTLE,
+        SETTLE_SIMULATION_FAILED,
+        SETTLE_TRANSACTION_FAILED,
+        REFUND_PAYLOAD,
+        REFUND_AMOUNT_INVALID,
+        REFUND_NO_BALANCE,
+        REFUND_SIMULATION_FAILED,
+        REFUND_TRANSACTION_FAILED,
+    ];
 }
 
 /// A variable-length byte string written as `0x` hex (signatures; at most
@@ -602,6 +711,23 @@ mod tests {
         assert!(parse_u128("-1").is_err());
         assert!(parse_u128("01").is_err());
         assert_eq!(parse_u128(&u128::MAX.to_string()).unwrap(), u128::MAX);
+    }
+
+    #[test]
+    fn reasons_are_distinct_and_in_the_scheme_namespace() {
+        let mut seen = std::collections::HashSet::new();
+        for r in reasons::ALL {
+            let tail = r
+                .strip_prefix("invalid_batch_settlement_evm_")
+                .unwrap_or_else(|| panic!("{r} is not an invalid_batch_settlement_evm_* reason"));
+            assert!(
+                tail.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{r}"
+            );
+            assert!(seen.insert(*r), "{r} listed twice");
+        }
+        assert_eq!(seen.len(), 38);
     }
 
     #[test]

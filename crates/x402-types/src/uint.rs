@@ -209,8 +209,6 @@ impl From<u64> for U256 {
     }
 }
 
-
-
 impl fmt::Display for U256 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_zero() {

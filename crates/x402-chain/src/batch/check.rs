@@ -18,7 +18,7 @@ use x402_types::batch::{
 };
 use x402_types::{Address, Authorization, B256, Requirement, U256};
 
-use super::{Refusal, Stop, Terms, amount, evm, official, refuse, sol_config, terms, word};
+use super::{Refusal, Stop, Terms, amount, evm, refuse, sol_config, terms, word};
 use crate::channel_contract::{BATCH_SETTLEMENT, IBatchSettlement};
 use crate::facilitator::{EvmFacilitator, transport_err};
 use crate::token::IEip3009Token;
@@ -90,14 +90,14 @@ impl EvmFacilitator {
                     && *n != state.refund_nonce
                 {
                     return Err(no(
-                        reasons::REFUND_NONCE,
+                        reasons::REFUND_PAYLOAD,
                         format!("refundNonce {n} is not the chain's {}", state.refund_nonce),
                     )
                     .into());
                 }
                 if *amount == Some(0) {
                     return Err(
-                        no(official::REFUND_AMOUNT_INVALID, "a refund of zero".into()).into(),
+                        no(reasons::REFUND_AMOUNT_INVALID, "a refund of zero".into()).into(),
                     );
                 }
                 // The server claims the refund voucher's charge before refunding.
@@ -116,7 +116,7 @@ impl EvmFacilitator {
                 Ok((channel_config.payer, state))
             }
             BatchPayload::Claim { .. } | BatchPayload::Settle { .. } => Err(refuse(
-                official::PAYLOAD_TYPE,
+                reasons::PAYLOAD_TYPE,
                 format!(
                     "a {} payload is a settle action: send it to /settle",
                     payload.kind()
@@ -147,29 +147,45 @@ impl EvmFacilitator {
             ));
         }
         let extra = &terms.extra;
-        let mismatch = |field: &str, got: &dyn std::fmt::Display, want: &dyn std::fmt::Display| {
+        let mismatch = |reason: &str,
+                        field: &str,
+                        got: &dyn std::fmt::Display,
+                        want: &dyn std::fmt::Display| {
             no(
-                reasons::CONFIG_MISMATCH,
+                reason,
                 format!("channelConfig.{field} is {got}, the requirement says {want}"),
             )
         };
+        // In the official facilitator's order (`validate_channel_config`).
         if config.receiver != terms.pay_to {
-            return Err(mismatch("receiver", &config.receiver, &terms.pay_to));
+            return Err(mismatch(
+                reasons::RECEIVER_MISMATCH,
+                "receiver",
+                &config.receiver,
+                &terms.pay_to,
+            ));
         }
         if extra.receiver_authorizer == ZERO
             || config.receiver_authorizer != extra.receiver_authorizer
         {
             return Err(mismatch(
+                reasons::RECEIVER_AUTHORIZER_MISMATCH,
                 "receiverAuthorizer",
                 &config.receiver_authorizer,
                 &extra.receiver_authorizer,
             ));
         }
         if config.token != terms.token {
-            return Err(mismatch("token", &config.token, &terms.token));
+            return Err(mismatch(
+                reasons::TOKEN_MISMATCH,
+                "token",
+                &config.token,
+                &terms.token,
+            ));
         }
         if config.withdraw_delay != extra.withdraw_delay {
             return Err(mismatch(
+                reasons::WITHDRAW_DELAY_MISMATCH,
                 "withdrawDelay",
                 &config.withdraw_delay,
                 &extra.withdraw_delay,
@@ -186,7 +202,7 @@ impl EvmFacilitator {
         }
         if config.payer == ZERO {
             return Err(no(
-                reasons::CONFIG_MISMATCH,
+                reasons::VOUCHER_PAYLOAD,
                 "channelConfig.payer is zero".into(),
             ));
         }
@@ -223,13 +239,13 @@ impl EvmFacilitator {
         channel_id: &B256,
         deposit: &Deposit,
     ) -> Result<DepositAuth, Refusal> {
-        let no =
-            |message: String| refuse(reasons::DEPOSIT_AUTHORIZATION, message).payer(config.payer);
+        let no = |reason: &str, message: String| refuse(reason, message).payer(config.payer);
         if deposit.amount == 0 {
-            return Err(no("a deposit of zero".into()));
+            return Err(no(reasons::DEPOSIT_PAYLOAD, "a deposit of zero".into()));
         }
         let Some(a) = &deposit.authorization.erc3009_authorization else {
             return Err(no(
+                reasons::ERC3009_AUTHORIZATION_REQUIRED,
                 if deposit.authorization.permit2_authorization.is_some() {
                     "Permit2 deposits are not executed by this facilitator: deposit by ERC-3009 \
                      (erc3009Authorization)"
@@ -263,15 +279,19 @@ impl EvmFacilitator {
                 signature: a.signature.0.clone(),
                 nonce,
             }),
-            Ok(signer) => Err(no(format!(
-                "the ReceiveWithAuthorization is signed by {signer}, not by the payer {} \
+            Ok(signer) => Err(no(
+                reasons::RECEIVE_AUTHORIZATION_SIGNATURE,
+                format!(
+                    "the ReceiveWithAuthorization is signed by {signer}, not by the payer {} \
                  (token domain {:?} version {:?}, to the deposit collector, nonce \
                  keccak256(channelId, salt))",
-                config.payer, terms.extra.name, terms.extra.version
-            ))),
-            Err(e) => Err(no(format!(
-                "the ReceiveWithAuthorization signature is unusable: {e}"
-            ))),
+                    config.payer, terms.extra.name, terms.extra.version
+                ),
+            )),
+            Err(e) => Err(no(
+                reasons::RECEIVE_AUTHORIZATION_SIGNATURE,
+                format!("the ReceiveWithAuthorization signature is unusable: {e}"),
+            )),
         }
     }
 
@@ -299,24 +319,32 @@ impl EvmFacilitator {
         d: &DepositAuth,
     ) -> Result<ChannelState, Stop> {
         let payer = config.payer;
-        let no = |message: String| refuse(reasons::DEPOSIT_AUTHORIZATION, message).payer(payer);
+        let no = |reason: &str, message: String| refuse(reason, message).payer(payer);
         let now = self.clock.unix_now();
-        if d.valid_after > U256::from_u64(now) {
-            return Err(no(format!(
-                "the authorization is valid only after {}",
-                d.valid_after
-            ))
-            .into());
-        }
         if d.valid_before < U256::from_u64(now.saturating_add(MIN_VALIDITY_LEFT)) {
-            return Err(no(format!(
-                "the authorization expired or is about to: validBefore {} < now + {MIN_VALIDITY_LEFT} ({now})",
-                d.valid_before
-            ))
+            return Err(no(
+                reasons::VALID_BEFORE_EXPIRED,
+                format!(
+                    "the authorization expired or is about to: validBefore {} < now + {MIN_VALIDITY_LEFT} ({now})",
+                    d.valid_before
+                ),
+            )
             .into());
         }
+        if d.valid_after > U256::from_u64(now) {
+            return Err(no(
+                reasons::VALID_AFTER_IN_FUTURE,
+                format!("the authorization is valid only after {}", d.valid_after),
+            )
+            .into());
+        }
+        // The official facilitator finds this by simulating the deposit.
         if self.deposit_used(terms.token, payer, d).await? {
-            return Err(no("the authorization is already used on chain".into()).into());
+            return Err(no(
+                reasons::DEPOSIT_SIMULATION_FAILED,
+                "the deposit would revert: its authorization is already used on chain".into(),
+            )
+            .into());
         }
         let (state, balance) = tokio::try_join!(self.channel_state(&voucher.channel_id), async {
             IEip3009Token::new(evm(terms.token), self.provider.clone())
@@ -328,7 +356,7 @@ impl EvmFacilitator {
         let no = |reason: &str, message: String| refuse(reason, message).payer(payer).state(&state);
         if balance < EvmU256::from(d.amount) {
             return Err(no(
-                official::INSUFFICIENT_BALANCE,
+                reasons::INSUFFICIENT_BALANCE,
                 format!("the payer holds {balance}, the deposit is {}", d.amount),
             )
             .into());
@@ -356,7 +384,7 @@ impl EvmFacilitator {
         }
         if let Some(revert) = self.simulate(self.deposit_tx(config, d)).await? {
             return Err(no(
-                official::DEPOSIT_SIMULATION_FAILED,
+                reasons::DEPOSIT_SIMULATION_FAILED,
                 format!("the deposit would revert: {revert}"),
             )
             .into());
@@ -379,7 +407,7 @@ impl EvmFacilitator {
         let max = voucher.max_claimable_amount;
         if state.balance == 0 {
             return Err(no(
-                reasons::MISSING_CHANNEL,
+                reasons::CHANNEL_NOT_FOUND,
                 format!("channel {} holds no deposit", voucher.channel_id),
             ));
         }

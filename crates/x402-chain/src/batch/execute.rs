@@ -17,8 +17,8 @@ use x402_types::{Address, FacilitatorReason, Requirement, SettleResponse, U256};
 
 use super::check::DepositAuth;
 use super::{
-    Landed, Op, Stop, amount, evm, evm_u256, official, ours, refuse, sol_claims, sol_config,
-    state_json, terms, word,
+    Landed, Op, Stop, amount, evm, evm_u256, ours, refuse, sol_claims, sol_config, state_json,
+    terms, word,
 };
 use crate::channel_contract::{BATCH_SETTLEMENT, IBatchSettlement};
 use crate::facilitator::{EvmFacilitator, transport_err};
@@ -82,7 +82,7 @@ impl EvmFacilitator {
                     .await
             }
             BatchPayload::Voucher { channel_config, .. } => Err(refuse(
-                official::PAYLOAD_TYPE,
+                reasons::PAYLOAD_TYPE,
                 "voucher payloads are not settled: the server records them and claims them later",
             )
             .payer(channel_config.payer)
@@ -217,7 +217,7 @@ impl EvmFacilitator {
         let ours = self.receiver_authorizer();
         if named != ours {
             return Err(refuse(
-                official::AUTHORIZER_ADDRESS_MISMATCH,
+                reasons::AUTHORIZER_ADDRESS_MISMATCH,
                 format!(
                     "the channel's receiverAuthorizer is {named}; this facilitator signs as \
                      {ours}: send the authorizer's signature"
@@ -288,7 +288,7 @@ impl EvmFacilitator {
                         .await;
                 }
                 Err(reverted(
-                    official::DEPOSIT_TRANSACTION_FAILED,
+                    reasons::DEPOSIT_TRANSACTION_FAILED,
                     h,
                     Some(payer),
                 ))
@@ -355,7 +355,7 @@ impl EvmFacilitator {
         version: u8,
     ) -> Result<SettleResponse, Stop> {
         let Some(first) = claims.first() else {
-            return Err(refuse(official::CLAIM_PAYLOAD, "a claim batch without claims").into());
+            return Err(refuse(reasons::CLAIM_PAYLOAD, "a claim batch without claims").into());
         };
         let authorizer = first.voucher.channel.receiver_authorizer;
         if claims
@@ -363,7 +363,7 @@ impl EvmFacilitator {
             .any(|c| c.voucher.channel.receiver_authorizer != authorizer)
         {
             return Err(refuse(
-                official::CLAIM_PAYLOAD,
+                reasons::CLAIM_PAYLOAD,
                 "every claim of a batch must name the same receiverAuthorizer",
             )
             .into());
@@ -398,7 +398,7 @@ impl EvmFacilitator {
             .once(op, async {
                 if let Some(revert) = self.simulate(tx.clone()).await? {
                     return Err(refuse(
-                        official::CLAIM_SIMULATION_FAILED,
+                        reasons::CLAIM_SIMULATION_FAILED,
                         format!("the claim would revert: {revert}"),
                     )
                     .into());
@@ -423,7 +423,7 @@ impl EvmFacilitator {
                 let extra = serde_json::json!({ "claims": rows });
                 Ok(self.success(Some(h), None, total, Some(extra), version))
             }
-            Landed::Reverted(h) => Err(reverted(official::CLAIM_TRANSACTION_FAILED, h, None)),
+            Landed::Reverted(h) => Err(reverted(reasons::CLAIM_TRANSACTION_FAILED, h, None)),
             Landed::Pending(h) => Err(pending(h, None)),
         }
     }
@@ -457,7 +457,7 @@ impl EvmFacilitator {
                 }
                 if let Some(revert) = self.simulate(tx.clone()).await? {
                     return Err(refuse(
-                        official::SETTLE_SIMULATION_FAILED,
+                        reasons::SETTLE_SIMULATION_FAILED,
                         format!("the settle would revert: {revert}"),
                     )
                     .into());
@@ -473,7 +473,7 @@ impl EvmFacilitator {
                     .sum::<u128>();
                 Ok(self.success(Some(h), None, swept, None, version))
             }
-            Landed::Reverted(h) => Err(reverted(official::SETTLE_TRANSACTION_FAILED, h, None)),
+            Landed::Reverted(h) => Err(reverted(reasons::SETTLE_TRANSACTION_FAILED, h, None)),
             Landed::Pending(h) => Err(pending(h, None)),
         }
     }
@@ -503,7 +503,7 @@ impl EvmFacilitator {
                 };
                 if state.refund_nonce != nonce {
                     return Err(no(
-                        reasons::REFUND_NONCE,
+                        reasons::REFUND_PAYLOAD,
                         format!(
                             "refundNonce {nonce} is not the chain's {}",
                             state.refund_nonce
@@ -511,7 +511,7 @@ impl EvmFacilitator {
                     ));
                 }
                 if r.amount == Some(0) {
-                    return Err(no(official::REFUND_AMOUNT_INVALID, "a refund of zero".into()));
+                    return Err(no(reasons::REFUND_AMOUNT_INVALID, "a refund of zero".into()));
                 }
                 let claimed = self.claimed_after(state.total_claimed, &r.claims, &id);
                 let available = state.balance.saturating_sub(claimed);
@@ -552,7 +552,7 @@ impl EvmFacilitator {
                                     .find(|c| c.voucher.channel.receiver_authorizer != named)
                                 {
                                     return Err(refuse(
-                                        official::CLAIM_PAYLOAD,
+                                        reasons::CLAIM_PAYLOAD,
                                         format!(
                                             "every claim must name the same receiverAuthorizer ({} and {named})",
                                             c.voucher.channel.receiver_authorizer
@@ -578,7 +578,7 @@ impl EvmFacilitator {
                 let tx = self.batch_tx(data);
                 if let Some(revert) = self.simulate(tx.clone()).await? {
                     return Err(no(
-                        official::REFUND_SIMULATION_FAILED,
+                        reasons::REFUND_SIMULATION_FAILED,
                         format!("the refund would revert: {revert}"),
                     ));
                 }
@@ -595,11 +595,9 @@ impl EvmFacilitator {
                 let extra = serde_json::json!({ "channelState": state_json(&state) });
                 Ok(self.success(Some(h), Some(payer), refunded, Some(extra), version))
             }
-            Landed::Reverted(h) => Err(reverted(
-                official::REFUND_TRANSACTION_FAILED,
-                h,
-                Some(payer),
-            )),
+            Landed::Reverted(h) => {
+                Err(reverted(reasons::REFUND_TRANSACTION_FAILED, h, Some(payer)))
+            }
             Landed::Pending(h) => Err(pending(h, Some(payer))),
         }
     }

@@ -51,7 +51,7 @@ use x402_facilitator::FacilitatorError;
 use x402_payer::channel::ChannelDomain;
 use x402_payer::{DigestSigner, LocalSigner};
 use x402_types::batch::{
-    BatchExtra, BatchPayload, ChannelConfig, ChannelState, VoucherClaim, parse_payload,
+    BatchExtra, BatchPayload, ChannelConfig, ChannelState, VoucherClaim, parse_payload, reasons,
 };
 use x402_types::{
     Amount, FacilitatorReason, FacilitatorRequest, Requirement, SchemePayload, SettleResponse,
@@ -61,50 +61,6 @@ use x402_types::{
 use crate::ChainError;
 use crate::channel_contract::{BATCH_SETTLEMENT, IBatchSettlement};
 use crate::facilitator::{EvmFacilitator, transport_err};
-
-/// Reasons the official SDK (x402 Python 2.25, `batch_settlement/errors.py`) sends that
-/// `x402_types::batch::reasons` does not name.
-pub(crate) mod official {
-    /// The scheme of the payload or the requirement is not `batch-settlement`.
-    pub const INVALID_SCHEME: &str = "invalid_batch_settlement_evm_scheme";
-    /// The payload's network is not the requirement's.
-    pub const NETWORK_MISMATCH: &str = "invalid_batch_settlement_evm_network_mismatch";
-    /// A payload type the endpoint does not take (a voucher to `/settle`, a claim to `/verify`).
-    pub const PAYLOAD_TYPE: &str = "invalid_batch_settlement_evm_payload_type";
-    /// The payer's token balance does not cover the deposit.
-    pub const INSUFFICIENT_BALANCE: &str = "invalid_batch_settlement_evm_insufficient_balance";
-    /// This facilitator is not the channel's receiverAuthorizer and no signature was given.
-    pub const AUTHORIZER_ADDRESS_MISMATCH: &str =
-        "invalid_batch_settlement_evm_authorizer_address_mismatch";
-    /// A claim payload without rows, or rows naming different receiverAuthorizers.
-    pub const CLAIM_PAYLOAD: &str = "invalid_batch_settlement_evm_claim_payload";
-    /// A refund of zero.
-    pub const REFUND_AMOUNT_INVALID: &str = "invalid_batch_settlement_evm_refund_amount_invalid";
-    /// The deposit call would revert.
-    pub const DEPOSIT_SIMULATION_FAILED: &str =
-        "invalid_batch_settlement_evm_deposit_simulation_failed";
-    /// The deposit was mined and reverted.
-    pub const DEPOSIT_TRANSACTION_FAILED: &str =
-        "invalid_batch_settlement_evm_deposit_transaction_failed";
-    /// The claim call would revert.
-    pub const CLAIM_SIMULATION_FAILED: &str =
-        "invalid_batch_settlement_evm_claim_simulation_failed";
-    /// The claim was mined and reverted.
-    pub const CLAIM_TRANSACTION_FAILED: &str =
-        "invalid_batch_settlement_evm_claim_transaction_failed";
-    /// The settle call would revert.
-    pub const SETTLE_SIMULATION_FAILED: &str =
-        "invalid_batch_settlement_evm_settle_simulation_failed";
-    /// The settle was mined and reverted.
-    pub const SETTLE_TRANSACTION_FAILED: &str =
-        "invalid_batch_settlement_evm_settle_transaction_failed";
-    /// The refund call would revert.
-    pub const REFUND_SIMULATION_FAILED: &str =
-        "invalid_batch_settlement_evm_refund_simulation_failed";
-    /// The refund was mined and reverted.
-    pub const REFUND_TRANSACTION_FAILED: &str =
-        "invalid_batch_settlement_evm_refund_transaction_failed";
-}
 
 /// What the facilitator keeps for the scheme: the receiver authorizer's key and the
 /// transactions it sent, by what they do.
@@ -328,7 +284,7 @@ impl EvmFacilitator {
         let r = req.payment_requirements.requirement();
         if r.scheme != x402_types::batch::BATCH_SETTLEMENT {
             return Err(refuse(
-                official::INVALID_SCHEME,
+                reasons::INVALID_SCHEME,
                 format!(
                     "the requirement's scheme is {:?}, the payload's batch-settlement",
                     r.scheme
@@ -346,7 +302,7 @@ impl EvmFacilitator {
         }
         if *req.payment_payload.network() != r.network {
             return Err(refuse(
-                official::NETWORK_MISMATCH,
+                reasons::NETWORK_MISMATCH,
                 "the payload's network is not the requirement's",
             ));
         }

@@ -282,8 +282,9 @@ async fn a_deposit_verifies_settles_and_moves_exactly_its_amount_once() {
     assert!(!v.is_valid);
     assert_eq!(
         v.invalid_reason.as_deref(),
-        Some(reasons::DEPOSIT_AUTHORIZATION)
+        Some(reasons::DEPOSIT_SIMULATION_FAILED)
     );
+    assert!(v.invalid_message.unwrap().contains("already used"));
 }
 
 #[tokio::test]
@@ -295,7 +296,7 @@ async fn a_deposit_the_payer_cannot_cover_or_did_not_sign_is_refused_without_a_t
     let v = b.facilitator.verify(&req).await.unwrap();
     assert_eq!(
         v.invalid_reason.as_deref(),
-        Some("invalid_batch_settlement_evm_insufficient_balance"),
+        Some(reasons::INSUFFICIENT_BALANCE),
         "{v:?}"
     );
     let s = b.facilitator.settle(&req).await.unwrap();
@@ -313,7 +314,7 @@ async fn a_deposit_the_payer_cannot_cover_or_did_not_sign_is_refused_without_a_t
     let v = b.facilitator.verify(&b.request(&forged)).await.unwrap();
     assert_eq!(
         v.invalid_reason.as_deref(),
-        Some(reasons::DEPOSIT_AUTHORIZATION)
+        Some(reasons::RECEIVE_AUTHORIZATION_SIGNATURE)
     );
     assert!(v.invalid_message.unwrap().contains("not by the payer"));
     assert!(
@@ -347,10 +348,7 @@ async fn a_voucher_verifies_and_each_bad_one_gets_its_reason() {
         .await
         .unwrap();
     assert!(!s.success);
-    assert_eq!(
-        s.error_reason.as_deref(),
-        Some("invalid_batch_settlement_evm_payload_type")
-    );
+    assert_eq!(s.error_reason.as_deref(), Some(reasons::PAYLOAD_TYPE));
 
     let reason = |v: x402_types::VerifyResponse| {
         assert!(!v.is_valid, "{v:?}");
@@ -381,7 +379,25 @@ async fn a_voucher_verifies_and_each_bad_one_gets_its_reason() {
         v.invalid_message.clone().unwrap().contains("receiver"),
         "{v:?}"
     );
-    assert_eq!(reason(v), reasons::CONFIG_MISMATCH);
+    assert_eq!(reason(v), reasons::RECEIVER_MISMATCH);
+    // The other three terms of the requirement, each with the official SDK's reason.
+    let mut by_other = config.clone();
+    by_other.receiver_authorizer = stranger.addr;
+    let mut in_other_token = config.clone();
+    in_other_token.token = stranger.addr;
+    let mut slower = config.clone();
+    slower.withdraw_delay = 1_000;
+    for (c, want) in [
+        (by_other, reasons::RECEIVER_AUTHORIZER_MISMATCH),
+        (in_other_token, reasons::TOKEN_MISMATCH),
+        (slower, reasons::WITHDRAW_DELAY_MISMATCH),
+    ] {
+        let payload = BatchPayload::Voucher {
+            voucher: b.voucher(&p, &c, PRICE as u128),
+            channel_config: c,
+        };
+        assert_eq!(reason(verify(payload).await), want);
+    }
     // More than the channel holds.
     let v = verify(voucher(DEPOSIT + 1)).await;
     assert_eq!(v.extra.as_ref().unwrap()["balance"], DEPOSIT.to_string());
@@ -398,7 +414,7 @@ async fn a_voucher_verifies_and_each_bad_one_gets_its_reason() {
         voucher: b.voucher(&p, &other, PRICE as u128),
         channel_config: other,
     };
-    assert_eq!(reason(verify(unfunded).await), reasons::MISSING_CHANNEL);
+    assert_eq!(reason(verify(unfunded).await), reasons::CHANNEL_NOT_FOUND);
     // An EIP-1271 payer (zero payerAuthorizer) is refused with a clear message.
     let mut contract_wallet = config.clone();
     contract_wallet.payer_authorizer = Address([0; 20]);
@@ -506,7 +522,7 @@ async fn two_vouchers_claimed_in_one_batch_then_settled_move_exactly_the_claimed
     let s = foreign.settle(&b.request(&claim)).await.unwrap();
     assert_eq!(
         s.error_reason.as_deref(),
-        Some("invalid_batch_settlement_evm_authorizer_address_mismatch")
+        Some(reasons::AUTHORIZER_ADDRESS_MISMATCH)
     );
 }
 
@@ -652,4 +668,19 @@ async fn supported_lists_batch_settlement_with_the_receiver_authorizer() {
     let shown = format!("{cfg:?}");
     assert!(!shown.contains(&DEV_KEYS[2][2..]), "{shown}");
     assert!(shown.contains("authorizer_key"), "{shown}");
+}
+
+/// Every reason we send is spelled as the official SDK spells it (its `errors.py`).
+#[test]
+fn every_reason_is_one_the_official_sdk_defines() {
+    let errors =
+        atomicstream_testkit::x402_python().join("x402/mechanisms/evm/batch_settlement/errors.py");
+    let text = std::fs::read_to_string(&errors).unwrap();
+    for r in reasons::ALL {
+        assert!(
+            text.contains(&format!("\"{r}\"")),
+            "{r} is not in {}",
+            errors.display()
+        );
+    }
 }

@@ -7,5 +7,7 @@
 mod anvil;
 mod batch_facilitator;
 mod channel_contract;
+mod channel_faults;
+mod channel_rig;
 mod channel_stream;
 mod stream;
