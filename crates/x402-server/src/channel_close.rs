@@ -194,6 +194,8 @@ impl AppState {
                 claim_authorizer_signature: None,
             };
             let claimed = !claims_empty(&fb);
+            let claim_amount = rec.charged.saturating_sub(rec.total_claimed);
+            let started = tokio::time::Instant::now();
             match self
                 .facilitator
                 .settle(&request(&p2.accepted, &ours, &fb))
@@ -202,6 +204,8 @@ impl AppState {
                 Ok(s) if s.success => {
                     // The refund's claim is swept to the receiver at once.
                     if claimed {
+                        self.metrics
+                            .channel_claimed(claim_amount, started.elapsed());
                         let sweep = BatchPayload::Settle {
                             receiver: channel_config.receiver,
                             token: channel_config.token,
@@ -225,7 +229,7 @@ impl AppState {
                     "the refund was not executed",
                 )),
                 Err(err) => Err(ApiError::new(
-                    axum::http::StatusCode::BAD_GATEWAY,
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
                     x402_types::ErrorCode::FacilitatorUnavailable,
                     format!("the facilitator could not refund: {err}; send the refund again"),
                 )),
@@ -343,8 +347,14 @@ pub(crate) async fn claim_if_due(
     )
     .await
     .ok();
-    let pending_withdrawal = chain.as_ref().is_some_and(|c| c.withdraw_requested_at != 0);
-    if !pending_withdrawal && rec.unclaimed() < threshold {
+    // An unreadable chain is treated as a pending withdrawal: claiming costs gas,
+    // missing a withdrawal costs the charge.
+    let pending_withdrawal = chain.as_ref().is_none_or(|c| c.withdraw_requested_at != 0);
+    let mut due = rec.clone();
+    if pending_withdrawal {
+        due.withdraw_requested_at = due.withdraw_requested_at.max(1);
+    }
+    if !due.claim_due(threshold) {
         sync(state, id, chain.as_ref()).await;
         return Ok(());
     }

@@ -111,8 +111,20 @@ impl StreamEntry {
     }
 }
 
+/// A channel refusal: `payment_invalid` whose message is `reason: text`, the reason
+/// being the scheme's (`invalid_batch_settlement_evm_*`); see [`x402_reason`].
 pub(crate) fn invalid(reason: &str, message: impl std::fmt::Display) -> Refusal {
     Refusal::new(ErrorCode::PaymentInvalid, format!("{reason}: {message}"))
+}
+
+/// The scheme's reason of a channel refusal's message (`reason: text`): what the x402
+/// `error` field of its `PAYMENT-REQUIRED` carries alone, as stock clients compare it.
+pub(crate) fn x402_reason(message: &str) -> Option<&str> {
+    let (reason, _) = message.split_once(": ")?;
+    (reason.starts_with("invalid_batch_settlement_evm_")
+        || reason == "invalid_payload"
+        || reason == "unsupported_scheme")
+        .then_some(reason)
 }
 
 /// The scheme payload of a `batch-settlement` payment.
@@ -273,7 +285,7 @@ impl AppState {
         if matches!(b, BatchPayload::Refund { .. }) {
             return Err(refuse(invalid(
                 "invalid_payload",
-                "a refund buys no slice; the unused deposit is returned by the receiver's channel manager or the payer's withdrawal",
+                "a refund buys no slice: send it to the renew URL (GET or POST) to close the channel",
             )));
         }
         check_offline(t, &ours, payload, &b).map_err(refuse)?;
@@ -499,6 +511,9 @@ pub(crate) async fn settle_channel(state: &AppState, job: &SettleJob) -> SettleO
         if let Some(st) = &chain {
             rec.sync(st);
             rec.synced_at = now;
+        }
+        if version == 0 {
+            rec.adopt_client_total(voucher, price(&ours));
         }
         let charge = match rec.judge(voucher, price(&ours), now) {
             Judgement::Accept { charge } => charge,

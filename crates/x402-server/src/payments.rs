@@ -161,7 +161,8 @@ impl AppState {
                         .collect(),
                 );
                 err.x402_version = Some(2);
-                err.payment_required = Some(self.payment_required_v2(v, e, &message).to_header());
+                let error = crate::channels::x402_reason(&message).unwrap_or(&message);
+                err.payment_required = Some(self.payment_required_v2(v, e, error).to_header());
             }
         }
         err

@@ -123,6 +123,18 @@ impl ChannelRecord {
             && now.saturating_sub(self.synced_at) < ttl
     }
 
+    /// A channel this server has no record of (a new instance, a lost store): after
+    /// [`sync`](Self::sync) from the chain, the client's voucher says what it was
+    /// charged so far (`maxClaimableAmount - price`), which is adopted when above
+    /// what was claimed, as the official server does; unclaimed charges a server
+    /// forgot are lost to it, never charged twice to the payer.
+    pub fn adopt_client_total(&mut self, v: &SignedVoucher, price: u128) {
+        if self.signed_max == 0 && v.channel_id == self.id {
+            let said = v.max_claimable_amount.saturating_sub(price);
+            self.charged = self.charged.max(said).min(self.balance);
+        }
+    }
+
     /// Judges a voucher paying one request of `price` at unix second `now` (the
     /// cumulative rule: `maxClaimableAmount == charged + price`).
     pub fn judge(&self, v: &SignedVoucher, price: u128, now: u64) -> Judgement {
@@ -386,6 +398,24 @@ mod tests {
             (mirror_ttl(900), mirror_ttl(60), mirror_ttl(2_592_000)),
             (300, 30, 300)
         );
+    }
+
+    #[test]
+    fn a_forgotten_channel_adopts_the_clients_total_above_what_was_claimed() {
+        let mut r = record(100);
+        r.total_claimed = 30;
+        r.charged = 30;
+        // The client says it was charged 50 (signs 50 + 10): adopted.
+        r.adopt_client_total(&voucher(&r, 60, 1), 10);
+        assert_eq!(r.charged, 50);
+        assert_eq!(r.judge(&voucher(&r, 60, 1), 10, 0), Judgement::Accept { charge: 10 });
+        // Below what was claimed on chain: the chain wins.
+        let mut r = record(100);
+        r.total_claimed = 30;
+        r.charged = 30;
+        r.adopt_client_total(&voucher(&r, 20, 1), 10);
+        assert_eq!(r.charged, 30);
+        assert_eq!(r.judge(&voucher(&r, 20, 1), 10, 0), Judgement::Mismatch);
     }
 
     proptest! {

@@ -242,6 +242,7 @@ impl Metrics {
             stream: stream.into(),
         };
         let _ = self.credited.get_or_create(&label);
+        let _ = self.channel_charged.get_or_create(&label);
         let _ = self.revenue.get_or_create(&RevenueLabel {
             stream: stream.into(),
             asset: asset.into(),
