@@ -269,10 +269,17 @@ pub async fn run(slices: u64, all: bool, on_chain: bool, channel: bool) -> Resul
         p.paid
     );
     eprintln!("  events received   {events}");
-    eprintln!(
-        "  renewals          {} (retried with the same payload: {})",
-        p.renewals, p.renew_retries
-    );
+    if channel {
+        eprintln!(
+            "  renewals          {} ({} vouchers sent in-band on the socket; retried with the same payload: {})",
+            p.renewals, p.in_band_payments, p.renew_retries
+        );
+    } else {
+        eprintln!(
+            "  renewals          {} (retried with the same payload: {})",
+            p.renewals, p.renew_retries
+        );
+    }
     eprintln!(
         "  reconnects        {} (resumed without paying)",
         p.reconnects

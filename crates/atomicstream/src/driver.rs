@@ -35,6 +35,8 @@ pub struct Progress {
     pub renewals: u64,
     /// Renewal attempts retried with the same payload.
     pub renew_retries: u64,
+    /// Payments carried in-band on the socket (a channel's vouchers).
+    pub in_band_payments: u64,
     /// Reconnections.
     pub reconnects: u64,
     /// The latest hello.
@@ -465,9 +467,13 @@ impl Driver {
     }
 
     fn publish_progress(&mut self) {
-        let (retries, reconnects) = {
+        let (retries, reconnects, in_band) = {
             let stats = self.session.stats();
-            (stats.renew_retries, stats.reconnects)
+            (
+                stats.renew_retries,
+                stats.reconnects,
+                stats.in_band_payments,
+            )
         };
         let remaining = self.session.paid_remaining(now());
         let delivered = std::mem::take(&mut self.delivered);
@@ -479,6 +485,7 @@ impl Driver {
         }
         p.events += delivered;
         p.renew_retries = retries;
+        p.in_band_payments = in_band;
         p.reconnects = reconnects;
         p.paid_until = (remaining > Duration::ZERO).then(|| Instant::now() + remaining);
     }

@@ -374,14 +374,14 @@ async fn stream(
         let header = payment_header(v, &headers)?;
         let ip = client_ip(&s.cfg.http, addr, &headers);
         let guard = ip_guard(&s, ip)?;
-        let settlement = match header {
+        let (settlement, channel) = match header {
             Some(h) => {
                 s.admit_payment(ip)?;
-                s.pay(v, e, &quote, s.decode_payment(v, e, h)?)
-                    .await?
-                    .settlement
+                let payload = s.decode_payment(v, e, h)?;
+                let channel = crate::in_band::channel_of(&payload);
+                (s.pay(v, e, &quote, payload).await?.settlement, channel)
             }
-            None => None,
+            None => (None, None),
         };
         // Only a paid session opens; the session is connected once the 101 is out.
         // (A payment just decided has already brought the store's session here.)
@@ -391,10 +391,19 @@ async fn stream(
         s.core()
             .check_connect(now(), &quote)
             .map_err(|r| s.refusal(v, e, r))?;
-        Ok::<_, ApiError>((v, ws, settlement, quote, from, guard, e.hub.clone()))
+        Ok::<_, ApiError>((
+            v,
+            ws,
+            settlement,
+            quote,
+            from,
+            guard,
+            e.hub.clone(),
+            channel,
+        ))
     }
     .await;
-    let (v, ws, settlement, quote, from, guard, hub) = match result {
+    let (v, ws, settlement, quote, from, guard, hub, channel) = match result {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
@@ -411,7 +420,7 @@ async fn stream(
         // Bounded: a slow reader cannot make us buffer without limit.
         .max_write_buffer_size(8 * 1024 * 1024)
         .on_upgrade(move |socket| async move {
-            Connection::open(state, socket, quote, from, hub, guard).await;
+            Connection::open(state, socket, quote, from, hub, guard, channel).await;
         });
     with_header(resp, v.payment_response_header(), settlement)
 }

@@ -15,6 +15,7 @@ pub mod facilitator;
 mod gate;
 mod http;
 mod hub;
+mod in_band;
 pub mod metrics;
 mod payments;
 mod socket;

@@ -26,6 +26,10 @@ pub(crate) struct Connection {
     until: Option<Instant>,
     /// Frames being written together (kept to reuse its allocation).
     batch: Vec<Frame>,
+    /// The session's quote (in-band vouchers are paid under it).
+    quote: Quote,
+    /// The channel paying this connection, once known (`voucher-needed`).
+    channel: Arc<crate::in_band::SocketChannel>,
     _guard: IpGuard,
 }
 
@@ -50,6 +54,7 @@ impl Connection {
         from: Option<u64>,
         hub: Arc<Hub>,
         guard: IpGuard,
+        channel: Option<x402_types::B256>,
     ) {
         let conn = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::channel(64);
@@ -98,6 +103,8 @@ impl Connection {
             next: c.start,
             until,
             batch: Vec::new(),
+            quote,
+            channel: crate::in_band::SocketChannel::new(channel),
             _guard: guard,
         };
         c2.run(sink, c).await;
@@ -356,14 +363,22 @@ impl Connection {
         msg: Option<Result<Message, axum::Error>>,
     ) -> Step {
         match msg {
-            Some(Ok(Message::Text(t))) => {
-                if ClientMessage::parse(t.as_str()) == ClientMessage::Ping
-                    && !self.send(tx, ServerMessage::Pong.to_json()).await
-                {
-                    return Step::Close(None);
+            Some(Ok(Message::Text(t))) => match ClientMessage::parse(t.as_str()) {
+                ClientMessage::Ping if !self.send(tx, ServerMessage::Pong.to_json()).await => {
+                    Step::Close(None)
                 }
-                Step::Continue
-            }
+                ClientMessage::Voucher { payment } => {
+                    crate::in_band::spawn_voucher(
+                        self.state.clone(),
+                        self.conn,
+                        self.quote.clone(),
+                        self.channel.clone(),
+                        payment,
+                    );
+                    Step::Continue
+                }
+                _ => Step::Continue,
+            },
             // The client closes: complete the handshake (its close echoed), as RFC 6455 asks.
             Some(Ok(Message::Close(_))) => Step::Answer,
             None => Step::Close(None),
@@ -380,8 +395,23 @@ impl Connection {
         self.until = self.state.core().deliver_until(self.conn);
         match t {
             ServerTransmit::Message { msg, .. } => {
-                let renewed = matches!(msg, ServerMessage::Renewed { .. });
+                let renewed = matches!(
+                    msg,
+                    ServerMessage::Renewed { .. } | ServerMessage::VoucherAccepted { .. }
+                );
+                let expiring = match &msg {
+                    ServerMessage::Expiring { expires_at, .. } => Some(*expires_at),
+                    _ => None,
+                };
                 if !self.send(tx, msg.to_json()).await {
+                    return Step::Close(None);
+                }
+                if let Some(at) = expiring
+                    && let Some(m) =
+                        crate::in_band::voucher_needed(&self.state, &self.quote, &self.channel, at)
+                            .await
+                    && !self.send(tx, m.to_json()).await
+                {
                     return Step::Close(None);
                 }
                 if renewed && !self.catch_up(tx).await {

@@ -408,7 +408,10 @@ mod tests {
         // The client says it was charged 50 (signs 50 + 10): adopted.
         r.adopt_client_total(&voucher(&r, 60, 1), 10);
         assert_eq!(r.charged, 50);
-        assert_eq!(r.judge(&voucher(&r, 60, 1), 10, 0), Judgement::Accept { charge: 10 });
+        assert_eq!(
+            r.judge(&voucher(&r, 60, 1), 10, 0),
+            Judgement::Accept { charge: 10 }
+        );
         // Below what was claimed on chain: the chain wins.
         let mut r = record(100);
         r.total_claimed = 30;

@@ -1,9 +1,10 @@
 //! Fault injection through the swappable transports, for demos and tests.
 //!
 //! [`Blip`] models one short network outage at the worst moment: when the
-//! first renewal is sent, every open socket drops and the renewal's answer is
-//! lost (the server did receive and accept it). A correct client resumes
-//! without paying and retries the renewal with the same payload.
+//! first renewal is sent (a renew request, or a channel's voucher in-band on the
+//! socket), every open socket drops and the renewal's answer is lost (the server
+//! did receive and accept it). A correct client resumes without paying and retries
+//! the renewal with the same payload.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,6 +92,7 @@ pub struct BlipWs {
 struct Cut {
     inner: Box<dyn WsConnection>,
     rx: Option<watch::Receiver<bool>>,
+    blip: Arc<Blip>,
 }
 
 #[async_trait]
@@ -115,7 +117,17 @@ impl WsConnection for Cut {
     }
 
     async fn send_text(&mut self, text: String) -> Result<(), TransportError> {
-        self.inner.send_text(text).await
+        // A renewal carried in-band: it reaches the server, then the network blips.
+        let fire =
+            text.contains(r#""type":"voucher""#) && !self.blip.fired.swap(true, Ordering::SeqCst);
+        let r = self.inner.send_text(text).await;
+        if fire {
+            tracing::warn!(
+                "[fault] network blip: sockets drop and the in-band voucher's answer is lost"
+            );
+            let _ = self.blip.tx.send(true);
+        }
+        r
     }
     async fn close(&mut self, code: u16) -> Result<(), TransportError> {
         self.inner.close(code).await
@@ -132,6 +144,13 @@ impl WsConnector for BlipWs {
         let (resp, conn) = self.inner.connect(url, headers).await?;
         // Sockets opened after the blip are not affected.
         let rx = (!self.blip.fired()).then(|| self.blip.tx.subscribe());
-        Ok((resp, Box::new(Cut { inner: conn, rx })))
+        Ok((
+            resp,
+            Box::new(Cut {
+                inner: conn,
+                rx,
+                blip: self.blip.clone(),
+            }),
+        ))
     }
 }

@@ -154,6 +154,37 @@ pub enum ServerMessage {
     },
     /// Answer to a client `ping`.
     Pong,
+    /// A channel's credit runs out soon (`batch-settlement`): sign a voucher for
+    /// `max_claimable_amount` and send it in-band (`voucher`) or to the renew URL.
+    VoucherNeeded {
+        /// The channel.
+        channel_id: String,
+        /// What the server charged on the channel so far (atomic units, decimal).
+        charged_cumulative_amount: String,
+        /// The voucher asked for: the charged total plus one slice.
+        max_claimable_amount: String,
+        /// End of paid time (unix seconds).
+        expires_at: u64,
+    },
+    /// An in-band voucher was accepted: paid time was extended.
+    VoucherAccepted {
+        /// New end of paid time.
+        expires_at: u64,
+        /// Slices bought so far.
+        slices: u64,
+        /// The x402 `PAYMENT-RESPONSE` value (`chargedAmount`, `channelState`).
+        receipt: Option<String>,
+    },
+    /// An in-band voucher got no credit (refused, pending, busy): send the same
+    /// payload to the renew URL, whose answer is the verdict.
+    VoucherRefused {
+        /// The HTTP status the renew URL would have answered.
+        status: u16,
+        /// The code.
+        code: crate::ErrorCode,
+        /// For people.
+        message: String,
+    },
     /// A message type this version does not know; ignored by clients.
     Unknown {
         /// Its `type`.
@@ -183,6 +214,12 @@ struct Flat<'a> {
     // renewed / expiring
     slices: Option<u64>,
     seconds_left: Option<u64>,
+    // voucher-needed / voucher-accepted / voucher-refused
+    channel_id: Option<String>,
+    charged_cumulative_amount: Option<String>,
+    max_claimable_amount: Option<String>,
+    receipt: Option<String>,
+    status: Option<u16>,
     // end / error
     reason: Option<String>,
     code: Option<crate::ErrorCode>,
@@ -197,7 +234,17 @@ struct TypeOnly<'a> {
 }
 
 const KNOWN: &[&str] = &[
-    "hello", "event", "renewed", "expiring", "expired", "end", "error", "pong",
+    "hello",
+    "event",
+    "renewed",
+    "expiring",
+    "expired",
+    "end",
+    "error",
+    "pong",
+    "voucher-needed",
+    "voucher-accepted",
+    "voucher-refused",
 ];
 
 impl ServerMessage {
@@ -270,6 +317,22 @@ impl ServerMessage {
                 count: f.count,
             },
             "pong" => ServerMessage::Pong,
+            "voucher-needed" => ServerMessage::VoucherNeeded {
+                channel_id: req!("voucher-needed", channel_id),
+                charged_cumulative_amount: req!("voucher-needed", charged_cumulative_amount),
+                max_claimable_amount: req!("voucher-needed", max_claimable_amount),
+                expires_at: req!("voucher-needed", expires_at),
+            },
+            "voucher-accepted" => ServerMessage::VoucherAccepted {
+                expires_at: req!("voucher-accepted", expires_at),
+                slices: req!("voucher-accepted", slices),
+                receipt: f.receipt,
+            },
+            "voucher-refused" => ServerMessage::VoucherRefused {
+                status: req!("voucher-refused", status),
+                code: req!("voucher-refused", code),
+                message: f.message.unwrap_or_default(),
+            },
             other => ServerMessage::Unknown {
                 message_type: other.to_string(),
             },
@@ -324,6 +387,32 @@ impl ServerMessage {
                 v
             }
             ServerMessage::Pong => serde_json::json!({"type": "pong"}),
+            ServerMessage::VoucherNeeded {
+                channel_id,
+                charged_cumulative_amount,
+                max_claimable_amount,
+                expires_at,
+            } => serde_json::json!({"type": "voucher-needed", "channelId": channel_id,
+                "chargedCumulativeAmount": charged_cumulative_amount,
+                "maxClaimableAmount": max_claimable_amount, "expiresAt": expires_at}),
+            ServerMessage::VoucherAccepted {
+                expires_at,
+                slices,
+                receipt,
+            } => {
+                let mut v = serde_json::json!({"type": "voucher-accepted", "expiresAt": expires_at, "slices": slices});
+                if let (Some(r), Value::Object(m)) = (receipt, &mut v) {
+                    m.insert("receipt".into(), r.clone().into());
+                }
+                v
+            }
+            ServerMessage::VoucherRefused {
+                status,
+                code,
+                message,
+            } => {
+                serde_json::json!({"type": "voucher-refused", "status": status, "code": code, "message": message})
+            }
             ServerMessage::Unknown { message_type } => serde_json::json!({"type": message_type}),
         };
         v.to_string()
@@ -335,16 +424,45 @@ impl ServerMessage {
 pub enum ClientMessage {
     /// `{"type":"ping"}`, answered with `pong`.
     Ping,
+    /// `{"type":"voucher","payment":"<PAYMENT-SIGNATURE value>"}`: a `batch-settlement`
+    /// payment carried in-band; answered with `voucher-accepted` or `voucher-refused`.
+    Voucher {
+        /// The payment header's value (base64 JSON of an x402 v2 payment payload).
+        payment: String,
+    },
     /// Anything else: ignored by the server.
     Other,
 }
 
+#[derive(Deserialize)]
+struct ClientFlat<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: std::borrow::Cow<'a, str>,
+    payment: Option<String>,
+}
+
 impl ClientMessage {
-    /// Parses a client text frame; anything that is not a ping is [`ClientMessage::Other`].
+    /// Parses a client text frame; anything that is not a ping or a well-formed
+    /// voucher is [`ClientMessage::Other`].
     pub fn parse(text: &str) -> ClientMessage {
-        match serde_json::from_str::<TypeOnly<'_>>(text) {
+        match serde_json::from_str::<ClientFlat<'_>>(text) {
             Ok(t) if t.ty == "ping" => ClientMessage::Ping,
+            Ok(ClientFlat {
+                ty,
+                payment: Some(payment),
+            }) if ty == "voucher" => ClientMessage::Voucher { payment },
             _ => ClientMessage::Other,
+        }
+    }
+
+    /// The JSON text of a message.
+    pub fn to_json(&self) -> String {
+        match self {
+            ClientMessage::Ping => Self::PING.to_string(),
+            ClientMessage::Voucher { payment } => {
+                serde_json::json!({"type": "voucher", "payment": payment}).to_string()
+            }
+            ClientMessage::Other => "{}".to_string(),
         }
     }
 

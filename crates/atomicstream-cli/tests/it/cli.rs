@@ -403,7 +403,10 @@ fn demo_with_a_channel_deposits_once_and_refunds_the_rest() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     // One deposit of 12 slices (0.048 USDC), four slices charged, the rest refunded.
-    assert!(err.contains("deposited 0.048 USDC once into channel 0x"), "{err}");
+    assert!(
+        err.contains("deposited 0.048 USDC once into channel 0x"),
+        "{err}"
+    );
     assert!(err.contains("paid by an off-chain voucher"), "{err}");
     assert!(err.contains("slices bought     4"), "{err}");
     assert!(

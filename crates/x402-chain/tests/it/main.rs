@@ -6,6 +6,7 @@
 
 mod anvil;
 mod batch_facilitator;
+mod channel_client;
 mod channel_contract;
 mod channel_faults;
 mod channel_rig;

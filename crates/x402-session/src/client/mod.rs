@@ -1,6 +1,7 @@
 //! The client role: buy a stream by the slice, renew, reconnect, resume.
 
 mod display;
+mod in_band;
 mod live;
 mod payment;
 mod reconnect;
@@ -285,6 +286,7 @@ impl ClientSession {
             header: payload.to_header(),
             refused,
             attempt: 0,
+            in_band: false,
             step: Step::Held,
         });
         match purpose {
@@ -479,6 +481,16 @@ impl ClientSession {
                 self.events
                     .push_back(ClientEvent::SourceUnavailable { message });
             }
+            ServerMessage::VoucherAccepted {
+                expires_at,
+                slices,
+                receipt,
+            } => self.on_voucher_accepted(now, expires_at, slices, receipt),
+            ServerMessage::VoucherRefused { .. } => self.on_voucher_refused(now),
+            ServerMessage::VoucherNeeded {
+                charged_cumulative_amount,
+                ..
+            } => self.on_voucher_needed(now, &charged_cumulative_amount),
             ServerMessage::Pong | ServerMessage::Unknown { .. } => {}
             _ => {}
         }

@@ -68,6 +68,8 @@ pub(super) struct Signed {
     pub(super) refused: u32,
     /// Renewals of this payload that got no definite answer (the backoff's exponent).
     pub(super) attempt: u32,
+    /// It was sent in-band once (a channel's voucher): later tries use the renew URL.
+    pub(super) in_band: bool,
     /// Where the payload is on the renew endpoint.
     pub(super) step: Step,
 }
@@ -85,6 +87,9 @@ pub(super) enum Step {
     /// The last answer was no verdict (pending, busy, horizon, lost): the
     /// same payload goes again when [`Timer::RenewRetry`] fires.
     RetryWait,
+    /// Sent in-band on the socket (a channel's voucher); without a verdict by
+    /// [`Timer::RenewRetry`] it goes to the renew URL.
+    InBand,
 }
 
 impl std::fmt::Debug for Signed {
@@ -95,6 +100,7 @@ impl std::fmt::Debug for Signed {
             .field("header", &"<redacted>")
             .field("refused", &self.refused)
             .field("attempt", &self.attempt)
+            .field("in_band", &self.in_band)
             .field("step", &self.step)
             .finish()
     }
@@ -194,6 +200,9 @@ impl ClientSession {
     /// POSTs the unconfirmed payload to the renew URL (or, before any
     /// `hello`, carries it on an upgrade).
     pub(super) fn send_renew(&mut self, now: Instant) {
+        if self.send_in_band(now) {
+            return;
+        }
         let Some(url) = self.renew_url.clone() else {
             // No hello yet: pay on the upgrade instead.
             self.connect(now);
@@ -204,6 +213,10 @@ impl ClientSession {
         };
         let id = self.request_id();
         if let PaymentState::Signed(s) = &mut self.payment {
+            // The in-band copy got no verdict: this is the same payload again.
+            if s.step == Step::InBand {
+                self.stats.renew_retries += 1;
+            }
             s.step = Step::Renewing(id);
         }
         self.timers.stop(Timer::RenewRetry);

@@ -395,4 +395,6 @@ pub struct ClientStats {
     pub reconnects: u64,
     /// Signatures asked for.
     pub payments_requested: u64,
+    /// Payloads sent in-band on the socket (a channel's vouchers).
+    pub in_band_payments: u64,
 }

@@ -10,6 +10,7 @@ mod sim;
 mod claims;
 mod endpoint;
 mod golden;
+mod in_band;
 mod liveness;
 mod props;
 mod shared;

@@ -143,9 +143,15 @@ proptest! {
             ServerMessage::End { reason: s.clone() },
             ServerMessage::Error { code: x402_types::ErrorCode::parse(&s), message: s.clone(), count: Some(b) },
             ServerMessage::Pong,
+            ServerMessage::VoucherNeeded { channel_id: s.clone(), charged_cumulative_amount: a.to_string(), max_claimable_amount: b.to_string(), expires_at: a },
+            ServerMessage::VoucherAccepted { expires_at: a, slices: b, receipt: Some(s.clone()) },
+            ServerMessage::VoucherAccepted { expires_at: a, slices: b, receipt: None },
+            ServerMessage::VoucherRefused { status: (b % 600) as u16, code: x402_types::ErrorCode::parse(&s), message: s.clone() },
         ] {
             prop_assert_eq!(ServerMessage::parse(&m.to_json()).unwrap(), m);
         }
+        let v = ClientMessage::Voucher { payment: s.clone() };
+        prop_assert_eq!(ClientMessage::parse(&v.to_json()), v);
     }
 
     #[test]
@@ -170,8 +176,8 @@ proptest! {
 
     #[test]
     fn json_shaped_garbage_never_panics(
-        ty in prop::sample::select(vec!["hello", "event", "renewed", "expiring", "expired", "end", "error", "pong", "x"]),
-        field in prop::sample::select(vec!["seq", "data", "expiresAt", "slices", "sliceSeconds", "code", "version"]),
+        ty in prop::sample::select(vec!["hello", "event", "renewed", "expiring", "expired", "end", "error", "pong", "voucher-needed", "voucher-accepted", "voucher-refused", "voucher", "x"]),
+        field in prop::sample::select(vec!["seq", "data", "expiresAt", "slices", "sliceSeconds", "code", "version", "status", "receipt", "payment", "channelId"]),
         val in prop::sample::select(vec!["1", "-1", "\"s\"", "null", "[]", "{}", "1.5", "18446744073709551616"]),
     ) {
         let text = format!(r#"{{"type":"{ty}","{field}":{val}}}"#);

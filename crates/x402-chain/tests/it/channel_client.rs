@@ -1,0 +1,76 @@
+//! Our own client pays a stream by channel on anvil: one gasless deposit on the
+//! upgrade, then every renewal as a voucher in-band on the socket (no renew request),
+//! then a cooperative refund. The payer loses exactly what was charged, the payee
+//! gains the same, and the budget bounded what was signed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use atomicstream::{Amount, Client, ClientEvent, EndReason, EvmChannelPayer, SpendPolicy};
+use futures::StreamExt;
+use x402_chain::EvmU256;
+use x402_payer::LocalSigner;
+
+use crate::channel_rig::{PAYEE, PRICE, Rig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_pays_in_band_and_gets_the_rest_back() {
+    let rig = Rig::start(100).await;
+    let wallet = LocalSigner::random().unwrap();
+    let me: x402_types::Address = wallet.to_string().parse().unwrap();
+    rig.anvil
+        .mint(rig.token, wallet.to_string().parse().unwrap(), 1_000_000)
+        .await
+        .unwrap();
+    let before = rig.usdc(me).await;
+    let payee_before = rig.payee_usdc().await;
+    let payer = Arc::new(EvmChannelPayer::new(wallet, Amount::from(100_000u64)));
+    let client = Client::builder()
+        .base_url(&rig.base)
+        .scheme("batch-settlement")
+        .payer(payer.clone())
+        .policy(
+            SpendPolicy::new(Amount::from(PRICE)).with_lifetime_budget(Amount::from(10 * PRICE)),
+        )
+        .max_slices(3)
+        .build()
+        .unwrap();
+    let mut session = client.open("s").await.unwrap();
+    let reason = loop {
+        match tokio::time::timeout(Duration::from_secs(30), session.next())
+            .await
+            .unwrap()
+        {
+            Some(ClientEvent::Ended(r)) => break r,
+            Some(_) => {}
+            None => break EndReason::Stopped,
+        }
+    };
+    assert_eq!(reason, EndReason::SliceLimit);
+    let p = session.progress();
+    assert_eq!(p.slices, 3);
+    // Both renewals went in-band; none needed the renew URL.
+    assert_eq!(p.in_band_payments, 2, "{p:?}");
+    assert_eq!(p.renew_retries, 0);
+    let ch = payer.channels().pop().unwrap();
+    assert_eq!(
+        (ch.charged, ch.signed_max),
+        (3 * u128::from(PRICE), 3 * u128::from(PRICE))
+    );
+    // One deposit of 12 slices left the wallet.
+    assert_eq!(rig.usdc(me).await, before - EvmU256::from(12 * PRICE));
+
+    let r = client.refund_channel("s").await.unwrap();
+    assert_eq!(r.amount, Some(Amount::from(9 * PRICE)));
+    let charged = EvmU256::from(3 * PRICE);
+    assert_eq!(
+        rig.usdc(me).await,
+        before - charged,
+        "the payer lost exactly the charge"
+    );
+    rig.until("the payee gained exactly the charge", || async {
+        rig.payee_usdc().await == payee_before + charged
+    })
+    .await;
+    assert_eq!(rig.payee_usdc().await, payee_before + charged, "{PAYEE}");
+}
