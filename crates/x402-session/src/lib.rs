@@ -10,9 +10,9 @@ pub mod server;
 
 pub use client::{
     CheckedSchema, ClientConfig, ClientEvent, ClientSession, ClientStats, ConnId,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE, EndReason, HttpResponse, Method, ReconnectPolicy,
-    RequestId, ResumePoint, Transmit, TransportFailure, default_renew_margin, human, read_schema,
-    read_schema_of, utc_clock,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE, EndReason, HttpResponse, IN_BAND_WAIT, Method,
+    ReconnectPolicy, RequestId, ResumePoint, Transmit, TransportFailure, default_renew_margin,
+    human, read_schema, read_schema_of, utc_clock,
 };
 pub use error::UsageError;
 pub use server::{

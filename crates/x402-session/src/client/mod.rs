@@ -19,6 +19,7 @@ use crate::error::UsageError;
 use crate::rng::Jitter;
 
 pub use display::{human, utc_clock};
+pub use in_band::IN_BAND_WAIT;
 use payment::{PaymentState, Purpose, Step};
 pub use resume::ResumePoint;
 pub use schema::{CheckedSchema, read_schema, read_schema_of};
