@@ -176,6 +176,62 @@ async fn claims_are_all_or_nothing_and_versions_are_compared(p: Pair) {
     assert!(!l.records[0].owner_alive, "A is dead");
 }
 
+/// A channel shared by two instances: its record is compared and swapped by version, so
+/// two vouchers decided on the same version cannot both be written (one charge is never
+/// lost or doubled), and both instances list it for their channel manager.
+async fn channel_records_are_compared_and_swapped(p: Pair) {
+    let (a, b) = (&p.a, &p.b);
+    assert_eq!(a.load_channel("0xc1").await.unwrap(), (0, None));
+    assert_eq!(
+        a.commit_channel("0xc1", 0, r#"{"charged":1}"#)
+            .await
+            .unwrap(),
+        Commit::Done
+    );
+    // B decided on "absent" too: conflict, A's record stays.
+    assert_eq!(
+        b.commit_channel("0xc1", 0, r#"{"charged":9}"#)
+            .await
+            .unwrap(),
+        Commit::Conflict
+    );
+    let (v, j) = b.load_channel("0xc1").await.unwrap();
+    assert_eq!((v, j.as_deref()), (1, Some(r#"{"charged":1}"#)));
+    // Both decide on version 1: the first write wins, the second must load again.
+    assert_eq!(
+        b.commit_channel("0xc1", 1, r#"{"charged":2}"#)
+            .await
+            .unwrap(),
+        Commit::Done
+    );
+    assert_eq!(
+        a.commit_channel("0xc1", 1, r#"{"charged":3}"#)
+            .await
+            .unwrap(),
+        Commit::Conflict
+    );
+    assert_eq!(
+        a.load_channel("0xc1").await.unwrap(),
+        (2, Some(r#"{"charged":2}"#.to_string()))
+    );
+    a.commit_channel("0xc2", 0, "{}").await.unwrap();
+    for s in [a, b] {
+        let mut ids = s.channels().await.unwrap();
+        ids.sort();
+        assert_eq!(ids, ["0xc1", "0xc2"]);
+    }
+}
+
+#[tokio::test]
+async fn channel_records_are_compared_and_swapped_redis() {
+    channel_records_are_compared_and_swapped(redis_pair().await).await;
+}
+
+#[tokio::test]
+async fn channel_records_are_compared_and_swapped_memory() {
+    channel_records_are_compared_and_swapped(memory_pair()).await;
+}
+
 #[tokio::test]
 async fn claims_are_all_or_nothing_and_versions_are_compared_redis() {
     claims_are_all_or_nothing_and_versions_are_compared(redis_pair().await).await;
