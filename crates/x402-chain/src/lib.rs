@@ -7,10 +7,14 @@ mod batch;
 pub mod channel_contract;
 mod facilitator;
 pub mod token;
+pub mod withdraw;
 
 pub use alloy::primitives::{Address as EvmAddress, U256 as EvmU256};
 pub use channel_contract::{BATCH_SETTLEMENT, ERC3009_DEPOSIT_COLLECTOR};
 pub use facilitator::{EvmConfig, EvmFacilitator};
+pub use withdraw::{
+    PendingWithdrawal, WithdrawStatus, channel_status, finalize_withdraw, initiate_withdraw,
+};
 
 /// Errors of connecting to a chain or running the local node.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +37,74 @@ pub enum ChainError {
     /// The local node could not be started.
     #[error("anvil: {0}")]
     Anvil(String),
+    /// The RPC endpoint did not answer (refused, unreachable, timed out, not JSON-RPC).
+    #[error("the RPC endpoint did not answer: {0}")]
+    Unreachable(String),
+    /// The chain has no `x402BatchSettlement` contract at its canonical address.
+    #[error(
+        "chain {chain_id} has no x402BatchSettlement contract at {}",
+        channel_contract::BATCH_SETTLEMENT
+    )]
+    NoContract {
+        /// The node's chain id.
+        chain_id: u64,
+    },
+    /// The key is neither the channel's payer nor its payer authorizer.
+    #[error(
+        "the key's address {key} is not the channel's payer ({payer}) nor its payer authorizer"
+    )]
+    NotPayer {
+        /// The key's address.
+        key: x402_types::Address,
+        /// The channel's payer.
+        payer: x402_types::Address,
+    },
+    /// The sending key has too little ether for the gas.
+    #[error(
+        "the payer {payer} has {} ETH on chain {chain_id}{}: it pays the gas of this \
+         transaction itself, so send it a little ETH (the chain's native coin) and try again",
+        withdraw::eth(.have),
+        .need.as_ref().map(|n| format!(", the transaction needs about {} ETH of gas", withdraw::eth(n))).unwrap_or_default()
+    )]
+    NoGas {
+        /// The sender.
+        payer: x402_types::Address,
+        /// The chain id.
+        chain_id: u64,
+        /// Its ether (wei).
+        have: EvmU256,
+        /// What the gas would cost (wei), when it could be estimated.
+        need: Option<EvmU256>,
+    },
+    /// `finalizeWithdraw` before the withdrawal's delay is over.
+    #[error(
+        "too early: the withdrawal can be finalized once the chain's clock reaches {finalize_after} \
+         (unix time), in {} (the chain's clock reads {now})",
+        withdraw::span(.finalize_after.saturating_sub(*.now))
+    )]
+    WithdrawNotReady {
+        /// The chain time from which it succeeds (unix seconds).
+        finalize_after: u64,
+        /// The chain's time when refused (unix seconds).
+        now: u64,
+    },
+    /// `finalizeWithdraw` with no withdrawal initiated.
+    #[error("no withdrawal is pending on the channel: initiate one first")]
+    NoPendingWithdrawal,
+    /// `initiateWithdraw` while one is pending.
+    #[error("a withdrawal is already pending on the channel: finalize it once its delay is over")]
+    WithdrawAlreadyPending,
+    /// The contract refused the transaction (in words).
+    #[error("the chain refused the transaction: {0}")]
+    Reverted(String),
+    /// A sent transaction's receipt did not come in time; it may still be mined.
+    #[error(
+        "transaction {transaction} was sent but not mined in time; check it before sending again"
+    )]
+    ReceiptTimeout {
+        /// Its hash.
+        transaction: x402_types::B256,
+    },
 }
 
 pub(crate) use x402_facilitator::with_causes;

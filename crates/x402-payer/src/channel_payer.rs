@@ -145,6 +145,18 @@ impl<S: DigestSigner> EvmChannelPayer<S> {
         self.lock().values().cloned().collect()
     }
 
+    /// Records the balance the chain reports for channel `id` (after a timed withdrawal,
+    /// or a refund made elsewhere) and writes the file. `false` when no such channel is held.
+    pub fn set_balance(&self, id: &B256, balance: u128) -> Result<bool> {
+        let mut m = self.lock();
+        let Some(ch) = m.get_mut(id) else {
+            return Ok(false);
+        };
+        ch.balance = balance;
+        self.save(&m)?;
+        Ok(true)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<B256, ClientChannel>> {
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
     }

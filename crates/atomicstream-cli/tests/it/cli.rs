@@ -9,6 +9,7 @@ mod clients;
 mod failures;
 mod resume;
 mod terminal;
+mod withdraw;
 
 const KEY: &str = atomicstream_testkit::DEV_KEY;
 

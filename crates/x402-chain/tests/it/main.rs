@@ -11,4 +11,5 @@ mod channel_contract;
 mod channel_faults;
 mod channel_rig;
 mod channel_stream;
+mod channel_withdraw;
 mod stream;
