@@ -2,6 +2,7 @@
 //! Use through `cargo xtask bench` and `cargo xtask soak`.
 
 mod broadcast;
+mod channel_sessions;
 mod counts;
 mod decode;
 mod fanout;
@@ -15,8 +16,10 @@ mod report;
 mod scale;
 mod sign;
 mod soak;
+mod vouchers;
 
 use broadcast::bench_broadcast;
+use channel_sessions::bench_channel_sessions;
 use counts::{bench_counts, count_op};
 use decode::bench_decode;
 use fanout::bench_fanout;
@@ -27,6 +30,7 @@ use receive::bench_receive;
 use report::{Report, print};
 use scale::bench_scale;
 use sign::bench_signing;
+use vouchers::bench_vouchers;
 
 /// mimalloc returns freed pages to the OS, so the soak's resident set measures live memory.
 #[global_allocator]
@@ -54,7 +58,8 @@ async fn main() {
     }
     let quick = args.iter().any(|a| a == "--quick");
     // `--only a,b`: run only the named sections (sign, parse, counts, receive,
-    // handshake, fanout, fanout10k, broadcast, scale, peers); all but peers by default.
+    // handshake, fanout, fanout10k, broadcast, scale, vouchers, channels, peers); all but
+    // peers by default.
     let only: Option<Vec<String>> = args
         .iter()
         .position(|a| a == "--only")
@@ -129,6 +134,24 @@ async fn main() {
     if run("scale") {
         eprintln!("bench: scale (server in its own process)");
         bench_scale(&mut r, if quick { &[1_000] } else { &[1_000, 10_000] }).await;
+    }
+    if run("vouchers") {
+        eprintln!("bench: voucher verification");
+        bench_vouchers(&mut r);
+    }
+    if run("channels") {
+        // `--channel-sessions N` (default 10,000; 1,000 with --quick), `--channel-slices S`
+        // (default 4: one deposit and three vouchers).
+        let flag = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1))
+                .and_then(|n| n.parse::<usize>().ok())
+        };
+        let n = flag("--channel-sessions").unwrap_or(if quick { 1_000 } else { 10_000 });
+        let slices = flag("--channel-slices").unwrap_or(4) as u64;
+        eprintln!("bench: {n} channel sessions beside {n} exact ones (server in its own process)");
+        bench_channel_sessions(&mut r, n, slices).await;
     }
     if args.iter().any(|a| a == "--peers") || only.as_ref().is_some_and(|_| run("peers")) {
         eprintln!("bench: peers (official x402 SDKs, where installed)");

@@ -47,6 +47,17 @@ pub(crate) struct ServerProcess {
 
 impl ServerProcess {
     pub(crate) async fn start(id: &str, source: &str) -> Result<ServerProcess, String> {
+        Self::start_with(id, source, "", "").await
+    }
+
+    /// The same, with TOML lines added to `[limits]` (`limits`) and after the stream's
+    /// keys (`stream`, e.g. a `[streams.channel]` table).
+    pub(crate) async fn start_with(
+        id: &str,
+        source: &str,
+        limits: &str,
+        stream: &str,
+    ) -> Result<ServerProcess, String> {
         let exe = std::env::var("ATOMICSTREAM_BIN")
             .unwrap_or_else(|_| "target/release/atomicstream".into());
         // A port the OS says is free now (a fixed one collided with a socket in TIME_WAIT).
@@ -61,7 +72,7 @@ impl ServerProcess {
         let _ = std::fs::write(
             &cfg,
             format!(
-                "listen = \"127.0.0.1:{port}\"\nsecret = \"bench-secret-bench-secret-bench-secret\"\n[facilitator]\nkind = \"embedded\"\n[limits]\nmax_connections_per_ip = 1000000\npayments_per_ip_per_minute = 1000000\nmax_sessions = 1000000\n[[streams]]\nid = \"{id}\"\nprice_per_minute = \"0.06\"\nslice_seconds = 3600\npay_to = \"{DEV_PAY_TO}\"\nmax_timeout_seconds = 3600\nsource = {source}\n"
+                "listen = \"127.0.0.1:{port}\"\nsecret = \"bench-secret-bench-secret-bench-secret\"\n[facilitator]\nkind = \"embedded\"\n[limits]\nmax_connections_per_ip = 1000000\npayments_per_ip_per_minute = 1000000\nmax_sessions = 1000000\n{limits}[[streams]]\nid = \"{id}\"\nprice_per_minute = \"0.06\"\nslice_seconds = 3600\npay_to = \"{DEV_PAY_TO}\"\nmax_timeout_seconds = 3600\nsource = {source}\n{stream}"
             ),
         );
         let child = std::process::Command::new(&exe)

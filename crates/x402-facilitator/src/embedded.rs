@@ -1,15 +1,19 @@
 //! The embedded facilitator: verifies locally, settles nothing.
+//!
+//! `exact` payments here; `batch-settlement` channels in `embedded_batch`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use x402_payer::{Clock, SystemClock, verify_exact};
+use x402_types::batch::BATCH_SETTLEMENT;
 use x402_types::{
     Address, Amount, FacilitatorReason, FacilitatorRequest, Nonce, SettleResponse, SupportedKind,
     SupportedResponse, VerifyResponse, network::EVM_NETWORKS,
 };
 
+use crate::embedded_batch::{BatchLedger, supported_kinds};
 use crate::{Facilitator, FacilitatorError};
 
 /// One settlement recorded by the embedded facilitator.
@@ -39,6 +43,11 @@ pub struct LedgerEntry {
 /// `transaction` empty: nothing is on chain). A server retrying its own
 /// payment after a lost answer classifies that as
 /// [`SettleVerdict::AlreadySettled`](crate::SettleVerdict::AlreadySettled).
+///
+/// `batch-settlement` payments (payment channels) are verified for real against an
+/// in-memory ledger standing in for the chain (see
+/// [`EMBEDDED_RECEIVER_AUTHORIZER`](crate::EMBEDDED_RECEIVER_AUTHORIZER): its
+/// `receiverAuthorizer` is a published key, for local use only).
 pub struct EmbeddedFacilitator {
     clock: Arc<dyn Clock>,
     /// Settled authorizations by (payer, nonce), as EIP-3009 keys them.
@@ -46,6 +55,8 @@ pub struct EmbeddedFacilitator {
     ledger: Mutex<Vec<LedgerEntry>>,
     /// Settlements so far, numbering their references.
     count: std::sync::atomic::AtomicU64,
+    /// `batch-settlement` channels.
+    batch: BatchLedger,
 }
 
 /// What is remembered of a settlement, until its authorization is dead anyway.
@@ -94,6 +105,7 @@ impl EmbeddedFacilitator {
             nonces: Mutex::new(HashMap::new()),
             ledger: Mutex::new(Vec::new()),
             count: std::sync::atomic::AtomicU64::new(0),
+            batch: BatchLedger::default(),
         }
     }
 
@@ -148,10 +160,16 @@ impl EmbeddedFacilitator {
 #[async_trait]
 impl Facilitator for EmbeddedFacilitator {
     async fn verify(&self, req: &FacilitatorRequest) -> Result<VerifyResponse, FacilitatorError> {
+        if req.payment_payload.scheme() == BATCH_SETTLEMENT {
+            return Ok(self.batch.verify(req, self.clock.unix_now()));
+        }
         Ok(self.check(req))
     }
 
     async fn settle(&self, req: &FacilitatorRequest) -> Result<SettleResponse, FacilitatorError> {
+        if req.payment_payload.scheme() == BATCH_SETTLEMENT {
+            return Ok(self.batch.settle(req, self.clock.unix_now()));
+        }
         let requirement = req.payment_requirements.requirement();
         // v1 names networks, v2 writes CAIP-2: answer in the request's notation.
         let network = requirement.network.for_x402_version(req.x402_version());
@@ -259,6 +277,7 @@ impl Facilitator for EmbeddedFacilitator {
                 extra: None,
             });
         }
+        kinds.extend(supported_kinds());
         Ok(SupportedResponse {
             kinds,
             extensions: Some(Vec::new()),
@@ -274,7 +293,14 @@ impl Facilitator for EmbeddedFacilitator {
         &self,
         req: &FacilitatorRequest,
     ) -> Result<(VerifyResponse, Option<SettleResponse>), FacilitatorError> {
-        // `settle` runs every check of `verify`; do them once.
+        if req.payment_payload.scheme() == BATCH_SETTLEMENT {
+            let v = self.verify(req).await?;
+            if !v.is_valid {
+                return Ok((v, None));
+            }
+            return Ok((v, Some(self.settle(req).await?)));
+        }
+        // `exact`: `settle` runs every check of `verify`; do them once.
         let s = self.settle(req).await?;
         let v = VerifyResponse {
             extra: None,

@@ -4,6 +4,7 @@
 
 mod api;
 mod embedded;
+mod embedded_batch;
 mod error;
 mod http;
 mod verdict;
@@ -16,6 +17,7 @@ pub use api::{
     guarded_router, serve_facilitator, serve_facilitator_guarded,
 };
 pub use embedded::{EmbeddedFacilitator, LedgerEntry};
+pub use embedded_batch::{EMBEDDED_AUTHORIZER_KEY, EMBEDDED_RECEIVER_AUTHORIZER};
 pub use error::{Cause, FacilitatorError, Result, ServeError, TransportError, with_causes};
 pub use http::{HttpFacilitator, MAX_ANSWER_BYTES};
 pub use verdict::{SettleVerdict, VerifyVerdict, classify_settle, classify_verify, settle_attempt};

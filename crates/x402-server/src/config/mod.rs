@@ -390,7 +390,9 @@ impl Config {
         Self::from_toml(&text)
     }
 
-    /// The demo catalog: synthetic market data on base-sepolia USDC.
+    /// The demo catalog: synthetic market data on base-sepolia USDC, sold by the slice
+    /// (`exact`) and over channels (`batch-settlement`; its facilitator must list the
+    /// scheme in `/supported`, as the embedded and the EVM facilitators do).
     pub fn demo(listen: SocketAddr) -> Config {
         let stream = |id: &str, title: &str, symbol: &str, rate: f64, slice: u64, price: &str| {
             StreamConfig {
@@ -408,7 +410,8 @@ impl Config {
                     symbol: symbol.into(),
                     pad: 0,
                 },
-                channel: None,
+                // Both schemes: `exact` per slice, and channels (`batch-settlement`).
+                channel: Some(ChannelOffer::default()),
             }
         };
         Config {
