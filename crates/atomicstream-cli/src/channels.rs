@@ -153,9 +153,13 @@ pub async fn close_at_end(client: &Client, stream: &str, p: &PayArgs) -> Option<
     }
     Some(match client.refund_channel(stream).await {
         Ok(r) => format!(
-            "the channel was closed: {} USDC of the deposit came back (transaction {})",
+            "the channel was closed: {} USDC of the deposit came back{}",
             r.amount.unwrap_or_default().to_display(6),
-            r.transaction
+            if r.transaction.is_empty() {
+                String::new()
+            } else {
+                format!(" (transaction {})", r.transaction)
+            }
         ),
         Err(e) => format!(
             "the channel could not be refunded now ({e}); run `atomicstream channel refund {stream}` later, \

@@ -168,6 +168,20 @@ impl<S: DigestSigner> EvmChannelPayer<S> {
         let list: Vec<&ClientChannel> = m.values().collect();
         let json = serde_json::to_vec_pretty(&list)
             .map_err(|e| Error::KeySource(format!("channel file: {e}")))?;
+        // The default place (~/.local/share/atomicstream/) may not exist yet: made
+        // readable by its owner only.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let mut b = std::fs::DirBuilder::new();
+            b.recursive(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::DirBuilderExt as _;
+                b.mode(0o700);
+            }
+            b.create(dir).map_err(|e| {
+                Error::KeySource(format!("channel file directory {}: {e}", dir.display()))
+            })?;
+        }
         write_private(path, &json)
             .map_err(|e| Error::KeySource(format!("channel file {}: {e}", path.display())))
     }

@@ -146,7 +146,8 @@ async fn the_deposit_cap_is_checked_before_signing() {
 #[tokio::test]
 async fn channels_persist_in_a_private_file() {
     let dir = atomicstream_testkit::scratch("channels");
-    let path = dir.join("channels.json");
+    // A directory that does not exist yet is created (the CLI's default place).
+    let path = dir.join("new").join("channels.json");
     let key = LocalSigner::random().unwrap().to_hex_secret();
     let first = {
         let payer = EvmChannelPayer::new(
