@@ -3,7 +3,7 @@
 #![warn(missing_docs)]
 
 mod channel_close;
-pub mod channels;
+mod channels;
 mod cluster;
 pub mod config;
 mod coordinator;
