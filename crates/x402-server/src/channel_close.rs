@@ -273,7 +273,12 @@ impl AppState {
 /// The channel manager: every `interval`, reads each channel with unclaimed charges
 /// from the chain and claims when a withdrawal is pending or the exposure reached
 /// `threshold`; then sweeps what was claimed to the receiver.
-pub(crate) async fn manage(state: Arc<AppState>, interval: Duration, threshold: u128) {
+pub(crate) async fn manage(
+    state: Arc<AppState>,
+    interval: Duration,
+    threshold: u128,
+    idle_refund_secs: u64,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -288,6 +293,9 @@ pub(crate) async fn manage(state: Arc<AppState>, interval: Duration, threshold: 
         for id in &ids {
             if let Err(e) = claim_if_due(&state, id, threshold).await {
                 tracing::warn!(channel = %id, error = %e, "channel manager");
+            }
+            if let Err(e) = refund_if_idle(&state, id, idle_refund_secs).await {
+                tracing::warn!(channel = %id, error = %e, "channel manager: idle refund");
             }
         }
         let (mut open, mut unclaimed) = (0i64, 0u128);
@@ -314,6 +322,95 @@ fn terms_for(state: &AppState, rec: &ChannelRecord) -> Option<(PreservedRequirem
             && r.asset.eq_ignore_ascii_case(&rec.config.token.to_string()))
         .then(|| (PreservedRequirement::new(r.to_v2()), r))
     })
+}
+
+/// Returns the unused deposit of a channel idle for `idle_secs`: one refund that claims
+/// what was charged first (with the last voucher held), then a sweep. The channel is
+/// held busy meanwhile, so no voucher lands between the claim and the payout.
+pub(crate) async fn refund_if_idle(
+    state: &AppState,
+    id: &str,
+    idle_secs: u64,
+) -> Result<(), String> {
+    let now = state.unix_now();
+    let (version, Some(mut rec)) = state.get_channel(id).await.map_err(|e| e.message)? else {
+        return Ok(());
+    };
+    if !rec.refund_due(now, idle_secs) {
+        return Ok(());
+    }
+    let Some((accepted, ours)) = terms_for(state, &rec) else {
+        return Ok(());
+    };
+    rec.busy_until = now + REFUND_HOLD_SECS;
+    if !state
+        .put_channel(version, &rec)
+        .await
+        .map_err(|e| e.message)?
+    {
+        return Ok(()); // changed meanwhile: the next round decides again
+    }
+    let mut version = version + 1;
+    let held = x402_types::batch::SignedVoucher {
+        channel_id: rec.id,
+        max_claimable_amount: rec.signed_max,
+        signature: rec.signature.clone(),
+    };
+    let claims = if rec.charged > rec.total_claimed {
+        vec![claim_row(
+            &rec.config,
+            &held,
+            rec.charged.min(rec.signed_max),
+        )]
+    } else {
+        Vec::new()
+    };
+    let claimed = !claims.is_empty();
+    let refund = rec.balance.saturating_sub(rec.charged);
+    let fb = BatchPayload::Refund {
+        channel_config: rec.config.clone(),
+        voucher: held,
+        amount: Some(refund),
+        refund_nonce: Some(rec.refund_nonce),
+        claims: Some(claims),
+        refund_authorizer_signature: None,
+        claim_authorizer_signature: None,
+    };
+    let outcome = settle(state.facilitator.as_ref(), &request(&accepted, &ours, &fb)).await;
+    if let Ok(s) = &outcome {
+        tracing::info!(channel = %id, transaction = %s.transaction, refunded = %refund, "refunded an idle channel");
+        if claimed {
+            let sweep = BatchPayload::Settle {
+                receiver: rec.config.receiver,
+                token: rec.config.token,
+            };
+            let _ = settle(
+                state.facilitator.as_ref(),
+                &request(&accepted, &ours, &sweep),
+            )
+            .await;
+        }
+    }
+    // Release the channel with what the chain now says.
+    loop {
+        if let Ok(s) = &outcome
+            && let Some(st) = state_in(s.extra.as_ref())
+        {
+            rec.sync(&st);
+        }
+        rec.busy_until = 0;
+        if state
+            .put_channel(version, &rec)
+            .await
+            .map_err(|e| e.message)?
+        {
+            break;
+        }
+        let (v2, r2) = state.get_channel(id).await.map_err(|e| e.message)?;
+        version = v2;
+        rec = r2.unwrap_or(rec);
+    }
+    outcome.map(|_| ())
 }
 
 /// Claims one channel when due; sweeps after a claim.

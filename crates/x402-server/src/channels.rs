@@ -530,6 +530,7 @@ pub(crate) async fn settle_channel(state: &AppState, job: &SettleJob) -> SettleO
             Judgement::Refuse { reason, message } => return refused(invalid(reason, message)),
         };
         rec.accept(voucher, charge);
+        rec.updated_at = now;
         let json = match serde_json::to_string(&rec) {
             Ok(j) => j,
             Err(e) => {

@@ -230,6 +230,7 @@ impl ServerBuilder {
                 state.clone(),
                 Duration::from_secs(m.interval_secs.max(1)),
                 threshold.saturating_mul(u128::from(m.claim_threshold_slices.max(1))),
+                m.idle_refund_secs,
             )));
         }
         let mut router = router(state.clone());

@@ -58,6 +58,10 @@ pub struct ChannelRecord {
     /// When the chain was last read into this record (unix seconds; 0: never).
     #[serde(default)]
     pub synced_at: u64,
+    /// When the last voucher was accepted (unix seconds; 0: none yet): the channel
+    /// manager refunds a channel idle long enough.
+    #[serde(default)]
+    pub updated_at: u64,
 }
 
 /// What [`ChannelRecord::judge`] decided about a voucher.
@@ -96,6 +100,7 @@ impl ChannelRecord {
             signed_max: 0,
             signature: Default::default(),
             busy_until: 0,
+            updated_at: 0,
             synced_at: 0,
         }
     }
@@ -226,6 +231,16 @@ impl ChannelRecord {
                 ),
             ),
         }
+    }
+
+    /// Whether the manager should refund the channel's unused deposit: no voucher for
+    /// `idle_secs` (0: never), something left to return, no refund under way.
+    pub fn refund_due(&self, now: u64, idle_secs: u64) -> bool {
+        idle_secs > 0
+            && self.updated_at != 0
+            && now.saturating_sub(self.updated_at) >= idle_secs
+            && self.balance > self.charged
+            && self.busy_until <= now
     }
 
     /// Whether to claim now: a withdrawal is pending, or the unclaimed exposure reached

@@ -74,3 +74,50 @@ async fn our_client_pays_in_band_and_gets_the_rest_back() {
     .await;
     assert_eq!(rig.payee_usdc().await, payee_before + charged, "{PAYEE}");
 }
+
+/// A buyer that leaves without refunding gets the unused deposit back anyway: the
+/// seller's channel manager refunds a channel idle for `idle_refund_secs`, claiming what
+/// was charged in the same transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_channel_is_refunded_by_the_seller() {
+    let rig = Rig::start_with(100, 2).await;
+    let wallet = LocalSigner::random().unwrap();
+    let me: x402_types::Address = wallet.to_string().parse().unwrap();
+    rig.anvil
+        .mint(rig.token, wallet.to_string().parse().unwrap(), 1_000_000)
+        .await
+        .unwrap();
+    let before = rig.usdc(me).await;
+    let payee_before = rig.payee_usdc().await;
+    let payer = Arc::new(EvmChannelPayer::new(wallet, Amount::from(100_000u64)));
+    let client = Client::builder()
+        .base_url(&rig.base)
+        .scheme("batch-settlement")
+        .payer(payer.clone())
+        .policy(
+            SpendPolicy::new(Amount::from(PRICE)).with_lifetime_budget(Amount::from(10 * PRICE)),
+        )
+        .max_slices(2)
+        .build()
+        .unwrap();
+    let mut session = client.open("s").await.unwrap();
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(30), session.next())
+        .await
+        .unwrap()
+    {
+        if let ClientEvent::Ended(r) = ev {
+            assert_eq!(r, EndReason::SliceLimit);
+            break;
+        }
+    }
+    // No refund from the buyer: the seller's manager returns the rest.
+    let charged = EvmU256::from(2 * PRICE);
+    rig.until("the idle channel was refunded", || async {
+        rig.usdc(me).await == before - charged
+    })
+    .await;
+    rig.until("the charge reached the payee", || async {
+        rig.payee_usdc().await == payee_before + charged
+    })
+    .await;
+}

@@ -63,6 +63,12 @@ impl Rig {
     /// Starts everything; the channel manager runs every second and claims a channel once
     /// `claim_threshold_slices` slices are unclaimed on it (or a withdrawal is pending).
     pub async fn start(claim_threshold_slices: u64) -> Rig {
+        Self::start_with(claim_threshold_slices, 0).await
+    }
+
+    /// [`start`](Self::start), and the manager refunds channels idle for
+    /// `idle_refund_secs` (0: never).
+    pub async fn start_with(claim_threshold_slices: u64, idle_refund_secs: u64) -> Rig {
         let anvil = Anvil::start(CHAIN_ID).expect("anvil (run `cargo xtask tools` to install it)");
         let token = anvil.install_test_usdc().await.unwrap();
         anvil.install_batch_settlement().await.unwrap();
@@ -78,6 +84,7 @@ impl Rig {
         cfg.limits.horizon_slices = 10;
         cfg.channel_manager.interval_secs = 1;
         cfg.channel_manager.claim_threshold_slices = claim_threshold_slices;
+        cfg.channel_manager.idle_refund_secs = idle_refund_secs;
         cfg.streams = vec![StreamConfig {
             id: "s".into(),
             title: "S".into(),

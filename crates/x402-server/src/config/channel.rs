@@ -53,6 +53,7 @@ impl ChannelOffer {
 /// [channel_manager]
 /// interval_secs = 60          # how often channels are read from the chain
 /// claim_threshold_slices = 10 # claim once this many slices are unclaimed on a channel
+/// idle_refund_secs = 3600     # return the unused deposit of a channel idle this long (0: never)
 /// ```
 /// A channel with a pending withdrawal is claimed at the next round whatever its
 /// exposure: the shortest `withdrawDelay` (900 s) leaves many rounds to do it.
@@ -63,6 +64,9 @@ pub struct ChannelManagerConfig {
     pub interval_secs: u64,
     /// Unclaimed slices (per channel) that trigger a claim.
     pub claim_threshold_slices: u64,
+    /// A channel without a voucher for this long gets its unused deposit back (a
+    /// cooperative refund the receiver sends, claims first); 0: never.
+    pub idle_refund_secs: u64,
 }
 
 impl Default for ChannelManagerConfig {
@@ -70,6 +74,7 @@ impl Default for ChannelManagerConfig {
         ChannelManagerConfig {
             interval_secs: 60,
             claim_threshold_slices: 10,
+            idle_refund_secs: 3600,
         }
     }
 }
