@@ -13,9 +13,16 @@ use x402_payer::LocalSigner;
 
 use crate::channel_rig::{PAYEE, PRICE, Rig};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn our_client_pays_in_band_and_gets_the_rest_back() {
-    let rig = Rig::start(100).await;
+/// A funded buyer of stream `s` paying by channel, and the balances before it buys.
+struct Buying {
+    me: x402_types::Address,
+    before: EvmU256,
+    payee_before: EvmU256,
+    payer: Arc<EvmChannelPayer>,
+    client: Client,
+}
+
+async fn buying(rig: &Rig, slices: u64) -> Buying {
     let wallet = LocalSigner::random().unwrap();
     let me: x402_types::Address = wallet.to_string().parse().unwrap();
     rig.anvil
@@ -32,9 +39,28 @@ async fn our_client_pays_in_band_and_gets_the_rest_back() {
         .policy(
             SpendPolicy::new(Amount::from(PRICE)).with_lifetime_budget(Amount::from(10 * PRICE)),
         )
-        .max_slices(3)
+        .max_slices(slices)
         .build()
         .unwrap();
+    Buying {
+        me,
+        before,
+        payee_before,
+        payer,
+        client,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_pays_in_band_and_gets_the_rest_back() {
+    let rig = Rig::start(100).await;
+    let Buying {
+        me,
+        before,
+        payee_before,
+        payer,
+        client,
+    } = buying(&rig, 3).await;
     let mut session = client.open("s").await.unwrap();
     let reason = loop {
         match tokio::time::timeout(Duration::from_secs(30), session.next())
@@ -81,25 +107,13 @@ async fn our_client_pays_in_band_and_gets_the_rest_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_channel_is_refunded_by_the_seller() {
     let rig = Rig::start_with(100, 2).await;
-    let wallet = LocalSigner::random().unwrap();
-    let me: x402_types::Address = wallet.to_string().parse().unwrap();
-    rig.anvil
-        .mint(rig.token, wallet.to_string().parse().unwrap(), 1_000_000)
-        .await
-        .unwrap();
-    let before = rig.usdc(me).await;
-    let payee_before = rig.payee_usdc().await;
-    let payer = Arc::new(EvmChannelPayer::new(wallet, Amount::from(100_000u64)));
-    let client = Client::builder()
-        .base_url(&rig.base)
-        .scheme("batch-settlement")
-        .payer(payer.clone())
-        .policy(
-            SpendPolicy::new(Amount::from(PRICE)).with_lifetime_budget(Amount::from(10 * PRICE)),
-        )
-        .max_slices(2)
-        .build()
-        .unwrap();
+    let Buying {
+        me,
+        before,
+        payee_before,
+        client,
+        ..
+    } = buying(&rig, 2).await;
     let mut session = client.open("s").await.unwrap();
     while let Some(ev) = tokio::time::timeout(Duration::from_secs(30), session.next())
         .await
