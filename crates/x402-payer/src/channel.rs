@@ -206,8 +206,14 @@ fn sig65(bytes: &Bytes) -> Result<B65, SignatureError> {
 }
 
 /// Recovers the signer of a digest from a wire signature (EOA: exactly 65 bytes).
+/// The settlement contract takes only `v` in {27, 28} (a voucher with `v` 0 or 1 would
+/// verify here and revert at claim time: unclaimable), so only those are accepted.
 pub fn recover_bytes(digest: &[u8; 32], sig: &Bytes) -> Result<Address, SignatureError> {
-    recover(digest, &sig65(sig)?)
+    let sig = sig65(sig)?;
+    match sig.0[64] {
+        27 | 28 => recover(digest, &sig),
+        v => Err(SignatureError::BadV(v)),
+    }
 }
 
 /// Signs a voucher for `channel_id` up to `max_claimable`.
@@ -303,5 +309,12 @@ mod tests {
         let mut short = v.clone();
         short.signature.0.pop();
         assert!(voucher_signer(&d, &short).is_err());
+        // v of 0 or 1 recovers the same key but the contract refuses it: refused here too.
+        let mut low_v = v.clone();
+        low_v.signature.0[64] -= 27;
+        assert_eq!(
+            voucher_signer(&d, &low_v),
+            Err(SignatureError::BadV(low_v.signature.0[64]))
+        );
     }
 }

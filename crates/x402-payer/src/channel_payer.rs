@@ -57,6 +57,9 @@ pub struct ClientChannel {
     /// The highest voucher signed: the most the receiver can ever claim.
     #[serde(with = "dec_u128")]
     pub signed_max: u128,
+    /// A deposit signed and not yet confirmed (added to `balance` on acceptance).
+    #[serde(default, with = "dec_u128")]
+    pub pending_deposit: u128,
 }
 
 impl ClientChannel {
@@ -238,6 +241,7 @@ impl<S: DigestSigner> EvmChannelPayer<S> {
             balance: 0,
             charged: 0,
             signed_max: 0,
+            pending_deposit: 0,
         });
         let max = ch.charged.checked_add(price).ok_or(PolicyError::Overflow)?;
         let deposit = if max <= ch.balance {
@@ -246,10 +250,13 @@ impl<S: DigestSigner> EvmChannelPayer<S> {
             let amount = (max - ch.balance)
                 .max(extra.min_deposit.unwrap_or(0))
                 .max(price.saturating_mul(u128::from(self.deposit_slices)));
-            if amount > self.max_deposit {
+            // The cap bounds what is at risk in the channel (unspent balance plus this
+            // deposit), not each deposit alone.
+            let at_risk = ch.balance.saturating_sub(ch.charged).saturating_add(amount);
+            if at_risk > self.max_deposit {
                 return Err(PolicyError::DepositCap {
                     limit: Amount::from_u128(self.max_deposit),
-                    requested: Amount::from_u128(amount),
+                    requested: Amount::from_u128(at_risk),
                 }
                 .into());
             }
@@ -299,6 +306,7 @@ impl<S: DigestSigner> EvmChannelPayer<S> {
             }
         };
         ch.signed_max = ch.signed_max.max(max);
+        ch.pending_deposit = deposit.unwrap_or(0);
         self.save(&m)?;
         *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
         Ok(PaymentPayload::V2(PaymentPayloadV2 {
@@ -356,24 +364,37 @@ impl<S: DigestSigner> EvmChannelPayer<S> {
         let extra = receipt
             .and_then(|r| r.extra.clone())
             .and_then(|x| serde_json::from_value::<BatchReceiptExtra>(x).ok());
-        let Some(extra) = extra else {
-            if let Some(id) = in_flight {
-                let mut m = self.lock();
-                if let Some(ch) = m.get_mut(&id) {
-                    ch.charged = ch.signed_max;
-                }
-                let _ = self.save(&m);
-            }
-            return;
-        };
         let mut m = self.lock();
-        let Some(ch) = m.get_mut(&extra.channel_state.channel_id) else {
-            return;
-        };
-        if let Some(c) = extra.charged_amount {
-            ch.charged = ch.charged.saturating_add(c).min(ch.signed_max);
+        match extra {
+            // A refund's receipt (no charge): the balance after it.
+            Some(x) if x.charged_amount.is_none() => {
+                if let Some(ch) = m.get_mut(&x.channel_state.channel_id) {
+                    ch.balance = x.channel_state.balance.min(ch.balance);
+                }
+            }
+            // A payment's receipt: the charge, never above what was signed. The
+            // balance is ours to keep (our deposits), never a server's number.
+            Some(x) => {
+                let id = x.channel_state.channel_id;
+                if let Some(ch) = m.get_mut(&id) {
+                    if let Some(c) = x.charged_amount {
+                        ch.charged = ch.charged.saturating_add(c).min(ch.signed_max);
+                    }
+                    if in_flight == Some(id) {
+                        ch.balance = ch.balance.saturating_add(ch.pending_deposit);
+                        ch.pending_deposit = 0;
+                    }
+                }
+            }
+            // Accepted without a receipt (a socket notice): the voucher in flight whole.
+            None => {
+                if let Some(ch) = in_flight.and_then(|id| m.get_mut(&id)) {
+                    ch.charged = ch.signed_max;
+                    ch.balance = ch.balance.saturating_add(ch.pending_deposit);
+                    ch.pending_deposit = 0;
+                }
+            }
         }
-        ch.balance = extra.channel_state.balance;
         let _ = self.save(&m);
     }
 }

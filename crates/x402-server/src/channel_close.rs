@@ -164,6 +164,8 @@ impl AppState {
                 Judgement::Repeat => {}
             }
             rec.busy_until = now + REFUND_HOLD_SECS;
+            // Whatever the refund's outcome, the next voucher re-reads the chain.
+            rec.synced_at = 0;
             if self.put_channel(version, &rec).await? {
                 break (version + 1, rec);
             }
@@ -520,6 +522,10 @@ async fn sync(state: &AppState, id: &str, chain: Option<&ChannelState>) {
         let Ok((version, Some(mut rec))) = state.get_channel(id).await else {
             return;
         };
+        // A refund under way moves the balance: its own release syncs the record.
+        if rec.busy_until > state.unix_now() {
+            return;
+        }
         rec.sync(chain);
         if let Ok(true) = state.put_channel(version, &rec).await {
             return;

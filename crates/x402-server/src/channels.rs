@@ -340,7 +340,11 @@ impl AppState {
             store_down()
         })?;
         if let Some(rec) = rec {
-            match rec.judge(voucher, price(&ours), self.unix_now()) {
+            let now = self.unix_now();
+            match rec.judge(voucher, price(&ours), now) {
+                // A refusal from a stale mirror (or one with a withdrawal pending) is
+                // decided in the settlement step, after the chain is read again.
+                Judgement::Refuse { .. } if !rec.fresh(now, mirror_ttl(t.withdraw_delay)) => {}
                 Judgement::Accept { .. } => {}
                 Judgement::Mismatch => return Err(self.corrective(v, e, &ours, &rec)),
                 // Only a retry whose record still answers is a repeat; an old voucher
@@ -517,7 +521,21 @@ pub(crate) async fn settle_channel(state: &AppState, job: &SettleJob) -> SettleO
         }
         let charge = match rec.judge(voucher, price(&ours), now) {
             Judgement::Accept { charge } => charge,
-            Judgement::Repeat => return settled(req, &rec, price(&ours), deposit.as_ref()),
+            // Our own earlier attempt committed it (a takeover or a restart): answer it.
+            Judgement::Repeat if job.attempt > 0 => {
+                return settled(req, &rec, price(&ours), deposit.as_ref());
+            }
+            // A first attempt finding its voucher already held is a replay whose record
+            // expired: it buys nothing.
+            Judgement::Repeat => {
+                return refused(invalid(
+                    reasons::CUMULATIVE_AMOUNT_MISMATCH,
+                    format!(
+                        "this voucher was already used; the server's charged total is {}",
+                        rec.charged
+                    ),
+                ));
+            }
             Judgement::Mismatch => {
                 return refused(invalid(
                     reasons::CUMULATIVE_AMOUNT_MISMATCH,

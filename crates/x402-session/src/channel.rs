@@ -161,6 +161,14 @@ impl ChannelRecord {
                 "a refund of this channel is under way; send the voucher again shortly",
             );
         }
+        // The payer is leaving through the timed withdrawal: no more credit (what was
+        // charged is claimed before it can finalize).
+        if self.withdraw_requested_at != 0 {
+            return refuse(
+                reasons::CHANNEL_BUSY,
+                "a withdrawal is pending on this channel; refund it or open a new channel",
+            );
+        }
         let Some(want) = self.charged.checked_add(price) else {
             return refuse(
                 reasons::CUMULATIVE_EXCEEDS_BALANCE,

@@ -107,13 +107,24 @@ async fn deposits_once_then_signs_cumulative_vouchers() {
     };
     assert_eq!(voucher.max_claimable_amount, 2 * u128::from(PRICE));
 
-    // A server claiming more than was signed is not believed.
-    payer.accepted(Some(&receipt(&second, 5 * PRICE, 12 * PRICE)));
+    // A server claiming more than was signed, or a smaller balance, is not believed.
+    payer.accepted(Some(&receipt(&second, 5 * PRICE, 0)));
     let ch = &payer.channels()[0];
     assert_eq!(
         (ch.charged, ch.signed_max),
         (2 * u128::from(PRICE), 2 * u128::from(PRICE))
     );
+    assert_eq!(
+        ch.balance,
+        12 * u128::from(PRICE),
+        "our own deposit, not the server's number"
+    );
+    let third = payer.pay(&offer()).await.unwrap();
+    assert!(
+        matches!(batch(&third), BatchPayload::Voucher { .. }),
+        "no second deposit"
+    );
+    payer.accepted(None);
 
     // The refund signs exactly the charged total.
     let refund = payer.sign_refund(&offer()).unwrap().unwrap();
@@ -125,7 +136,7 @@ async fn deposits_once_then_signs_cumulative_vouchers() {
     };
     assert_eq!(
         (voucher.max_claimable_amount, amount),
-        (2 * u128::from(PRICE), None)
+        (3 * u128::from(PRICE), None)
     );
 }
 

@@ -69,6 +69,28 @@ pub struct ChannelManagerConfig {
     pub idle_refund_secs: u64,
 }
 
+impl ChannelManagerConfig {
+    /// Every problem of these settings with the streams they serve: a round must come
+    /// several times within the shortest withdrawal delay, so a pending withdrawal is
+    /// claimed before it can finalize.
+    pub fn problems(&self, streams: &[super::StreamConfig]) -> Vec<String> {
+        let shortest = streams
+            .iter()
+            .filter_map(|s| s.channel.as_ref())
+            .map(|c| c.withdraw_delay)
+            .min();
+        match shortest {
+            Some(d) if self.interval_secs == 0 || self.interval_secs.saturating_mul(4) > d => {
+                vec![format!(
+                    "channel_manager.interval_secs: must be 1 to {} (a quarter of the shortest withdraw_delay, {d} s), so a pending withdrawal is claimed in time",
+                    d / 4
+                )]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
 impl Default for ChannelManagerConfig {
     fn default() -> Self {
         ChannelManagerConfig {

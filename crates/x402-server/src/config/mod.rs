@@ -458,6 +458,7 @@ impl Config {
     /// (`streams[1] (eth-usd).price_per_minute: ...`). Empty when it is valid.
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.http.problems();
+        out.extend(self.channel_manager.problems(&self.streams));
         if self.facilitator.is_none() {
             out.push(format!("facilitator: {NO_FACILITATOR}"));
         }

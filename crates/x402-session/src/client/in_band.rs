@@ -79,26 +79,27 @@ impl ClientSession {
         }
     }
 
-    /// `voucher-needed`: the server asks for the next voucher. Its charged total may
-    /// not exceed what this session bought (slices times the price); a server that
-    /// claims more is refused and the stream stopped before anything is signed.
-    pub(super) fn on_voucher_needed(&mut self, now: Instant, charged: &str) {
+    /// `voucher-needed`: the server asks for the next voucher. It may ask for at most
+    /// one slice beyond its charged total (a server asking for more is refused and the
+    /// stream stopped before anything is signed); the payer signs from its own confirmed
+    /// total, never the server's numbers. It is answered only within the renew margin of
+    /// this session's own paid time, as `expiring` is.
+    pub(super) fn on_voucher_needed(&mut self, now: Instant, charged: &str, max: &str) {
         let price = self
             .offer
             .as_ref()
             .and_then(|o| o.requirement().amount.atomic().to_u128())
             .unwrap_or(0);
-        let ceiling = price.saturating_mul(u128::from(self.slices));
-        match charged.parse::<u128>() {
-            Ok(c) if c <= ceiling => {
-                if self.payment.is_idle() {
+        match (charged.parse::<u128>(), max.parse::<u128>()) {
+            (Ok(c), Ok(m)) if m >= c && m - c <= price => {
+                let within_margin = self.paid_remaining(now) <= self.renew_margin();
+                if within_margin && self.payment.is_idle() {
                     self.need_payment(now, super::payment::Purpose::Renew);
                 }
             }
             _ => self.end(
                 EndReason::ProtocolViolation(format!(
-                    "the server claims {charged} charged, more than the {} slices bought ({ceiling}); nothing more is signed",
-                    self.slices
+                    "the server asks for a voucher of {max} with {charged} charged: more than one slice ({price}) ahead; nothing more is signed"
                 )),
                 Some(CloseCode::Policy),
             ),

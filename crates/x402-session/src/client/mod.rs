@@ -490,8 +490,9 @@ impl ClientSession {
             ServerMessage::VoucherRefused { .. } => self.on_voucher_refused(now),
             ServerMessage::VoucherNeeded {
                 charged_cumulative_amount,
+                max_claimable_amount,
                 ..
-            } => self.on_voucher_needed(now, &charged_cumulative_amount),
+            } => self.on_voucher_needed(now, &charged_cumulative_amount, &max_claimable_amount),
             ServerMessage::Pong | ServerMessage::Unknown { .. } => {}
             _ => {}
         }

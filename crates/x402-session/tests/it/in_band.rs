@@ -276,7 +276,7 @@ fn a_refusal_in_band_sends_the_same_payload_to_the_renew_url_at_once() {
 }
 
 #[test]
-fn a_server_claiming_more_than_was_bought_is_stopped() {
+fn a_server_asking_more_than_one_slice_ahead_is_stopped() {
     let (mut d, conn, _) = to_second_voucher();
     d.message(
         conn,
@@ -286,19 +286,30 @@ fn a_server_claiming_more_than_was_bought_is_stopped() {
             receipt: None,
         },
     );
-    // Two slices bought: 20000 charged at most.
+    // One slice ahead is fine (a reused channel's total may be anything)...
     d.message(
         conn,
         ServerMessage::VoucherNeeded {
             channel_id: format!("0x{}", "11".repeat(32)),
-            charged_cumulative_amount: "20001".into(),
-            max_claimable_amount: "30001".into(),
+            charged_cumulative_amount: "90000".into(),
+            max_claimable_amount: "100000".into(),
+            expires_at: UNIX0 + 40,
+        },
+    );
+    assert!(!d.c.is_ended());
+    // ... two slices ahead is not: stopped, nothing signed.
+    d.message(
+        conn,
+        ServerMessage::VoucherNeeded {
+            channel_id: format!("0x{}", "11".repeat(32)),
+            charged_cumulative_amount: "90000".into(),
+            max_claimable_amount: "110000".into(),
             expires_at: UNIX0 + 40,
         },
     );
     assert!(d.c.is_ended());
     assert!(d.events.iter().any(|e| matches!(e,
-        ClientEvent::Ended(EndReason::ProtocolViolation(m)) if m.contains("20001"))));
+        ClientEvent::Ended(EndReason::ProtocolViolation(m)) if m.contains("110000"))));
     assert!(
         !d.events
             .iter()
