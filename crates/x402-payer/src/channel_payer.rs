@@ -333,6 +333,8 @@ impl<S: DigestSigner> EvmChannelPayer<S> {
             return Ok(None);
         };
         let voucher = sign_voucher(self.signer(), &domain, id, ch.charged)?;
+        // Its receipt is a refund's, not a payment's: nothing is in flight any more.
+        *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let body = BatchPayload::Refund {
             channel_config: config,
             voucher,
@@ -366,23 +368,22 @@ impl<S: DigestSigner> EvmChannelPayer<S> {
             .and_then(|x| serde_json::from_value::<BatchReceiptExtra>(x).ok());
         let mut m = self.lock();
         match extra {
-            // A refund's receipt (no charge): the balance after it.
-            Some(x) if x.charged_amount.is_none() => {
-                if let Some(ch) = m.get_mut(&x.channel_state.channel_id) {
-                    ch.balance = x.channel_state.balance.min(ch.balance);
-                }
-            }
-            // A payment's receipt: the charge, never above what was signed. The
-            // balance is ours to keep (our deposits), never a server's number.
             Some(x) => {
                 let id = x.channel_state.channel_id;
                 if let Some(ch) = m.get_mut(&id) {
                     if let Some(c) = x.charged_amount {
+                        // Never above what was signed.
                         ch.charged = ch.charged.saturating_add(c).min(ch.signed_max);
                     }
                     if in_flight == Some(id) {
+                        // Our payment on it was accepted: its deposit, if any, is in. The
+                        // balance is ours to keep (our deposits), never a server's number.
                         ch.balance = ch.balance.saturating_add(ch.pending_deposit);
                         ch.pending_deposit = 0;
+                    } else if x.charged_amount.is_none() {
+                        // A refund's receipt (no payment in flight, no charge): the balance
+                        // after it, which only ever shrinks it.
+                        ch.balance = x.channel_state.balance.min(ch.balance);
                     }
                 }
             }
