@@ -161,6 +161,10 @@ pub async fn close_at_end(client: &Client, stream: &str, p: &PayArgs) -> Option<
                 format!(" (transaction {})", r.transaction)
             }
         ),
+        // Nothing was ever signed on a channel with this seller: nothing to close.
+        Err(atomicstream::Error::Config(atomicstream::ConfigError::NoChannel { .. })) => {
+            return None;
+        }
         Err(e) => format!(
             "the channel could not be refunded now ({e}); run `atomicstream channel refund {stream}` later, \
              or take the rest back yourself with `atomicstream channel withdraw` (see `atomicstream channel list`)"

@@ -550,9 +550,8 @@ async fn run_stream(
     if let Some(note) = target.file.as_ref().and_then(|f| f.note()) {
         ended = format!("{ended}; {note}");
     }
-    if p.slices > 0
-        && let Some(note) = channels::close_at_end(&client, stream, pay).await
-    {
+    // Also when no slice was confirmed: a deposit may have landed all the same.
+    if let Some(note) = channels::close_at_end(&client, stream, pay).await {
         ended = format!("{ended}; {note}");
     }
     ui.end(&summary, &ended, code);

@@ -329,7 +329,9 @@ impl<S: DigestSigner> EvmChannelPayer<S> {
         let (domain, config, _, _) = self.terms(offer)?;
         let id = domain.channel_id(&config);
         let m = self.lock();
-        let Some(ch) = m.get(&id) else {
+        // No channel, or one on which nothing was ever signed (a deposit refused by the
+        // policy before its signature): nothing to refund.
+        let Some(ch) = m.get(&id).filter(|c| c.signed_max > 0) else {
             return Ok(None);
         };
         let voucher = sign_voucher(self.signer(), &domain, id, ch.charged)?;
