@@ -207,10 +207,6 @@ struct Claimed {
     total: u128,
 }
 
-fn amount(v: u128) -> Amount {
-    Amount(U256::from_u128(v))
-}
-
 fn state_json(state: &ChannelState) -> Value {
     serde_json::to_value(state).unwrap_or(Value::Null)
 }
@@ -248,7 +244,7 @@ impl Answer<'_> {
             // Nothing is on chain: no transaction exists.
             transaction: String::new(),
             network: self.network.to_string(),
-            amount: Some(amount(paid)),
+            amount: Some(Amount::from_u128(paid)),
             extra,
         }
     }

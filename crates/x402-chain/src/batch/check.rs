@@ -18,10 +18,11 @@ use x402_types::batch::{
 };
 use x402_types::{Address, Authorization, B256, Requirement, U256};
 
-use super::{Refusal, Stop, Terms, amount, evm, refuse, sol_config, terms, word};
+use super::{Refusal, Stop, Terms, evm, refuse, sol_config, terms, word};
 use crate::channel_contract::{BATCH_SETTLEMENT, IBatchSettlement};
 use crate::facilitator::{EvmFacilitator, transport_err};
 use crate::token::IEip3009Token;
+use x402_types::Amount;
 
 const ZERO: Address = Address([0u8; 20]);
 
@@ -259,7 +260,7 @@ impl EvmFacilitator {
         let auth = Authorization {
             from: config.payer,
             to: ERC3009_DEPOSIT_COLLECTOR,
-            value: amount(deposit.amount),
+            value: Amount::from_u128(deposit.amount),
             valid_after: a.valid_after,
             valid_before: a.valid_before,
             nonce,

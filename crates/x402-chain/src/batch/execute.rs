@@ -17,12 +17,12 @@ use x402_types::{Address, FacilitatorReason, Requirement, SettleResponse, U256};
 
 use super::check::DepositAuth;
 use super::{
-    Landed, Op, Stop, amount, evm, evm_u256, ours, refuse, sol_claims, sol_config, state_json,
-    terms, word,
+    Landed, Op, Stop, evm, evm_u256, ours, refuse, sol_claims, sol_config, state_json, terms, word,
 };
 use crate::channel_contract::{BATCH_SETTLEMENT, IBatchSettlement};
 use crate::facilitator::{EvmFacilitator, transport_err};
 use crate::token::IEip3009Token;
+use x402_types::Amount;
 
 /// How far back a used deposit authorization is looked for (about a day on Base).
 const LOG_WINDOW_BLOCKS: u64 = 50_000;
@@ -134,7 +134,7 @@ impl EvmFacilitator {
             payer: payer.map(|p| p.to_string()),
             transaction: tx.map(|t| t.to_string()).unwrap_or_default(),
             network: self.network.for_x402_version(version),
-            amount: Some(amount(paid)),
+            amount: Some(Amount::from_u128(paid)),
             extra,
         }
     }

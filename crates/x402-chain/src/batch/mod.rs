@@ -54,7 +54,7 @@ use x402_types::batch::{
     BatchExtra, BatchPayload, ChannelConfig, ChannelState, VoucherClaim, parse_payload, reasons,
 };
 use x402_types::{
-    Amount, FacilitatorReason, FacilitatorRequest, Requirement, SchemePayload, SettleResponse,
+    FacilitatorReason, FacilitatorRequest, Requirement, SchemePayload, SettleResponse,
     SupportedKind, VerifyResponse,
 };
 
@@ -195,10 +195,6 @@ fn ours(b: B256) -> x402_types::B256 {
 
 fn evm_u256(v: &x402_types::U256) -> EvmU256 {
     EvmU256::from_be_bytes(v.to_be_bytes())
-}
-
-fn amount(v: u128) -> Amount {
-    Amount(x402_types::U256::from_u128(v))
 }
 
 fn sol_config(c: &ChannelConfig) -> IBatchSettlement::ChannelConfig {

@@ -19,9 +19,9 @@ use x402_types::{
 };
 
 use super::{
-    Books, Chan, Claimed, Ctx, DepositAuth, EMBEDDED_RECEIVER_AUTHORIZER, No, Terms, ZERO, amount,
-    no,
+    Books, Chan, Claimed, Ctx, DepositAuth, EMBEDDED_RECEIVER_AUTHORIZER, No, Terms, ZERO, no,
 };
+use x402_types::Amount;
 
 /// The scheme's payload and its context, once the scheme and network are right.
 pub(super) fn parse(req: &FacilitatorRequest) -> Result<(Ctx, BatchPayload), No> {
@@ -213,7 +213,7 @@ pub(super) fn check_deposit_authorization(
     let auth = Authorization {
         from: config.payer,
         to: ERC3009_DEPOSIT_COLLECTOR,
-        value: amount(deposit.amount),
+        value: Amount::from_u128(deposit.amount),
         valid_after: a.valid_after,
         valid_before: a.valid_before,
         nonce,
