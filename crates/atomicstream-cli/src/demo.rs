@@ -263,11 +263,19 @@ pub async fn run(slices: u64, all: bool, on_chain: bool, channel: bool) -> Resul
     eprintln!();
     eprintln!("demo summary");
     eprintln!("  slices bought     {}", p.slices);
-    eprintln!(
-        "  amount paid       {} USDC ({} atomic units)",
-        p.paid.to_display(6),
-        p.paid
-    );
+    if channel {
+        eprintln!(
+            "  vouchers signed   {} USDC ({} atomic units; billed per second, what went unused came back: see charged)",
+            p.paid.to_display(6),
+            p.paid
+        );
+    } else {
+        eprintln!(
+            "  amount paid       {} USDC ({} atomic units)",
+            p.paid.to_display(6),
+            p.paid
+        );
+    }
     eprintln!("  events received   {events}");
     if channel {
         eprintln!(
@@ -280,10 +288,18 @@ pub async fn run(slices: u64, all: bool, on_chain: bool, channel: bool) -> Resul
             p.renewals, p.renew_retries
         );
     }
-    eprintln!(
-        "  reconnects        {} (resumed without paying)",
-        p.reconnects
-    );
+    if channel {
+        // A dropped socket ends a metered session's paid time: the resume buys a slice.
+        eprintln!(
+            "  reconnects        {} (resumed on the same channel, no new deposit)",
+            p.reconnects
+        );
+    } else {
+        eprintln!(
+            "  reconnects        {} (resumed without paying)",
+            p.reconnects
+        );
+    }
     eprintln!("  server credited   {} payments", state.credited_payments());
     eprintln!(
         "  ended             {} after {:.1}s",
@@ -324,8 +340,19 @@ pub async fn run(slices: u64, all: bool, on_chain: bool, channel: bool) -> Resul
             let (p1, q1) = c.raw().await?;
             let lost = p0.saturating_sub(p1);
             let gained = q1.saturating_sub(q0);
-            let seconds = p.slices * info.estimated_slice_seconds;
             let charged = charged_total();
+            // Billed per second: the paid time left when a socket dropped went back.
+            let per_slice = info
+                .offer
+                .requirement()
+                .amount
+                .atomic()
+                .to_u128()
+                .unwrap_or(1)
+                .max(1);
+            let seconds = charged.atomic().to_u128().unwrap_or(0)
+                * u128::from(info.estimated_slice_seconds)
+                / per_slice;
             eprintln!(
                 "  charged           {} USDC for {seconds} s of stream; the payer lost {} USDC, the payee gained {} USDC",
                 charged.to_display(6),

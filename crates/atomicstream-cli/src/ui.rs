@@ -302,12 +302,7 @@ pub fn describe(e: &ClientEvent) -> String {
             "slice {slice}: the server is still settling the payment; asking again in {}",
             span(*retry_after)
         ),
-        ClientEvent::PaymentRefused {
-            slice,
-            status,
-            code,
-            ..
-        } => format!("the server refused the payment for slice {slice} ({status} {code})"),
+        ClientEvent::PaymentRefused { .. } => e.to_string(),
         ClientEvent::Renewed { expires_at, slices } => {
             format!(
                 "renewed: {slices} slices bought, paid until {}",

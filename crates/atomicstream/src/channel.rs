@@ -26,19 +26,34 @@ impl Client {
         let info = self.schema(id).await?;
         let b = &self.inner.b;
         let payer = b.payer.clone().ok_or(Error::Config(ConfigError::NoPayer))?;
-        let payload = payer.refund(&info.offer)?.ok_or_else(|| {
-            Error::Config(ConfigError::NoChannel {
-                stream: id.to_string(),
-                scheme: b.scheme.clone(),
-            })
-        })?;
-        let headers = [(b.version.payment_header().to_string(), payload.to_header())];
-        let resp = self
-            .inner
-            .http
-            .request(Method::Post, &info.renew_url, &headers)
-            .await
-            .map_err(|e| unreachable(&info.renew_url, e))?;
+        let mut offer = info.offer.clone();
+        let mut corrected = false;
+        let resp = loop {
+            let payload = payer.refund(&offer)?.ok_or_else(|| {
+                Error::Config(ConfigError::NoChannel {
+                    stream: id.to_string(),
+                    scheme: b.scheme.clone(),
+                })
+            })?;
+            let headers = [(b.version.payment_header().to_string(), payload.to_header())];
+            let resp = self
+                .inner
+                .http
+                .request(Method::Post, &info.renew_url, &headers)
+                .await
+                .map_err(|e| unreachable(&info.renew_url, e))?;
+            // The server's charged total differs from ours (a metered session gave
+            // charge back): the payer checks its restated view, and signs once more.
+            if resp.status == 402
+                && !corrected
+                && let Some(again) = info.offer.corrected(&resp.body)
+            {
+                corrected = true;
+                offer = again;
+                continue;
+            }
+            break resp;
+        };
         if resp.status != 200 {
             let body = x402_types::ErrorBody::from_json(&resp.body).ok();
             return Err(Error::PaymentRefused {

@@ -346,7 +346,7 @@ impl Driver {
             }
         }
         if let Some(l) = self.live.take() {
-            close_in_background(l.socket, 1000);
+            close_and_wait(l.socket, 1000).await;
         }
         // Reservations still open belong to payments whose fate is unknown: they stay reserved.
         // Refused ones are released once their validBefore has passed, after the session.
@@ -618,6 +618,23 @@ impl Driver {
             }
         }
     }
+}
+
+/// Closes a socket at the session's end and waits (briefly) for the server's answer:
+/// a server meters a channel-paid session until the close, and gives the unused
+/// charge back before answering, so a refund sent after this sees it.
+async fn close_and_wait(mut socket: Box<dyn WsConnection>, code: u16) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if socket.close(code).await.is_err() {
+            return;
+        }
+        while let Some(Ok(f)) = socket.recv().await {
+            if matches!(f, x402_transport::WsFrame::Closed(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Closes a socket without holding up the loop.

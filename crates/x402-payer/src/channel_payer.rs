@@ -243,6 +243,7 @@ impl<S: DigestSigner> EvmChannelPayer<S> {
             signed_max: 0,
             pending_deposit: 0,
         });
+        adopt_correction(ch, &domain, &extra)?;
         let max = ch.charged.checked_add(price).ok_or(PolicyError::Overflow)?;
         let deposit = if max <= ch.balance {
             None
@@ -326,15 +327,17 @@ impl<S: DigestSigner> EvmChannelPayer<S> {
                 "batch-settlement is paid on x402 v2 only".into(),
             ));
         };
-        let (domain, config, _, _) = self.terms(offer)?;
+        let (domain, config, extra, _) = self.terms(offer)?;
         let id = domain.channel_id(&config);
-        let m = self.lock();
+        let mut m = self.lock();
         // No channel, or one on which nothing was ever signed (a deposit refused by the
         // policy before its signature): nothing to refund.
-        let Some(ch) = m.get(&id).filter(|c| c.signed_max > 0) else {
+        let Some(ch) = m.get_mut(&id).filter(|c| c.signed_max > 0) else {
             return Ok(None);
         };
+        adopt_correction(ch, &domain, &extra)?;
         let voucher = sign_voucher(self.signer(), &domain, id, ch.charged)?;
+        self.save(&m)?;
         // Its receipt is a refund's, not a payment's: nothing is in flight any more.
         *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let body = BatchPayload::Refund {
@@ -400,6 +403,53 @@ impl<S: DigestSigner> EvmChannelPayer<S> {
         }
         let _ = self.save(&m);
     }
+}
+
+/// A corrective 402 (the offer's `extra` carries the server's `channelState`, and
+/// `voucherState`, the last voucher it holds): the server's charged total is adopted
+/// when it is lower than ours (a metered session that stopped early gave charge
+/// back; lower is only ever in the payer's favour), or when a voucher this payer
+/// signed backs it (the official client's rule). A higher total without that proof
+/// is refused before anything is signed.
+fn adopt_correction(
+    ch: &mut ClientChannel,
+    domain: &ChannelDomain,
+    extra: &BatchExtra,
+) -> Result<()> {
+    let Some(state) = extra
+        .channel_state
+        .as_ref()
+        .filter(|s| s.channel_id == ch.channel_id)
+    else {
+        return Ok(());
+    };
+    let Some(theirs) = state.charged_cumulative_amount else {
+        return Ok(());
+    };
+    if theirs <= ch.charged {
+        ch.charged = theirs;
+        return Ok(());
+    }
+    let backed = extra.voucher_state.as_ref().is_some_and(|vs| {
+        let v = x402_types::batch::SignedVoucher {
+            channel_id: ch.channel_id,
+            max_claimable_amount: vs.signed_max_claimable,
+            signature: vs.signature.clone(),
+        };
+        theirs <= vs.signed_max_claimable
+            && vs.signed_max_claimable <= ch.signed_max
+            && crate::channel::voucher_signer(domain, &v)
+                .is_ok_and(|a| a == ch.config.payer_authorizer)
+    });
+    if !backed {
+        return Err(Error::InvalidRequirement(format!(
+            "the server says channel {} was charged {theirs}, above the {} this payer agreed to, \
+             and no voucher of this payer backs it",
+            ch.channel_id, ch.charged
+        )));
+    }
+    ch.charged = theirs;
+    Ok(())
 }
 
 impl<S: DigestSigner> std::fmt::Debug for EvmChannelPayer<S> {

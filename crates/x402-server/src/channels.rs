@@ -45,6 +45,8 @@ pub struct ChannelTerms {
     pub eip712: (String, String),
     /// The settlement contract's domain on the stream's chain.
     pub domain: ChannelDomain,
+    /// Metered sessions are billed per started granule of this many seconds.
+    pub granularity_secs: u64,
 }
 
 /// Resolves a stream's channel terms: the receiver authorizer is the facilitator's
@@ -90,6 +92,7 @@ pub(crate) async fn resolve(
         min_deposit,
         eip712,
         domain: ChannelDomain::new(chain_id),
+        granularity_secs: offer.billing_granularity_secs.max(1),
     }))
 }
 
@@ -323,6 +326,7 @@ impl AppState {
                 .payment_identifier()
                 .map_err(|err| refuse(invalid("invalid_payload", err)))?
                 .map(str::to_string),
+            account: Some(voucher.channel_id.to_string()),
             request: None,
         };
         // The cumulative rule, against what this server holds (a channel it has never

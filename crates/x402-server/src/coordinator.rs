@@ -479,6 +479,7 @@ impl AppState {
             amount: before.amount,
             valid_before: before.valid_before,
             payment_id: before.payment_id.clone(),
+            account: before.account.clone(),
             request: None,
         };
         let credited = match self.store().load(session, Some(&probe)).await {

@@ -16,6 +16,7 @@ mod gate;
 mod http;
 mod hub;
 mod in_band;
+mod meter;
 pub mod metrics;
 mod payments;
 mod socket;

@@ -266,6 +266,11 @@ impl Connection {
                     Step::Continue => {}
                     Step::Close(code) => break 'outer code,
                     Step::Answer => {
+                        // A metered session's unused charge goes back before the
+                        // close is answered: a client that refunds its channel
+                        // once closed sees the metered total.
+                        self.stop();
+                        self.state.return_unused().await;
                         let _ = tokio::time::timeout(Duration::from_secs(1), tx.close()).await;
                         break 'outer None;
                     }
@@ -281,6 +286,13 @@ impl Connection {
                 tokio::time::timeout(Duration::from_secs(1), tx.send(Message::Close(Some(frame))))
                     .await;
         }
+        self.stop();
+        self.state.return_unused().await;
+    }
+
+    /// The socket is done: no more transmits, and the core knows (a second call
+    /// does nothing).
+    fn stop(&self) {
         self.state
             .mailboxes
             .lock()

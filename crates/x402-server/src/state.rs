@@ -73,6 +73,8 @@ pub struct AppState {
     /// instances (`[store] kind = "redis"`). One path either way.
     pub(crate) store: Arc<dyn PaymentStore>,
     pub(crate) mailboxes: Mutex<HashMap<ConnId, mpsc::Sender<ServerTransmit>>>,
+    /// Metered sessions stopped, their unused charge not yet given back.
+    pub(crate) meter_stops: Mutex<Vec<crate::meter::MeterStop>>,
     /// One bell per settlement that requests wait on: a settlement wakes
     /// only its own waiters.
     pub(crate) bells: Mutex<HashMap<SettleId, Arc<Notify>>>,
@@ -137,6 +139,7 @@ impl AppState {
             tokens,
             facilitator,
             mailboxes: Mutex::default(),
+            meter_stops: Mutex::default(),
             bells: Mutex::default(),
             suspects: Mutex::default(),
             timers: Notify::new(),
@@ -269,6 +272,24 @@ impl AppState {
                     })
                     .inc();
                 tracing::info!(session = %redact(&session), %code, "payment refused");
+            }
+            ServerEvent::MeterStopped {
+                session,
+                stream,
+                account,
+                at_ms,
+                ..
+            } => {
+                // Given back by the socket's task (`AppState::return_unused`).
+                self.meter_stops
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(crate::meter::MeterStop {
+                        session,
+                        stream,
+                        account,
+                        at_ms,
+                    });
             }
             ServerEvent::Unresolved {
                 session,

@@ -20,7 +20,7 @@
 //! ch.accept(&v, 10_000);
 //! assert_eq!(ch.judge(&v, 10_000, 0), Judgement::Repeat);
 //! // Per-second metering rounds once, on the cumulative total.
-//! let m = Meter::new(1_000, 1); // 1000 atomic units a minute
+//! let m = Meter::new(1_000, 60, 1); // 1000 atomic units a minute, billed per second
 //! assert_eq!(m.charge_ms(1), 17); // one started second: ceil(1000/60)
 //! assert_eq!(m.charge_ms(60_000), 1_000);
 //! ```
@@ -206,6 +206,12 @@ impl ChannelRecord {
         self.signature = v.signature.clone();
     }
 
+    /// A metered session stopped before its paid time ended: `amount` of what was
+    /// charged goes back (never below what was claimed on chain).
+    pub fn return_unused(&mut self, amount: u128) {
+        self.charged = self.charged.saturating_sub(amount).max(self.total_claimed);
+    }
+
     /// Charged and not yet claimed: what a withdrawal could take from the receiver.
     pub fn unclaimed(&self) -> u128 {
         self.charged
@@ -228,16 +234,12 @@ impl ChannelRecord {
                 "a refund of this channel is already under way",
             );
         }
-        match v.max_claimable_amount.cmp(&self.charged) {
-            std::cmp::Ordering::Equal => Judgement::Accept { charge: 0 },
-            std::cmp::Ordering::Less => Judgement::Mismatch,
-            std::cmp::Ordering::Greater => refuse(
-                reasons::CHARGE_EXCEEDS_SIGNED_CUMULATIVE,
-                format!(
-                    "a refund voucher signs the charged total ({}), not {}",
-                    self.charged, v.max_claimable_amount
-                ),
-            ),
+        // Not the charged total: the corrective 402 tells it (below ours: the client
+        // missed a charge; above: a metered session gave charge back since).
+        if v.max_claimable_amount == self.charged {
+            Judgement::Accept { charge: 0 }
+        } else {
+            Judgement::Mismatch
         }
     }
 
@@ -291,22 +293,28 @@ fn refuse(reason: &'static str, message: impl Into<String>) -> Judgement {
     }
 }
 
-/// Per-second billing: `charge = ceil(seconds * price_per_minute / 60)`, where seconds
-/// are counted in whole granules (a started granule counts), and the rounding happens
-/// once, on the cumulative total.
+/// Per-second billing: `charge = ceil(seconds * price / per_secs)` (with a price of a
+/// minute, `ceil(seconds * price_per_minute / 60)`), where seconds are counted in whole
+/// granules (a started granule counts), and the rounding happens once, on the
+/// cumulative total. A stream prices a slice: `Meter::new(slice_price, slice_seconds,
+/// 1)` charges a whole slice exactly its price.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meter {
-    /// Price of one minute, atomic units.
-    pub price_per_minute: u128,
+    /// Price of `per_secs` seconds, atomic units.
+    pub price: u128,
+    /// The seconds `price` buys (at least 1).
+    pub per_secs: u64,
     /// Billing granularity in seconds (at least 1).
     pub granularity_secs: u64,
 }
 
 impl Meter {
-    /// A meter.
-    pub fn new(price_per_minute: u128, granularity_secs: u64) -> Self {
+    /// A meter charging `price` per `per_secs` seconds, in granules of
+    /// `granularity_secs`.
+    pub fn new(price: u128, per_secs: u64, granularity_secs: u64) -> Self {
         Meter {
-            price_per_minute,
+            price,
+            per_secs: per_secs.max(1),
             granularity_secs: granularity_secs.max(1),
         }
     }
@@ -320,7 +328,8 @@ impl Meter {
     /// The cumulative charge for `ms` milliseconds delivered.
     pub fn charge_ms(&self, ms: u64) -> u128 {
         let secs = u128::from(self.billed_secs(ms));
-        secs.saturating_mul(self.price_per_minute).div_ceil(60)
+        secs.saturating_mul(self.price)
+            .div_ceil(u128::from(self.per_secs))
     }
 
     /// The most a server may claim for `ms` of paid time seen by the client, allowing
@@ -472,7 +481,7 @@ mod tests {
         /// the exact price of the billed seconds), and the granule is respected.
         #[test]
         fn meter_rounds_once(ppm in 0u128..10_000_000, g in 1u64..10, a in 0u64..10_000_000, b in 0u64..10_000_000) {
-            let m = Meter::new(ppm, g);
+            let m = Meter::new(ppm, 60, g);
             let (lo, hi) = (a.min(b), a.max(b));
             prop_assert!(m.charge_ms(lo) <= m.charge_ms(hi));
             let secs = u128::from(m.billed_secs(hi));

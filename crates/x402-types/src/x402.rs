@@ -872,6 +872,30 @@ impl Offer {
         }
     }
 
+    /// The same offer as a corrective answer (an error body whose `accepts[0]` is
+    /// this offer's requirement with more in its `extra`, as a `batch-settlement`
+    /// server's `cumulative_amount_mismatch` 402 carries `channelState`) restates
+    /// it; `None` when the body holds no such requirement for the same scheme,
+    /// network, asset and receiver.
+    pub fn corrected(&self, body: &[u8]) -> Option<Offer> {
+        let Offer::V2 { accepted, resource } = self else {
+            return None;
+        };
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let first = v.get("accepts")?.get(0)?;
+        let again = PreservedRequirement::from_json(&first.to_string()).ok()?;
+        let (a, b) = (accepted.get(), again.get());
+        let same = a.scheme == b.scheme
+            && a.network == b.network
+            && a.asset.eq_ignore_ascii_case(&b.asset)
+            && a.pay_to.eq_ignore_ascii_case(&b.pay_to)
+            && a.amount == b.amount;
+        same.then(|| Offer::V2 {
+            accepted: again,
+            resource: resource.clone(),
+        })
+    }
+
     /// Builds the offer of a version from a version-independent requirement.
     pub fn from_requirement(
         version: PathVersion,

@@ -135,3 +135,85 @@ async fn an_idle_channel_is_refunded_by_the_seller() {
     })
     .await;
 }
+
+/// Per-second billing: a buyer that stops a few seconds into a 30-second slice pays
+/// for the seconds it had. The server gives the rest of the slice's charge back to the
+/// channel when the socket closes; the refund that follows returns it, after our
+/// client adopts the lower total from the corrective 402.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_stops_early_pays_for_the_seconds_it_had() {
+    // A slice of "long": 30 s at 0.06 USDC a minute.
+    const SLICE: u128 = 30_000;
+    let rig = Rig::start(100).await;
+    let wallet = LocalSigner::random().unwrap();
+    let me: x402_types::Address = wallet.to_string().parse().unwrap();
+    rig.anvil
+        .mint(rig.token, wallet.to_string().parse().unwrap(), 1_000_000)
+        .await
+        .unwrap();
+    let before = rig.usdc(me).await;
+    let payee_before = rig.payee_usdc().await;
+    let payer = Arc::new(EvmChannelPayer::new(wallet, Amount::from(100_000u64)).deposit_slices(2));
+    let client = Client::builder()
+        .base_url(&rig.base)
+        .scheme("batch-settlement")
+        .payer(payer.clone())
+        .policy(
+            SpendPolicy::new(Amount::from_u128(SLICE))
+                .with_lifetime_budget(Amount::from_u128(SLICE)),
+        )
+        .build()
+        .unwrap();
+    let mut session = client.open("long").await.unwrap();
+    let mut events = 0;
+    let watching = tokio::time::Instant::now();
+    // Watch about two seconds of events, then leave.
+    while watching.elapsed() < Duration::from_secs(2) {
+        match tokio::time::timeout(Duration::from_secs(10), session.next())
+            .await
+            .unwrap()
+        {
+            Some(ClientEvent::Data(_)) => events += 1,
+            Some(ClientEvent::Ended(r)) => panic!("ended early: {r}"),
+            Some(_) => {}
+            None => panic!("the stream ended"),
+        }
+    }
+    let left = watching.elapsed();
+    session.stop();
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(10), session.next())
+        .await
+        .unwrap()
+    {
+        if let ClientEvent::Ended(r) = ev {
+            assert_eq!(r, EndReason::Stopped);
+            break;
+        }
+    }
+    assert!(events > 10, "events flowed ({events})");
+    // One slice was signed; the payer still believes it was charged in full.
+    let ch = payer.channels().pop().unwrap();
+    assert_eq!((ch.charged, ch.signed_max), (SLICE, SLICE));
+
+    let r = client.refund_channel("long").await.unwrap();
+    let ch = payer.channels().pop().unwrap();
+    let charged = ch.charged;
+    // Billed per started second of the time the socket was open: at least the two
+    // seconds watched, and far less than the slice.
+    let per_second = SLICE / 30;
+    assert!(
+        charged >= 2 * per_second && charged <= 6 * per_second,
+        "charged {charged} for about {left:?}"
+    );
+    assert_eq!(charged % per_second, 0, "whole seconds: {charged}");
+    assert_eq!(r.amount, Some(Amount::from_u128(2 * SLICE - charged)));
+    assert_eq!(
+        rig.usdc(me).await,
+        before - EvmU256::from(charged),
+        "the payer lost exactly the metered charge"
+    );
+    rig.until("the payee gained exactly the metered charge", || async {
+        rig.payee_usdc().await == payee_before + EvmU256::from(charged)
+    })
+    .await;
+}

@@ -115,8 +115,10 @@ async fn a_voucher_above_the_channels_balance_is_refused() {
     refused(&a, reasons::CUMULATIVE_EXCEEDS_BALANCE);
     assert_eq!(rig.charged_metric().await, P);
     assert_eq!(rig.channel(&c).await, (P + P / 2, 0));
-    // A deposit whose first voucher exceeds it is refused before anything moves.
+    // A deposit whose first voucher exceeds it is refused before anything moves
+    // (another session: one that is running is paid from one channel).
     let payer_before = rig.usdc(b.addr()).await;
+    let q = rig.quote().await;
     let short = b.config(&q, 2);
     let a = q.send(&rig.http, &b.deposit(&q, &short, P / 2, P, 2)).await;
     refused(&a, reasons::CUMULATIVE_EXCEEDS_BALANCE);
@@ -152,9 +154,15 @@ async fn a_voucher_for_another_channel_is_refused() {
         &q.send(&rig.http, &crossed).await,
         reasons::CHANNEL_ID_MISMATCH,
     );
-    // The other channel, consistent but never funded: the chain says so.
+    // While its paid time runs, a session is paid from one channel.
+    let a = q.send(&rig.http, &b.pay(&other, P)).await;
+    assert_eq!(a.status, 402, "{a:?}");
+    assert_eq!(a.body["error"], "payment_invalid", "{a:?}");
+    // The other channel, consistent but never funded, on a session of its own:
+    // the chain says so.
+    let q2 = rig.quote().await;
     refused(
-        &q.send(&rig.http, &b.pay(&other, P)).await,
+        &q2.send(&rig.http, &b.pay(&other, P)).await,
         reasons::CHANNEL_NOT_FOUND,
     );
     assert_eq!(rig.charged_metric().await, P);
@@ -362,12 +370,13 @@ async fn a_withdrawal_mid_stream_is_claimed_before_it_can_finalize() {
 async fn a_refund_racing_a_voucher_charges_nothing_beyond_what_was_accepted() {
     // The manager claims every slice, so it runs beside the refunds too.
     let rig = Rig::start(1).await;
-    let q = rig.quote().await;
     let b = rig.buyer(FUND).await;
     let payee_before = rig.payee_usdc().await;
     let mut paid = 0u128;
     let mut channels = Vec::new();
     for salt in 1..=3u8 {
+        // A session per channel (a running session is paid from one channel).
+        let q = rig.quote().await;
         let c = opened(&rig, &q, &b, salt, MIN_DEPOSIT).await;
         accepted(&q.send(&rig.http, &b.pay(&c, 2 * P)).await, 2 * P);
         let (refund, voucher) = (b.refund(&c, 2 * P), b.pay(&c, 3 * P));

@@ -85,7 +85,7 @@ impl Rig {
         cfg.channel_manager.interval_secs = 1;
         cfg.channel_manager.claim_threshold_slices = claim_threshold_slices;
         cfg.channel_manager.idle_refund_secs = idle_refund_secs;
-        cfg.streams = vec![StreamConfig {
+        let s = StreamConfig {
             id: "s".into(),
             title: "S".into(),
             description: "test".into(),
@@ -101,7 +101,17 @@ impl Rig {
                 pad: 0,
             },
             channel: Some(ChannelOffer::default()),
-        }];
+        };
+        // "long": 30-second slices, for metering (a session that stops early pays
+        // for the seconds it had).
+        let mut long = s.clone();
+        long.id = "long".into();
+        long.slice_seconds = 30;
+        long.channel = Some(ChannelOffer {
+            min_deposit_slices: 2,
+            ..ChannelOffer::default()
+        });
+        cfg.streams = vec![s, long];
         let server = ServerBuilder::new(cfg)
             .facilitator(Arc::new(f))
             .bind()

@@ -12,7 +12,13 @@ use x402_types::batch::{MAX_WITHDRAW_DELAY, MIN_WITHDRAW_DELAY};
 /// [streams.channel]
 /// withdraw_delay = 900        # seconds a payer's timed withdrawal waits (900 to 2592000)
 /// min_deposit_slices = 12     # the minDeposit hint, in slices
+/// billing_granularity_secs = 1 # a session paid by channel is charged per started granule
 /// ```
+///
+/// A session bought through a channel is metered: its paid time runs only while its
+/// socket is open, and when the socket closes the unused rest of its last slice goes
+/// back to the channel (`charge = ceil(seconds * slice price / slice seconds)`, in
+/// whole granules, rounded once on the session's total).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChannelOffer {
@@ -20,6 +26,8 @@ pub struct ChannelOffer {
     pub withdraw_delay: u64,
     /// The `minDeposit` hint, in slices.
     pub min_deposit_slices: u64,
+    /// Metered sessions are billed per started granule of this many seconds.
+    pub billing_granularity_secs: u64,
 }
 
 impl Default for ChannelOffer {
@@ -27,6 +35,7 @@ impl Default for ChannelOffer {
         ChannelOffer {
             withdraw_delay: MIN_WITHDRAW_DELAY,
             min_deposit_slices: 12,
+            billing_granularity_secs: 1,
         }
     }
 }
@@ -39,6 +48,9 @@ impl ChannelOffer {
             out.push(format!(
                 "channel.withdraw_delay: must be {MIN_WITHDRAW_DELAY} to {MAX_WITHDRAW_DELAY} seconds (the contract's range)"
             ));
+        }
+        if self.billing_granularity_secs == 0 {
+            out.push("channel.billing_granularity_secs: must be at least 1".into());
         }
         if self.min_deposit_slices == 0 {
             out.push("channel.min_deposit_slices: must be at least 1".into());

@@ -739,6 +739,18 @@ impl StreamConfig {
             out.push(format!("price_per_minute: {e}"));
         }
         out.extend(self.channel.iter().flat_map(ChannelOffer::problems));
+        if let Some(c) = &self.channel
+            && c.billing_granularity_secs > 0
+            && !self
+                .slice_seconds
+                .is_multiple_of(c.billing_granularity_secs)
+        {
+            // A whole slice must bill exactly its price (returns and charges add up).
+            out.push(format!(
+                "channel.billing_granularity_secs: must divide slice_seconds ({})",
+                self.slice_seconds
+            ));
+        }
         if out.is_empty()
             && let Err(ConfigError::Invalid(m)) = self.resolve()
         {

@@ -88,6 +88,9 @@ pub struct Metrics {
     pub store_errors: Counter,
     /// Charged over `batch-settlement` channels, per stream, in atomic units.
     pub channel_charged: Family<StreamLabel, Counter<u64, AtomicU64>>,
+    /// Charges given back to channels by metered sessions that stopped early, per
+    /// stream, in atomic units (charged minus returned: what was delivered).
+    pub channel_returned: Family<StreamLabel, Counter<u64, AtomicU64>>,
     /// Claimed on chain from channels, in atomic units.
     pub channel_claimed: Counter<u64, AtomicU64>,
     /// Seconds a claim took (broadcast to receipt).
@@ -136,6 +139,7 @@ impl Default for Metrics {
             facilitator_errors: Counter::default(),
             store_errors: Counter::default(),
             channel_charged: Family::default(),
+            channel_returned: Family::default(),
             channel_claimed: Counter::default(),
             channel_claim_seconds: Histogram::new([0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
             channels_open: Gauge::default(),
@@ -208,6 +212,11 @@ impl Default for Metrics {
             m.channel_charged.clone(),
         );
         registry.register(
+            "channel_returned_atomic",
+            "Charges given back to batch-settlement channels by metered sessions that stopped before their paid time ended, per stream, in atomic units",
+            m.channel_returned.clone(),
+        );
+        registry.register(
             "channel_claimed_atomic",
             "Claimed on chain from batch-settlement channels, in atomic units",
             m.channel_claimed.clone(),
@@ -243,6 +252,7 @@ impl Metrics {
         };
         let _ = self.credited.get_or_create(&label);
         let _ = self.channel_charged.get_or_create(&label);
+        let _ = self.channel_returned.get_or_create(&label);
         let _ = self.revenue.get_or_create(&RevenueLabel {
             stream: stream.into(),
             asset: asset.into(),
@@ -273,6 +283,15 @@ impl Metrics {
                 stream: stream.into(),
             })
             .inc_by(u64::try_from(charge).unwrap_or(u64::MAX));
+    }
+
+    /// A metered session gave back `amount` of its charge.
+    pub fn channel_returned(&self, stream: &str, amount: u128) {
+        self.channel_returned
+            .get_or_create(&StreamLabel {
+                stream: stream.into(),
+            })
+            .inc_by(u64::try_from(amount).unwrap_or(u64::MAX));
     }
 
     /// A claim landed.

@@ -365,6 +365,26 @@ impl PaymentStore for MemoryStore {
         Ok(self.lock().channels.keys().cloned().collect())
     }
 
+    async fn commit_session(
+        &self,
+        session: &str,
+        version: u64,
+        state: &SessionState,
+        until: u64,
+    ) -> Result<Commit, StoreError> {
+        let mut inner = self.lock();
+        self.expire(&mut inner);
+        match inner.sessions.get_mut(session) {
+            Some(row) if row.version == version => {
+                row.version += 1;
+                row.state = state.clone();
+                row.until_ms = ms(until);
+                Ok(Commit::Done)
+            }
+            _ => Ok(Commit::Conflict),
+        }
+    }
+
     async fn load_channel(&self, id: &str) -> Result<(u64, Option<String>), StoreError> {
         Ok(self
             .lock()

@@ -235,6 +235,18 @@ pub trait PaymentStore: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// Writes a session's state if its version is still `version` (it must
+    /// exist), kept until `until` (unix seconds); `Conflict` otherwise. A
+    /// metered session's stop is committed this way before its unused time
+    /// goes back to its channel.
+    async fn commit_session(
+        &self,
+        session: &str,
+        version: u64,
+        state: &SessionState,
+        until: u64,
+    ) -> Result<Commit, StoreError>;
+
     /// Loads a `batch-settlement` channel's record (JSON, written by the server's
     /// channel path) and its version; `(0, None)` when absent.
     async fn load_channel(&self, id: &str) -> Result<(u64, Option<String>), StoreError>;

@@ -66,6 +66,17 @@ redis.call('SADD', KEYS[2], ARGV[3])
 return 1
 "#;
 
+/// Compare-and-set of a session's state: `KEYS[1]` the session, `ARGV` the
+/// expected version, the state and the expiry (unix ms). 1 written, 0 conflict
+/// (or gone).
+const COMMIT_SESSION: &str = r#"
+local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if v == 0 or v ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'v', v + 1, 'j', ARGV[2])
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+return 1
+"#;
+
 const LOAD: &str = r#"
 local p = ARGV[1]
 local function rec(k)
@@ -629,6 +640,31 @@ impl PaymentStore for RedisStore {
                 .query_async(&mut conn),
         )
         .await
+    }
+
+    async fn commit_session(
+        &self,
+        session: &str,
+        version: u64,
+        state: &SessionState,
+        until: u64,
+    ) -> Result<Commit, StoreError> {
+        let mut conn = self.conn.clone();
+        let done: i64 = timed(
+            self.timeout,
+            redis::Script::new(COMMIT_SESSION)
+                .key(self.session_key(session))
+                .arg(version)
+                .arg(json(state)?)
+                .arg(ms(until))
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        Ok(if done == 1 {
+            Commit::Done
+        } else {
+            Commit::Conflict
+        })
     }
 
     async fn load_channel(&self, id: &str) -> Result<(u64, Option<String>), StoreError> {

@@ -469,6 +469,17 @@ impl PaymentStore for LosesOneAnswer {
     async fn channels(&self) -> Result<Vec<String>, x402_server::StoreError> {
         self.inner.channels().await
     }
+    async fn commit_session(
+        &self,
+        session: &str,
+        version: u64,
+        state: &x402_session::SessionState,
+        until: u64,
+    ) -> Result<x402_server::store::Commit, x402_server::StoreError> {
+        self.inner
+            .commit_session(session, version, state, until)
+            .await
+    }
     async fn load_channel(
         &self,
         id: &str,

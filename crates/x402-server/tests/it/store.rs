@@ -29,6 +29,7 @@ fn record(status: PaymentStatus) -> PaymentRecord {
         amount: 4000u64.into(),
         valid_before: 4_000_000_000,
         payment_id: Some("pid-0123456789abcdef".into()),
+        account: None,
         status,
         attempts: 0,
         expires: 4_000_000_060,
@@ -47,6 +48,7 @@ fn payment_in(key: &PaymentKey, r: &PaymentRecord) -> PaymentIn {
         amount: r.amount,
         valid_before: r.valid_before,
         payment_id: None,
+        account: None,
         request: None,
     }
 }

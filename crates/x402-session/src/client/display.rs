@@ -122,6 +122,15 @@ impl fmt::Display for ClientEvent {
                 }
                 _ => write!(f, "paid slice {slice}"),
             },
+            ClientEvent::PaymentRefused { slice, code, .. }
+                if code.as_str() == x402_types::batch::reasons::CUMULATIVE_AMOUNT_MISMATCH =>
+            {
+                write!(
+                    f,
+                    "slice {slice}: the server's channel total differs from ours (it gave back \
+                     charge for paid time not used); checking its total and signing again"
+                )
+            }
             ClientEvent::PaymentRefused {
                 slice,
                 status,

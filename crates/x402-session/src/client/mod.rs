@@ -90,6 +90,8 @@ pub struct ClientSession {
     resume: Option<x402_types::Url>,
     renew_url: Option<String>,
     offer: Option<Offer>,
+    /// The offer restated by a corrective refusal, for the next payment only.
+    correction: Option<Offer>,
     slice_seconds: Option<u64>,
     slices: u64,
     paid_until: Option<Instant>,
@@ -139,6 +141,7 @@ impl ClientSession {
             resume: None,
             renew_url: None,
             offer: None,
+            correction: None,
             slice_seconds: None,
             slices: 0,
             paid_until: None,

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use x402_types::batch::reasons::CUMULATIVE_AMOUNT_MISMATCH;
 use x402_types::x402::{decode_header, headers};
 use x402_types::{CloseCode, ErrorBody, ErrorCode, RenewResponse, SettleResponse};
 
@@ -173,7 +174,7 @@ impl ClientSession {
             }
             return;
         }
-        let Some(offer) = self.offer.clone() else {
+        let Some(offer) = self.correction.take().or_else(|| self.offer.clone()) else {
             return;
         };
         let slice = self.slices + 1;
@@ -298,6 +299,13 @@ impl ClientSession {
             code: code.clone(),
             maybe_spent,
         });
+        // A channel's corrective 402: the server's charged total differs from ours
+        // (a metered session that stopped early gave charge back). The payer checks
+        // the restated offer's `channelState` before signing again; a second
+        // refusal still stops.
+        if code.as_str() == CUMULATIVE_AMOUNT_MISMATCH {
+            self.correction = self.offer.as_ref().and_then(|o| o.corrected(body));
+        }
         let refused = s.refused + 1;
         if refused > 1 || maybe_spent {
             // A second definite refusal: stop paying rather than loop.

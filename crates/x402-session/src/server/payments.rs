@@ -104,6 +104,9 @@ impl ServerEndpoint {
         let Some(s) = self.sessions.get_mut(&quote.id) else {
             return PaymentDecision::Refused(quote_expired());
         };
+        if let Err(r) = s.state.accepts_account(p.account.as_deref(), now_ms) {
+            return PaymentDecision::Refused(r);
+        }
         if let Err(r) = s
             .state
             .admit(&p.key, deadline, now_ms, s.quote.slice_seconds, horizon)
@@ -129,6 +132,7 @@ impl ServerEndpoint {
                     amount: p.amount,
                     valid_before: p.valid_before,
                     payment_id: p.payment_id.clone(),
+                    account: p.account.clone(),
                     status: PaymentStatus::Settling,
                     attempts: 0,
                     expires,
@@ -367,7 +371,7 @@ impl ServerEndpoint {
             SettleOutcome::Settled { header, .. } => {
                 let response = match session.as_mut() {
                     Some(s) => {
-                        s.credit(&key, now_ms, slice_seconds, head);
+                        s.credit(&key, rec.account.as_deref(), now_ms, slice_seconds, head);
                         RenewResponse {
                             session_id: rec.session.clone(),
                             expires_at: s.expires_at(),

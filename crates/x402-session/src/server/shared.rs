@@ -61,9 +61,12 @@ impl ServerEndpoint {
         };
         let mut state = state;
         state.connections = state.connections.max(s.state.connections);
-        if state.slices < s.state.slices {
+        let older = state.slices < s.state.slices
+            || (state.slices == s.state.slices && state.returned_ms < s.state.returned_ms);
+        if older {
             // An older copy (a load that raced a newer commit): paid time
-            // never goes back; only the connection count is news.
+            // never grows back (a metered session's cut stands); only the
+            // connection count is news.
             let mut newer = s.state.clone();
             newer.connections = state.connections;
             state = newer;

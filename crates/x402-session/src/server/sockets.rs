@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use x402_types::{CloseCode, Hello, ServerMessage};
 
 use super::{
-    ConnId, Connected, Quote, Refusal, ServerEndpoint, ServerTransmit, Session, StreamHead,
-    payment_required, quote_expired,
+    ConnId, Connected, Quote, Refusal, ServerEndpoint, ServerEvent, ServerTransmit, Session,
+    StreamHead, payment_required, quote_expired,
 };
 
 impl ServerEndpoint {
@@ -99,10 +99,24 @@ impl ServerEndpoint {
         let Some(session) = self.conns.remove(&conn) else {
             return;
         };
+        let now_ms = self.unix_ms(now);
         if let Some(s) = self.sessions.get_mut(&session)
             && s.conn == Some(conn)
         {
             s.conn = None;
+            // A metered session pays only while its socket is open.
+            let unused_ms = s.state.stop_meter(now_ms);
+            if unused_ms > 0
+                && let Some(account) = s.state.account.clone()
+            {
+                self.events.push_back(ServerEvent::MeterStopped {
+                    session: session.clone(),
+                    stream: s.quote.stream_id.clone(),
+                    account,
+                    unused_ms,
+                    at_ms: now_ms,
+                });
+            }
         }
         self.reschedule(&session);
     }

@@ -28,6 +28,14 @@ pub struct SessionState {
     /// settlement cannot block the horizon forever.
     #[serde(default)]
     pub in_flight: BTreeMap<PaymentKey, u64>,
+    /// The account (a `batch-settlement` channel) the session's time was bought
+    /// from: such a session is metered (paid time runs only while its socket is
+    /// open; see [`stop_meter`](Self::stop_meter)). `None`: bought by `exact`.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Paid milliseconds cut off so far by [`stop_meter`](Self::stop_meter).
+    #[serde(default)]
+    pub returned_ms: u64,
     /// Connections made so far; the latest one holds the session. Not part
     /// of the serialized form: a store keeps it as its own atomic counter.
     #[serde(skip)]
@@ -85,11 +93,81 @@ impl SessionState {
         self.in_flight.remove(key);
     }
 
-    /// Credits one settled slice for `key`: paid time grows by a slice from
-    /// the later of now and the current end. When paid time had lapsed,
-    /// events published before `head` are not bought (the floor moves).
-    pub fn credit(&mut self, key: &PaymentKey, now_ms: u64, slice_seconds: u64, head: u64) {
+    /// Whether a payment drawing on `account` may pay for this session at
+    /// `now_ms`: while paid time runs (or a payment settles) it comes from one
+    /// place (one channel, or `exact` transfers), so that what a metered
+    /// session's close gives back goes where it was paid from. Once paid time
+    /// has lapsed, the next payment may come from elsewhere.
+    pub fn accepts_account(&self, account: Option<&str>, now_ms: u64) -> Result<(), Refusal> {
+        let idle = !self.is_paid(now_ms) && self.in_flight.is_empty();
+        if self.slices == 0 || idle || self.account.as_deref() == account {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            ErrorCode::PaymentInvalid,
+            match (&self.account, account) {
+                (Some(_), None) => "this session is paid from a batch-settlement channel: pay it with a voucher of that channel, or buy a new session".to_string(),
+                (None, Some(_)) => "this session is paid by exact transfers: pay it with exact, or buy a new session for the channel".to_string(),
+                (Some(a), Some(b)) => format!("this session is paid from channel {a}, not {b}: buy a new session for that channel"),
+                (None, None) => String::new(),
+            },
+        ))
+    }
+
+    /// A metered session's socket closed at `now_ms`: paid time ends now, and
+    /// the milliseconds cut off are returned (0: nothing left, or not metered).
+    /// Delivered time is what the session was credited minus what was cut.
+    pub fn stop_meter(&mut self, now_ms: u64) -> u64 {
+        let Some(p) = self.paid_until_ms else {
+            return 0;
+        };
+        if self.account.is_none() || p <= now_ms {
+            return 0;
+        }
+        self.paid_until_ms = Some(now_ms);
+        self.returned_ms = self.returned_ms.saturating_add(p - now_ms);
+        p - now_ms
+    }
+
+    /// Milliseconds of paid time this session used (credited minus cut off).
+    pub fn delivered_ms(&self, slice_seconds: u64) -> u64 {
+        self.slices
+            .saturating_mul(slice_seconds)
+            .saturating_mul(1000)
+            .saturating_sub(self.returned_ms)
+    }
+
+    /// What the cut of `unused_ms` (just made by [`stop_meter`](Self::stop_meter))
+    /// gives back, in atomic units, under `meter`: the session's metered charge
+    /// before the cut minus after it. The charge is rounded once, on the
+    /// session's cumulative delivered time, so cuts never add up rounding.
+    pub fn meter_return(
+        &self,
+        unused_ms: u64,
+        slice_seconds: u64,
+        meter: &crate::channel::Meter,
+    ) -> u128 {
+        let after = self.delivered_ms(slice_seconds);
+        let before = after.saturating_add(unused_ms);
+        meter
+            .charge_ms(before)
+            .saturating_sub(meter.charge_ms(after))
+    }
+
+    /// Credits one settled slice for `key` (drawn on `account`, if any): paid
+    /// time grows by a slice from the later of now and the current end. When
+    /// paid time had lapsed, events published before `head` are not bought
+    /// (the floor moves).
+    pub fn credit(
+        &mut self,
+        key: &PaymentKey,
+        account: Option<&str>,
+        now_ms: u64,
+        slice_seconds: u64,
+        head: u64,
+    ) {
         self.in_flight.remove(key);
+        self.account = account.map(str::to_string);
         let lapsed = !self.is_paid(now_ms);
         let base = self.paid_until_ms.map_or(now_ms, |p| p.max(now_ms));
         self.paid_until_ms = Some(base.saturating_add(slice_seconds.saturating_mul(1000)));
@@ -159,6 +237,9 @@ pub struct PaymentRecord {
     pub valid_before: u64,
     /// The x402 `payment-identifier`, if any.
     pub payment_id: Option<String>,
+    /// The account it draws on (a channel id; `None`: a one-off transfer).
+    #[serde(default)]
+    pub account: Option<String>,
     /// Where the settlement stands.
     pub status: PaymentStatus,
     /// Settlement attempts whose answer was pending or lost.

@@ -79,6 +79,11 @@ pub struct PaymentIn {
     pub valid_before: u64,
     /// The x402 `payment-identifier`, if the client sent one.
     pub payment_id: Option<String>,
+    /// The account the payment draws on when it is not a one-off transfer: a
+    /// `batch-settlement` channel id. A session paid from an account is
+    /// *metered*: its paid time stops when its socket closes, and the unused
+    /// rest goes back to the account ([`ServerEvent::MeterStopped`]).
+    pub account: Option<String>,
     /// What to send the facilitator. The endpoint's record keeps it until
     /// the settlement is final, and every [`SettleJob`] carries it.
     pub request: Option<FacilitatorRequest>,
@@ -111,6 +116,7 @@ impl PaymentIn {
             amount: a.value,
             valid_before: a.valid_before.to_u64().unwrap_or(u64::MAX),
             payment_id,
+            account: None,
             request: None,
         })
     }
@@ -329,6 +335,27 @@ pub enum ServerEvent {
         stream: String,
         /// Code.
         code: ErrorCode,
+    },
+    /// A metered session's socket closed with paid time left: its paid time
+    /// now ends here, and the unused rest goes back to the account it was
+    /// paid from (the driver lowers the channel's charged total; see
+    /// [`SessionState::meter_return`](super::SessionState::meter_return)).
+    MeterStopped {
+        /// Session.
+        session: String,
+        /// Its stream.
+        stream: String,
+        /// The account (channel id).
+        account: String,
+        /// Paid milliseconds cut off here.
+        unused_ms: u64,
+        /// When the socket closed (unix milliseconds): a driver sharing a
+        /// store makes the same cut ([`SessionState::stop_meter`]) on the
+        /// shared state and commits it before the money goes back, so that
+        /// time is never both returned and kept.
+        ///
+        /// [`SessionState::stop_meter`]: super::SessionState::stop_meter
+        at_ms: u64,
     },
     /// A settlement's outcome could not be established: money may have moved,
     /// nothing was credited. An operator must reconcile it.

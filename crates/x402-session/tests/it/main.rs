@@ -12,6 +12,7 @@ mod endpoint;
 mod golden;
 mod in_band;
 mod liveness;
+mod meter;
 mod props;
 mod shared;
 mod usage;

@@ -424,7 +424,7 @@ impl Race {
             match e {
                 ServerEvent::Credited { .. } => self.credited += 1,
                 ServerEvent::Unresolved { .. } => self.unresolved += 1,
-                ServerEvent::Refused { .. } => {}
+                ServerEvent::Refused { .. } | ServerEvent::MeterStopped { .. } => {}
             }
         }
         prop_assert!(self.credited <= 1, "credited twice");

@@ -318,7 +318,7 @@ proptest! {
             let key = PaymentKey::from_stored(format!("k{i}"));
             st.in_flight.insert(key.clone(), u64::MAX);
             let before = st.paid_until_ms.unwrap_or(0).max(now);
-            st.credit(&key, now, 10, 0);
+            st.credit(&key, None, now, 10, 0);
             prop_assert_eq!(st.paid_until_ms, Some(before + 10_000));
             prop_assert!(!st.in_flight.contains_key(&key));
         }

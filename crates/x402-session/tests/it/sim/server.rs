@@ -389,7 +389,7 @@ impl Sim {
                         .unwrap();
                 }
                 ServerEvent::Unresolved { .. } => self.server.unresolved += 1,
-                ServerEvent::Refused { .. } => {}
+                ServerEvent::Refused { .. } | ServerEvent::MeterStopped { .. } => {}
             }
         }
     }
