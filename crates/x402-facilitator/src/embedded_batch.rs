@@ -56,8 +56,9 @@ use x402_types::{
 
 use check::{
     authorize, check_channel, check_deposit_authorization, check_deposit_ledger,
-    check_voucher_ledger, claimed_after, commit_claims, parse, run_claims, signed_by, terms,
+    check_voucher_ledger, commit_claims, parse, run_claims, signed_by, terms,
 };
+use x402_payer::channel_check::{RefundCheck, refund_amount};
 
 /// The embedded facilitator's receiver-authorizer key: `keccak256("atomicstream embedded
 /// facilitator receiverAuthorizer (local use only)")`. **Published: for local use only.**
@@ -326,36 +327,17 @@ impl BatchLedger {
                 let chan = self.lock().chan(&id);
                 let payer = channel_config.payer;
                 check_voucher_ledger(&chan, id, payer, voucher, true)?;
-                let refuse = |reason: &str, message: String| {
-                    no(reason, message).payer(payer).state(chan.state(id))
-                };
-                if let Some(n) = refund_nonce
-                    && *n != chan.refund_nonce
-                {
-                    return Err(refuse(
-                        reasons::REFUND_PAYLOAD,
-                        format!("refundNonce {n} is not the channel's {}", chan.refund_nonce),
-                    ));
-                }
-                if *amount == Some(0) {
-                    return Err(refuse(
-                        reasons::REFUND_AMOUNT_INVALID,
-                        "a refund of zero".into(),
-                    ));
-                }
                 // The server claims the refund voucher's charge before refunding.
-                let base = chan.total_claimed.max(voucher.max_claimable_amount);
-                let claimed =
-                    claimed_after(&ctx.domain, base, claims.as_deref().unwrap_or(&[]), &id);
-                if chan.balance <= claimed {
-                    return Err(refuse(
-                        reasons::REFUND_NO_BALANCE,
-                        format!(
-                            "nothing to refund: balance {} and {claimed} claimed",
-                            chan.balance
-                        ),
-                    ));
-                }
+                let check = RefundCheck {
+                    balance: chan.balance,
+                    claimed: chan.total_claimed.max(voucher.max_claimable_amount),
+                    channel_nonce: chan.refund_nonce,
+                    nonce: *refund_nonce,
+                    amount: *amount,
+                    claims: claims.as_deref().unwrap_or(&[]),
+                };
+                refund_amount(&ctx.domain, &id, &check)
+                    .map_err(|r| no(r.reason, r.message).payer(payer).state(chan.state(id)))?;
                 Ok((payer, chan.state(id)))
             }
             BatchPayload::Claim { .. } | BatchPayload::Settle { .. } => Err(no(
@@ -596,33 +578,16 @@ impl BatchLedger {
         check_voucher_ledger(&chan, id, payer, r.voucher, true)?;
         let refuse =
             |reason: &str, message: String| no(reason, message).payer(payer).state(chan.state(id));
-        if chan.refund_nonce != nonce {
-            return Err(refuse(
-                reasons::REFUND_PAYLOAD,
-                format!(
-                    "refundNonce {nonce} is not the channel's {}",
-                    chan.refund_nonce
-                ),
-            ));
-        }
-        if r.amount == Some(0) {
-            return Err(refuse(
-                reasons::REFUND_AMOUNT_INVALID,
-                "a refund of zero".into(),
-            ));
-        }
-        let claimed = claimed_after(&ctx.domain, chan.total_claimed, &r.claims, &id);
-        let available = chan.balance.saturating_sub(claimed);
-        if available == 0 {
-            return Err(refuse(
-                reasons::REFUND_NO_BALANCE,
-                format!(
-                    "nothing to refund: balance {} and {claimed} claimed",
-                    chan.balance
-                ),
-            ));
-        }
-        let refund = r.amount.unwrap_or(available);
+        let check = RefundCheck {
+            balance: chan.balance,
+            claimed: chan.total_claimed,
+            channel_nonce: chan.refund_nonce,
+            nonce: Some(nonce),
+            amount: r.amount,
+            claims: &r.claims,
+        };
+        let refund =
+            refund_amount(&ctx.domain, &id, &check).map_err(|e| refuse(e.reason, e.message))?;
         let simulation = |m: String| {
             refuse(
                 reasons::REFUND_SIMULATION_FAILED,

@@ -4,6 +4,7 @@
 
 mod book;
 pub mod channel;
+pub mod channel_check;
 mod channel_payer;
 pub mod eip712;
 mod error;

@@ -130,7 +130,7 @@ impl AppState {
         };
         let id = voucher.channel_id.to_string();
         // Take the channel: no voucher lands between the refund's claim and its payout.
-        let (mut version, mut rec) = loop {
+        let (version, rec) = loop {
             let (version, rec) = self.get_channel(&id).await?;
             let mut rec = match rec {
                 Some(r) => r,
@@ -181,77 +181,32 @@ impl AppState {
                 "nothing is left to refund",
             ))
         } else {
-            let claims = if rec.charged > rec.total_claimed {
-                vec![claim_row(channel_config, voucher, rec.charged)]
-            } else {
-                Vec::new()
+            let held = Held {
+                accepted: &p2.accepted,
+                ours: &ours,
+                voucher,
+                claim_to: rec.charged,
+                refund,
             };
-            let fb = BatchPayload::Refund {
-                channel_config: channel_config.clone(),
-                voucher: voucher.clone(),
-                amount: Some(refund),
-                refund_nonce: Some(rec.refund_nonce),
-                claims: Some(claims),
-                refund_authorizer_signature: None,
-                claim_authorizer_signature: None,
-            };
-            let claimed = !claims_empty(&fb);
-            let claim_amount = rec.charged.saturating_sub(rec.total_claimed);
-            let started = tokio::time::Instant::now();
-            match self
-                .facilitator
-                .settle(&request(&p2.accepted, &ours, &fb))
+            execute_refund(self, &rec, &held)
                 .await
-            {
-                Ok(s) if s.success => {
-                    // The refund's claim is swept to the receiver at once.
-                    if claimed {
-                        self.metrics
-                            .channel_claimed(claim_amount, started.elapsed());
-                        let sweep = BatchPayload::Settle {
-                            receiver: channel_config.receiver,
-                            token: channel_config.token,
-                        };
-                        let req = request(&p2.accepted, &ours, &sweep);
-                        match settle(self.facilitator.as_ref(), &req).await {
-                            Ok(x) => {
-                                tracing::info!(transaction = %x.transaction, "settled a refund's claim to the receiver")
-                            }
-                            Err(e) => tracing::warn!(error = %e, "sweep after a refund failed"),
-                        }
-                    }
-                    Ok(s)
-                }
-                Ok(s) if s.is_pending() => Err(crate::payments::pending(2)),
-                Ok(s) => Err(refusal(
-                    self,
-                    v,
-                    e,
-                    s.error_reason.as_deref().unwrap_or("refund_failed"),
-                    "the refund was not executed",
-                )),
-                Err(err) => Err(ApiError::new(
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    x402_types::ErrorCode::FacilitatorUnavailable,
-                    format!("the facilitator could not refund: {err}; send the refund again"),
-                )),
-            }
+                .map_err(|fail| match fail {
+                    RefundFail::Pending => crate::payments::pending(2),
+                    RefundFail::Refused(reason) => refusal(
+                        self,
+                        v,
+                        e,
+                        reason.as_deref().unwrap_or("refund_failed"),
+                        "the refund was not executed",
+                    ),
+                    RefundFail::Unreachable(err) => ApiError::new(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        x402_types::ErrorCode::FacilitatorUnavailable,
+                        format!("the facilitator could not refund: {err}; send the refund again"),
+                    ),
+                })
         };
-        // Release the channel, with what the chain now says.
-        loop {
-            if let Ok(s) = &outcome
-                && let Some(st) = state_in(s.extra.as_ref())
-            {
-                rec.sync(&st);
-            }
-            rec.busy_until = 0;
-            if self.put_channel(version, &rec).await? {
-                break;
-            }
-            let (v2, r2) = self.get_channel(&id).await?;
-            version = v2;
-            rec = r2.unwrap_or(rec);
-        }
+        let rec = release(self, &id, version, rec, outcome.as_ref().ok()).await?;
         let s = outcome?;
         let refunded = s
             .amount
@@ -352,67 +307,128 @@ pub(crate) async fn refund_if_idle(
     {
         return Ok(()); // changed meanwhile: the next round decides again
     }
-    let mut version = version + 1;
-    let held = x402_types::batch::SignedVoucher {
+    let voucher = x402_types::batch::SignedVoucher {
         channel_id: rec.id,
         max_claimable_amount: rec.signed_max,
         signature: rec.signature.clone(),
     };
-    let claims = if rec.charged > rec.total_claimed {
-        vec![claim_row(
-            &rec.config,
-            &held,
-            rec.charged.min(rec.signed_max),
-        )]
+    let refund = rec.balance.saturating_sub(rec.charged);
+    let held = Held {
+        accepted: &accepted,
+        ours: &ours,
+        voucher: &voucher,
+        claim_to: rec.charged.min(rec.signed_max),
+        refund,
+    };
+    let outcome = execute_refund(state, &rec, &held).await;
+    if let Ok(s) = &outcome {
+        tracing::info!(channel = %id, transaction = %s.transaction, refunded = %refund, "refunded an idle channel");
+    }
+    release(state, id, version + 1, rec, outcome.as_ref().ok())
+        .await
+        .map_err(|e| e.message)?;
+    outcome.map(|_| ()).map_err(|f| format!("{f:?}"))
+}
+
+/// A refund of a channel held busy: what to claim first and what to return.
+struct Held<'a> {
+    accepted: &'a PreservedRequirement,
+    ours: &'a Requirement,
+    /// The voucher the claim uses (the refund's own, or the last one held).
+    voucher: &'a x402_types::batch::SignedVoucher,
+    /// Claim up to this total in the same transaction (nothing if already claimed).
+    claim_to: u128,
+    refund: u128,
+}
+
+/// Why a refund was not executed.
+#[derive(Debug)]
+enum RefundFail {
+    /// Sent, its receipt not yet seen: send it again.
+    Pending,
+    /// Not executed, with the facilitator's reason.
+    Refused(Option<String>),
+    /// The facilitator could not be asked.
+    Unreachable(String),
+}
+
+/// Executes a refund of a channel this server holds busy: one transaction that claims
+/// what was charged (when more than what is claimed) and returns `refund`, then a
+/// sweep of the claim to the receiver. The cooperative refund and the manager's idle
+/// refund both run this.
+async fn execute_refund(
+    state: &AppState,
+    rec: &ChannelRecord,
+    h: &Held<'_>,
+) -> Result<SettleResponse, RefundFail> {
+    let claims = if h.claim_to > rec.total_claimed {
+        vec![claim_row(&rec.config, h.voucher, h.claim_to)]
     } else {
         Vec::new()
     };
     let claimed = !claims.is_empty();
-    let refund = rec.balance.saturating_sub(rec.charged);
     let fb = BatchPayload::Refund {
         channel_config: rec.config.clone(),
-        voucher: held,
-        amount: Some(refund),
+        voucher: h.voucher.clone(),
+        amount: Some(h.refund),
         refund_nonce: Some(rec.refund_nonce),
         claims: Some(claims),
         refund_authorizer_signature: None,
         claim_authorizer_signature: None,
     };
-    let outcome = settle(state.facilitator.as_ref(), &request(&accepted, &ours, &fb)).await;
-    if let Ok(s) = &outcome {
-        tracing::info!(channel = %id, transaction = %s.transaction, refunded = %refund, "refunded an idle channel");
-        if claimed {
-            let sweep = BatchPayload::Settle {
-                receiver: rec.config.receiver,
-                token: rec.config.token,
-            };
-            let _ = settle(
-                state.facilitator.as_ref(),
-                &request(&accepted, &ours, &sweep),
-            )
-            .await;
+    let started = tokio::time::Instant::now();
+    match state
+        .facilitator
+        .settle(&request(h.accepted, h.ours, &fb))
+        .await
+    {
+        Ok(s) if s.success => {
+            if claimed {
+                state.metrics.channel_claimed(
+                    h.claim_to.saturating_sub(rec.total_claimed),
+                    started.elapsed(),
+                );
+                let sweep = BatchPayload::Settle {
+                    receiver: rec.config.receiver,
+                    token: rec.config.token,
+                };
+                let req = request(h.accepted, h.ours, &sweep);
+                match settle(state.facilitator.as_ref(), &req).await {
+                    Ok(x) => {
+                        tracing::info!(transaction = %x.transaction, "settled a refund's claim to the receiver")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "sweep after a refund failed"),
+                }
+            }
+            Ok(s)
         }
+        Ok(s) if s.is_pending() => Err(RefundFail::Pending),
+        Ok(s) => Err(RefundFail::Refused(s.error_reason)),
+        Err(e) => Err(RefundFail::Unreachable(e.to_string())),
     }
-    // Release the channel with what the chain now says.
+}
+
+/// Releases a channel held busy (at `version`), with what the chain says after the
+/// refund (`outcome`), by compare-and-set.
+async fn release(
+    state: &AppState,
+    id: &str,
+    mut version: u64,
+    mut rec: ChannelRecord,
+    outcome: Option<&SettleResponse>,
+) -> Result<ChannelRecord, ApiError> {
     loop {
-        if let Ok(s) = &outcome
-            && let Some(st) = state_in(s.extra.as_ref())
-        {
+        if let Some(st) = outcome.and_then(|s| state_in(s.extra.as_ref())) {
             rec.sync(&st);
         }
         rec.busy_until = 0;
-        if state
-            .put_channel(version, &rec)
-            .await
-            .map_err(|e| e.message)?
-        {
-            break;
+        if state.put_channel(version, &rec).await? {
+            return Ok(rec);
         }
-        let (v2, r2) = state.get_channel(id).await.map_err(|e| e.message)?;
+        let (v2, r2) = state.get_channel(id).await?;
         version = v2;
         rec = r2.unwrap_or(rec);
     }
-    outcome.map(|_| ())
 }
 
 /// Claims one channel when due; sweeps after a claim.
@@ -494,13 +510,6 @@ pub(crate) async fn claim_if_due(
     .await?;
     tracing::info!(transaction = %s.transaction, amount = ?s.amount, "settled claimed funds to the receiver");
     Ok(())
-}
-
-fn claims_empty(b: &BatchPayload) -> bool {
-    match b {
-        BatchPayload::Refund { claims, .. } => claims.as_ref().is_none_or(Vec::is_empty),
-        _ => true,
-    }
 }
 
 async fn settle(f: &dyn Facilitator, req: &FacilitatorRequest) -> Result<SettleResponse, String> {

@@ -12,7 +12,8 @@
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use x402_payer::channel::{ChannelDomain, voucher_signer};
+use x402_payer::channel::ChannelDomain;
+use x402_payer::channel_check::{ReceiverTerms, check_channel};
 use x402_session::channel::{ChannelRecord, Judgement, mirror_ttl};
 use x402_session::{PaymentIn, Quote, Refusal, SettleJob, SettleOutcome};
 use x402_types::batch::{
@@ -188,73 +189,15 @@ pub(crate) fn check_offline(
         .pay_to
         .parse()
         .map_err(|e| invalid("invalid_payload", e))?;
-    // In the official facilitator's order (`validate_channel_config`).
-    let mismatch =
-        |reason: &str, field: &str, got: &dyn std::fmt::Display, want: &dyn std::fmt::Display| {
-            invalid(
-                reason,
-                format!("channelConfig.{field} is {got}, this stream's is {want}"),
-            )
-        };
-    if config.receiver != ours_to {
-        return Err(mismatch(
-            reasons::RECEIVER_MISMATCH,
-            "receiver",
-            &config.receiver,
-            &ours_to,
-        ));
-    }
-    if config.receiver_authorizer != t.receiver_authorizer {
-        return Err(mismatch(
-            reasons::RECEIVER_AUTHORIZER_MISMATCH,
-            "receiverAuthorizer",
-            &config.receiver_authorizer,
-            &t.receiver_authorizer,
-        ));
-    }
-    if config.token != ours_token {
-        return Err(mismatch(
-            reasons::TOKEN_MISMATCH,
-            "token",
-            &config.token,
-            &ours_token,
-        ));
-    }
-    if config.withdraw_delay != t.withdraw_delay {
-        return Err(mismatch(
-            reasons::WITHDRAW_DELAY_MISMATCH,
-            "withdrawDelay",
-            &config.withdraw_delay,
-            &t.withdraw_delay,
-        ));
-    }
-    let id = t.domain.channel_id(config);
-    if voucher.channel_id != id {
-        return Err(invalid(
-            reasons::CHANNEL_ID_MISMATCH,
-            format!(
-                "the voucher names {} but the config hashes to {id}",
-                voucher.channel_id
-            ),
-        ));
-    }
-    if config.payer_authorizer == Address::default() {
-        return Err(invalid(
-            reasons::VOUCHER_SIGNATURE,
-            "vouchers signed by a contract wallet (EIP-1271, zero payerAuthorizer) are not accepted here",
-        ));
-    }
-    match voucher_signer(&t.domain, voucher) {
-        Ok(a) if a == config.payer_authorizer => Ok(()),
-        Ok(a) => Err(invalid(
-            reasons::VOUCHER_SIGNATURE,
-            format!(
-                "signed by {a}, not the payerAuthorizer {}",
-                config.payer_authorizer
-            ),
-        )),
-        Err(e) => Err(invalid(reasons::VOUCHER_SIGNATURE, e)),
-    }
+    let receiver = ReceiverTerms {
+        pay_to: ours_to,
+        token: ours_token,
+        receiver_authorizer: t.receiver_authorizer,
+        withdraw_delay: t.withdraw_delay,
+    };
+    check_channel(&t.domain, &receiver, config, voucher)
+        .map(|_| ())
+        .map_err(|r| invalid(r.reason, r.message))
 }
 
 pub(crate) fn parse_record(json: Option<String>) -> Result<Option<ChannelRecord>, String> {

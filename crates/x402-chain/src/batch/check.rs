@@ -7,35 +7,26 @@ use alloy::providers::Provider;
 use alloy::rpc::types::TransactionRequest;
 use alloy::sol_types::SolCall;
 use x402_facilitator::FacilitatorError;
-use x402_payer::channel::{
-    collector_data, deposit_nonce, receive_digest, recover_bytes, voucher_signer,
+use x402_payer::channel::collector_data;
+use x402_payer::channel_check::{
+    CheckedDeposit, ReceiverTerms, RefundCheck, check_channel, check_deposit_authorization,
+    refund_amount,
 };
 use x402_payer::eip712::Domain;
 use x402_payer::verify::MIN_VALIDITY_LEFT;
 use x402_types::batch::{
-    BatchPayload, ChannelConfig, ChannelState, Deposit, ERC3009_DEPOSIT_COLLECTOR,
-    MAX_WITHDRAW_DELAY, MIN_WITHDRAW_DELAY, SignedVoucher, VoucherClaim, reasons,
+    BatchPayload, ChannelConfig, ChannelState, Deposit, ERC3009_DEPOSIT_COLLECTOR, SignedVoucher,
+    reasons,
 };
-use x402_types::{Address, Authorization, B256, Requirement, U256};
+use x402_types::{Address, B256, Requirement, U256};
 
 use super::{Refusal, Stop, Terms, evm, refuse, sol_config, terms, word};
 use crate::channel_contract::{BATCH_SETTLEMENT, IBatchSettlement};
 use crate::facilitator::{EvmFacilitator, transport_err};
 use crate::token::IEip3009Token;
-use x402_types::Amount;
-
-const ZERO: Address = Address([0u8; 20]);
 
 /// A deposit's ERC-3009 authorization, checked offline.
-pub(super) struct DepositAuth {
-    pub(super) amount: u128,
-    pub(super) valid_after: U256,
-    pub(super) valid_before: U256,
-    pub(super) salt: B256,
-    pub(super) signature: Vec<u8>,
-    /// `keccak256(abi.encode(channelId, salt))`.
-    pub(super) nonce: B256,
-}
+pub(super) type DepositAuth = CheckedDeposit;
 
 impl EvmFacilitator {
     /// `/verify` of a payload: who pays and the channel's state, or why not.
@@ -82,38 +73,20 @@ impl EvmFacilitator {
                 let state = self
                     .check_voucher_chain(channel_config, voucher, true)
                     .await?;
-                let no = |reason: &str, message: String| {
-                    refuse(reason, message)
+                // The server claims the refund voucher's charge before refunding.
+                let check = RefundCheck {
+                    balance: state.balance,
+                    claimed: state.total_claimed.max(voucher.max_claimable_amount),
+                    channel_nonce: state.refund_nonce,
+                    nonce: *refund_nonce,
+                    amount: *amount,
+                    claims: claims.as_deref().unwrap_or(&[]),
+                };
+                refund_amount(&self.channel_domain(), &id, &check).map_err(|r| {
+                    refuse(r.reason, r.message)
                         .payer(channel_config.payer)
                         .state(&state)
-                };
-                if let Some(n) = refund_nonce
-                    && *n != state.refund_nonce
-                {
-                    return Err(no(
-                        reasons::REFUND_PAYLOAD,
-                        format!("refundNonce {n} is not the chain's {}", state.refund_nonce),
-                    )
-                    .into());
-                }
-                if *amount == Some(0) {
-                    return Err(
-                        no(reasons::REFUND_AMOUNT_INVALID, "a refund of zero".into()).into(),
-                    );
-                }
-                // The server claims the refund voucher's charge before refunding.
-                let base = state.total_claimed.max(voucher.max_claimable_amount);
-                let claimed = self.claimed_after(base, claims.as_deref().unwrap_or(&[]), &id);
-                if state.balance <= claimed {
-                    return Err(no(
-                        reasons::REFUND_NO_BALANCE,
-                        format!(
-                            "nothing to refund: balance {} and {claimed} claimed",
-                            state.balance
-                        ),
-                    )
-                    .into());
-                }
+                })?;
                 Ok((channel_config.payer, state))
             }
             BatchPayload::Claim { .. } | BatchPayload::Settle { .. } => Err(refuse(
@@ -128,111 +101,20 @@ impl EvmFacilitator {
     }
 
     /// The configuration against the requirement, the channel id, and the voucher's
-    /// signature. Returns the channel id.
+    /// signature (`x402_payer::channel_check`). Returns the channel id.
     pub(super) fn check_channel(
         &self,
         terms: &Terms,
         config: &ChannelConfig,
         voucher: &SignedVoucher,
     ) -> Result<B256, Refusal> {
-        let no = |reason: &str, message: String| refuse(reason, message).payer(config.payer);
-        let domain = self.channel_domain();
-        let id = domain.channel_id(config);
-        if voucher.channel_id != id {
-            return Err(no(
-                reasons::CHANNEL_ID_MISMATCH,
-                format!(
-                    "voucher.channelId {} is not the channel id of channelConfig ({id})",
-                    voucher.channel_id
-                ),
-            ));
-        }
-        let extra = &terms.extra;
-        let mismatch = |reason: &str,
-                        field: &str,
-                        got: &dyn std::fmt::Display,
-                        want: &dyn std::fmt::Display| {
-            no(
-                reason,
-                format!("channelConfig.{field} is {got}, the requirement says {want}"),
-            )
-        };
-        // In the official facilitator's order (`validate_channel_config`).
-        if config.receiver != terms.pay_to {
-            return Err(mismatch(
-                reasons::RECEIVER_MISMATCH,
-                "receiver",
-                &config.receiver,
-                &terms.pay_to,
-            ));
-        }
-        if extra.receiver_authorizer == ZERO
-            || config.receiver_authorizer != extra.receiver_authorizer
-        {
-            return Err(mismatch(
-                reasons::RECEIVER_AUTHORIZER_MISMATCH,
-                "receiverAuthorizer",
-                &config.receiver_authorizer,
-                &extra.receiver_authorizer,
-            ));
-        }
-        if config.token != terms.token {
-            return Err(mismatch(
-                reasons::TOKEN_MISMATCH,
-                "token",
-                &config.token,
-                &terms.token,
-            ));
-        }
-        if config.withdraw_delay != extra.withdraw_delay {
-            return Err(mismatch(
-                reasons::WITHDRAW_DELAY_MISMATCH,
-                "withdrawDelay",
-                &config.withdraw_delay,
-                &extra.withdraw_delay,
-            ));
-        }
-        if !(MIN_WITHDRAW_DELAY..=MAX_WITHDRAW_DELAY).contains(&config.withdraw_delay) {
-            return Err(no(
-                reasons::WITHDRAW_DELAY_OUT_OF_RANGE,
-                format!(
-                    "withdrawDelay {} is outside {MIN_WITHDRAW_DELAY}..={MAX_WITHDRAW_DELAY}",
-                    config.withdraw_delay
-                ),
-            ));
-        }
-        if config.payer == ZERO {
-            return Err(no(
-                reasons::VOUCHER_PAYLOAD,
-                "channelConfig.payer is zero".into(),
-            ));
-        }
-        if config.payer_authorizer == ZERO {
-            return Err(no(
-                reasons::VOUCHER_SIGNATURE,
-                "payerAuthorizer is zero (vouchers signed by the payer by EIP-1271): this \
-                 facilitator verifies only vouchers of an EOA payerAuthorizer"
-                    .into(),
-            ));
-        }
-        match voucher_signer(&domain, voucher) {
-            Ok(signer) if signer == config.payer_authorizer => Ok(id),
-            Ok(signer) => Err(no(
-                reasons::VOUCHER_SIGNATURE,
-                format!(
-                    "the voucher is signed by {signer}, not by payerAuthorizer {}",
-                    config.payer_authorizer
-                ),
-            )),
-            Err(e) => Err(no(
-                reasons::VOUCHER_SIGNATURE,
-                format!("the voucher signature is unusable: {e}"),
-            )),
-        }
+        let receiver = ReceiverTerms::of(terms.pay_to, terms.token, &terms.extra);
+        check_channel(&self.channel_domain(), &receiver, config, voucher)
+            .map_err(|r| refuse(r.reason, r.message).payer(config.payer))
     }
 
-    /// A deposit's ERC-3009 `ReceiveWithAuthorization`: present, non-zero, signed by the
-    /// payer under the token's domain for the deposit collector with the channel's nonce.
+    /// A deposit's ERC-3009 `ReceiveWithAuthorization`, under the token's domain
+    /// (`x402_payer::channel_check`).
     pub(super) fn check_deposit_authorization(
         &self,
         terms: &Terms,
@@ -240,60 +122,14 @@ impl EvmFacilitator {
         channel_id: &B256,
         deposit: &Deposit,
     ) -> Result<DepositAuth, Refusal> {
-        let no = |reason: &str, message: String| refuse(reason, message).payer(config.payer);
-        if deposit.amount == 0 {
-            return Err(no(reasons::DEPOSIT_PAYLOAD, "a deposit of zero".into()));
-        }
-        let Some(a) = &deposit.authorization.erc3009_authorization else {
-            return Err(no(
-                reasons::ERC3009_AUTHORIZATION_REQUIRED,
-                if deposit.authorization.permit2_authorization.is_some() {
-                    "Permit2 deposits are not executed by this facilitator: deposit by ERC-3009 \
-                     (erc3009Authorization)"
-                } else {
-                    "the deposit carries no erc3009Authorization"
-                }
-                .into(),
-            ));
-        };
-        let nonce = deposit_nonce(channel_id, &a.salt);
-        let auth = Authorization {
-            from: config.payer,
-            to: ERC3009_DEPOSIT_COLLECTOR,
-            value: Amount::from_u128(deposit.amount),
-            valid_after: a.valid_after,
-            valid_before: a.valid_before,
-            nonce,
-        };
         let domain = Domain {
             name: terms.extra.name.clone(),
             version: terms.extra.version.clone(),
             chain_id: self.chain_id,
             verifying_contract: terms.token,
         };
-        match recover_bytes(&receive_digest(&domain, &auth), &a.signature) {
-            Ok(signer) if signer == config.payer => Ok(DepositAuth {
-                amount: deposit.amount,
-                valid_after: a.valid_after,
-                valid_before: a.valid_before,
-                salt: a.salt,
-                signature: a.signature.0.clone(),
-                nonce,
-            }),
-            Ok(signer) => Err(no(
-                reasons::RECEIVE_AUTHORIZATION_SIGNATURE,
-                format!(
-                    "the ReceiveWithAuthorization is signed by {signer}, not by the payer {} \
-                 (token domain {:?} version {:?}, to the deposit collector, nonce \
-                 keccak256(channelId, salt))",
-                    config.payer, terms.extra.name, terms.extra.version
-                ),
-            )),
-            Err(e) => Err(no(
-                reasons::RECEIVE_AUTHORIZATION_SIGNATURE,
-                format!("the ReceiveWithAuthorization signature is unusable: {e}"),
-            )),
-        }
+        check_deposit_authorization(&domain, config, channel_id, deposit)
+            .map_err(|r| refuse(r.reason, r.message).payer(config.payer))
     }
 
     /// Whether the deposit's authorization is used on chain.
@@ -437,16 +273,6 @@ impl EvmFacilitator {
             ));
         }
         Ok(state)
-    }
-
-    /// The channel's claimed total after `claims` run, from `base`.
-    pub(super) fn claimed_after(&self, base: u128, claims: &[VoucherClaim], id: &B256) -> u128 {
-        let domain = self.channel_domain();
-        claims
-            .iter()
-            .filter(|c| domain.channel_id(&c.voucher.channel) == *id)
-            .map(|c| c.total_claimed)
-            .fold(base, u128::max)
     }
 
     /// A call of the settlement contract from the relayer.

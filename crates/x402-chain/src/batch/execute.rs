@@ -10,6 +10,7 @@ use alloy::sol_types::{SolCall, SolEvent};
 use x402_facilitator::FacilitatorError;
 use x402_payer::LocalSigner;
 use x402_payer::channel::{sign_claim_batch, sign_refund};
+use x402_payer::channel_check::{RefundCheck, refund_amount};
 use x402_types::batch::{
     BatchPayload, Bytes, ChannelConfig, ChannelState, Deposit, SignedVoucher, VoucherClaim, reasons,
 };
@@ -501,31 +502,17 @@ impl EvmFacilitator {
                 let no = |reason: &str, message: String| {
                     Stop::from(refuse(reason, message).payer(payer).state(&state))
                 };
-                if state.refund_nonce != nonce {
-                    return Err(no(
-                        reasons::REFUND_PAYLOAD,
-                        format!(
-                            "refundNonce {nonce} is not the chain's {}",
-                            state.refund_nonce
-                        ),
-                    ));
-                }
-                if r.amount == Some(0) {
-                    return Err(no(reasons::REFUND_AMOUNT_INVALID, "a refund of zero".into()));
-                }
-                let claimed = self.claimed_after(state.total_claimed, &r.claims, &id);
-                let available = state.balance.saturating_sub(claimed);
-                if available == 0 {
-                    return Err(no(
-                        reasons::REFUND_NO_BALANCE,
-                        format!(
-                            "nothing to refund: balance {} and {claimed} claimed",
-                            state.balance
-                        ),
-                    ));
-                }
-                let refund = r.amount.unwrap_or(available);
                 let domain = self.channel_domain();
+                let check = RefundCheck {
+                    balance: state.balance,
+                    claimed: state.total_claimed,
+                    channel_nonce: state.refund_nonce,
+                    nonce: Some(nonce),
+                    amount: r.amount,
+                    claims: &r.claims,
+                };
+                let refund = refund_amount(&domain, &id, &check)
+                    .map_err(|e| no(e.reason, e.message))?;
                 let refund_signature = match r.refund_signature.clone() {
                     Some(s) => s,
                     None => self.authorize(r.config.receiver_authorizer, |s| {

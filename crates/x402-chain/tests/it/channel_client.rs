@@ -23,6 +23,18 @@ struct Buying {
 }
 
 async fn buying(rig: &Rig, slices: u64) -> Buying {
+    let policy =
+        SpendPolicy::new(Amount::from(PRICE)).with_lifetime_budget(Amount::from(10 * PRICE));
+    buying_with(rig, policy, 12, Some(slices)).await
+}
+
+/// A buyer with its own policy, depositing `deposit_slices` slices at first.
+async fn buying_with(
+    rig: &Rig,
+    policy: SpendPolicy,
+    deposit_slices: u64,
+    slices: Option<u64>,
+) -> Buying {
     let wallet = LocalSigner::random().unwrap();
     let me: x402_types::Address = wallet.to_string().parse().unwrap();
     rig.anvil
@@ -31,17 +43,18 @@ async fn buying(rig: &Rig, slices: u64) -> Buying {
         .unwrap();
     let before = rig.usdc(me).await;
     let payee_before = rig.payee_usdc().await;
-    let payer = Arc::new(EvmChannelPayer::new(wallet, Amount::from(100_000u64)));
-    let client = Client::builder()
+    let payer = Arc::new(
+        EvmChannelPayer::new(wallet, Amount::from(100_000u64)).deposit_slices(deposit_slices),
+    );
+    let mut builder = Client::builder()
         .base_url(&rig.base)
         .scheme("batch-settlement")
         .payer(payer.clone())
-        .policy(
-            SpendPolicy::new(Amount::from(PRICE)).with_lifetime_budget(Amount::from(10 * PRICE)),
-        )
-        .max_slices(slices)
-        .build()
-        .unwrap();
+        .policy(policy);
+    if let Some(n) = slices {
+        builder = builder.max_slices(n);
+    }
+    let client = builder.build().unwrap();
     Buying {
         me,
         before,
@@ -145,25 +158,15 @@ async fn a_session_that_stops_early_pays_for_the_seconds_it_had() {
     // A slice of "long": 30 s at 0.06 USDC a minute.
     const SLICE: u128 = 30_000;
     let rig = Rig::start(100).await;
-    let wallet = LocalSigner::random().unwrap();
-    let me: x402_types::Address = wallet.to_string().parse().unwrap();
-    rig.anvil
-        .mint(rig.token, wallet.to_string().parse().unwrap(), 1_000_000)
-        .await
-        .unwrap();
-    let before = rig.usdc(me).await;
-    let payee_before = rig.payee_usdc().await;
-    let payer = Arc::new(EvmChannelPayer::new(wallet, Amount::from(100_000u64)).deposit_slices(2));
-    let client = Client::builder()
-        .base_url(&rig.base)
-        .scheme("batch-settlement")
-        .payer(payer.clone())
-        .policy(
-            SpendPolicy::new(Amount::from_u128(SLICE))
-                .with_lifetime_budget(Amount::from_u128(SLICE)),
-        )
-        .build()
-        .unwrap();
+    let policy =
+        SpendPolicy::new(Amount::from_u128(SLICE)).with_lifetime_budget(Amount::from_u128(SLICE));
+    let Buying {
+        me,
+        before,
+        payee_before,
+        payer,
+        client,
+    } = buying_with(&rig, policy, 2, None).await;
     let mut session = client.open("long").await.unwrap();
     let mut events = 0;
     let watching = tokio::time::Instant::now();

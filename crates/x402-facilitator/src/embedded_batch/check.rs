@@ -3,25 +3,21 @@
 
 use std::collections::HashMap;
 
-use x402_payer::channel::{
-    ChannelDomain, deposit_nonce, receive_digest, recover_bytes, voucher_signer,
-};
+use x402_payer::channel::{ChannelDomain, recover_bytes, voucher_signer};
+use x402_payer::channel_check::{self, ReceiverTerms};
 use x402_payer::eip712::Domain;
 use x402_payer::verify::MIN_VALIDITY_LEFT;
 use x402_types::batch::{
-    BATCH_SETTLEMENT, BatchExtra, BatchPayload, Bytes, ChannelConfig, Deposit,
-    ERC3009_DEPOSIT_COLLECTOR, MAX_WITHDRAW_DELAY, MIN_WITHDRAW_DELAY, SignedVoucher, VoucherClaim,
-    parse_payload, reasons,
+    BATCH_SETTLEMENT, BatchExtra, BatchPayload, Bytes, ChannelConfig, Deposit, SignedVoucher,
+    VoucherClaim, parse_payload, reasons,
 };
 use x402_types::{
-    Address, Authorization, B256, FacilitatorReason, FacilitatorRequest, Requirement,
-    SchemePayload, U256,
+    Address, B256, FacilitatorReason, FacilitatorRequest, Requirement, SchemePayload, U256,
 };
 
 use super::{
     Books, Chan, Claimed, Ctx, DepositAuth, EMBEDDED_RECEIVER_AUTHORIZER, No, Terms, ZERO, no,
 };
-use x402_types::Amount;
 
 /// The scheme's payload and its context, once the scheme and network are right.
 pub(super) fn parse(req: &FacilitatorRequest) -> Result<(Ctx, BatchPayload), No> {
@@ -86,106 +82,20 @@ pub(super) fn terms(r: &Requirement) -> Result<Terms, No> {
 }
 
 /// The configuration against the requirement, the channel id, and the voucher's
-/// signature (in the official facilitator's order). Returns the channel id.
+/// signature (`x402_payer::channel_check`). Returns the channel id.
 pub(super) fn check_channel(
     ctx: &Ctx,
     t: &Terms,
     config: &ChannelConfig,
     voucher: &SignedVoucher,
 ) -> Result<B256, No> {
-    let refuse = |reason: &str, message: String| no(reason, message).payer(config.payer);
-    let id = ctx.domain.channel_id(config);
-    if voucher.channel_id != id {
-        return Err(refuse(
-            reasons::CHANNEL_ID_MISMATCH,
-            format!(
-                "voucher.channelId {} is not the channel id of channelConfig ({id})",
-                voucher.channel_id
-            ),
-        ));
-    }
-    let mismatch =
-        |reason: &str, field: &str, got: &dyn std::fmt::Display, want: &dyn std::fmt::Display| {
-            refuse(
-                reason,
-                format!("channelConfig.{field} is {got}, the requirement says {want}"),
-            )
-        };
-    if config.receiver != t.pay_to {
-        return Err(mismatch(
-            reasons::RECEIVER_MISMATCH,
-            "receiver",
-            &config.receiver,
-            &t.pay_to,
-        ));
-    }
-    if t.extra.receiver_authorizer == ZERO
-        || config.receiver_authorizer != t.extra.receiver_authorizer
-    {
-        return Err(mismatch(
-            reasons::RECEIVER_AUTHORIZER_MISMATCH,
-            "receiverAuthorizer",
-            &config.receiver_authorizer,
-            &t.extra.receiver_authorizer,
-        ));
-    }
-    if config.token != t.token {
-        return Err(mismatch(
-            reasons::TOKEN_MISMATCH,
-            "token",
-            &config.token,
-            &t.token,
-        ));
-    }
-    if config.withdraw_delay != t.extra.withdraw_delay {
-        return Err(mismatch(
-            reasons::WITHDRAW_DELAY_MISMATCH,
-            "withdrawDelay",
-            &config.withdraw_delay,
-            &t.extra.withdraw_delay,
-        ));
-    }
-    if !(MIN_WITHDRAW_DELAY..=MAX_WITHDRAW_DELAY).contains(&config.withdraw_delay) {
-        return Err(refuse(
-            reasons::WITHDRAW_DELAY_OUT_OF_RANGE,
-            format!(
-                "withdrawDelay {} is outside {MIN_WITHDRAW_DELAY}..={MAX_WITHDRAW_DELAY}",
-                config.withdraw_delay
-            ),
-        ));
-    }
-    if config.payer == ZERO {
-        return Err(refuse(
-            reasons::VOUCHER_PAYLOAD,
-            "channelConfig.payer is zero".into(),
-        ));
-    }
-    if config.payer_authorizer == ZERO {
-        return Err(refuse(
-            reasons::VOUCHER_SIGNATURE,
-            "payerAuthorizer is zero (vouchers signed by the payer by EIP-1271): this \
-             facilitator verifies only vouchers of an EOA payerAuthorizer"
-                .into(),
-        ));
-    }
-    match voucher_signer(&ctx.domain, voucher) {
-        Ok(signer) if signer == config.payer_authorizer => Ok(id),
-        Ok(signer) => Err(refuse(
-            reasons::VOUCHER_SIGNATURE,
-            format!(
-                "the voucher is signed by {signer}, not by payerAuthorizer {}",
-                config.payer_authorizer
-            ),
-        )),
-        Err(e) => Err(refuse(
-            reasons::VOUCHER_SIGNATURE,
-            format!("the voucher signature is unusable: {e}"),
-        )),
-    }
+    let receiver = ReceiverTerms::of(t.pay_to, t.token, &t.extra);
+    channel_check::check_channel(&ctx.domain, &receiver, config, voucher)
+        .map_err(|r| no(r.reason, r.message).payer(config.payer))
 }
 
-/// A deposit's ERC-3009 `ReceiveWithAuthorization`: present, non-zero, signed by the
-/// payer under the token's domain for the deposit collector with the channel's nonce.
+/// A deposit's ERC-3009 `ReceiveWithAuthorization`, under the token's domain
+/// (`x402_payer::channel_check`).
 pub(super) fn check_deposit_authorization(
     ctx: &Ctx,
     t: &Terms,
@@ -193,58 +103,20 @@ pub(super) fn check_deposit_authorization(
     id: &B256,
     deposit: &Deposit,
 ) -> Result<DepositAuth, No> {
-    let refuse = |reason: &str, message: String| no(reason, message).payer(config.payer);
-    if deposit.amount == 0 {
-        return Err(refuse(reasons::DEPOSIT_PAYLOAD, "a deposit of zero".into()));
-    }
-    let Some(a) = &deposit.authorization.erc3009_authorization else {
-        return Err(refuse(
-            reasons::ERC3009_AUTHORIZATION_REQUIRED,
-            if deposit.authorization.permit2_authorization.is_some() {
-                "Permit2 deposits are not executed by this facilitator: deposit by ERC-3009 \
-                 (erc3009Authorization)"
-            } else {
-                "the deposit carries no erc3009Authorization"
-            }
-            .into(),
-        ));
-    };
-    let nonce = deposit_nonce(id, &a.salt);
-    let auth = Authorization {
-        from: config.payer,
-        to: ERC3009_DEPOSIT_COLLECTOR,
-        value: Amount::from_u128(deposit.amount),
-        valid_after: a.valid_after,
-        valid_before: a.valid_before,
-        nonce,
-    };
     let domain = Domain {
         name: t.extra.name.clone(),
         version: t.extra.version.clone(),
         chain_id: ctx.chain_id,
         verifying_contract: t.token,
     };
-    match recover_bytes(&receive_digest(&domain, &auth), &a.signature) {
-        Ok(signer) if signer == config.payer => Ok(DepositAuth {
-            amount: deposit.amount,
-            valid_after: a.valid_after,
-            valid_before: a.valid_before,
-            key: (ctx.chain_id, t.token, config.payer, nonce),
-        }),
-        Ok(signer) => Err(refuse(
-            reasons::RECEIVE_AUTHORIZATION_SIGNATURE,
-            format!(
-                "the ReceiveWithAuthorization is signed by {signer}, not by the payer {} \
-                 (token domain {:?} version {:?}, to the deposit collector, nonce \
-                 keccak256(channelId, salt))",
-                config.payer, t.extra.name, t.extra.version
-            ),
-        )),
-        Err(e) => Err(refuse(
-            reasons::RECEIVE_AUTHORIZATION_SIGNATURE,
-            format!("the ReceiveWithAuthorization signature is unusable: {e}"),
-        )),
-    }
+    let d = channel_check::check_deposit_authorization(&domain, config, id, deposit)
+        .map_err(|r| no(r.reason, r.message).payer(config.payer))?;
+    Ok(DepositAuth {
+        amount: d.amount,
+        valid_after: d.valid_after,
+        valid_before: d.valid_before,
+        key: (ctx.chain_id, t.token, config.payer, d.nonce),
+    })
 }
 
 /// A deposit against the ledger: its window, its authorization unused, the voucher
@@ -354,20 +226,6 @@ pub(super) fn check_voucher_ledger(
         ));
     }
     Ok(())
-}
-
-/// The channel's claimed total after `claims` run, from `base`.
-pub(super) fn claimed_after(
-    domain: &ChannelDomain,
-    base: u128,
-    claims: &[VoucherClaim],
-    id: &B256,
-) -> u128 {
-    claims
-        .iter()
-        .filter(|c| domain.channel_id(&c.voucher.channel) == *id)
-        .map(|c| c.total_claimed)
-        .fold(base, u128::max)
 }
 
 /// Claims and refunds without a signature are signed by the delegated authorizer: only

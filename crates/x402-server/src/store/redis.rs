@@ -77,6 +77,15 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 return 1
 "#;
 
+/// A compare-and-set script's answer: 1 written, else a conflict.
+fn compared(done: i64) -> Commit {
+    if done == 1 {
+        Commit::Done
+    } else {
+        Commit::Conflict
+    }
+}
+
 const LOAD: &str = r#"
 local p = ARGV[1]
 local function rec(k)
@@ -649,22 +658,14 @@ impl PaymentStore for RedisStore {
         state: &SessionState,
         until: u64,
     ) -> Result<Commit, StoreError> {
-        let mut conn = self.conn.clone();
-        let done: i64 = timed(
-            self.timeout,
-            redis::Script::new(COMMIT_SESSION)
-                .key(self.session_key(session))
-                .arg(version)
-                .arg(json(state)?)
-                .arg(ms(until))
-                .invoke_async(&mut conn),
-        )
-        .await?;
-        Ok(if done == 1 {
-            Commit::Done
-        } else {
-            Commit::Conflict
-        })
+        let done: i64 = self
+            .run(
+                COMMIT_SESSION,
+                &[self.session_key(session)],
+                &[version.to_string(), json(state)?, ms(until).to_string()],
+            )
+            .await?;
+        Ok(compared(done))
     }
 
     async fn load_channel(&self, id: &str) -> Result<(u64, Option<String>), StoreError> {
@@ -687,23 +688,14 @@ impl PaymentStore for RedisStore {
         version: u64,
         record: &str,
     ) -> Result<Commit, StoreError> {
-        let mut conn = self.conn.clone();
-        let done: i64 = timed(
-            self.timeout,
-            redis::Script::new(COMMIT_CHANNEL)
-                .key(self.channel_key(id))
-                .key(self.channel_set())
-                .arg(version)
-                .arg(record)
-                .arg(id)
-                .invoke_async(&mut conn),
-        )
-        .await?;
-        Ok(if done == 1 {
-            Commit::Done
-        } else {
-            Commit::Conflict
-        })
+        let done: i64 = self
+            .run(
+                COMMIT_CHANNEL,
+                &[self.channel_key(id), self.channel_set()],
+                &[version.to_string(), record.to_string(), id.to_string()],
+            )
+            .await?;
+        Ok(compared(done))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -224,6 +224,54 @@ async fn channel_records_are_compared_and_swapped(p: Pair) {
     }
 }
 
+/// A metered session's stop is committed by version: two instances cutting it on the
+/// same version write once (its unused charge goes back to the channel once), and a
+/// session the store does not hold is never created by a cut.
+async fn session_cuts_are_compared_and_swapped(p: Pair) {
+    let (a, b) = (&p.a, &p.b);
+    let key = PaymentKey::from_stored("n:s".into());
+    let rec = record(PaymentStatus::Settling);
+    let st = in_flight(&key);
+    a.begin(begin(0, &st, &key, &rec)).await.unwrap();
+    let mut cut = SessionState {
+        paid_until_ms: Some(4_000_000_000_000),
+        slices: 1,
+        account: Some("0xc1".into()),
+        returned_ms: 6_500,
+        ..SessionState::default()
+    };
+    assert_eq!(
+        a.commit_session("q", 1, &cut, UNTIL).await.unwrap(),
+        Commit::Done
+    );
+    cut.returned_ms = 7_000;
+    assert_eq!(
+        b.commit_session("q", 1, &cut, UNTIL).await.unwrap(),
+        Commit::Conflict
+    );
+    let loaded = b.load_session("q").await.unwrap();
+    assert_eq!(loaded.version, 2);
+    assert_eq!(
+        (loaded.state.returned_ms, loaded.state.account.as_deref()),
+        (6_500, Some("0xc1"))
+    );
+    assert_eq!(
+        b.commit_session("gone", 0, &cut, UNTIL).await.unwrap(),
+        Commit::Conflict
+    );
+    assert!(!b.load_session("gone").await.unwrap().exists);
+}
+
+#[tokio::test]
+async fn session_cuts_are_compared_and_swapped_redis() {
+    session_cuts_are_compared_and_swapped(redis_pair().await).await;
+}
+
+#[tokio::test]
+async fn session_cuts_are_compared_and_swapped_memory() {
+    session_cuts_are_compared_and_swapped(memory_pair()).await;
+}
+
 #[tokio::test]
 async fn channel_records_are_compared_and_swapped_redis() {
     channel_records_are_compared_and_swapped(redis_pair().await).await;
