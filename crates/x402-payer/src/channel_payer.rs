@@ -79,8 +79,8 @@ pub struct EvmChannelPayer<S = crate::LocalSigner> {
     random: Arc<dyn RandomSource>,
     file: Option<PathBuf>,
     channels: Mutex<BTreeMap<B256, ClientChannel>>,
-    /// The channel of the last voucher signed, until its payment is accepted.
-    in_flight: Mutex<Option<B256>>,
+    /// Channels with a voucher signed and its payment not yet accepted.
+    in_flight: Mutex<std::collections::BTreeSet<B256>>,
 }
 
 impl<S: DigestSigner> EvmChannelPayer<S> {
@@ -309,7 +309,10 @@ impl<S: DigestSigner> EvmChannelPayer<S> {
         ch.signed_max = ch.signed_max.max(max);
         ch.pending_deposit = deposit.unwrap_or(0);
         self.save(&m)?;
-        *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
         Ok(PaymentPayload::V2(PaymentPayloadV2 {
             x402_version: 2,
             resource: resource.clone(),
@@ -339,7 +342,10 @@ impl<S: DigestSigner> EvmChannelPayer<S> {
         let voucher = sign_voucher(self.signer(), &domain, id, ch.charged)?;
         self.save(&m)?;
         // Its receipt is a refund's, not a payment's: nothing is in flight any more.
-        *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         let body = BatchPayload::Refund {
             channel_config: config,
             voucher,
@@ -363,38 +369,40 @@ impl<S: DigestSigner> EvmChannelPayer<S> {
     /// way, as a `renewed` notice on the socket), the voucher in flight was accepted
     /// whole: the charged total is what it signed.
     fn learn(&self, receipt: Option<&SettleResponse>) {
-        let in_flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
         let extra = receipt
             .and_then(|r| r.extra.clone())
             .and_then(|x| serde_json::from_value::<BatchReceiptExtra>(x).ok());
+        // The channels first, then the in-flight set, as the signing paths take them.
         let mut m = self.lock();
+        let mut flying = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         match extra {
             Some(x) => {
                 let id = x.channel_state.channel_id;
                 if let Some(ch) = m.get_mut(&id) {
-                    if let Some(c) = x.charged_amount {
-                        // Never above what was signed.
-                        ch.charged = ch.charged.saturating_add(c).min(ch.signed_max);
-                    }
-                    if in_flight == Some(id) {
-                        // Our payment on it was accepted: its deposit, if any, is in. The
-                        // balance is ours to keep (our deposits), never a server's number.
-                        ch.balance = ch.balance.saturating_add(ch.pending_deposit);
-                        ch.pending_deposit = 0;
-                    } else if x.charged_amount.is_none() {
-                        // A refund's receipt (no payment in flight, no charge): the balance
-                        // after it, which only ever shrinks it.
-                        ch.balance = x.channel_state.balance.min(ch.balance);
+                    match x.charged_amount {
+                        // A payment's receipt: our payment on that channel was accepted,
+                        // with its deposit, if any. The balance is ours to keep (our
+                        // deposits), never a server's number; the charge never above what
+                        // was signed.
+                        Some(c) => {
+                            flying.remove(&id);
+                            ch.charged = ch.charged.saturating_add(c).min(ch.signed_max);
+                            ch.balance = ch.balance.saturating_add(ch.pending_deposit);
+                            ch.pending_deposit = 0;
+                        }
+                        // A refund's receipt (no charge): the balance after it, which only
+                        // ever shrinks it.
+                        None => ch.balance = x.channel_state.balance.min(ch.balance),
                     }
                 }
             }
-            // Accepted without a receipt (a socket notice): the voucher in flight whole.
+            // Accepted without a receipt (a socket notice): the voucher in flight, whole.
+            // With payments in flight on several channels (a payer shared by sessions)
+            // which one is not known: nothing is guessed; the next voucher's corrective
+            // 402, backed by our own voucher, tells the total.
             None => {
-                if let Some(ch) = in_flight.and_then(|id| m.get_mut(&id)) {
+                let only = (flying.len() == 1).then(|| flying.pop_first()).flatten();
+                if let Some(ch) = only.and_then(|id| m.get_mut(&id)) {
                     ch.charged = ch.signed_max;
                     ch.balance = ch.balance.saturating_add(ch.pending_deposit);
                     ch.pending_deposit = 0;

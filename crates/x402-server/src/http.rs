@@ -318,6 +318,13 @@ pub(crate) struct IpGuard {
     ip: IpAddr,
 }
 
+impl IpGuard {
+    /// The client's address (payments on its socket count against it too).
+    pub(crate) fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
 impl Drop for IpGuard {
     fn drop(&mut self) {
         let mut m = self.state.per_ip.lock().unwrap_or_else(|p| p.into_inner());

@@ -65,6 +65,7 @@ fn send(state: &AppState, conn: ConnId, msg: ServerMessage) {
 pub(crate) fn spawn_voucher(
     state: Arc<AppState>,
     conn: ConnId,
+    ip: std::net::IpAddr,
     quote: Quote,
     channel: Arc<SocketChannel>,
     payment: String,
@@ -83,7 +84,12 @@ pub(crate) fn spawn_voucher(
         return;
     }
     tokio::spawn(async move {
-        let msg = match voucher(&state, &quote, &payment, &channel).await {
+        // An in-band voucher is a payment like any other: the per-address limit holds.
+        let answer = async {
+            state.admit_payment(ip)?;
+            voucher(&state, &quote, &payment, &channel).await
+        };
+        let msg = match answer.await {
             Ok(m) => m,
             Err(e) => ServerMessage::VoucherRefused {
                 status: e.status.as_u16(),

@@ -30,7 +30,7 @@ pub(crate) struct Connection {
     quote: Quote,
     /// The channel paying this connection, once known (`voucher-needed`).
     channel: Arc<crate::in_band::SocketChannel>,
-    _guard: IpGuard,
+    guard: IpGuard,
 }
 
 /// At most this many event frames go into one flush.
@@ -105,7 +105,7 @@ impl Connection {
             batch: Vec::new(),
             quote,
             channel: crate::in_band::SocketChannel::new(channel),
-            _guard: guard,
+            guard,
         };
         c2.run(sink, c).await;
     }
@@ -383,6 +383,7 @@ impl Connection {
                     crate::in_band::spawn_voucher(
                         self.state.clone(),
                         self.conn,
+                        self.guard.ip(),
                         self.quote.clone(),
                         self.channel.clone(),
                         payment,

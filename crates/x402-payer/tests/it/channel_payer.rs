@@ -192,3 +192,55 @@ async fn channels_persist_in_a_private_file() {
     assert_eq!(v1.channel_id, v2.channel_id);
     assert_eq!(v2.max_claimable_amount, 2 * u128::from(PRICE));
 }
+
+/// The same offer for another receiver: another channel.
+fn offer_to(pay_to: &str) -> Offer {
+    let mut req = offer().requirement();
+    req.pay_to = pay_to.into();
+    Offer::V2 {
+        accepted: PreservedRequirement::new(req.to_v2()),
+        resource: None,
+    }
+}
+
+/// A payer shared by two sessions on two channels: each receipt is booked on its own
+/// channel, and an acceptance without a receipt is not guessed while both are in flight.
+#[tokio::test]
+async fn a_shared_payer_books_each_acceptance_on_its_own_channel() {
+    let payer = EvmChannelPayer::new(LocalSigner::random().unwrap(), Amount::from(100_000u64));
+    let (a, b) = (
+        offer(),
+        offer_to("0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65"),
+    );
+    let pa = payer.pay(&a).await.unwrap();
+    let pb = payer.pay(&b).await.unwrap();
+    let channel = |p: &PaymentPayload| batch(p).channel().unwrap().1.channel_id;
+    let (ida, idb) = (channel(&pa), channel(&pb));
+    assert_ne!(ida, idb);
+    let of = |id| {
+        payer
+            .channels()
+            .into_iter()
+            .find(|c| c.channel_id == id)
+            .unwrap()
+    };
+    // B's receipt lands first: B's deposit and charge, A untouched.
+    payer.accepted(Some(&receipt(&pb, PRICE, 12 * PRICE)));
+    assert_eq!(
+        (of(idb).charged, of(idb).balance),
+        (u128::from(PRICE), 12 * u128::from(PRICE))
+    );
+    assert_eq!((of(ida).charged, of(ida).balance), (0, 0));
+    // Now only A is in flight: a receipt-less acceptance is A's, whole.
+    payer.accepted(None);
+    assert_eq!(
+        (of(ida).charged, of(ida).balance),
+        (u128::from(PRICE), 12 * u128::from(PRICE))
+    );
+    // Both in flight: a receipt-less acceptance is not guessed.
+    payer.pay(&a).await.unwrap();
+    payer.pay(&b).await.unwrap();
+    payer.accepted(None);
+    assert_eq!(of(ida).charged, u128::from(PRICE));
+    assert_eq!(of(idb).charged, u128::from(PRICE));
+}

@@ -6,6 +6,7 @@
 
 mod harness;
 
+mod channel;
 mod e2e;
 mod e2e_http;
 mod e2e_refusals;
