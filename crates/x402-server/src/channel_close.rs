@@ -13,15 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use x402_payer::channel::claim_row;
+use x402_payer::channel::{claim_row, sign_claim_batch, sign_refund};
 use x402_session::channel::{ChannelRecord, Judgement};
-use x402_types::batch::{BatchPayload, ChannelState, reasons};
+use x402_types::batch::{BatchPayload, Bytes, ChannelState, VoucherClaim, reasons};
 use x402_types::{
     Amount, FacilitatorRequest, PathVersion, PaymentPayload, PaymentPayloadV2, PaymentRequirements,
     PreservedRequirement, Requirement, SchemePayload, SettleResponse,
 };
 
-use crate::channels::{batch_of, check_offline, invalid, parse_record, state_in};
+use crate::channels::{ChannelTerms, batch_of, check_offline, invalid, parse_record, state_in};
 use crate::error::ApiError;
 use crate::facilitator::Facilitator;
 use crate::payments::{Sold, store_down};
@@ -184,6 +184,7 @@ impl AppState {
             let held = Held {
                 accepted: &p2.accepted,
                 ours: &ours,
+                terms: t,
                 voucher,
                 claim_to: rec.charged,
                 refund,
@@ -270,15 +271,39 @@ pub(crate) async fn manage(
     }
 }
 
-/// The stream terms a channel was bought under (by receiver and token).
-fn terms_for(state: &AppState, rec: &ChannelRecord) -> Option<(PreservedRequirement, Requirement)> {
+/// The stream terms a channel was bought under (by receiver, token and authorizer).
+fn terms_for(state: &AppState, rec: &ChannelRecord) -> Option<Bought> {
     state.streams.values().find_map(|e| {
         let r = e.channel_requirement()?;
+        let t = e.channel.clone()?;
         (r.pay_to
             .eq_ignore_ascii_case(&rec.config.receiver.to_string())
-            && r.asset.eq_ignore_ascii_case(&rec.config.token.to_string()))
-        .then(|| (PreservedRequirement::new(r.to_v2()), r))
+            && r.asset.eq_ignore_ascii_case(&rec.config.token.to_string())
+            && t.receiver_authorizer == rec.config.receiver_authorizer)
+            .then(|| Bought {
+                accepted: PreservedRequirement::new(r.to_v2()),
+                ours: r,
+                terms: t,
+            })
     })
+}
+
+/// What a channel's money moves under: the stream's requirement and channel terms.
+struct Bought {
+    accepted: PreservedRequirement,
+    ours: Requirement,
+    terms: ChannelTerms,
+}
+
+/// With the server's own authorizer key, the claim batch's signature (none: the
+/// facilitator signs as the channel's authorizer).
+fn claim_signature(t: &ChannelTerms, claims: &[VoucherClaim]) -> Result<Option<Bytes>, String> {
+    match &t.own_authorizer {
+        Some(k) if !claims.is_empty() => sign_claim_batch(k.as_ref(), &t.domain, claims)
+            .map(Some)
+            .map_err(|e| format!("cannot sign the claim: {e}")),
+        _ => Ok(None),
+    }
 }
 
 /// Returns the unused deposit of a channel idle for `idle_secs`: one refund that claims
@@ -296,7 +321,7 @@ pub(crate) async fn refund_if_idle(
     if !rec.refund_due(now, idle_secs) {
         return Ok(());
     }
-    let Some((accepted, ours)) = terms_for(state, &rec) else {
+    let Some(b) = terms_for(state, &rec) else {
         return Ok(());
     };
     rec.busy_until = now + REFUND_HOLD_SECS;
@@ -314,8 +339,9 @@ pub(crate) async fn refund_if_idle(
     };
     let refund = rec.balance.saturating_sub(rec.charged);
     let held = Held {
-        accepted: &accepted,
-        ours: &ours,
+        accepted: &b.accepted,
+        ours: &b.ours,
+        terms: &b.terms,
         voucher: &voucher,
         claim_to: rec.charged.min(rec.signed_max),
         refund,
@@ -334,6 +360,7 @@ pub(crate) async fn refund_if_idle(
 struct Held<'a> {
     accepted: &'a PreservedRequirement,
     ours: &'a Requirement,
+    terms: &'a ChannelTerms,
     /// The voucher the claim uses (the refund's own, or the last one held).
     voucher: &'a x402_types::batch::SignedVoucher,
     /// Claim up to this total in the same transaction (nothing if already claimed).
@@ -367,14 +394,30 @@ async fn execute_refund(
         Vec::new()
     };
     let claimed = !claims.is_empty();
+    // With our own authorizer key we sign both; else the facilitator does.
+    let claim_authorizer_signature =
+        claim_signature(h.terms, &claims).map_err(RefundFail::Unreachable)?;
+    let refund_authorizer_signature = match &h.terms.own_authorizer {
+        Some(k) => Some(
+            sign_refund(
+                k.as_ref(),
+                &h.terms.domain,
+                &rec.id,
+                rec.refund_nonce,
+                h.refund,
+            )
+            .map_err(|e| RefundFail::Unreachable(format!("cannot sign the refund: {e}")))?,
+        ),
+        None => None,
+    };
     let fb = BatchPayload::Refund {
         channel_config: rec.config.clone(),
         voucher: h.voucher.clone(),
         amount: Some(h.refund),
         refund_nonce: Some(rec.refund_nonce),
         claims: Some(claims),
-        refund_authorizer_signature: None,
-        claim_authorizer_signature: None,
+        refund_authorizer_signature,
+        claim_authorizer_signature,
     };
     let started = tokio::time::Instant::now();
     match state
@@ -443,8 +486,15 @@ pub(crate) async fn claim_if_due(
     if rec.unclaimed() == 0 {
         return Ok(());
     }
-    let Some((accepted, ours)) = terms_for(state, &rec) else {
-        return Err("no stream sells this channel's receiver and token any more".into());
+    let Some(Bought {
+        accepted,
+        ours,
+        terms,
+    }) = terms_for(state, &rec)
+    else {
+        return Err(
+            "no stream sells this channel's receiver, token and authorizer any more".into(),
+        );
     };
     let held = x402_types::batch::SignedVoucher {
         channel_id: rec.id,
@@ -473,13 +523,15 @@ pub(crate) async fn claim_if_due(
         sync(state, id, chain.as_ref()).await;
         return Ok(());
     }
+    let claims = vec![claim_row(
+        &rec.config,
+        &held,
+        rec.charged.min(rec.signed_max),
+    )];
+    let claim_authorizer_signature = claim_signature(&terms, &claims)?;
     let claim = BatchPayload::Claim {
-        claims: vec![claim_row(
-            &rec.config,
-            &held,
-            rec.charged.min(rec.signed_max),
-        )],
-        claim_authorizer_signature: None,
+        claims,
+        claim_authorizer_signature,
     };
     let started = tokio::time::Instant::now();
     let s = settle(

@@ -12,8 +12,11 @@
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
+use std::sync::Arc;
+
 use x402_payer::channel::ChannelDomain;
 use x402_payer::channel_check::{ReceiverTerms, check_channel};
+use x402_payer::{DigestSigner, LocalSigner};
 use x402_session::channel::{ChannelRecord, Judgement, mirror_ttl};
 use x402_session::{PaymentIn, Quote, Refusal, SettleJob, SettleOutcome};
 use x402_types::batch::{
@@ -34,10 +37,13 @@ use crate::state::{AppState, StreamEntry};
 use crate::store::Commit;
 
 /// A stream's resolved `batch-settlement` terms.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ChannelTerms {
-    /// Who signs claims and refunds for the receiver (the facilitator's).
+    /// Who signs claims and refunds for the receiver (the facilitator's, or this
+    /// server's own key).
     pub receiver_authorizer: Address,
+    /// This server's own authorizer key, when it signs claims and refunds itself.
+    pub own_authorizer: Option<Arc<LocalSigner>>,
     /// The channel's withdrawal delay.
     pub withdraw_delay: u64,
     /// The `minDeposit` hint (atomic units).
@@ -50,12 +56,13 @@ pub struct ChannelTerms {
     pub granularity_secs: u64,
 }
 
-/// Resolves a stream's channel terms: the receiver authorizer is the facilitator's
-/// for the stream's network (its `/supported`).
+/// Resolves a stream's channel terms: the receiver authorizer is this server's own
+/// key (`own`), or else the facilitator's for the stream's network (its `/supported`).
 pub(crate) async fn resolve(
     f: &dyn Facilitator,
     cfg: &StreamConfig,
     terms: &Terms,
+    own: Option<&Arc<LocalSigner>>,
 ) -> Result<Option<ChannelTerms>, ConfigError> {
     let Some(offer) = &cfg.channel else {
         return Ok(None);
@@ -74,21 +81,42 @@ pub(crate) async fn resolve(
         ))
     })?;
     let caip2 = terms.network.caip2();
-    let authorizer = supported
-        .kinds
-        .iter()
-        .filter(|k| k.scheme == BATCH_SETTLEMENT && k.network == caip2)
-        .find_map(|k| k.extra.as_ref()?.get("receiverAuthorizer")?.as_str()?.parse().ok())
-        .ok_or_else(|| {
-            bad(format!(
-                "the facilitator does not offer batch-settlement on {caip2} with a receiverAuthorizer \
-                 (use the evm facilitator, or remove [streams.channel])"
-            ))
-        })?;
+    let kinds = || {
+        supported
+            .kinds
+            .iter()
+            .filter(|k| k.scheme == BATCH_SETTLEMENT && k.network == caip2)
+    };
+    let theirs = kinds().find_map(|k| {
+        k.extra
+            .as_ref()?
+            .get("receiverAuthorizer")?
+            .as_str()?
+            .parse()
+            .ok()
+    });
+    let authorizer = match own {
+        // Signing ourselves: the facilitator need only execute the scheme.
+        Some(k) if kinds().next().is_some() => Some(k.address()),
+        Some(_) => None,
+        None => theirs,
+    }
+    .ok_or_else(|| {
+        bad(format!(
+            "the facilitator does not offer batch-settlement on {caip2}{} \
+                 (use the evm facilitator, or remove [streams.channel])",
+            if own.is_none() {
+                " with a receiverAuthorizer"
+            } else {
+                ""
+            }
+        ))
+    })?;
     let min_deposit = u128::from(offer.min_deposit_slices)
         .saturating_mul(terms.per_slice.atomic().to_u128().unwrap_or(u128::MAX));
     Ok(Some(ChannelTerms {
         receiver_authorizer: authorizer,
+        own_authorizer: own.cloned(),
         withdraw_delay: offer.withdraw_delay,
         min_deposit,
         eip712,

@@ -55,6 +55,7 @@ pub struct ServerBuilder {
     cfg: Config,
     facilitator: Option<Arc<dyn Facilitator>>,
     store: Option<Arc<dyn PaymentStore>>,
+    authorizer: Option<Arc<x402_payer::LocalSigner>>,
 }
 
 impl ServerBuilder {
@@ -64,6 +65,7 @@ impl ServerBuilder {
             cfg,
             facilitator: None,
             store: None,
+            authorizer: None,
         }
     }
 
@@ -77,6 +79,14 @@ impl ServerBuilder {
     /// Uses this facilitator instead of the configured one.
     pub fn facilitator(mut self, f: Arc<dyn Facilitator>) -> Self {
         self.facilitator = Some(f);
+        self
+    }
+
+    /// Signs channel claims and refunds with this key (the offers name its address
+    /// as `receiverAuthorizer`) instead of leaving that to the facilitator; as
+    /// `[channel_manager] authorizer_key_file` does.
+    pub fn channel_authorizer(mut self, key: x402_payer::LocalSigner) -> Self {
+        self.authorizer = Some(Arc::new(key));
         self
     }
 
@@ -152,6 +162,22 @@ impl ServerBuilder {
             (None, None) => Arc::new(MemoryStore::new("local")),
         };
         let metrics = Arc::new(metrics::Metrics::default());
+        let authorizer = match (
+            self.authorizer,
+            &self.cfg.channel_manager.authorizer_key_file,
+        ) {
+            (Some(k), _) => Some(k),
+            (None, Some(file)) => {
+                let hex = std::fs::read_to_string(file).map_err(|e| {
+                    ConfigError::Invalid(format!("authorizer key file {}: {e}", file.display()))
+                })?;
+                let key = x402_payer::LocalSigner::from_hex(hex.trim()).map_err(|e| {
+                    ConfigError::Invalid(format!("authorizer key file {}: {e}", file.display()))
+                })?;
+                Some(Arc::new(key))
+            }
+            (None, None) => None,
+        };
         let mut streams = HashMap::new();
         let mut tasks = Vec::new();
         let cap = self.cfg.limits.replay_buffer;
@@ -195,7 +221,13 @@ impl ServerBuilder {
             streams.insert(
                 sc.id.clone(),
                 StreamEntry {
-                    channel: channels::resolve(facilitator.as_ref(), sc, &terms).await?,
+                    channel: channels::resolve(
+                        facilitator.as_ref(),
+                        sc,
+                        &terms,
+                        authorizer.as_ref(),
+                    )
+                    .await?,
                     cfg: sc.clone(),
                     terms,
                     hub,

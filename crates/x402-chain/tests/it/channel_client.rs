@@ -220,3 +220,48 @@ async fn a_session_that_stops_early_pays_for_the_seconds_it_had() {
     })
     .await;
 }
+
+/// A server holding its own `receiverAuthorizer` key: the offer names it, the server
+/// signs the manager's claims and the refund, and the facilitator (whose own authorizer
+/// is another key) only executes them. Balances stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_its_own_authorizer_key_claims_and_refunds() {
+    let own = LocalSigner::random().unwrap();
+    let own_address: x402_types::Address = own.to_string().parse().unwrap();
+    let rig = Rig::start_signing(1, own).await;
+    let Buying {
+        me,
+        before,
+        payee_before,
+        payer,
+        client,
+    } = buying(&rig, 2).await;
+    let mut session = client.open("s").await.unwrap();
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(30), session.next())
+        .await
+        .unwrap()
+    {
+        if let ClientEvent::Ended(r) = ev {
+            assert_eq!(r, EndReason::SliceLimit);
+            break;
+        }
+    }
+    let ch = payer.channels().pop().unwrap();
+    assert_eq!(
+        ch.config.receiver_authorizer, own_address,
+        "the offer names our key"
+    );
+    let charged = EvmU256::from(2 * PRICE);
+    // The manager claims past one slice, signing the batch itself.
+    rig.until("the manager claimed and swept the charge", || async {
+        rig.payee_usdc().await == payee_before + charged
+    })
+    .await;
+    let r = client.refund_channel("s").await.unwrap();
+    assert_eq!(r.amount, Some(Amount::from(10 * PRICE)));
+    assert_eq!(rig.usdc(me).await, before - charged);
+    assert_eq!(
+        rig.channel(&ch.config).await,
+        (2 * u128::from(PRICE), 2 * u128::from(PRICE))
+    );
+}

@@ -69,6 +69,20 @@ impl Rig {
     /// [`start`](Self::start), and the manager refunds channels idle for
     /// `idle_refund_secs` (0: never).
     pub async fn start_with(claim_threshold_slices: u64, idle_refund_secs: u64) -> Rig {
+        Self::start_full(claim_threshold_slices, idle_refund_secs, None).await
+    }
+
+    /// [`start`](Self::start), the server signing claims and refunds with its own
+    /// `authorizer` key (the facilitator only executes them).
+    pub async fn start_signing(claim_threshold_slices: u64, authorizer: LocalSigner) -> Rig {
+        Self::start_full(claim_threshold_slices, 0, Some(authorizer)).await
+    }
+
+    async fn start_full(
+        claim_threshold_slices: u64,
+        idle_refund_secs: u64,
+        authorizer: Option<LocalSigner>,
+    ) -> Rig {
         let anvil = Anvil::start(CHAIN_ID).expect("anvil (run `cargo xtask tools` to install it)");
         let token = anvil.install_test_usdc().await.unwrap();
         anvil.install_batch_settlement().await.unwrap();
@@ -112,11 +126,11 @@ impl Rig {
             ..ChannelOffer::default()
         });
         cfg.streams = vec![s, long];
-        let server = ServerBuilder::new(cfg)
-            .facilitator(Arc::new(f))
-            .bind()
-            .await
-            .unwrap();
+        let mut builder = ServerBuilder::new(cfg).facilitator(Arc::new(f));
+        if let Some(k) = authorizer {
+            builder = builder.channel_authorizer(k);
+        }
+        let server = builder.bind().await.unwrap();
         let base = server.http_base().to_string();
         server.spawn();
         Rig {

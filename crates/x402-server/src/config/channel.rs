@@ -66,6 +66,7 @@ impl ChannelOffer {
 /// interval_secs = 60          # how often channels are read from the chain
 /// claim_threshold_slices = 10 # claim once this many slices are unclaimed on a channel
 /// idle_refund_secs = 3600     # return the unused deposit of a channel idle this long (0: never)
+/// # authorizer_key_file = "/etc/atomicstream/authorizer.key"  # sign claims and refunds here
 /// ```
 /// A channel with a pending withdrawal is claimed at the next round whatever its
 /// exposure: the shortest `withdrawDelay` (900 s) leaves many rounds to do it.
@@ -79,6 +80,11 @@ pub struct ChannelManagerConfig {
     /// A channel without a voucher for this long gets its unused deposit back (a
     /// cooperative refund the receiver sends, claims first); 0: never.
     pub idle_refund_secs: u64,
+    /// The receiver's own authorizer key (hex, in a file): the offer names its address
+    /// as `receiverAuthorizer`, and the server signs claims and refunds itself, so any
+    /// facilitator that executes signed ones will do. Absent: the facilitator's
+    /// authorizer from its `/supported`, which signs them.
+    pub authorizer_key_file: Option<std::path::PathBuf>,
 }
 
 impl ChannelManagerConfig {
@@ -109,6 +115,7 @@ impl Default for ChannelManagerConfig {
             interval_secs: 60,
             claim_threshold_slices: 10,
             idle_refund_secs: 3600,
+            authorizer_key_file: None,
         }
     }
 }
