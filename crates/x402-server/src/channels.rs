@@ -233,6 +233,17 @@ pub(crate) fn parse_record(json: Option<String>) -> Result<Option<ChannelRecord>
         .transpose()
 }
 
+/// The payment key of a channel payload: its voucher (one voucher pays one slice once).
+fn voucher_key(v: &x402_types::batch::SignedVoucher) -> String {
+    format!(
+        "bs:{}:{}:{}",
+        v.channel_id, v.max_claimable_amount, v.signature
+    )
+}
+
+/// Most payloads remembered as checked (see [`AppState::prechecked`]).
+const PRECHECKED_MAX: usize = 10_000;
+
 fn price(r: &Requirement) -> u128 {
     r.amount.atomic().to_u128().unwrap_or(u128::MAX)
 }
@@ -269,10 +280,7 @@ impl AppState {
                 "not a deposit or a voucher",
             )));
         };
-        let key = format!(
-            "bs:{}:{}:{}",
-            voucher.channel_id, voucher.max_claimable_amount, voucher.signature
-        );
+        let key = voucher_key(voucher);
         let mut word = [0u8; 64];
         word[..32].copy_from_slice(&voucher.channel_id.0);
         word[48..].copy_from_slice(&voucher.max_claimable_amount.to_be_bytes());
@@ -338,13 +346,14 @@ impl AppState {
         // balance short, ...) is refused before anything is recorded: a recorded refusal
         // would also answer, for minutes, the payer's next payload of the same voucher
         // (the payment's key), a good voucher or a good deposit among them.
+        let mut deposit_verified = false;
         if matches!(b, BatchPayload::Deposit { .. }) && !self.recorded(quote, &payment).await? {
             let req = FacilitatorRequest {
                 payment_payload: payload.clone(),
                 payment_requirements: PaymentRequirements::V2(ours.to_v2()),
             };
             match self.facilitator.verify(&req).await {
-                Ok(r) if r.is_valid => {}
+                Ok(r) if r.is_valid => deposit_verified = true,
                 Ok(r) => {
                     return Err(refuse(invalid(
                         r.invalid_reason.as_deref().unwrap_or("invalid_payload"),
@@ -362,7 +371,19 @@ impl AppState {
                 }
             }
         }
+        self.note_prechecked(voucher_key(voucher), deposit_verified);
         Ok((payment, ours))
+    }
+
+    /// Remembers that this process checked a payload before deciding it.
+    fn note_prechecked(&self, key: String, deposit_verified: bool) {
+        let mut m = self.prechecked.lock().unwrap_or_else(|p| p.into_inner());
+        // Payloads refused after the check (horizon, a rival) never settle here:
+        // forgetting them all now and then only costs a second check.
+        if m.len() >= PRECHECKED_MAX {
+            m.clear();
+        }
+        m.insert(key, deposit_verified);
     }
 
     /// Whether `payment` has a record (a retry: its recorded answer stands).
@@ -441,18 +462,33 @@ pub(crate) async fn settle_channel(state: &AppState, job: &SettleJob) -> SettleO
         Ok(b) => b,
         Err(r) => return refused(r),
     };
-    // Checked again on every attempt: a junk copy never settles.
-    if let Err(r) = check_offline(&t, &ours, &req.payment_payload, &b) {
-        return refused(r);
-    }
     let Some((config, voucher)) = b.channel() else {
         return refused(invalid("invalid_payload", "not a deposit or a voucher"));
     };
+    // The first attempt of a payload this process checked before deciding it (the
+    // record's payload passed that check: nothing undecided reaches the pipeline) is
+    // not checked again; a retry, a takeover or a restart checks: a junk copy never
+    // settles.
+    let pre = if job.attempt == 0 {
+        state
+            .prechecked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&voucher_key(voucher))
+    } else {
+        None
+    };
+    if pre.is_none()
+        && let Err(r) = check_offline(&t, &ours, &req.payment_payload, &b)
+    {
+        return refused(r);
+    }
     let id = voucher.channel_id.to_string();
     let mut chain: Option<ChannelState> = None;
     let mut deposit: Option<SettleResponse> = None;
     if matches!(b, BatchPayload::Deposit { .. }) {
-        match deposit_once(state.facilitator.as_ref(), req, job.attempt).await {
+        let verified = pre == Some(true);
+        match deposit_once(state.facilitator.as_ref(), req, job.attempt, verified).await {
             Ok((answer, st)) => {
                 chain = Some(st);
                 deposit = Some(answer);
@@ -568,13 +604,14 @@ pub(crate) fn state_in(extra: Option<&Value>) -> Option<ChannelState> {
     serde_json::from_value(v.clone()).ok()
 }
 
-/// Executes a deposit (first attempt: verify, then settle).
+/// Executes a deposit (first attempt: verify, unless just `verified`, then settle).
 async fn deposit_once(
     f: &dyn Facilitator,
     req: &FacilitatorRequest,
     attempt: u32,
+    verified: bool,
 ) -> Result<(SettleResponse, ChannelState), SettleOutcome> {
-    if attempt == 0 {
+    if attempt == 0 && !verified {
         match f.verify(req).await {
             Ok(v) if v.is_valid => {}
             Ok(v) => {

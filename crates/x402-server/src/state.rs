@@ -73,6 +73,10 @@ pub struct AppState {
     /// instances (`[store] kind = "redis"`). One path either way.
     pub(crate) store: Arc<dyn PaymentStore>,
     pub(crate) mailboxes: Mutex<HashMap<ConnId, mpsc::Sender<ServerTransmit>>>,
+    /// Channel payloads this process checked before deciding them, by payment key:
+    /// their first settlement attempt here does not check again (`true`: the
+    /// facilitator verified its deposit too). Bounded; only a saving.
+    pub(crate) prechecked: Mutex<HashMap<String, bool>>,
     /// Metered sessions stopped, their unused charge not yet given back.
     pub(crate) meter_stops: Mutex<Vec<crate::meter::MeterStop>>,
     /// One bell per settlement that requests wait on: a settlement wakes
@@ -140,6 +144,7 @@ impl AppState {
             facilitator,
             mailboxes: Mutex::default(),
             meter_stops: Mutex::default(),
+            prechecked: Mutex::default(),
             bells: Mutex::default(),
             suspects: Mutex::default(),
             timers: Notify::new(),

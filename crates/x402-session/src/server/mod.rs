@@ -98,7 +98,9 @@ pub struct ServerEndpoint {
     retries: BTreeSet<(Instant, SettleId)>,
     next_sweep: Instant,
     next_id: u64,
-    settling: usize,
+    /// Settlements this endpoint runs, by session (`import_session` reads one
+    /// session's without a walk over every record).
+    settling: BTreeSet<(String, PaymentKey)>,
     transmits: VecDeque<ServerTransmit>,
     jobs: VecDeque<SettleJob>,
     events: VecDeque<ServerEvent>,
@@ -129,7 +131,7 @@ impl ServerEndpoint {
             timers: BTreeSet::new(),
             retries: BTreeSet::new(),
             next_id: 0,
-            settling: 0,
+            settling: BTreeSet::new(),
             transmits: VecDeque::new(),
             jobs: VecDeque::new(),
             events: VecDeque::new(),
@@ -171,7 +173,7 @@ impl ServerEndpoint {
             connections: self.conns.len(),
             records: self.records.len(),
             claims: self.claims.len(),
-            settling: self.settling,
+            settling: self.settling.len(),
         }
     }
 

@@ -149,8 +149,8 @@ impl ServerEndpoint {
         if let Some(pid) = p.payment_id {
             self.payment_ids.insert(pid, p.key.clone());
         }
+        self.settling.insert((quote.id.clone(), p.key.clone()));
         self.record_expiry.insert((expires, p.key));
-        self.settling += 1;
         PaymentDecision::Settle(id)
     }
 
@@ -433,7 +433,7 @@ impl ServerEndpoint {
         let (payer, nonce) = (r.rec.payer, r.rec.nonce);
         let Some(rec) = record else {
             // Nothing moved: forget the payload entirely; a retry starts over.
-            self.settling -= 1;
+            self.settling.remove(&(session.clone(), key.clone()));
             self.forget(&key);
             self.import_or_release(now, &session, &key, state, true);
             return;
@@ -458,7 +458,7 @@ impl ServerEndpoint {
             self.retries.insert((now + self.cfg.settle_retry, id));
             return;
         }
-        self.settling -= 1;
+        self.settling.remove(&(session.clone(), key.clone()));
         let stream = self.stream_of(&session);
         match (&status, unresolved) {
             (_, Some(reason)) => {
@@ -529,6 +529,7 @@ impl ServerEndpoint {
     pub(super) fn forget(&mut self, key: &PaymentKey) {
         self.release_claims(key);
         if let Some(r) = self.records.remove(key) {
+            self.settling.remove(&(r.rec.session.clone(), key.clone()));
             self.by_id.remove(&r.id);
             self.record_expiry.remove(&(r.rec.expires, key.clone()));
         }

@@ -73,8 +73,12 @@ impl ServerEndpoint {
         }
         let old = std::mem::replace(&mut s.state, state);
         // Settlements this instance runs count even if the store lags.
-        for (k, r) in &self.records {
-            if r.local && r.rec.status.is_settling() && r.rec.session == session {
+        let from = (session.to_string(), PaymentKey::from_stored(String::new()));
+        for (_, k) in self.settling.range(from..).take_while(|(s, _)| s == session) {
+            if let Some(r) = self.records.get(k)
+                && r.local
+                && r.rec.status.is_settling()
+            {
                 s.state
                     .in_flight
                     .entry(k.clone())
@@ -189,7 +193,7 @@ impl ServerEndpoint {
         r.request = request;
         r.rec.status = PaymentStatus::Retrying;
         r.rec.attempts = r.rec.attempts.max(1);
-        self.settling += 1;
+        self.settling.insert((r.rec.session.clone(), key.clone()));
         let (id, deadline) = (r.id, r.rec.valid_before.saturating_add(self.cfg.skew_secs));
         if let Some(s) = self.sessions.get_mut(&r.rec.session) {
             s.state.in_flight.insert(key.clone(), deadline);
@@ -240,8 +244,8 @@ impl ServerEndpoint {
             return;
         }
         r.local = false;
-        self.settling -= 1;
         let session = r.rec.session.clone();
+        self.settling.remove(&(session.clone(), key.clone()));
         if let Some(s) = self.sessions.get_mut(&session) {
             s.state.release(&key);
         }
