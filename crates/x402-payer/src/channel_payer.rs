@@ -379,20 +379,21 @@ impl<S: DigestSigner> EvmChannelPayer<S> {
             Some(x) => {
                 let id = x.channel_state.channel_id;
                 if let Some(ch) = m.get_mut(&id) {
-                    match x.charged_amount {
-                        // A payment's receipt: our payment on that channel was accepted,
-                        // with its deposit, if any. The balance is ours to keep (our
-                        // deposits), never a server's number; the charge never above what
-                        // was signed.
-                        Some(c) => {
-                            flying.remove(&id);
-                            ch.charged = ch.charged.saturating_add(c).min(ch.signed_max);
-                            ch.balance = ch.balance.saturating_add(ch.pending_deposit);
-                            ch.pending_deposit = 0;
-                        }
-                        // A refund's receipt (no charge): the balance after it, which only
-                        // ever shrinks it.
-                        None => ch.balance = x.channel_state.balance.min(ch.balance),
+                    // A payment's receipt (a charge, or our payment on that channel in
+                    // flight: a facilitator's deposit receipt has no charge): it was
+                    // accepted, with its deposit, if any. The balance is ours to keep
+                    // (our deposits), never a server's number; the charge never above
+                    // what was signed.
+                    let ours = flying.remove(&id);
+                    if ours || x.charged_amount.is_some() {
+                        let c = x.charged_amount.unwrap_or(0);
+                        ch.charged = ch.charged.saturating_add(c).min(ch.signed_max);
+                        ch.balance = ch.balance.saturating_add(ch.pending_deposit);
+                        ch.pending_deposit = 0;
+                    } else {
+                        // A refund's receipt (no charge, nothing in flight): the balance
+                        // after it, which only ever shrinks it.
+                        ch.balance = x.channel_state.balance.min(ch.balance);
                     }
                 }
             }
