@@ -74,7 +74,11 @@ impl ServerEndpoint {
         let old = std::mem::replace(&mut s.state, state);
         // Settlements this instance runs count even if the store lags.
         let from = (session.to_string(), PaymentKey::from_stored(String::new()));
-        for (_, k) in self.settling.range(from..).take_while(|(s, _)| s == session) {
+        for (_, k) in self
+            .settling
+            .range(from..)
+            .take_while(|(s, _)| s == session)
+        {
             if let Some(r) = self.records.get(k)
                 && r.local
                 && r.rec.status.is_settling()
