@@ -30,20 +30,69 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
-/// Runs a step, printing it first; returns whether it succeeded.
+thread_local! {
+    /// Where this thread's steps write (a background job's log); unset: the terminal.
+    static STEP_LOG: std::cell::RefCell<Option<std::fs::File>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Prints a line of a step: to this thread's log if it has one, else to stderr.
+fn say(line: &str) {
+    use std::io::Write;
+    let logged = STEP_LOG.with(|l| match l.borrow_mut().as_mut() {
+        Some(f) => {
+            let _ = writeln!(f, "{line}");
+            true
+        }
+        None => false,
+    });
+    if !logged {
+        eprintln!("{line}");
+    }
+}
+
+/// Runs a step, printing it first and its time after; returns whether it succeeded.
 fn step(name: &str, cmd: &mut Command) -> bool {
-    eprintln!("\n==> {name}: {cmd:?}");
-    match cmd.current_dir(root()).status() {
-        Ok(s) if s.success() => true,
+    say(&format!("\n==> {name}: {cmd:?}"));
+    STEP_LOG.with(|l| {
+        if let Some(f) = l.borrow().as_ref()
+            && let (Ok(out), Ok(err)) = (f.try_clone(), f.try_clone())
+        {
+            cmd.stdout(out).stderr(err);
+        }
+    });
+    let started = std::time::Instant::now();
+    let status = cmd.current_dir(root()).status();
+    let took = started.elapsed().as_secs_f64();
+    match status {
+        Ok(s) if s.success() => {
+            say(&format!("<== {name}: {took:.1} s"));
+            true
+        }
         Ok(s) => {
-            eprintln!("xtask: step `{name}` failed with {s}");
+            say(&format!(
+                "xtask: step `{name}` failed with {s} after {took:.1} s"
+            ));
             false
         }
         Err(e) => {
-            eprintln!("xtask: step `{name}` could not start: {e}");
+            say(&format!("xtask: step `{name}` could not start: {e}"));
             false
         }
     }
+}
+
+/// Installs the test tools on a thread of its own, its steps written to `log`: the
+/// downloads overlap the first builds, which need none of them.
+fn tools_in_background(log: PathBuf) -> std::thread::JoinHandle<bool> {
+    std::thread::spawn(move || {
+        if let Some(dir) = log.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Ok(f) = std::fs::File::create(&log) {
+            STEP_LOG.with(|l| *l.borrow_mut() = Some(f));
+        }
+        tools()
+    })
 }
 
 /// A cargo command. xtask runs whole builds (CI, benches, examples), where
@@ -250,6 +299,7 @@ fn free_disk_mib() -> Option<u64> {
 const CI_DISK_MIB: u64 = 2_500;
 
 fn ci() -> bool {
+    let started = std::time::Instant::now();
     match free_disk_mib() {
         Some(free) if free < CI_DISK_MIB => eprintln!(
             "xtask ci: warning: only {free} MiB free on the disk holding the build; a clean run needs about {CI_DISK_MIB} MiB"
@@ -257,12 +307,24 @@ fn ci() -> bool {
         Some(free) => eprintln!("xtask ci: {free} MiB free on the build's disk"),
         None => {}
     }
-    if !tools() {
-        eprintln!(
-            "xtask ci: the test tools (anvil, solc, redis-server, the x402 Python SDK, the client recipes' packages) could not be installed; tests that need them would fail"
-        );
-        return false;
-    }
+    let log = root().join("target/tools-install.log");
+    eprintln!(
+        "xtask ci: installing the test tools in the background (log: {})",
+        log.display()
+    );
+    let installing = tools_in_background(log.clone());
+    let tools_ready = move || {
+        let ok = installing.join().unwrap_or(false);
+        if !ok {
+            eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+            eprintln!(
+                "xtask ci: the test tools (anvil, solc, redis-server, the x402 Python SDK, the client recipes' packages) could not be installed; tests that need them would fail"
+            );
+        } else {
+            eprintln!("\nxtask ci: test tools ready (log: {})", log.display());
+        }
+        ok
+    };
     if !msrv::check() {
         return false;
     }
@@ -286,7 +348,15 @@ fn ci() -> bool {
         tests.remove(0),
         ("doc", doc),
     ];
+    let mut tools_ready = Some(tools_ready);
     for (name, mut cmd) in steps {
+        // The tests need the tools; the lint and the build before them do not.
+        if name == "doctests"
+            && let Some(ready) = tools_ready.take()
+            && !ready()
+        {
+            return false;
+        }
         if !step(name, &mut cmd) {
             return false;
         }
@@ -299,7 +369,10 @@ fn ci() -> bool {
     if !deploy::check() {
         return false;
     }
-    eprintln!("\nxtask ci: all steps passed");
+    eprintln!(
+        "\nxtask ci: all steps passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     true
 }
 

@@ -613,7 +613,13 @@ impl Driver {
                 if self.live.as_ref().is_some_and(|l| l.conn == conn)
                     && let Some(l) = self.live.take()
                 {
-                    close_in_background(l.socket, code.code());
+                    if self.session.is_ended() {
+                        // The session's last close: `Ended` reaches the application
+                        // once the server answered it (its metering is done).
+                        close_and_wait(l.socket, code.code()).await;
+                    } else {
+                        close_in_background(l.socket, code.code());
+                    }
                 }
             }
         }
