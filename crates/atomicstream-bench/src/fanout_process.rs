@@ -1,4 +1,6 @@
-//! Row family 4c: fan-out to 10,000 paid sessions with the server in its own process.
+//! Row family 4c: fan-out to 10,000 paid sessions with the server in its own process,
+//! beside the same sockets on a bare tokio-tungstenite broadcast server in its own process
+//! (`bare_server.rs`), in the same run, alternating rounds.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,6 +9,7 @@ use futures::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 use x402_types::ServerMessage;
 
+use crate::bare_server::{BareProcess, open_bare};
 use crate::process::{ServerProcess, cpu_secs, open_paid, rss_kib};
 use crate::report::{Report, percentile};
 
@@ -16,6 +19,8 @@ use crate::report::{Report, percentile};
 /// stamp to its receipt.
 /// One round of the fan-out with the server in its own process.
 struct FanoutRound {
+    /// Server CPU seconds (user, system) over the window.
+    cpu_secs: (f64, f64),
     open_secs: f64,
     failed: usize,
     count: u64,
@@ -28,10 +33,53 @@ struct FanoutRound {
     rss_mib: f64,
 }
 
-async fn fanout_round(sessions: usize, window: u64) -> Result<FanoutRound, String> {
-    let server = ServerProcess::start("f", "{ kind = \"synthetic\", rate = 10.0 }").await?;
+/// Which server a round runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// `atomicstream serve`, paid sockets.
+    Ours,
+    /// The bare broadcast server, plain sockets.
+    Bare,
+}
+
+/// A server process of either side.
+enum Proc {
+    Ours(ServerProcess),
+    Bare(BareProcess),
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        match self {
+            Proc::Ours(s) => s.pid(),
+            Proc::Bare(s) => s.pid(),
+        }
+    }
+}
+
+async fn fanout_round(
+    side: Side,
+    sessions: usize,
+    window: u64,
+    rate: f64,
+) -> Result<FanoutRound, String> {
     let t = Instant::now();
-    let (sockets, failed) = open_paid(&server.base, "f", sessions, 8).await;
+    let (server, (sockets, failed)) = match side {
+        Side::Ours => {
+            let s = ServerProcess::start(
+                "f",
+                &format!("{{ kind = \"synthetic\", rate = {rate:.1} }}"),
+            )
+            .await?;
+            let opened = open_paid(&s.base, "f", sessions, 8).await;
+            (Proc::Ours(s), opened)
+        }
+        Side::Bare => {
+            let s = BareProcess::start(rate).await?;
+            let opened = open_bare(&s.url, sessions, 8).await;
+            (Proc::Bare(s), opened)
+        }
+    };
     let open_secs = t.elapsed().as_secs_f64();
     // The window starts a second after every socket is open.
     let latest = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -81,7 +129,7 @@ async fn fanout_round(sessions: usize, window: u64) -> Result<FanoutRound, Strin
     );
     let t = Instant::now();
     let (server_cpu0, me_cpu0) = (cpu_secs(&server.pid().to_string()), cpu_secs("self"));
-    let deadline = Duration::from_secs(window / 10 + 15);
+    let deadline = Duration::from_secs_f64(window as f64 / rate + 15.0);
     let mut lats: Vec<f64> = Vec::with_capacity(sessions * window as usize);
     let (mut count, mut out_of_order, mut unfinished) = (0u64, 0usize, 0usize);
     for h in readers {
@@ -103,6 +151,7 @@ async fn fanout_round(sessions: usize, window: u64) -> Result<FanoutRound, Strin
     let (su, ss) = cores(server_cpu0, server_cpu1);
     let (cu, cs) = cores(me_cpu0, me_cpu1);
     Ok(FanoutRound {
+        cpu_secs: (server_cpu1.0 - server_cpu0.0, server_cpu1.1 - server_cpu0.1),
         open_secs,
         failed,
         count,
@@ -115,99 +164,198 @@ async fn fanout_round(sessions: usize, window: u64) -> Result<FanoutRound, Strin
     })
 }
 
-/// 10,000 paid sessions at 10 events/s each (100,000 events/s out of the
-/// server), the server in its own process: every session must receive every
-/// event of a 100-event window, in order; latency is the event's publication
-/// stamp to its receipt. Several rounds, each with a fresh server and fresh
-/// sessions; the median round is reported with the spread.
+/// 10,000 sessions at 10 events/s each (100,000 events/s out of the server), the
+/// server in its own process: every session must receive every event of a 100-event
+/// window, in order; latency is the event's publication stamp to its receipt. Rounds
+/// alternate between our server (paid sockets) and the bare broadcast server (plain
+/// sockets), each with a fresh process and fresh sockets; medians are reported with
+/// the spread. Then the rate steps up (`rates`, events a second per socket) for each
+/// server until a round loses an event or its p99 reaches 100 ms: the largest rate each
+/// sustains.
 pub(crate) async fn bench_fanout_process(
     r: &mut Report,
     sessions: usize,
     window: u64,
     rounds: usize,
+    rates: &[f64],
 ) {
-    let mut done = Vec::new();
+    let mut ours = Vec::new();
+    let mut bare = Vec::new();
     for _ in 0..rounds {
-        match fanout_round(sessions, window).await {
-            Ok(x) => done.push(x),
-            Err(e) => {
-                r.plain(
-                    &format!("4c. fan-out to {sessions}: {e}"),
-                    f64::NAN,
-                    "",
-                    "server",
-                    Some(false),
-                );
-                return;
+        for (side, done) in [(Side::Ours, &mut ours), (Side::Bare, &mut bare)] {
+            match fanout_round(side, sessions, window, 10.0).await {
+                Ok(x) => done.push(x),
+                Err(e) => {
+                    r.plain(
+                        &format!("4c. fan-out to {sessions} ({side:?}): {e}"),
+                        f64::NAN,
+                        "",
+                        "server",
+                        Some(false),
+                    );
+                    return;
+                }
             }
         }
     }
-    let expected = sessions as u64 * window * rounds as u64;
-    let count: u64 = done.iter().map(|x| x.count).sum();
-    let bad: usize = done
-        .iter()
-        .map(|x| x.out_of_order + x.unfinished + x.failed)
-        .sum();
-    let col = |f: &dyn Fn(&FanoutRound) -> f64| -> Vec<f64> { done.iter().map(f).collect() };
+    report_rounds(r, sessions, window, &ours, &bare);
+    let mut sustained = [0.0f64; 2];
+    for (i, side) in [Side::Ours, Side::Bare].into_iter().enumerate() {
+        for &rate in rates {
+            match fanout_round(side, sessions, window, rate).await {
+                Ok(x)
+                    if x.p99 < 100.0
+                        && x.count == sessions as u64 * window
+                        && x.failed + x.unfinished + x.out_of_order == 0 =>
+                {
+                    sustained[i] = rate;
+                    eprintln!(
+                        "bench: 4c {side:?} sustains {rate} ev/s (p99 {:.1} ms)",
+                        x.p99
+                    );
+                }
+                Ok(x) => {
+                    eprintln!(
+                        "bench: 4c {side:?} breaks at {rate} ev/s (p99 {:.1} ms, {} of {} events)",
+                        x.p99,
+                        x.count,
+                        sessions as u64 * window
+                    );
+                    break;
+                }
+                Err(e) => {
+                    eprintln!("bench: 4c {side:?} at {rate} ev/s: {e}");
+                    break;
+                }
+            }
+        }
+    }
+    r.ratio(
+        &format!("4c. fan-out to {sessions}: largest rate with p99 < 100 ms and no loss"),
+        sustained[0],
+        "ev/s/socket",
+        &format!("bare server (steps {rates:?})"),
+        sustained[1],
+        0.9,
+    );
+}
+
+fn report_rounds(
+    r: &mut Report,
+    sessions: usize,
+    window: u64,
+    ours: &[FanoutRound],
+    bare: &[FanoutRound],
+) {
+    let rounds = ours.len();
+    let col = |done: &[FanoutRound], f: &dyn Fn(&FanoutRound) -> f64| -> Vec<f64> {
+        done.iter().map(f).collect()
+    };
     let med = |v: Vec<f64>| percentile(&mut v.clone(), 0.5);
-    let p99s = col(&|x| x.p99);
-    let p99 = med(p99s.clone());
-    let (su, ss, cu, cs) = (
-        med(col(&|x| x.cpu.0)),
-        med(col(&|x| x.cpu.1)),
-        med(col(&|x| x.cpu.2)),
-        med(col(&|x| x.cpu.3)),
-    );
-    r.plain(
-        &format!("4c. fan-out to {sessions} at 10 ev/s (server process): opened in"),
-        med(col(&|x| x.open_secs)),
+    let expected = sessions as u64 * window * rounds as u64;
+    for (name, done) in [("ours", ours), ("bare", bare)] {
+        let count: u64 = done.iter().map(|x| x.count).sum();
+        let bad: usize = done
+            .iter()
+            .map(|x| x.out_of_order + x.unfinished + x.failed)
+            .sum();
+        r.plain(
+            &format!("4c. fan-out to {sessions} at 10 ev/s ({name}): events delivered"),
+            count as f64,
+            "events",
+            &format!(
+                "no loss ({count}/{expected} over {rounds} rounds; {bad} sessions failed, out of order or unfinished)"
+            ),
+            Some(count == expected && bad == 0),
+        );
+    }
+    r.cost_ratio(
+        &format!("4c. fan-out to {sessions}: sockets opened in (ours: paid)"),
+        med(col(ours, &|x| x.open_secs)),
         "s",
-        "report (median)",
-        None,
+        "bare server: accept and upgrade only",
+        med(col(bare, &|x| x.open_secs)),
+        f64::INFINITY,
     );
+    let p99s = |done: &[FanoutRound]| {
+        done.iter()
+            .map(|x| format!("{:.1}", x.p99))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (label, f) in [
+        ("p50", (|x: &FanoutRound| x.p50) as fn(&FanoutRound) -> f64),
+        ("p99", |x: &FanoutRound| x.p99),
+    ] {
+        r.cost_ratio(
+            &format!("4c. fan-out to {sessions} at 10 ev/s: latency {label}"),
+            med(col(ours, &f)),
+            "ms",
+            &format!(
+                "bare server, median of rounds (round p99s: ours {}; bare {})",
+                p99s(ours),
+                p99s(bare)
+            ),
+            med(col(bare, &f)),
+            f64::INFINITY,
+        );
+    }
     r.plain(
-        &format!("4c. fan-out to {sessions} at 10 ev/s: events delivered"),
-        count as f64,
-        "events",
-        &format!(
-            "no loss ({count}/{expected} over {rounds} rounds; {bad} sessions failed, out of order or unfinished)"
-        ),
-        Some(count == expected && bad == 0),
-    );
-    r.plain(
-        &format!("4c. fan-out to {sessions} at 10 ev/s: latency p50"),
-        med(col(&|x| x.p50)),
+        &format!("4c. fan-out to {sessions} at 10 ev/s: latency p99 (ours)"),
+        med(col(ours, &|x| x.p99)),
         "ms",
-        "report (median of rounds)",
-        None,
-    );
-    r.plain(
-        &format!("4c. fan-out to {sessions} at 10 ev/s: latency p99"),
-        p99,
-        "ms",
         &format!(
-            "p99 < 100 ms (median of {rounds} rounds; round p99s {})",
-            p99s.iter()
-                .map(|x| format!("{x:.1}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "p99 < 100 ms (median of {rounds} rounds; bare: {:.1} ms)",
+            med(col(bare, &|x| x.p99))
         ),
-        Some(p99 < 100.0),
+        Some(med(col(ours, &|x| x.p99)) < 100.0),
     );
+    let cores = |done: &[FanoutRound]| {
+        let (su, ss, cu, cs) = (
+            med(col(done, &|x| x.cpu.0)),
+            med(col(done, &|x| x.cpu.1)),
+            med(col(done, &|x| x.cpu.2)),
+            med(col(done, &|x| x.cpu.3)),
+        );
+        (
+            su + ss,
+            format!("user {su:.2}, system {ss:.2}; its clients: user {cu:.2}, system {cs:.2}"),
+        )
+    };
+    let ((o_busy, o_how), (b_busy, b_how)) = (cores(ours), cores(bare));
     r.plain(
         &format!("4c. fan-out to {sessions} at 10 ev/s: server CPU (cores busy)"),
-        su + ss,
+        o_busy,
         "cores",
-        &format!(
-            "report, median (user {su:.2}, system {ss:.2}; the clients: user {cu:.2}, system {cs:.2})"
-        ),
+        &format!("report, median (ours: {o_how}; bare {b_busy:.2} cores: {b_how})"),
         None,
     );
+    // Server CPU per delivered event, user and system, microseconds.
+    let per = |x: &FanoutRound| (x.cpu_secs.0 + x.cpu_secs.1) * 1e6 / x.count.max(1) as f64;
+    let user = |x: &FanoutRound| x.cpu_secs.0 * 1e6 / x.count.max(1) as f64;
+    let (o, b) = (med(col(ours, &per)), med(col(bare, &per)));
+    r.cost_ratio(
+        &format!("4c. fan-out to {sessions} at 10 ev/s: server CPU per delivered event"),
+        o,
+        "us",
+        &format!(
+            "bare server (user {:.2} + system {:.2}; ours user {:.2} + system {:.2})",
+            med(col(bare, &user)),
+            b - med(col(bare, &user)),
+            med(col(ours, &user)),
+            o - med(col(ours, &user)),
+        ),
+        b,
+        1.2,
+    );
     r.plain(
-        &format!("4c. fan-out to {sessions} at 10 ev/s: server resident set"),
-        done.iter().map(|x| x.rss_mib).fold(0.0, f64::max),
+        &format!("4c. fan-out to {sessions} at 10 ev/s: server resident set (ours)"),
+        ours.iter().map(|x| x.rss_mib).fold(0.0, f64::max),
         "MiB",
-        "report (largest round)",
+        &format!(
+            "report (largest round; bare {:.0} MiB)",
+            bare.iter().map(|x| x.rss_mib).fold(0.0, f64::max)
+        ),
         None,
     );
 }

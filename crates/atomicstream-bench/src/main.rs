@@ -1,6 +1,7 @@
 //! Benchmarks with baselines measured in the same run, and the soak run.
 //! Use through `cargo xtask bench` and `cargo xtask soak`.
 
+mod bare_server;
 mod broadcast;
 mod channel_sessions;
 mod counts;
@@ -49,6 +50,13 @@ async fn main() {
             .unwrap_or(1);
         let redis = args.iter().any(|a| a == "--redis");
         std::process::exit(soak::run(secs, instances, redis).await);
+    }
+    if args.first().map(String::as_str) == Some("bare-server") {
+        // The baseline server of row 4c, in its own process: `bare-server RATE PORT`.
+        let rate = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10.0);
+        let port = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(0);
+        bare_server::run(rate, port).await;
+        return;
     }
     if args.first().map(String::as_str) == Some("count") {
         let op = args.get(1).map_or("", String::as_str);
@@ -103,7 +111,12 @@ async fn main() {
     }
     if run("fanout") || run("fanout10k") {
         let (n, rounds) = if quick { (2_000, 1) } else { (10_000, 3) };
-        bench_fanout_process(&mut r, n, 100, rounds).await;
+        let rates: &[f64] = if quick {
+            &[10.0, 20.0]
+        } else {
+            &[10.0, 15.0, 20.0, 30.0]
+        };
+        bench_fanout_process(&mut r, n, 100, rounds, rates).await;
     }
     // --redis: the same rows with the server's state in a local redis-server.
     let redis = if args.iter().any(|a| a == "--redis") {

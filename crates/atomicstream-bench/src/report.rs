@@ -45,6 +45,28 @@ impl Report {
             met: Some(r >= min_ratio),
         });
     }
+    /// A cost row (lower is better): `value` at most `max_ratio` times the baseline's.
+    pub(crate) fn cost_ratio(
+        &mut self,
+        name: &str,
+        value: f64,
+        unit: &'static str,
+        base_name: &str,
+        base: f64,
+        max_ratio: f64,
+    ) {
+        let r = value / base;
+        self.rows.push(Row {
+            name: name.into(),
+            value,
+            unit,
+            baseline: Some((base_name.into(), base)),
+            ratio: Some(r),
+            target: format!("ratio <= {max_ratio}"),
+            met: Some(r <= max_ratio),
+        });
+    }
+
     /// A throughput row from alternating rounds: medians of both sides, and the
     /// spread of the per-round ratios in the baseline's name.
     pub(crate) fn rounds(
