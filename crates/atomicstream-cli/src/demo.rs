@@ -309,9 +309,12 @@ pub async fn run(slices: u64, all: bool, on_chain: bool, channel: bool) -> Resul
     let mut exact_loss = true;
     if let Some(c) = &chain {
         let (p0, q0) = (c.payer_start, c.payee_start);
+        // What the seller claimed in all: the metered charge.
+        let mut claimed = None;
         if channel {
             // Close the channel: the seller claims what it charged and returns the rest.
             let r = client.refund_channel("demo-fast").await?;
+            claimed = r.claimed.map(Amount::from_u128);
             eprintln!(
                 "  refund            {} USDC of the deposit came back in transaction {}",
                 r.amount.unwrap_or_default().to_display(6),
@@ -340,7 +343,8 @@ pub async fn run(slices: u64, all: bool, on_chain: bool, channel: bool) -> Resul
             let (p1, q1) = c.raw().await?;
             let lost = p0.saturating_sub(p1);
             let gained = q1.saturating_sub(q0);
-            let charged = charged_total();
+            // Billed per second: what the seller claimed, not the vouchers' total.
+            let charged = claimed.unwrap_or_else(charged_total);
             // Billed per second: the paid time left when a socket dropped went back.
             let per_slice = info
                 .offer

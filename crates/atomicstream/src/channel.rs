@@ -12,6 +12,10 @@ pub struct ChannelRefund {
     pub transaction: String,
     /// The amount returned to the payer (atomic units), as the server reports it.
     pub amount: Option<x402_types::Amount>,
+    /// What the seller claimed from the channel in all, after the refund (its
+    /// `channelState.totalClaimed`): what the payer paid. Metered sessions that
+    /// stopped early make it less than the vouchers' total.
+    pub claimed: Option<u128>,
     /// The server's receipt (`PAYMENT-RESPONSE`).
     pub receipt: SettleResponse,
 }
@@ -82,9 +86,16 @@ impl Client {
             });
         }
         payer.accepted(Some(&receipt));
+        let claimed = receipt
+            .extra
+            .as_ref()
+            .and_then(|x| x.get("channelState"))
+            .and_then(|s| serde_json::from_value::<x402_types::batch::ChannelState>(s.clone()).ok())
+            .map(|s| s.total_claimed);
         Ok(ChannelRefund {
             transaction: receipt.transaction.clone(),
             amount: receipt.amount,
+            claimed,
             receipt,
         })
     }

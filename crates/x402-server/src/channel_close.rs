@@ -170,7 +170,7 @@ impl AppState {
                 break (version + 1, rec);
             }
         };
-        let left = rec.balance.saturating_sub(rec.charged);
+        let left = rec.balance.saturating_sub(rec.claimable());
         let refund = amount.unwrap_or(left).min(left);
         let outcome = if refund == 0 {
             Err(refusal(
@@ -186,7 +186,7 @@ impl AppState {
                 ours: &ours,
                 terms: t,
                 voucher,
-                claim_to: rec.charged,
+                claim_to: rec.claimable(),
                 refund,
             };
             execute_refund(self, &rec, &held)
@@ -337,13 +337,13 @@ pub(crate) async fn refund_if_idle(
         max_claimable_amount: rec.signed_max,
         signature: rec.signature.clone(),
     };
-    let refund = rec.balance.saturating_sub(rec.charged);
+    let refund = rec.balance.saturating_sub(rec.claimable());
     let held = Held {
         accepted: &b.accepted,
         ours: &b.ours,
         terms: &b.terms,
         voucher: &voucher,
-        claim_to: rec.charged.min(rec.signed_max),
+        claim_to: rec.claimable(),
         refund,
     };
     let outcome = execute_refund(state, &rec, &held).await;
@@ -523,11 +523,7 @@ pub(crate) async fn claim_if_due(
         sync(state, id, chain.as_ref()).await;
         return Ok(());
     }
-    let claims = vec![claim_row(
-        &rec.config,
-        &held,
-        rec.charged.min(rec.signed_max),
-    )];
+    let claims = vec![claim_row(&rec.config, &held, rec.claimable())];
     let claim_authorizer_signature = claim_signature(&terms, &claims)?;
     let claim = BatchPayload::Claim {
         claims,
@@ -541,13 +537,11 @@ pub(crate) async fn claim_if_due(
     .await?;
     tracing::info!(channel = %id, transaction = %s.transaction, withdrawal = pending_withdrawal, "claimed");
     state.metrics.channel_claimed(
-        rec.charged
-            .min(rec.signed_max)
-            .saturating_sub(rec.total_claimed),
+        rec.claimable().saturating_sub(rec.total_claimed),
         started.elapsed(),
     );
     let after = ChannelState {
-        total_claimed: rec.charged.min(rec.signed_max),
+        total_claimed: rec.claimable(),
         ..chain.unwrap_or_else(|| rec.state())
     };
     sync(state, id, Some(&after)).await;

@@ -29,18 +29,28 @@ pub(crate) struct MeterStop {
     pub stream: String,
     pub account: String,
     pub at_ms: u64,
+    /// The connection number of the socket that closed.
+    pub connection: u64,
 }
 
 /// Tries of a compare-and-set before giving up (each one re-reads).
 const TRIES: usize = 16;
 
 impl AppState {
-    /// Gives back every stopped session's unused charge (the stops the core reported).
-    /// A socket's task awaits this before it answers the client's close, so a client
-    /// that refunds its channel after closing sees the metered total.
-    pub(crate) async fn return_unused(self: &Arc<Self>) {
-        let stops: Vec<MeterStop> =
-            std::mem::take(&mut *self.meter_stops.lock().unwrap_or_else(|p| p.into_inner()));
+    /// Gives back the unused charge of `session`'s stop, if its socket's close was
+    /// one (the core reported it). The socket's task awaits this before it answers
+    /// the client's close, so a client that refunds its channel after closing sees
+    /// the metered total. Only its own session's: another socket's stays for that
+    /// socket's task.
+    pub(crate) async fn return_unused(self: &Arc<Self>, session: &str) {
+        let stops: Vec<MeterStop> = {
+            let mut all = self.meter_stops.lock().unwrap_or_else(|p| p.into_inner());
+            let (mine, rest) = std::mem::take(&mut *all)
+                .into_iter()
+                .partition(|s| s.session == session);
+            *all = rest;
+            mine
+        };
         for stop in stops {
             self.return_one(&stop).await;
         }
@@ -89,7 +99,12 @@ impl AppState {
                     return None;
                 }
             };
-            if !loaded.exists {
+            // A newer socket holds the session (a reconnect, here or elsewhere): the
+            // time is in use, nothing is cut. Nor is a session paid from elsewhere.
+            if !loaded.exists
+                || loaded.state.connections != stop.connection
+                || loaded.state.account.as_deref() != Some(stop.account.as_str())
+            {
                 return None;
             }
             let mut state = loaded.state;
@@ -103,12 +118,22 @@ impl AppState {
                 self.with_core(|ep, now| (ep.unix_now(now), ep.config().linger_secs));
             let until = state.retain_until(unix, linger);
             match store
-                .commit_session(&stop.session, loaded.version, &state, until)
+                .commit_session(
+                    &stop.session,
+                    loaded.version,
+                    stop.connection,
+                    &state,
+                    until,
+                )
                 .await
             {
                 Ok(Commit::Done) => {
                     let session = stop.session.clone();
                     self.with_core(|ep, now| ep.import_session(now, &session, None, state));
+                    if let Err(e) = store.notify(&stop.session).await {
+                        self.metrics
+                            .store_failed("announce a metered stop to other instances", &e);
+                    }
                     return Some(amount);
                 }
                 Ok(_) => continue,
@@ -139,9 +164,9 @@ impl AppState {
                     return;
                 }
             };
-            let before = rec.charged;
+            let before = rec.returned;
             rec.return_unused(amount);
-            let back = before - rec.charged;
+            let back = rec.returned - before;
             if back == 0 {
                 return;
             }
@@ -156,7 +181,7 @@ impl AppState {
                 Ok(Commit::Done) => {
                     self.metrics.channel_returned(&stop.stream, back);
                     tracing::info!(channel = %stop.account, returned = back,
-                        charged = rec.charged, "metered session stopped: unused charge returned");
+                        claimable = rec.claimable(), "metered session stopped: unused charge returned");
                     return;
                 }
                 Ok(_) => continue,

@@ -270,7 +270,7 @@ impl Connection {
                         // close is answered: a client that refunds its channel
                         // once closed sees the metered total.
                         self.stop();
-                        self.state.return_unused().await;
+                        self.state.return_unused(&self.quote.id).await;
                         let _ = tokio::time::timeout(Duration::from_secs(1), tx.close()).await;
                         break 'outer None;
                     }
@@ -287,7 +287,7 @@ impl Connection {
                     .await;
         }
         self.stop();
-        self.state.return_unused().await;
+        self.state.return_unused(&self.quote.id).await;
     }
 
     /// The socket is done: no more transmits, and the core knows (a second call

@@ -283,6 +283,7 @@ impl AppState {
                 stream,
                 account,
                 at_ms,
+                connection,
                 ..
             } => {
                 // Given back by the socket's task (`AppState::return_unused`).
@@ -294,6 +295,7 @@ impl AppState {
                         stream,
                         account,
                         at_ms,
+                        connection,
                     });
             }
             ServerEvent::Unresolved {

@@ -45,8 +45,13 @@ pub struct ChannelRecord {
     pub withdraw_requested_at: u64,
     /// The chain's refund nonce.
     pub refund_nonce: U256,
-    /// What this server charged, cumulative.
+    /// What this server charged, cumulative: the voucher rule's total. It never falls,
+    /// so a next voucher is never one already used.
     pub charged: u128,
+    /// Part of `charged` given back by metered sessions that stopped early: claims and
+    /// refunds take `charged - returned` ([`claimable`](Self::claimable)).
+    #[serde(default)]
+    pub returned: u128,
     /// The highest voucher held: its maximum (0: none).
     pub signed_max: u128,
     /// Its signature (empty: none).
@@ -97,6 +102,7 @@ impl ChannelRecord {
             withdraw_requested_at: 0,
             refund_nonce: U256::ZERO,
             charged: 0,
+            returned: 0,
             signed_max: 0,
             signature: Default::default(),
             busy_until: 0,
@@ -114,6 +120,10 @@ impl ChannelRecord {
         self.withdraw_requested_at = chain.withdraw_requested_at;
         self.refund_nonce = chain.refund_nonce;
         self.charged = self.charged.max(self.total_claimed);
+        // What was claimed on chain is not given back any more.
+        self.returned = self
+            .returned
+            .min(self.charged.saturating_sub(self.total_claimed));
     }
 
     /// Whether vouchers may be judged on this mirror alone at unix second `now`: the
@@ -207,16 +217,26 @@ impl ChannelRecord {
     }
 
     /// A metered session stopped before its paid time ended: `amount` of what was
-    /// charged goes back (never below what was claimed on chain).
+    /// charged goes back (never what was already claimed on chain). The voucher rule's
+    /// `charged` stays: only what claims and refunds take falls.
     pub fn return_unused(&mut self, amount: u128) {
-        self.charged = self.charged.saturating_sub(amount).max(self.total_claimed);
+        self.returned = self
+            .returned
+            .saturating_add(amount)
+            .min(self.charged.saturating_sub(self.total_claimed));
     }
 
-    /// Charged and not yet claimed: what a withdrawal could take from the receiver.
-    pub fn unclaimed(&self) -> u128 {
+    /// What the receiver may claim in all: charged, less what was given back, within
+    /// the highest voucher held.
+    pub fn claimable(&self) -> u128 {
         self.charged
+            .saturating_sub(self.returned)
             .min(self.signed_max)
-            .saturating_sub(self.total_claimed)
+    }
+
+    /// Claimable and not yet claimed: what a withdrawal could take from the receiver.
+    pub fn unclaimed(&self) -> u128 {
+        self.claimable().saturating_sub(self.total_claimed)
     }
 
     /// The refund voucher's rule: it signs exactly the charged total (a zero-charge
@@ -249,7 +269,7 @@ impl ChannelRecord {
         idle_secs > 0
             && self.updated_at != 0
             && now.saturating_sub(self.updated_at) >= idle_secs
-            && self.balance > self.charged
+            && self.balance > self.claimable()
             && self.busy_until <= now
     }
 
@@ -451,6 +471,33 @@ mod tests {
         r.adopt_client_total(&voucher(&r, 20, 1), 10);
         assert_eq!(r.charged, 30);
         assert_eq!(r.judge(&voucher(&r, 20, 1), 10, 0), Judgement::Mismatch);
+    }
+
+    #[test]
+    fn a_return_lowers_what_is_claimed_never_the_voucher_total() {
+        let mut r = record(100);
+        r.accept(&voucher(&r, 10, 1), 10);
+        r.accept(&voucher(&r, 20, 2), 10);
+        r.return_unused(10);
+        assert_eq!((r.charged, r.returned, r.claimable()), (20, 10, 10));
+        // The next voucher is a new one (30), never the 20 already used.
+        assert_eq!(r.judge(&voucher(&r, 20, 3), 10, 0), Judgement::Mismatch);
+        assert_eq!(
+            r.judge(&voucher(&r, 30, 3), 10, 0),
+            Judgement::Accept { charge: 10 }
+        );
+        // Never more back than is unclaimed; a claim that landed at the old total wins.
+        r.return_unused(1_000);
+        assert_eq!(r.returned, 20);
+        r.sync(&ChannelState {
+            channel_id: r.id,
+            balance: 100,
+            total_claimed: 15,
+            withdraw_requested_at: 0,
+            refund_nonce: U256::ZERO,
+            charged_cumulative_amount: None,
+        });
+        assert_eq!((r.returned, r.claimable(), r.unclaimed()), (5, 15, 0));
     }
 
     proptest! {

@@ -369,13 +369,14 @@ impl PaymentStore for MemoryStore {
         &self,
         session: &str,
         version: u64,
+        connections: u64,
         state: &SessionState,
         until: u64,
     ) -> Result<Commit, StoreError> {
         let mut inner = self.lock();
         self.expire(&mut inner);
         match inner.sessions.get_mut(session) {
-            Some(row) if row.version == version => {
+            Some(row) if row.version == version && row.connections == connections => {
                 row.version += 1;
                 row.state = state.clone();
                 row.until_ms = ms(until);

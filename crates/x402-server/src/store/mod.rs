@@ -235,14 +235,16 @@ pub trait PaymentStore: Send + Sync + fmt::Debug {
         Ok(())
     }
 
-    /// Writes a session's state if its version is still `version` (it must
-    /// exist), kept until `until` (unix seconds); `Conflict` otherwise. A
-    /// metered session's stop is committed this way before its unused time
-    /// goes back to its channel.
+    /// Writes a session's state if its version is still `version` and its
+    /// connection count still `connections` (it must exist), kept until `until`
+    /// (unix seconds); `Conflict` otherwise. A metered session's stop is committed
+    /// this way before its unused time goes back to its channel: a socket opened
+    /// on the session meanwhile (its count moved) keeps the time.
     async fn commit_session(
         &self,
         session: &str,
         version: u64,
+        connections: u64,
         state: &SessionState,
         until: u64,
     ) -> Result<Commit, StoreError>;

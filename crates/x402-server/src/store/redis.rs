@@ -67,11 +67,12 @@ return 1
 "#;
 
 /// Compare-and-set of a session's state: `KEYS[1]` the session, `ARGV` the
-/// expected version, the state and the expiry (unix ms). 1 written, 0 conflict
-/// (or gone).
+/// expected version, the state, the expiry (unix ms) and the expected connection
+/// count. 1 written, 0 conflict (or gone).
 const COMMIT_SESSION: &str = r#"
 local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if v == 0 or v ~= tonumber(ARGV[1]) then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'c') or '0') ~= tonumber(ARGV[4]) then return 0 end
 redis.call('HSET', KEYS[1], 'v', v + 1, 'j', ARGV[2])
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 return 1
@@ -655,6 +656,7 @@ impl PaymentStore for RedisStore {
         &self,
         session: &str,
         version: u64,
+        connections: u64,
         state: &SessionState,
         until: u64,
     ) -> Result<Commit, StoreError> {
@@ -662,7 +664,12 @@ impl PaymentStore for RedisStore {
             .run(
                 COMMIT_SESSION,
                 &[self.session_key(session)],
-                &[version.to_string(), json(state)?, ms(until).to_string()],
+                &[
+                    version.to_string(),
+                    json(state)?,
+                    ms(until).to_string(),
+                    connections.to_string(),
+                ],
             )
             .await?;
         Ok(compared(done))

@@ -473,11 +473,12 @@ impl PaymentStore for LosesOneAnswer {
         &self,
         session: &str,
         version: u64,
+        connections: u64,
         state: &x402_session::SessionState,
         until: u64,
     ) -> Result<x402_server::store::Commit, x402_server::StoreError> {
         self.inner
-            .commit_session(session, version, state, until)
+            .commit_session(session, version, connections, state, until)
             .await
     }
     async fn load_channel(

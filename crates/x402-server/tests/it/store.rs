@@ -240,13 +240,19 @@ async fn session_cuts_are_compared_and_swapped(p: Pair) {
         returned_ms: 6_500,
         ..SessionState::default()
     };
+    // A socket opened meanwhile (the connection count moved): the cut is refused.
+    let n = b.connect_session("q").await.unwrap().unwrap();
     assert_eq!(
-        a.commit_session("q", 1, &cut, UNTIL).await.unwrap(),
+        a.commit_session("q", 1, n - 1, &cut, UNTIL).await.unwrap(),
+        Commit::Conflict
+    );
+    assert_eq!(
+        a.commit_session("q", 1, n, &cut, UNTIL).await.unwrap(),
         Commit::Done
     );
     cut.returned_ms = 7_000;
     assert_eq!(
-        b.commit_session("q", 1, &cut, UNTIL).await.unwrap(),
+        b.commit_session("q", 1, n, &cut, UNTIL).await.unwrap(),
         Commit::Conflict
     );
     let loaded = b.load_session("q").await.unwrap();
@@ -256,7 +262,7 @@ async fn session_cuts_are_compared_and_swapped(p: Pair) {
         (6_500, Some("0xc1"))
     );
     assert_eq!(
-        b.commit_session("gone", 0, &cut, UNTIL).await.unwrap(),
+        b.commit_session("gone", 0, 0, &cut, UNTIL).await.unwrap(),
         Commit::Conflict
     );
     assert!(!b.load_session("gone").await.unwrap().exists);

@@ -104,7 +104,7 @@ impl ServerEndpoint {
         let Some(s) = self.sessions.get_mut(&quote.id) else {
             return PaymentDecision::Refused(quote_expired());
         };
-        if let Err(r) = s.state.accepts_account(p.account.as_deref(), now_ms) {
+        if let Err(r) = s.state.admit_account(p.account.as_deref(), now_ms) {
             return PaymentDecision::Refused(r);
         }
         if let Err(r) = s

@@ -104,8 +104,13 @@ impl ServerEndpoint {
             && s.conn == Some(conn)
         {
             s.conn = None;
-            // A metered session pays only while its socket is open.
-            let unused_ms = s.state.stop_meter(now_ms);
+            // A metered session pays only while its socket is open. The cut is made
+            // on the shared state by the driver (compare-and-set, only if no newer
+            // socket holds the session), then imported here: never locally alone.
+            let unused_ms = s
+                .state
+                .paid_until_ms
+                .map_or(0, |p| p.saturating_sub(now_ms));
             if unused_ms > 0
                 && let Some(account) = s.state.account.clone()
             {
@@ -115,6 +120,7 @@ impl ServerEndpoint {
                     account,
                     unused_ms,
                     at_ms: now_ms,
+                    connection: s.conn_gen,
                 });
             }
         }

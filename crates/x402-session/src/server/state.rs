@@ -93,14 +93,19 @@ impl SessionState {
         self.in_flight.remove(key);
     }
 
-    /// Whether a payment drawing on `account` may pay for this session at
-    /// `now_ms`: while paid time runs (or a payment settles) it comes from one
-    /// place (one channel, or `exact` transfers), so that what a metered
-    /// session's close gives back goes where it was paid from. Once paid time
-    /// has lapsed, the next payment may come from elsewhere.
-    pub fn accepts_account(&self, account: Option<&str>, now_ms: u64) -> Result<(), Refusal> {
-        let idle = !self.is_paid(now_ms) && self.in_flight.is_empty();
-        if self.slices == 0 || idle || self.account.as_deref() == account {
+    /// Admits a payment drawing on `account` (`None`: `exact`) at `now_ms`: while
+    /// paid time runs or a payment settles, a session's time comes from one place
+    /// (one channel, or `exact` transfers), so that what a metered session's close
+    /// gives back goes where it was paid from. A session with neither takes the
+    /// payment's account as its own.
+    pub fn admit_account(&mut self, account: Option<&str>, now_ms: u64) -> Result<(), Refusal> {
+        let unix = now_ms / 1000;
+        self.in_flight.retain(|_, d| *d >= unix);
+        if self.in_flight.is_empty() && !self.is_paid(now_ms) {
+            self.account = account.map(str::to_string);
+            return Ok(());
+        }
+        if self.account.as_deref() == account {
             return Ok(());
         }
         Err(Refusal::new(
@@ -167,7 +172,11 @@ impl SessionState {
         head: u64,
     ) {
         self.in_flight.remove(key);
-        self.account = account.map(str::to_string);
+        // Set when the payment was admitted; a record taken over from another
+        // instance may bring it first.
+        if self.account.is_none() {
+            self.account = account.map(str::to_string);
+        }
         let lapsed = !self.is_paid(now_ms);
         let base = self.paid_until_ms.map_or(now_ms, |p| p.max(now_ms));
         self.paid_until_ms = Some(base.saturating_add(slice_seconds.saturating_mul(1000)));

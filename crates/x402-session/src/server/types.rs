@@ -337,9 +337,11 @@ pub enum ServerEvent {
         code: ErrorCode,
     },
     /// A metered session's socket closed with paid time left: its paid time
-    /// now ends here, and the unused rest goes back to the account it was
-    /// paid from (the driver lowers the channel's charged total; see
-    /// [`SessionState::meter_return`](super::SessionState::meter_return)).
+    /// is to end here, and the unused rest go back to the account it was paid
+    /// from. The driver makes the cut on the shared state
+    /// ([`SessionState::stop_meter`](super::SessionState::stop_meter)) when no
+    /// newer connection holds the session, commits it, imports it, and then
+    /// gives back [`SessionState::meter_return`](super::SessionState::meter_return).
     MeterStopped {
         /// Session.
         session: String,
@@ -347,7 +349,7 @@ pub enum ServerEvent {
         stream: String,
         /// The account (channel id).
         account: String,
-        /// Paid milliseconds cut off here.
+        /// Paid milliseconds left at the close (what the cut would give back).
         unused_ms: u64,
         /// When the socket closed (unix milliseconds): a driver sharing a
         /// store makes the same cut ([`SessionState::stop_meter`]) on the
@@ -356,6 +358,9 @@ pub enum ServerEvent {
         ///
         /// [`SessionState::stop_meter`]: super::SessionState::stop_meter
         at_ms: u64,
+        /// The session's connection number the closed socket held: a store whose
+        /// count is higher has a newer socket on the session, and nothing is cut.
+        connection: u64,
     },
     /// A settlement's outcome could not be established: money may have moved,
     /// nothing was credited. An operator must reconcile it.

@@ -59,18 +59,29 @@ impl Rig {
         d
     }
 
-    fn stops(&mut self) -> Vec<(String, u64, u64)> {
+    fn stops(&mut self) -> Vec<(String, u64, u64, u64)> {
         std::iter::from_fn(|| self.ep.poll_event())
             .filter_map(|e| match e {
                 ServerEvent::MeterStopped {
                     account,
                     unused_ms,
                     at_ms,
+                    connection,
                     ..
-                } => Some((account, unused_ms, at_ms)),
+                } => Some((account, unused_ms, at_ms, connection)),
                 _ => None,
             })
             .collect()
+    }
+
+    /// What a driver does with a stop: the cut on the (shared) state, imported back.
+    fn cut(&mut self, at_ms: u64, now: u64) -> SessionState {
+        let mut st = self.ep.export_session("q").unwrap();
+        st.stop_meter(at_ms);
+        let q = self.quote.clone();
+        self.ep
+            .import_session(self.at(now), "q", Some(&q), st.clone());
+        st
     }
 }
 
@@ -82,21 +93,23 @@ fn a_closed_socket_stops_a_metered_session_and_reports_the_unused_time() {
     r.ep.connect(r.at(0), &q, ConnId(1), None, HEAD).unwrap();
     r.ep.disconnect(r.at(3_500), ConnId(1));
     let stops = r.stops();
-    assert_eq!(
-        stops,
-        vec![("ch".to_string(), 6_500, sim::UNIX0 * 1000 + 3_500)]
-    );
+    let at = sim::UNIX0 * 1000 + 3_500;
+    assert_eq!(stops, vec![("ch".to_string(), 6_500, at, 1)]);
+    // The core reports; the cut is the driver's, on the shared state.
+    assert!(r.ep.check_connect(r.at(3_550), &q).is_ok());
+    let state = r.cut(at, 3_600);
     // Paid time ended at the close: no resume on time that went back.
     let refused = r.ep.check_connect(r.at(3_600), &q).unwrap_err();
     assert_eq!(refused.code, ErrorCode::PaymentRequired);
-    let state = r.ep.export_session("q").unwrap();
     assert_eq!((state.returned_ms, state.delivered_ms(10)), (6_500, 3_500));
     // 1000 per 10 s, per started second: 4 s delivered cost 400; 600 goes back.
     let meter = Meter::new(1_000, 10, 1);
     assert_eq!(state.meter_return(6_500, 10, &meter), 600);
-    // Closing again reports nothing more.
+    // Closing again reports nothing more, and a second cut gives nothing.
     r.ep.disconnect(r.at(4_000), ConnId(1));
     assert!(r.stops().is_empty());
+    let mut again = r.ep.export_session("q").unwrap();
+    assert_eq!(again.stop_meter(at + 500), 0);
 }
 
 #[test]
@@ -136,6 +149,7 @@ fn an_older_copy_of_a_cut_session_never_restores_its_time() {
     let before = r.ep.export_session("q").unwrap();
     r.ep.connect(r.at(0), &q, ConnId(1), None, HEAD).unwrap();
     r.ep.disconnect(r.at(2_000), ConnId(1));
+    r.cut(sim::UNIX0 * 1000 + 2_000, 2_050);
     // A load from before the cut arrives late.
     r.ep.import_session(r.at(2_100), "q", Some(&q), before);
     assert!(r.ep.check_connect(r.at(2_200), &q).is_err());
