@@ -114,7 +114,7 @@ async fn main() {
         let rates: &[f64] = if quick {
             &[10.0, 20.0]
         } else {
-            &[10.0, 15.0, 20.0, 30.0]
+            &[2.0, 5.0, 10.0, 15.0]
         };
         bench_fanout_process(&mut r, n, 100, rounds, rates).await;
     }
