@@ -107,19 +107,15 @@ pub(crate) async fn open_bare(
     n: usize,
     parallel: usize,
 ) -> (Vec<crate::fixture::Ws>, usize) {
-    use futures::StreamExt;
-    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-    let opened: Vec<Option<crate::fixture::Ws>> = futures::stream::iter(0..n)
-        .map(|_| async move {
-            let cfg = WebSocketConfig::default().read_buffer_size(512);
-            tokio_tungstenite::connect_async_with_config(url, Some(cfg), true)
-                .await
-                .ok()
-                .map(|(ws, _)| ws)
-        })
-        .buffer_unordered(parallel)
-        .collect()
-        .await;
-    let failed = opened.iter().filter(|o| o.is_none()).count();
-    (opened.into_iter().flatten().collect(), failed)
+    crate::process::open_many(n, parallel, |_| async move {
+        tokio_tungstenite::connect_async_with_config(
+            url,
+            Some(crate::process::small_buffer()),
+            true,
+        )
+        .await
+        .ok()
+        .map(|(ws, _)| ws)
+    })
+    .await
 }

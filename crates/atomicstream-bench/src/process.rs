@@ -118,31 +118,43 @@ impl Drop for ServerProcess {
 /// each), `parallel` at a time; sockets use a small read buffer, as a
 /// client holding thousands of them would.
 pub(crate) async fn open_paid(base: &str, id: &str, n: usize, parallel: usize) -> (Vec<Ws>, usize) {
-    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
     let http = reqwest::Client::new();
     let payer = Arc::new(signer_payer());
+    open_many(n, parallel, |_| {
+        let (http, payer) = (http.clone(), payer.clone());
+        async move {
+            let (schema, offer) = quote(&http, base, id).await;
+            let pay = payer.sign(&offer).ok()?.to_header();
+            let mut req = schema
+                .websocket_endpoint
+                .as_str()
+                .into_client_request()
+                .ok()?;
+            req.headers_mut()
+                .insert("PAYMENT-SIGNATURE", pay.parse().ok()?);
+            tokio_tungstenite::connect_async_with_config(req, Some(small_buffer()), true)
+                .await
+                .ok()
+                .map(|(ws, _)| ws)
+        }
+    })
+    .await
+}
+
+/// tungstenite zero-fills the read buffer before every read: keep it near the frame size
+/// (~170 B) so the load generator leaves the cores to the server.
+pub(crate) fn small_buffer() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(512)
+}
+
+/// Opens `n` sockets with `open`, `parallel` at a time: the sockets, and how many failed.
+pub(crate) async fn open_many<F, Fut>(n: usize, parallel: usize, open: F) -> (Vec<Ws>, usize)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Option<Ws>>,
+{
     let opened: Vec<Option<Ws>> = futures::stream::iter(0..n)
-        .map(|_| {
-            let (http, payer) = (http.clone(), payer.clone());
-            async move {
-                let (schema, offer) = quote(&http, base, id).await;
-                let pay = payer.sign(&offer).ok()?.to_header();
-                let mut req = schema
-                    .websocket_endpoint
-                    .as_str()
-                    .into_client_request()
-                    .ok()?;
-                req.headers_mut()
-                    .insert("PAYMENT-SIGNATURE", pay.parse().ok()?);
-                // tungstenite zero-fills the read buffer before every read: keep it near the
-                // frame size (~170 B) so the load generator leaves the cores to the server.
-                let cfg = WebSocketConfig::default().read_buffer_size(512);
-                tokio_tungstenite::connect_async_with_config(req, Some(cfg), true)
-                    .await
-                    .ok()
-                    .map(|(ws, _)| ws)
-            }
-        })
+        .map(open)
         .buffer_unordered(parallel)
         .collect()
         .await;

@@ -25,6 +25,7 @@ pub(crate) struct Report {
 }
 
 impl Report {
+    /// A row against its baseline; the target is `ratio >= min_ratio`.
     pub(crate) fn ratio(
         &mut self,
         name: &str,
@@ -35,16 +36,17 @@ impl Report {
         min_ratio: f64,
     ) {
         let r = value / base;
-        self.rows.push(Row {
-            name: name.into(),
+        self.against(
+            name,
             value,
             unit,
-            baseline: Some((base_name.into(), base)),
-            ratio: Some(r),
-            target: format!("ratio >= {min_ratio}"),
-            met: Some(r >= min_ratio),
-        });
+            base_name,
+            base,
+            format!("ratio >= {min_ratio}"),
+            r >= min_ratio,
+        );
     }
+
     /// A cost row (lower is better): `value` at most `max_ratio` times the baseline's.
     pub(crate) fn cost_ratio(
         &mut self,
@@ -56,14 +58,36 @@ impl Report {
         max_ratio: f64,
     ) {
         let r = value / base;
+        self.against(
+            name,
+            value,
+            unit,
+            base_name,
+            base,
+            format!("ratio <= {max_ratio}"),
+            r <= max_ratio,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn against(
+        &mut self,
+        name: &str,
+        value: f64,
+        unit: &'static str,
+        base_name: &str,
+        base: f64,
+        target: String,
+        met: bool,
+    ) {
         self.rows.push(Row {
             name: name.into(),
             value,
             unit,
             baseline: Some((base_name.into(), base)),
-            ratio: Some(r),
-            target: format!("ratio <= {max_ratio}"),
-            met: Some(r <= max_ratio),
+            ratio: Some(value / base),
+            target,
+            met: Some(met),
         });
     }
 

@@ -22,6 +22,20 @@ struct Buying {
     client: Client,
 }
 
+/// Reads the session to its end (30 s at most between events): why it ended.
+async fn ended(session: &mut atomicstream::StreamSession) -> EndReason {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), session.next())
+            .await
+            .unwrap()
+        {
+            Some(ClientEvent::Ended(r)) => return r,
+            Some(_) => {}
+            None => return EndReason::Stopped,
+        }
+    }
+}
+
 async fn buying(rig: &Rig, slices: u64) -> Buying {
     let policy =
         SpendPolicy::new(Amount::from(PRICE)).with_lifetime_budget(Amount::from(10 * PRICE));
@@ -75,17 +89,7 @@ async fn our_client_pays_in_band_and_gets_the_rest_back() {
         client,
     } = buying(&rig, 3).await;
     let mut session = client.open("s").await.unwrap();
-    let reason = loop {
-        match tokio::time::timeout(Duration::from_secs(30), session.next())
-            .await
-            .unwrap()
-        {
-            Some(ClientEvent::Ended(r)) => break r,
-            Some(_) => {}
-            None => break EndReason::Stopped,
-        }
-    };
-    assert_eq!(reason, EndReason::SliceLimit);
+    assert_eq!(ended(&mut session).await, EndReason::SliceLimit);
     let p = session.progress();
     assert_eq!(p.slices, 3);
     // Both renewals went in-band; none needed the renew URL.
@@ -128,15 +132,7 @@ async fn an_idle_channel_is_refunded_by_the_seller() {
         ..
     } = buying(&rig, 2).await;
     let mut session = client.open("s").await.unwrap();
-    while let Some(ev) = tokio::time::timeout(Duration::from_secs(30), session.next())
-        .await
-        .unwrap()
-    {
-        if let ClientEvent::Ended(r) = ev {
-            assert_eq!(r, EndReason::SliceLimit);
-            break;
-        }
-    }
+    assert_eq!(ended(&mut session).await, EndReason::SliceLimit);
     // No refund from the buyer: the seller's manager returns the rest.
     let charged = EvmU256::from(2 * PRICE);
     rig.until("the idle channel was refunded", || async {
@@ -184,15 +180,7 @@ async fn a_session_that_stops_early_pays_for_the_seconds_it_had() {
     }
     let left = watching.elapsed();
     session.stop();
-    while let Some(ev) = tokio::time::timeout(Duration::from_secs(10), session.next())
-        .await
-        .unwrap()
-    {
-        if let ClientEvent::Ended(r) = ev {
-            assert_eq!(r, EndReason::Stopped);
-            break;
-        }
-    }
+    assert_eq!(ended(&mut session).await, EndReason::Stopped);
     assert!(events > 10, "events flowed ({events})");
     // One slice was signed; the payer still believes it was charged in full.
     let ch = payer.channels().pop().unwrap();
@@ -240,15 +228,7 @@ async fn a_server_with_its_own_authorizer_key_claims_and_refunds() {
         client,
     } = buying(&rig, 2).await;
     let mut session = client.open("s").await.unwrap();
-    while let Some(ev) = tokio::time::timeout(Duration::from_secs(30), session.next())
-        .await
-        .unwrap()
-    {
-        if let ClientEvent::Ended(r) = ev {
-            assert_eq!(r, EndReason::SliceLimit);
-            break;
-        }
-    }
+    assert_eq!(ended(&mut session).await, EndReason::SliceLimit);
     let ch = payer.channels().pop().unwrap();
     assert_eq!(
         ch.config.receiver_authorizer, own_address,
