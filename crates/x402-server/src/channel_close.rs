@@ -506,16 +506,25 @@ pub(crate) async fn claim_if_due(
         channel_config: rec.config.clone(),
         voucher: held.clone(),
     };
-    let chain = crate::channels::read_chain(
-        state.facilitator.as_ref(),
-        &request(&accepted, &ours, &probe),
-    )
-    .await
-    .ok();
+    // A refusal of the probe still says what the chain holds (a voucher already
+    // claimed in full is refused, with the channel's state).
+    let chain = match state
+        .facilitator
+        .verify(&request(&accepted, &ours, &probe))
+        .await
+    {
+        Ok(v) => state_in(v.extra.as_ref()),
+        Err(_) => None,
+    };
     // An unreadable chain is treated as a pending withdrawal: claiming costs gas,
     // missing a withdrawal costs the charge.
     let pending_withdrawal = chain.as_ref().is_none_or(|c| c.withdraw_requested_at != 0);
+    // Decide on what the chain says: a claim whose answer was lost or pending may
+    // have landed, and is not sent again.
     let mut due = rec.clone();
+    if let Some(c) = &chain {
+        due.sync(c);
+    }
     if pending_withdrawal {
         due.withdraw_requested_at = due.withdraw_requested_at.max(1);
     }

@@ -152,3 +152,116 @@ async fn in_band_vouchers_count_against_the_address_payment_limit() {
         "the refused voucher charged nothing"
     );
 }
+
+/// The embedded facilitator, whose first `claim` is executed but answered
+/// `settlement_pending` (the receipt wait failed after the broadcast).
+struct PendingClaim {
+    inner: std::sync::Arc<x402_server::EmbeddedFacilitator>,
+    pending: std::sync::atomic::AtomicBool,
+    claims: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+#[async_trait::async_trait]
+impl x402_server::Facilitator for PendingClaim {
+    async fn verify(
+        &self,
+        req: &x402_types::FacilitatorRequest,
+    ) -> Result<x402_types::VerifyResponse, x402_server::FacilitatorError> {
+        self.inner.verify(req).await
+    }
+
+    async fn settle(
+        &self,
+        req: &x402_types::FacilitatorRequest,
+    ) -> Result<x402_types::SettleResponse, x402_server::FacilitatorError> {
+        let answer = self.inner.settle(req).await?;
+        let claim = matches!(req.payment_payload.scheme_payload(),
+            x402_types::SchemePayload::Other(m) if m.get("type").and_then(|t| t.as_str()) == Some("claim"));
+        if claim {
+            self.claims
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        if claim
+            && self
+                .pending
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Ok(x402_types::SettleResponse {
+                success: false,
+                error_reason: Some("settlement_pending".into()),
+                ..answer
+            });
+        }
+        Ok(answer)
+    }
+
+    async fn supported(
+        &self,
+    ) -> Result<x402_types::SupportedResponse, x402_server::FacilitatorError> {
+        self.inner.supported().await
+    }
+
+    fn describe(&self) -> String {
+        "embedded, first claim pending".into()
+    }
+}
+
+/// A claim answered `settlement_pending` is neither lost nor made twice: the manager
+/// reads the channel again at its next round and finds it claimed.
+#[tokio::test]
+async fn a_claim_answered_pending_is_found_claimed_and_not_sent_again() {
+    let claims = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = claims.clone();
+    let t = crate::harness::start_wrapped(
+        |cfg| {
+            let mut c = stream("c", 60, 60);
+            c.channel = Some(ChannelOffer::default());
+            cfg.streams = vec![stream("s", 60, 60), c];
+            cfg.channel_manager.interval_secs = 1;
+            cfg.channel_manager.claim_threshold_slices = 1;
+        },
+        move |inner| {
+            std::sync::Arc::new(PendingClaim {
+                inner,
+                pending: true.into(),
+                claims: counted,
+            })
+        },
+    )
+    .await;
+    let payer = buyer();
+    let (_ws, _, _) = open_paid(&t, &payer).await;
+    let unclaimed = || async {
+        let text = t
+            .client
+            .get(format!("{}/metrics", t.http))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with("atomicstream_channel_unclaimed_atomic "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u128>().ok())
+    };
+    // The first claim is executed but answered pending; a later round reads the
+    // channel, finds the charge claimed and owes nothing more.
+    let mut seen = None;
+    for _ in 0..40 {
+        seen = unclaimed().await;
+        if seen == Some(0) && claims.load(std::sync::atomic::Ordering::SeqCst) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(seen, Some(0), "the pending claim was found on the ledger");
+    let sent = claims.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        claims.load(std::sync::atomic::Ordering::SeqCst),
+        sent,
+        "no claim is sent once the channel is found claimed"
+    );
+    assert_eq!(sent, 1, "one claim in all");
+}

@@ -56,13 +56,21 @@ pub async fn start_with(limits: Limits, streams: Vec<StreamConfig>) -> T {
 
 /// A server with streams `s` and `other` and whatever `edit` changes.
 pub async fn start_cfg(edit: impl FnOnce(&mut Config)) -> T {
+    start_wrapped(edit, |ledger| ledger).await
+}
+
+/// [`start_cfg`], the embedded facilitator seen through `wrap` (a fault injector).
+pub async fn start_wrapped(
+    edit: impl FnOnce(&mut Config),
+    wrap: impl FnOnce(Arc<EmbeddedFacilitator>) -> Arc<dyn x402_server::Facilitator>,
+) -> T {
     let mut cfg = Config::demo("127.0.0.1:0".parse().unwrap());
     cfg.streams = vec![stream("s", 60, 60), stream("other", 60, 60)];
     cfg.secret = Some("test-secret-test-secret-test-secret".into());
     edit(&mut cfg);
     let ledger = Arc::new(EmbeddedFacilitator::default());
     let server = ServerBuilder::new(cfg)
-        .facilitator(ledger.clone())
+        .facilitator(wrap(ledger.clone()))
         .bind()
         .await
         .unwrap();
