@@ -62,7 +62,8 @@ fn buyer() -> EvmChannelPayer<LocalSigner> {
     )
 }
 
-async fn metric(t: &T, name: &str) -> u128 {
+/// The sum of metric `name`'s lines whose labels contain `labels` (`""`: any).
+async fn metric_where(t: &T, name: &str, labels: &str) -> u128 {
     let text = t
         .client
         .get(format!("{}/metrics", t.http))
@@ -73,9 +74,14 @@ async fn metric(t: &T, name: &str) -> u128 {
         .await
         .unwrap();
     text.lines()
-        .filter(|l| l.starts_with(name) && l.contains("stream=\"c\""))
+        .filter(|l| l.starts_with(name) && l.contains(labels))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u128>().ok())
         .sum()
+}
+
+/// Metric `name` of stream `c`.
+async fn metric(t: &T, name: &str) -> u128 {
+    metric_where(t, name, "stream=\"c\"").await
 }
 
 /// Opens the socket paying with a deposit and its first voucher; the socket, the
@@ -231,25 +237,12 @@ async fn a_claim_answered_pending_is_found_claimed_and_not_sent_again() {
     .await;
     let payer = buyer();
     let (_ws, _, _) = open_paid(&t, &payer).await;
-    let unclaimed = || async {
-        let text = t
-            .client
-            .get(format!("{}/metrics", t.http))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find(|l| l.starts_with("atomicstream_channel_unclaimed_atomic "))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u128>().ok())
-    };
+    let unclaimed = || metric_where(&t, "atomicstream_channel_unclaimed_atomic ", "");
     // The first claim is executed but answered pending; a later round reads the
     // channel, finds the charge claimed and owes nothing more.
     let mut seen = None;
     for _ in 0..40 {
-        seen = unclaimed().await;
+        seen = Some(unclaimed().await);
         if seen == Some(0) && claims.load(std::sync::atomic::Ordering::SeqCst) >= 1 {
             break;
         }
