@@ -330,8 +330,7 @@ fn ci() -> bool {
     }
     let mut doc = cargo_cmd(&["doc", "--workspace", "--no-deps"]);
     doc.env("RUSTDOCFLAGS", "-D warnings");
-    let mut tests = test_steps();
-    let steps: Vec<(&str, Command)> = vec![
+    let mut steps: Vec<(&str, Command)> = vec![
         ("fmt", cargo_cmd(&["fmt", "--all", "--check"])),
         (
             "clippy",
@@ -344,10 +343,9 @@ fn ci() -> bool {
                 "warnings",
             ]),
         ),
-        tests.remove(0),
-        tests.remove(0),
-        ("doc", doc),
     ];
+    steps.extend(test_steps());
+    steps.push(("doc", doc));
     let mut tools_ready = Some(tools_ready);
     for (name, mut cmd) in steps {
         // The tests need the tools; the lint and the build before them do not.

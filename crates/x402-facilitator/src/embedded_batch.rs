@@ -58,7 +58,7 @@ use check::{
     authorize, check_channel, check_deposit_authorization, check_deposit_ledger,
     check_voucher_ledger, commit_claims, parse, run_claims, signed_by, terms,
 };
-use x402_payer::channel_check::{RefundCheck, refund_amount};
+use x402_payer::channel_check::{RefundCheck, check_claim_batch, claims_authorizer, refund_amount};
 
 /// The embedded facilitator's receiver-authorizer key: `keccak256("atomicstream embedded
 /// facilitator receiverAuthorizer (local use only)")`. **Published: for local use only.**
@@ -456,31 +456,7 @@ impl BatchLedger {
         claims: &[VoucherClaim],
         signature: Option<&Bytes>,
     ) -> Result<SettleResponse, No> {
-        let Some(first) = claims.first() else {
-            return Err(no(reasons::CLAIM_PAYLOAD, "a claim batch without claims"));
-        };
-        let authorizer = first.voucher.channel.receiver_authorizer;
-        if claims
-            .iter()
-            .any(|c| c.voucher.channel.receiver_authorizer != authorizer)
-        {
-            return Err(no(
-                reasons::CLAIM_PAYLOAD,
-                "every claim of a batch must name the same receiverAuthorizer",
-            ));
-        }
-        if let Some(c) = claims
-            .iter()
-            .find(|c| c.total_claimed > c.voucher.max_claimable_amount)
-        {
-            return Err(no(
-                reasons::CHARGE_EXCEEDS_SIGNED_CUMULATIVE,
-                format!(
-                    "a claim of {} exceeds its voucher's maxClaimableAmount {}",
-                    c.total_claimed, c.voucher.max_claimable_amount
-                ),
-            ));
-        }
+        let authorizer = check_claim_batch(claims).map_err(|r| no(r.reason, r.message))?;
         let digest = ctx.domain.claim_batch_digest(claims);
         match signature {
             None => authorize(authorizer)?,
@@ -609,20 +585,8 @@ impl BatchLedger {
             let named = first.voucher.channel.receiver_authorizer;
             match &r.claim_signature {
                 None => {
-                    if let Some(c) = r
-                        .claims
-                        .iter()
-                        .find(|c| c.voucher.channel.receiver_authorizer != named)
-                    {
-                        return Err(no(
-                            reasons::CLAIM_PAYLOAD,
-                            format!(
-                                "every claim must name the same receiverAuthorizer ({} and {named})",
-                                c.voucher.channel.receiver_authorizer
-                            ),
-                        )
-                        .payer(payer));
-                    }
+                    claims_authorizer(&r.claims)
+                        .map_err(|e| no(e.reason, e.message).payer(payer))?;
                     authorize(named).map_err(|n| n.payer(payer))?;
                 }
                 Some(sig) => {

@@ -203,6 +203,17 @@ pub struct CheckedDeposit {
     pub nonce: B256,
 }
 
+/// The token's EIP-712 domain a deposit's authorization is signed under: the name and
+/// version of the requirement's `extra`, on chain `chain_id`, at `token`.
+pub fn token_domain(extra: &BatchExtra, chain_id: u64, token: Address) -> Domain {
+    Domain {
+        name: extra.name.clone(),
+        version: extra.version.clone(),
+        chain_id,
+        verifying_contract: token,
+    }
+}
+
 /// A deposit's ERC-3009 `ReceiveWithAuthorization`: present, non-zero, signed by the
 /// payer under the token's domain (`token_domain`) to the deposit collector, with the
 /// channel's nonce. Permit2 deposits are refused.
@@ -324,4 +335,85 @@ pub fn refund_amount(
         ));
     }
     Ok(r.amount.unwrap_or(available))
+}
+
+/// A voucher (or a refund's voucher) of channel `id` against the channel's state: the
+/// channel funded (`balance`), the voucher's maximum within the balance and above what
+/// is claimed (a refund's: at least).
+pub fn check_voucher_funds(
+    id: &B256,
+    balance: u128,
+    total_claimed: u128,
+    max: u128,
+    refund: bool,
+) -> Result<(), ChannelRefusal> {
+    if balance == 0 {
+        return Err(no(
+            reasons::CHANNEL_NOT_FOUND,
+            format!("channel {id} holds no deposit"),
+        ));
+    }
+    if max > balance {
+        return Err(no(
+            reasons::CUMULATIVE_EXCEEDS_BALANCE,
+            format!("maxClaimableAmount {max} exceeds the balance {balance}"),
+        ));
+    }
+    let below = if refund {
+        max < total_claimed
+    } else {
+        max <= total_claimed
+    };
+    if below {
+        return Err(no(
+            reasons::CUMULATIVE_BELOW_CLAIMED,
+            format!(
+                "maxClaimableAmount {max} is {} the claimed {total_claimed}",
+                if refund { "below" } else { "not above" },
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The `receiverAuthorizer` every claim of a batch names: one signature covers the
+/// batch, so they must all name the same. Refused when the batch is empty or they
+/// differ.
+pub fn claims_authorizer(claims: &[VoucherClaim]) -> Result<Address, ChannelRefusal> {
+    let Some(first) = claims.first() else {
+        return Err(no(reasons::CLAIM_PAYLOAD, "a claim batch without claims"));
+    };
+    let named = first.voucher.channel.receiver_authorizer;
+    match claims
+        .iter()
+        .find(|c| c.voucher.channel.receiver_authorizer != named)
+    {
+        Some(c) => Err(no(
+            reasons::CLAIM_PAYLOAD,
+            format!(
+                "every claim of a batch must name the same receiverAuthorizer ({} and {named})",
+                c.voucher.channel.receiver_authorizer
+            ),
+        )),
+        None => Ok(named),
+    }
+}
+
+/// A claim batch as a receiver sends it: its authorizer ([`claims_authorizer`]), and no
+/// claim above its voucher's maximum.
+pub fn check_claim_batch(claims: &[VoucherClaim]) -> Result<Address, ChannelRefusal> {
+    let named = claims_authorizer(claims)?;
+    if let Some(c) = claims
+        .iter()
+        .find(|c| c.total_claimed > c.voucher.max_claimable_amount)
+    {
+        return Err(no(
+            reasons::CHARGE_EXCEEDS_SIGNED_CUMULATIVE,
+            format!(
+                "a claim of {} exceeds its voucher's maxClaimableAmount {}",
+                c.total_claimed, c.voucher.max_claimable_amount
+            ),
+        ));
+    }
+    Ok(named)
 }

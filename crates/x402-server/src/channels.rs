@@ -296,7 +296,7 @@ impl AppState {
         };
         let payment = PaymentIn {
             scheme: BATCH_SETTLEMENT.into(),
-            key: x402_session::PaymentKey::from_stored(key),
+            key: x402_session::PaymentKey::from_stored(key.clone()),
             payer: config.payer,
             nonce: FixedBytes(keccak256(&word)),
             amount: ours.amount,
@@ -371,7 +371,7 @@ impl AppState {
                 }
             }
         }
-        self.note_prechecked(voucher_key(voucher), deposit_verified);
+        self.note_prechecked(key, deposit_verified);
         Ok((payment, ours))
     }
 

@@ -351,12 +351,6 @@ impl Meter {
         secs.saturating_mul(self.price)
             .div_ceil(u128::from(self.per_secs))
     }
-
-    /// The most a server may claim for `ms` of paid time seen by the client, allowing
-    /// `skew_ms` of clock difference (the client's check of a server's claim).
-    pub fn ceiling_ms(&self, ms: u64, skew_ms: u64) -> u128 {
-        self.charge_ms(ms.saturating_add(skew_ms))
-    }
 }
 
 #[cfg(test)]

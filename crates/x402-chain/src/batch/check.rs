@@ -10,9 +10,8 @@ use x402_facilitator::FacilitatorError;
 use x402_payer::channel::collector_data;
 use x402_payer::channel_check::{
     CheckedDeposit, ReceiverTerms, RefundCheck, check_channel, check_deposit_authorization,
-    refund_amount,
+    check_voucher_funds, refund_amount, token_domain,
 };
-use x402_payer::eip712::Domain;
 use x402_payer::verify::MIN_VALIDITY_LEFT;
 use x402_types::batch::{
     BatchPayload, ChannelConfig, ChannelState, Deposit, ERC3009_DEPOSIT_COLLECTOR, SignedVoucher,
@@ -122,12 +121,7 @@ impl EvmFacilitator {
         channel_id: &B256,
         deposit: &Deposit,
     ) -> Result<DepositAuth, Refusal> {
-        let domain = Domain {
-            name: terms.extra.name.clone(),
-            version: terms.extra.version.clone(),
-            chain_id: self.chain_id,
-            verifying_contract: terms.token,
-        };
+        let domain = token_domain(&terms.extra, self.chain_id, terms.token);
         check_deposit_authorization(&domain, config, channel_id, deposit)
             .map_err(|r| refuse(r.reason, r.message).payer(config.payer))
     }
@@ -238,40 +232,20 @@ impl EvmFacilitator {
         refund: bool,
     ) -> Result<ChannelState, Stop> {
         let state = self.channel_state(&voucher.channel_id).await?;
-        let no = |reason: &str, message: String| {
-            Stop::from(refuse(reason, message).payer(config.payer).state(&state))
-        };
-        let max = voucher.max_claimable_amount;
-        if state.balance == 0 {
-            return Err(no(
-                reasons::CHANNEL_NOT_FOUND,
-                format!("channel {} holds no deposit", voucher.channel_id),
-            ));
-        }
-        if max > state.balance {
-            return Err(no(
-                reasons::CUMULATIVE_EXCEEDS_BALANCE,
-                format!(
-                    "maxClaimableAmount {max} exceeds the balance {}",
-                    state.balance
-                ),
-            ));
-        }
-        let below = if refund {
-            max < state.total_claimed
-        } else {
-            max <= state.total_claimed
-        };
-        if below {
-            return Err(no(
-                reasons::CUMULATIVE_BELOW_CLAIMED,
-                format!(
-                    "maxClaimableAmount {max} is {} the claimed {}",
-                    if refund { "below" } else { "not above" },
-                    state.total_claimed
-                ),
-            ));
-        }
+        check_voucher_funds(
+            &voucher.channel_id,
+            state.balance,
+            state.total_claimed,
+            voucher.max_claimable_amount,
+            refund,
+        )
+        .map_err(|r| {
+            Stop::from(
+                refuse(r.reason, r.message)
+                    .payer(config.payer)
+                    .state(&state),
+            )
+        })?;
         Ok(state)
     }
 

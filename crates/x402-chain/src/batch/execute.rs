@@ -10,7 +10,7 @@ use alloy::sol_types::{SolCall, SolEvent};
 use x402_facilitator::FacilitatorError;
 use x402_payer::LocalSigner;
 use x402_payer::channel::{sign_claim_batch, sign_refund};
-use x402_payer::channel_check::{RefundCheck, refund_amount};
+use x402_payer::channel_check::{RefundCheck, check_claim_batch, claims_authorizer, refund_amount};
 use x402_types::batch::{
     BatchPayload, Bytes, ChannelConfig, ChannelState, Deposit, SignedVoucher, VoucherClaim, reasons,
 };
@@ -355,33 +355,8 @@ impl EvmFacilitator {
         signature: Option<Bytes>,
         version: u8,
     ) -> Result<SettleResponse, Stop> {
-        let Some(first) = claims.first() else {
-            return Err(refuse(reasons::CLAIM_PAYLOAD, "a claim batch without claims").into());
-        };
-        let authorizer = first.voucher.channel.receiver_authorizer;
-        if claims
-            .iter()
-            .any(|c| c.voucher.channel.receiver_authorizer != authorizer)
-        {
-            return Err(refuse(
-                reasons::CLAIM_PAYLOAD,
-                "every claim of a batch must name the same receiverAuthorizer",
-            )
-            .into());
-        }
-        if let Some(c) = claims
-            .iter()
-            .find(|c| c.total_claimed > c.voucher.max_claimable_amount)
-        {
-            return Err(refuse(
-                reasons::CHARGE_EXCEEDS_SIGNED_CUMULATIVE,
-                format!(
-                    "a claim of {} exceeds its voucher's maxClaimableAmount {}",
-                    c.total_claimed, c.voucher.max_claimable_amount
-                ),
-            )
-            .into());
-        }
+        let authorizer =
+            check_claim_batch(claims).map_err(|r| Stop::from(refuse(r.reason, r.message)))?;
         let domain = self.channel_domain();
         let signature = match signature {
             Some(s) => s,
@@ -511,8 +486,8 @@ impl EvmFacilitator {
                     amount: r.amount,
                     claims: &r.claims,
                 };
-                let refund = refund_amount(&domain, &id, &check)
-                    .map_err(|e| no(e.reason, e.message))?;
+                let refund =
+                    refund_amount(&domain, &id, &check).map_err(|e| no(e.reason, e.message))?;
                 let refund_signature = match r.refund_signature.clone() {
                     Some(s) => s,
                     None => self.authorize(r.config.receiver_authorizer, |s| {
@@ -528,26 +503,13 @@ impl EvmFacilitator {
                 .abi_encode();
                 let data = match r.claims.first() {
                     None => refund_call,
-                    Some(first) => {
+                    Some(_) => {
                         let claim_signature = match r.claim_signature.clone() {
                             Some(s) => s,
                             None => {
-                                let named = first.voucher.channel.receiver_authorizer;
-                                if let Some(c) = r
-                                    .claims
-                                    .iter()
-                                    .find(|c| c.voucher.channel.receiver_authorizer != named)
-                                {
-                                    return Err(refuse(
-                                        reasons::CLAIM_PAYLOAD,
-                                        format!(
-                                            "every claim must name the same receiverAuthorizer ({} and {named})",
-                                            c.voucher.channel.receiver_authorizer
-                                        ),
-                                    )
-                                    .payer(payer)
-                                    .into());
-                                }
+                                let named = claims_authorizer(&r.claims).map_err(|e| {
+                                    Stop::from(refuse(e.reason, e.message).payer(payer))
+                                })?;
                                 self.authorize(named, |s| sign_claim_batch(s, &domain, &r.claims))?
                             }
                         };

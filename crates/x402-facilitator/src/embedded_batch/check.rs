@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use x402_payer::channel::{ChannelDomain, recover_bytes, voucher_signer};
 use x402_payer::channel_check::{self, ReceiverTerms};
-use x402_payer::eip712::Domain;
 use x402_payer::verify::MIN_VALIDITY_LEFT;
 use x402_types::batch::{
     BATCH_SETTLEMENT, BatchExtra, BatchPayload, Bytes, ChannelConfig, Deposit, SignedVoucher,
@@ -103,12 +102,7 @@ pub(super) fn check_deposit_authorization(
     id: &B256,
     deposit: &Deposit,
 ) -> Result<DepositAuth, No> {
-    let domain = Domain {
-        name: t.extra.name.clone(),
-        version: t.extra.version.clone(),
-        chain_id: ctx.chain_id,
-        verifying_contract: t.token,
-    };
+    let domain = channel_check::token_domain(&t.extra, ctx.chain_id, t.token);
     let d = channel_check::check_deposit_authorization(&domain, config, id, deposit)
         .map_err(|r| no(r.reason, r.message).payer(config.payer))?;
     Ok(DepositAuth {
@@ -192,40 +186,14 @@ pub(super) fn check_voucher_ledger(
     voucher: &SignedVoucher,
     refund: bool,
 ) -> Result<(), No> {
-    let refuse =
-        |reason: &str, message: String| no(reason, message).payer(payer).state(chan.state(id));
-    let max = voucher.max_claimable_amount;
-    if chan.balance == 0 {
-        return Err(refuse(
-            reasons::CHANNEL_NOT_FOUND,
-            format!("channel {id} holds no deposit"),
-        ));
-    }
-    if max > chan.balance {
-        return Err(refuse(
-            reasons::CUMULATIVE_EXCEEDS_BALANCE,
-            format!(
-                "maxClaimableAmount {max} exceeds the balance {}",
-                chan.balance
-            ),
-        ));
-    }
-    let below = if refund {
-        max < chan.total_claimed
-    } else {
-        max <= chan.total_claimed
-    };
-    if below {
-        return Err(refuse(
-            reasons::CUMULATIVE_BELOW_CLAIMED,
-            format!(
-                "maxClaimableAmount {max} is {} the claimed {}",
-                if refund { "below" } else { "not above" },
-                chan.total_claimed
-            ),
-        ));
-    }
-    Ok(())
+    channel_check::check_voucher_funds(
+        &id,
+        chan.balance,
+        chan.total_claimed,
+        voucher.max_claimable_amount,
+        refund,
+    )
+    .map_err(|r| no(r.reason, r.message).payer(payer).state(chan.state(id)))
 }
 
 /// Claims and refunds without a signature are signed by the delegated authorizer: only
