@@ -52,6 +52,9 @@ pub struct Progress {
     /// not be reached, before anything was paid or sent with a payment; the
     /// session then ends [`EndReason::Stopped`] at once (no retries).
     pub unreachable: Option<FailedRequest>,
+    /// The payer's or the spending policy's own refusal, typed, behind an
+    /// [`EndReason::PaymentDeclined`] end (the end reason carries its words).
+    pub declined: Option<x402_payer::Error>,
 }
 
 /// A request or connection that failed without an answer: where to, and why.
@@ -498,8 +501,10 @@ impl Driver {
                 let t = now();
                 let r = match self.policy.authorize(&req, self.budget.as_ref()) {
                     Err(err) => {
+                        let message = err.describe(&req);
+                        self.progress().declined = Some(err.into());
                         self.session
-                            .handle_payment_declined(t, slice, err.describe(&req), true)
+                            .handle_payment_declined(t, slice, message, true)
                     }
                     Ok(res) => match self.payer.pay(offer).await {
                         Ok(payload) => {
@@ -514,12 +519,10 @@ impl Driver {
                             // Nothing was signed: release.
                             res.release();
                             let policy = matches!(err, x402_payer::Error::Policy(_));
-                            self.session.handle_payment_declined(
-                                now(),
-                                slice,
-                                err.to_string(),
-                                policy,
-                            )
+                            let message = err.to_string();
+                            self.progress().declined = Some(err);
+                            self.session
+                                .handle_payment_declined(now(), slice, message, policy)
                         }
                     },
                 };

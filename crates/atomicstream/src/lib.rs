@@ -36,10 +36,9 @@ pub use ticket::{SessionTicket, TICKET_FORMAT};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The spending policy refused (nothing was signed or spent).
-    #[error("spending policy refused: {0}")]
-    Policy(String),
-    /// The signer failed or refused.
+    /// The payer or its spending policy refused (nothing was signed or spent;
+    /// [`is_policy`](Self::is_policy) tells a policy refusal, whose
+    /// [`x402_payer::PolicyError`] names the limit and by how much).
     #[error("payer failed: {0}")]
     Payer(#[from] x402_payer::Error),
     /// The server definitely refused the payment.
@@ -114,10 +113,7 @@ pub enum Error {
 impl Error {
     /// A spending-policy refusal.
     pub fn is_policy(&self) -> bool {
-        matches!(
-            self,
-            Error::Policy(_) | Error::Payer(x402_payer::Error::Policy(_))
-        )
+        matches!(self, Error::Payer(x402_payer::Error::Policy(_)))
     }
 
     /// The server refused the payment.
@@ -155,19 +151,17 @@ impl Error {
     }
 
     /// From a session's end reason (for sessions that ended before streaming).
-    pub fn from_end(reason: &EndReason) -> Option<Error> {
+    /// `declined` is the payer's typed refusal behind a
+    /// [`EndReason::PaymentDeclined`] ([`Progress::declined`]); without it
+    /// the refusal is known only by its words and reads as the signer's.
+    fn from_end(reason: &EndReason, declined: Option<x402_payer::Error>) -> Option<Error> {
         Some(match reason {
             EndReason::Stopped | EndReason::SliceLimit | EndReason::StreamEnded { .. } => {
                 return None;
             }
-            EndReason::PaymentDeclined {
-                message,
-                policy: true,
-            } => Error::Policy(message.clone()),
-            EndReason::PaymentDeclined {
-                message,
-                policy: false,
-            } => Error::Payer(x402_payer::Error::Signer(message.clone())),
+            EndReason::PaymentDeclined { message, .. } => {
+                Error::Payer(declined.unwrap_or_else(|| x402_payer::Error::Signer(message.clone())))
+            }
             EndReason::PaymentRefused {
                 status,
                 code,
@@ -677,9 +671,9 @@ impl StreamSession {
         SessionTicket::new(&self.base_url, self.version, &self.stream_id, point)
     }
 
-    /// The error an end amounts to ([`Error::from_end`]), with what this
-    /// session knows besides: the server that could not be reached at the
-    /// start ([`Error::Unreachable`]), the last failure behind a lost connection.
+    /// The error an end amounts to, with what this session knows besides: the
+    /// server that could not be reached at the start ([`Error::Unreachable`]),
+    /// the last failure behind a lost connection, the payer's typed refusal.
     /// `None` for normal ends.
     pub fn end_error(&self, reason: &EndReason) -> Option<Error> {
         let p = self.progress();
@@ -694,7 +688,7 @@ impl StreamSession {
                 attempts: *attempts,
                 last: Some(f),
             }),
-            _ => Error::from_end(reason),
+            _ => Error::from_end(reason, p.declined),
         }
     }
 }

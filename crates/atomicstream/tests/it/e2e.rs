@@ -213,6 +213,16 @@ async fn refusals_are_typed_errors() {
         .err()
         .unwrap();
     assert!(e.is_policy() && !e.is_retryable(), "{e}");
+    // One shape: the payer's typed refusal, naming the cap and the excess.
+    assert!(
+        matches!(
+            &e,
+            atomicstream::Error::Payer(atomicstream::payer::Error::Policy(
+                atomicstream::PolicyError::PerPaymentCap { limit, .. }
+            )) if *limit == Amount::from_display("0.001", 6).unwrap()
+        ),
+        "{e:?}"
+    );
     // Unknown stream.
     let e = client(&env.base, PathVersion::V2, "0.01", "1")
         .build()

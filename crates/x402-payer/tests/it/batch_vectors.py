@@ -4,7 +4,9 @@ official x402 Python SDK (package `x402` 2.25.0, x402.mechanisms.evm.batch_settl
 and cross-checked with eth-account's `encode_typed_data` as a second EIP-712
 implementation. Prints ONE JSON object; each entry names its `source`.
 
-Run:  PYTHONPATH=/work/main/target/tools/py python3 batch_vectors.py
+Run:  PYTHONPATH=/work/main/target/tools/py DEV_KEY=0x... python3 batch_vectors.py
+(DEV_KEY is anvil's first development key, atomicstream-testkit's DEV_KEY;
+the Rust test passes it, so the literal lives in one place.)
 (`cargo xtask tools` installs the SDK there.) Exits 1 when a check fails:
 every signature is recovered from the printed digest and must give the
 expected signer; SDK and eth-account digests must agree.
@@ -16,6 +18,7 @@ salt 0x..2a and validBefore 1795699559 (= patched now 1795699259 + 300 s).
 """
 
 import base64
+import os
 import importlib
 import json
 import sys
@@ -93,7 +96,9 @@ BATCH = "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003"
 COLLECTOR = "0x4020806089470a89826cB9fB1f4059150b550004"
 TOKEN = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
 RECEIVER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
-KEY0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+KEY0 = os.environ.get("DEV_KEY") or sys.exit(
+    "batch_vectors.py: set DEV_KEY to anvil's first development key (atomicstream-testkit's DEV_KEY)"
+)
 KEY2 = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a"
 PAYER = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
 RECEIVER_AUTHORIZER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"

@@ -22,6 +22,7 @@ fn vectors() -> Value {
     let out = Command::new("python3")
         .arg(&script)
         .env("PYTHONPATH", &py)
+        .env("DEV_KEY", atomicstream_testkit::DEV_KEY)
         .output()
         .expect("python3 runs");
     assert!(
