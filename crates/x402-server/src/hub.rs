@@ -218,10 +218,7 @@ impl Hub {
 
 /// The `event` frame of `data` with sequence number `seq`, stamped now.
 pub(crate) fn event_text(seq: u64, data: Box<serde_json::value::RawValue>) -> String {
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let ts = crate::state::unix_ms_now();
     ServerMessage::Event(Event {
         seq,
         data,

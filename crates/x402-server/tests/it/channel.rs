@@ -101,7 +101,7 @@ async fn open_paid(
     (ws, ws_url, offer)
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_socket_closed_early_gives_the_unused_charge_back() {
     let t = channel_server(1_000).await;
     let payer = buyer();
@@ -214,7 +214,7 @@ impl x402_server::Facilitator for PendingClaim {
 
 /// A claim answered `settlement_pending` is neither lost nor made twice: the manager
 /// reads the channel again at its next round and finds it claimed.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_claim_answered_pending_is_found_claimed_and_not_sent_again() {
     let claims = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let counted = claims.clone();

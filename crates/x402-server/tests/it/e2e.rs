@@ -199,7 +199,7 @@ async fn an_idle_socket_answers_every_ping_and_hears_every_renewal() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn expiry_sends_expired_then_closes_4402() {
     let t = start_with(Limits::default(), vec![stream("s", 2, 60)]).await;
     let q = t.schema(PathVersion::V2, "s").await;
@@ -232,7 +232,7 @@ async fn expiry_sends_expired_then_closes_4402() {
     assert!(body.accepts.is_some());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn expired_quote_is_gone() {
     let t = start_with(Limits::default(), vec![stream("s", 60, 1)]).await;
     let q = t.schema(PathVersion::V2, "s").await;
@@ -288,7 +288,7 @@ async fn renew_endpoint_buys_the_first_slice_for_browsers() {
     assert_eq!(t.credited(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn expired_sessions_are_swept() {
     let limits = Limits {
         session_linger_secs: 1,

@@ -150,7 +150,7 @@ async fn refusals_credit_nothing() {
 
 // ----- attacks (issue: close the attack surface) -----
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn paid_time_buys_only_events_published_during_it() {
     let t = start_with(Limits::default(), vec![stream("s", 2, 60)]).await;
     // 500 events before the purchase.

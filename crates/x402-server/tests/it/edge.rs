@@ -116,7 +116,7 @@ async fn get_json(t: &T, path: &str) -> (u16, serde_json::Value) {
 /// A replay that ends (looping = false) takes its stream off sale: /readyz
 /// says why, the schema answers 503 `source_unavailable`, a paid socket is
 /// told, and the stream is sold again once events flow.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failed_source_is_not_sold_and_its_buyers_are_told() {
     let dir = atomicstream_testkit::scratch("edge-replay");
     let file = dir.join("events.jsonl");

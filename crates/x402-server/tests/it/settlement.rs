@@ -191,7 +191,7 @@ async fn until_final(t: &T, url: &str, payment: &str) -> (u16, Vec<u8>) {
     panic!("no final answer");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_late_success_is_credited_once_and_the_retry_gets_it() {
     let t = start(Fault::Slow(Duration::from_secs(3))).await;
     let (url, pay) = t.quote().await;
@@ -215,7 +215,7 @@ async fn a_late_success_is_credited_once_and_the_retry_gets_it() {
     assert_eq!(t.script.settles.load(Ordering::SeqCst), 1, "settled once");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn lost_answers_are_settled_again_with_the_same_payload() {
     for fault in [Fault::Garbage, Fault::Oversized, Fault::Pending] {
         let t = start(fault).await;
@@ -248,7 +248,7 @@ async fn success_for_another_payer_or_amount_credits_nothing() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_facilitator_that_is_down_moves_nothing_and_the_retry_starts_over() {
     let t = start(Fault::None).await;
     let (url, pay) = t.quote().await;
@@ -297,7 +297,7 @@ async fn two_requests_racing_one_payload_credit_one_slice() {
     assert_eq!((t.settled(), t.credited()), (1, 1));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn shutdown_finishes_settlements_under_way_before_exiting() {
     let mut t = start(Fault::Slow(Duration::from_secs(2))).await;
     let (url, pay) = t.quote().await;
