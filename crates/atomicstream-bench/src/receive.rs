@@ -13,7 +13,7 @@ use x402_types::ServerMessage;
 use crate::fixture::{
     Local, bench_client, event_frame, local_server, paid_socket, payload, signer_payer, stream_cfg,
 };
-use crate::report::Report;
+use crate::report::{Report, percentile};
 
 /// The receive rows move up to 1.5 GB/s through memory, where single rounds
 /// spread most on this machine: more (short) rounds for their medians.
@@ -52,12 +52,13 @@ async fn receive_bare(
     local: &Local,
     id: &str,
     frames: Arc<Vec<x402_server::Utf8Bytes>>,
-) -> (f64, f64) {
+) -> (f64, f64, f64) {
     let n = frames.len() as u64;
     let http = reqwest::Client::new();
     let mut ws = paid_socket(&http, &signer_payer(), &local.base, id).await;
     let _hello = ws.next().await;
     let t = Instant::now();
+    let cpu = thread_cpu_ns();
     let pubt = burst(local, id, frames);
     let (mut got, mut bytes) = (0u64, 0u64);
     while got < n {
@@ -76,19 +77,21 @@ async fn receive_bare(
         }
     }
     let secs = t.elapsed().as_secs_f64();
+    let cpu_us = (thread_cpu_ns() - cpu) as f64 / 1e3 / got.max(1) as f64;
     let _ = pubt.await;
-    (got as f64 / secs, bytes as f64 / secs)
+    (got as f64 / secs, bytes as f64 / secs, cpu_us)
 }
 
 async fn receive_ours(
     local: &Local,
     id: &str,
     frames: Arc<Vec<x402_server::Utf8Bytes>>,
-) -> (f64, f64) {
+) -> (f64, f64, f64) {
     let n = frames.len() as u64;
     let client = bench_client(local);
     let mut s = client.open(id).await.unwrap_or_else(|e| panic!("{e}"));
     let t = Instant::now();
+    let cpu = thread_cpu_ns();
     let pubt = burst(local, id, frames);
     let (mut got, mut bytes) = (0u64, 0u64);
     let mut envelope = None;
@@ -109,8 +112,42 @@ async fn receive_ours(
         }
     }
     let secs = t.elapsed().as_secs_f64();
+    let cpu_us = (thread_cpu_ns() - cpu) as f64 / 1e3 / got.max(1) as f64;
     let _ = pubt.await;
-    (got as f64 / secs, bytes as f64 / secs)
+    (got as f64 / secs, bytes as f64 / secs, cpu_us)
+}
+
+/// CPU time (user and system, nanoseconds) the calling thread has used, from
+/// `/proc/thread-self/schedstat` (exact, where `stat` counts 10 ms ticks).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs a client on a thread of its own, on a single-thread runtime of its
+/// own (its tasks, such as our driver, run there too), and waits for it.
+fn client_thread<F, Fut, T>(name: &str, client: F) -> T
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: std::future::Future<Output = T>,
+    T: Send,
+{
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn_scoped(s, || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a client runtime")
+                    .block_on(client())
+            })
+            .expect("a client thread")
+            .join()
+            .expect("the client thread")
+    })
 }
 
 pub(crate) async fn bench_receive(r: &mut Report, size: usize, n: u64) {
@@ -127,10 +164,18 @@ pub(crate) async fn bench_receive(r: &mut Report, size: usize, n: u64) {
     // spread of the per-round ratios (machine noise moves single rounds).
     let (mut bare, mut ours) = (Vec::new(), Vec::new());
     for round in 0..RECEIVE_ROUNDS {
-        // Both readers run in the bench's main future (on the main thread, not a
-        // runtime worker): a hand-off from our driver to the reader crosses threads.
-        bare.push(receive_bare(&local, &ids[2 * round], frames.clone()).await);
-        ours.push(receive_ours(&local, &ids[2 * round + 1], frames.clone()).await);
+        // Each client runs on a thread of its own with its own single-thread
+        // runtime, as a client process would: the server's runtime workers
+        // serve the server only. (Before, our driver shared those workers with
+        // the server's socket tasks while the bare client had the main thread
+        // to itself.)
+        let (b, o) = (&ids[2 * round], &ids[2 * round + 1]);
+        bare.push(client_thread("bare client", || {
+            receive_bare(&local, b, frames.clone())
+        }));
+        ours.push(client_thread("our client", || {
+            receive_ours(&local, o, frames.clone())
+        }));
     }
     let label = match size {
         0..=100 => "~100 B",
@@ -139,8 +184,14 @@ pub(crate) async fn bench_receive(r: &mut Report, size: usize, n: u64) {
     };
     let base_name = "bare tokio-tungstenite client parsing into serde_json::Value";
     let target = if size > 100 { 1.0 } else { 0.9 };
-    let col = |v: &[(f64, f64)], i: usize| -> Vec<f64> {
-        v.iter().map(|x| if i == 0 { x.0 } else { x.1 }).collect()
+    let col = |v: &[(f64, f64, f64)], i: usize| -> Vec<f64> {
+        v.iter()
+            .map(|x| match i {
+                0 => x.0,
+                1 => x.1,
+                _ => x.2,
+            })
+            .collect()
     };
     r.rounds(
         &format!("2. client receive, events/s ({label})"),
@@ -157,5 +208,16 @@ pub(crate) async fn bench_receive(r: &mut Report, size: usize, n: u64) {
         base_name,
         &col(&bare, 1),
         target,
+    );
+    // The CPU each client's thread used per event: what the throughput rows
+    // cost, without the scheduling noise of two cores shared with the server.
+    // Target: within 5% of the bare client's (its spread between runs).
+    r.cost_ratio(
+        &format!("2. client CPU per event, us ({label})"),
+        percentile(&mut col(&ours, 2), 0.5),
+        "us",
+        &format!("{base_name}, its thread"),
+        percentile(&mut col(&bare, 2), 0.5),
+        1.05,
     );
 }
