@@ -102,12 +102,13 @@ impl Drop for BareProcess {
 
 /// Opens `n` plain sockets on the bare server, `parallel` at a time, with the small
 /// read buffer the paid sockets of row 4c use.
-pub(crate) async fn open_bare(
+pub(crate) async fn open_bare<T>(
     url: &str,
     n: usize,
     parallel: usize,
-) -> (Vec<crate::fixture::Ws>, usize) {
-    crate::process::open_many(n, parallel, |_| async move {
+    then: impl FnMut(crate::fixture::Ws) -> T,
+) -> (Vec<T>, usize) {
+    crate::process::open_many(n, parallel, then, |_| async move {
         tokio_tungstenite::connect_async_with_config(
             url,
             Some(crate::process::small_buffer()),

@@ -111,12 +111,26 @@ async fn main() {
     }
     if run("fanout") || run("fanout10k") {
         let (n, rounds) = if quick { (2_000, 1) } else { (10_000, 3) };
-        let rates: &[f64] = if quick {
-            &[10.0, 20.0]
+        let (capacity, rates): (usize, &[f64]) = if quick {
+            (500, &[20.0, 40.0])
         } else {
-            &[2.0, 5.0, 10.0, 15.0]
+            (2_000, &[50.0, 100.0, 150.0, 200.0, 300.0, 400.0, 500.0])
         };
-        bench_fanout_process(&mut r, n, 100, rounds, rates).await;
+        // `--fanout-rounds R` and `--fanout-rates a,b,..` (empty: no steps) for
+        // experiments on this row alone.
+        let arg = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1))
+        };
+        let rounds = arg("--fanout-rounds")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(rounds);
+        let rates: Vec<f64> = match arg("--fanout-rates") {
+            Some(v) => v.split(',').filter_map(|x| x.parse().ok()).collect(),
+            None => rates.to_vec(),
+        };
+        bench_fanout_process(&mut r, n, 100, rounds, capacity, &rates).await;
     }
     // --redis: the same rows with the server's state in a local redis-server.
     let redis = if args.iter().any(|a| a == "--redis") {

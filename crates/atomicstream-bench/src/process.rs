@@ -118,9 +118,21 @@ impl Drop for ServerProcess {
 /// each), `parallel` at a time; sockets use a small read buffer, as a
 /// client holding thousands of them would.
 pub(crate) async fn open_paid(base: &str, id: &str, n: usize, parallel: usize) -> (Vec<Ws>, usize) {
+    open_paid_then(base, id, n, parallel, |ws| ws).await
+}
+
+/// As [`open_paid`], handing each socket to `then` as soon as it is open (a
+/// reader started there drains it while the others are still opening).
+pub(crate) async fn open_paid_then<T>(
+    base: &str,
+    id: &str,
+    n: usize,
+    parallel: usize,
+    then: impl FnMut(Ws) -> T,
+) -> (Vec<T>, usize) {
     let http = reqwest::Client::new();
     let payer = Arc::new(signer_payer());
-    open_many(n, parallel, |_| {
+    open_many(n, parallel, then, |_| {
         let (http, payer) = (http.clone(), payer.clone());
         async move {
             let (schema, offer) = quote(&http, base, id).await;
@@ -147,15 +159,22 @@ pub(crate) fn small_buffer() -> tokio_tungstenite::tungstenite::protocol::WebSoc
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(512)
 }
 
-/// Opens `n` sockets with `open`, `parallel` at a time: the sockets, and how many failed.
-pub(crate) async fn open_many<F, Fut>(n: usize, parallel: usize, open: F) -> (Vec<Ws>, usize)
+/// Opens `n` sockets with `open`, `parallel` at a time, handing each to
+/// `then` as soon as it is open: what `then` made of them, and how many failed.
+pub(crate) async fn open_many<T, F, Fut>(
+    n: usize,
+    parallel: usize,
+    mut then: impl FnMut(Ws) -> T,
+    open: F,
+) -> (Vec<T>, usize)
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Option<Ws>>,
 {
-    let opened: Vec<Option<Ws>> = futures::stream::iter(0..n)
+    let opened: Vec<Option<T>> = futures::stream::iter(0..n)
         .map(open)
         .buffer_unordered(parallel)
+        .map(|o| o.map(&mut then))
         .collect()
         .await;
     let failed = opened.iter().filter(|o| o.is_none()).count();

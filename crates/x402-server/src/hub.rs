@@ -37,6 +37,8 @@ pub enum SourceState {
 /// A stream's events: the replay buffer, the live channel and the source's state.
 pub struct Hub {
     buf: Mutex<Buffer>,
+    /// The seq after the last frame sent live (read without the lock).
+    sent: std::sync::atomic::AtomicU64,
     live: broadcast::Sender<Frame>,
     source: tokio::sync::watch::Sender<SourceState>,
 }
@@ -70,6 +72,7 @@ impl Hub {
                 frames: VecDeque::with_capacity(cap),
                 cap: cap.max(1),
             }),
+            sent: std::sync::atomic::AtomicU64::new(0),
             live,
             source: tokio::sync::watch::channel(SourceState::Live).0,
         })
@@ -173,8 +176,18 @@ impl Hub {
             b.frames.pop_front();
         }
         b.frames.push_back(frame.clone());
+        let next = frame.seq + 1;
         // Sent under the lock so live order equals seq order.
         let _ = self.live.send(frame);
+        self.sent.store(next, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The seq after the last frame sent on the live channel, read without
+    /// the lock: a socket that just received the frame before it has nothing
+    /// more to take (and skips asking the channel, whose tail is one lock
+    /// shared by every subscriber).
+    pub(crate) fn sent_live(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The seq the next event will get.

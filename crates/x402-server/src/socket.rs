@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -31,6 +32,26 @@ pub(crate) struct Connection {
     /// The channel paying this connection, once known (`voucher-needed`).
     channel: Arc<crate::in_band::SocketChannel>,
     guard: IpGuard,
+}
+
+/// What woke a socket's task, other than a live event.
+enum Control {
+    Closing(tokio::sync::watch::Receiver<bool>, bool),
+    Source(tokio::sync::watch::Receiver<SourceState>, SourceState),
+    Mail(Option<ServerTransmit>),
+    Client(Option<Result<Message, axum::Error>>),
+}
+
+/// The next value of a watch, with the receiver back to wait for the one
+/// after; once the sender is gone, never (nothing more will change).
+async fn next_change<T: Clone>(
+    mut rx: tokio::sync::watch::Receiver<T>,
+) -> (tokio::sync::watch::Receiver<T>, T) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    let v = rx.borrow_and_update().clone();
+    (rx, v)
 }
 
 /// At most this many event frames go into one flush.
@@ -131,7 +152,14 @@ impl Connection {
             }
             ws.flush().await
         };
-        if !matches!(tokio::time::timeout(t, write).await, Ok(Ok(()))) {
+        // Nearly every write completes at once: the write timeout's timer (a
+        // clock read and a timer entry per send) only when it does not.
+        let mut write = std::pin::pin!(write);
+        let written = match futures::poll!(write.as_mut()) {
+            std::task::Poll::Ready(r) => r.is_ok(),
+            std::task::Poll::Pending => matches!(tokio::time::timeout(t, write).await, Ok(Ok(()))),
+        };
+        if !written {
             return false;
         }
         let n = frames.len() as u64;
@@ -234,33 +262,55 @@ impl Connection {
             // A buyer is told when the source fails (and at once if it has).
             let mut source = self.hub.watch_source();
             source.mark_changed();
-            // The client's frames and the mailbox are polled only after they
-            // woke (most wakes are live events; see `gate`).
-            let (client_gate, mail_gate) = (crate::gate::Gate::new(), crate::gate::Gate::new());
+            // The two watches are awaited by futures kept across wakes: a
+            // `changed()` made anew on each wake registers with the watch's
+            // waiter list and leaves it again, per socket and per event.
+            let mut closing = Box::pin(next_change(closing));
+            let mut source = Box::pin(next_change(source));
+            // The control inputs (shutdown, the source's state, the mailbox,
+            // the client's frames) are polled only after one of them woke,
+            // through one gate: nearly every wake is a live event, which then
+            // costs no poll of the others (see `gate`).
+            let control_gate = crate::gate::Gate::new();
             loop {
-                let mail = std::future::poll_fn(|cx| mail_gate.poll(cx, |c| self.rx.poll_recv(c)));
-                let step = tokio::select! {
-                    r = closing.changed() => {
-                        let now_closing = r.is_ok() && *closing.borrow_and_update();
-                        if now_closing {
-                            Step::Close(Some(CloseCode::Other(1012)))
-                        } else {
-                            Step::Continue
+                let control = std::future::poll_fn(|cx| {
+                    control_gate.poll(cx, |c| {
+                        if let Poll::Ready((rx, now)) = closing.as_mut().poll(c) {
+                            return Poll::Ready(Control::Closing(rx, now));
                         }
-                    }
-                    Ok(()) = source.changed() => {
-                        let state = source.borrow_and_update().clone();
-                        self.on_source(&mut tx, state).await
-                    }
-                    frame = self.live.recv() => self.on_live(&mut tx, frame).await,
-                    // One socket for both directions (no split, no lock per frame).
-                    msg = std::future::poll_fn(|cx| {
-                        client_gate.poll(cx, |c| tx.poll_next_unpin(c))
-                    }) => self.on_client(&mut tx, msg).await,
-                    t = mail => match t {
-                        Some(t) => self.on_transmit(&mut tx, t).await,
-                        None => Step::Close(None),
+                        if let Poll::Ready((rx, state)) = source.as_mut().poll(c) {
+                            return Poll::Ready(Control::Source(rx, state));
+                        }
+                        if let Poll::Ready(t) = self.rx.poll_recv(c) {
+                            return Poll::Ready(Control::Mail(t));
+                        }
+                        // One socket for both directions (no split, no lock per frame).
+                        tx.poll_next_unpin(c).map(Control::Client)
+                    })
+                });
+                let step = tokio::select! {
+                    // Control first, without a random draw on each wake: a
+                    // steady stream of events never holds back a close, a
+                    // renewal or a client's frame.
+                    biased;
+                    c = control => match c {
+                        Control::Closing(rx, now_closing) => {
+                            closing.set(next_change(rx));
+                            if now_closing {
+                                Step::Close(Some(CloseCode::Other(1012)))
+                            } else {
+                                Step::Continue
+                            }
+                        }
+                        Control::Source(rx, state) => {
+                            source.set(next_change(rx));
+                            self.on_source(&mut tx, state).await
+                        }
+                        Control::Mail(Some(t)) => self.on_transmit(&mut tx, t).await,
+                        Control::Mail(None) => Step::Close(None),
+                        Control::Client(msg) => self.on_client(&mut tx, msg).await,
                     },
+                    frame = self.live.recv() => self.on_live(&mut tx, frame).await,
                 };
                 match step {
                     Step::Continue => {}
@@ -319,7 +369,9 @@ impl Connection {
                 let mut expect = f.seq + 1;
                 batch.push(f);
                 let mut after = None;
-                while batch.len() < MAX_BATCH {
+                // Nothing more published yet (the steady state): no need to ask.
+                let more = self.hub.sent_live() > expect;
+                while more && batch.len() < MAX_BATCH {
                     match self.live.try_recv() {
                         Ok(f) if f.seq < expect => {}
                         Ok(f) if f.seq == expect => {
