@@ -127,7 +127,20 @@ async fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(rounds);
         let rates: Vec<f64> = match arg("--fanout-rates") {
-            Some(v) => v.split(',').filter_map(|x| x.parse().ok()).collect(),
+            Some(v) => match v
+                .split(',')
+                .filter(|x| !x.is_empty())
+                .map(str::parse)
+                .collect()
+            {
+                Ok(rates) => rates,
+                Err(e) => {
+                    eprintln!(
+                        "bench: --fanout-rates {v:?}: {e} (events a second, comma-separated)"
+                    );
+                    std::process::exit(2);
+                }
+            },
             None => rates.to_vec(),
         };
         bench_fanout_process(&mut r, n, 100, rounds, capacity, &rates).await;

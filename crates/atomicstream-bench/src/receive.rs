@@ -77,7 +77,7 @@ async fn receive_bare(
         }
     }
     let secs = t.elapsed().as_secs_f64();
-    let cpu_us = (thread_cpu_ns() - cpu) as f64 / 1e3 / got.max(1) as f64;
+    let cpu_us = cpu_us_per(cpu, got);
     let _ = pubt.await;
     (got as f64 / secs, bytes as f64 / secs, cpu_us)
 }
@@ -112,18 +112,26 @@ async fn receive_ours(
         }
     }
     let secs = t.elapsed().as_secs_f64();
-    let cpu_us = (thread_cpu_ns() - cpu) as f64 / 1e3 / got.max(1) as f64;
+    let cpu_us = cpu_us_per(cpu, got);
     let _ = pubt.await;
     (got as f64 / secs, bytes as f64 / secs, cpu_us)
 }
 
 /// CPU time (user and system, nanoseconds) the calling thread has used, from
 /// `/proc/thread-self/schedstat` (exact, where `stat` counts 10 ms ticks).
-fn thread_cpu_ns() -> u64 {
+/// `None` where the kernel does not keep it (the CPU row then reads NaN).
+fn thread_cpu_ns() -> Option<u64> {
     std::fs::read_to_string("/proc/thread-self/schedstat")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+}
+
+/// CPU microseconds per event since `from` ([`thread_cpu_ns`]), NaN if unknown.
+fn cpu_us_per(from: Option<u64>, events: u64) -> f64 {
+    match (from, thread_cpu_ns()) {
+        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e3 / events.max(1) as f64,
+        _ => f64::NAN,
+    }
 }
 
 /// Runs a client on a thread of its own, on a single-thread runtime of its

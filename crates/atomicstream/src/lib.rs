@@ -36,9 +36,22 @@ pub use ticket::{SessionTicket, TICKET_FORMAT};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The payer or its spending policy refused (nothing was signed or spent;
-    /// [`is_policy`](Self::is_policy) tells a policy refusal, whose
-    /// [`x402_payer::PolicyError`] names the limit and by how much).
+    /// The spending policy or the payer declined to pay a slice; nothing was
+    /// signed or spent. `message` says it for a person (a policy refusal in
+    /// USDC, naming `--max-per-slice` or `--budget`); `source`, when the
+    /// session knows it, is the typed refusal (for a policy's,
+    /// [`x402_payer::PolicyError`]: which limit, and by how much).
+    #[error("{}: {message}", if *.policy { "spending policy refused" } else { "payer failed" })]
+    Declined {
+        /// A spending-policy refusal ([`is_policy`](Self::is_policy)).
+        policy: bool,
+        /// What was declined and why.
+        message: String,
+        /// The payer's own error.
+        #[source]
+        source: Option<x402_payer::Error>,
+    },
+    /// The signer failed or refused (outside a session: building a payer).
     #[error("payer failed: {0}")]
     Payer(#[from] x402_payer::Error),
     /// The server definitely refused the payment.
@@ -113,7 +126,10 @@ pub enum Error {
 impl Error {
     /// A spending-policy refusal.
     pub fn is_policy(&self) -> bool {
-        matches!(self, Error::Payer(x402_payer::Error::Policy(_)))
+        matches!(
+            self,
+            Error::Declined { policy: true, .. } | Error::Payer(x402_payer::Error::Policy(_))
+        )
     }
 
     /// The server refused the payment.
@@ -152,16 +168,17 @@ impl Error {
 
     /// From a session's end reason (for sessions that ended before streaming).
     /// `declined` is the payer's typed refusal behind a
-    /// [`EndReason::PaymentDeclined`] ([`Progress::declined`]); without it
-    /// the refusal is known only by its words and reads as the signer's.
+    /// [`EndReason::PaymentDeclined`] ([`Progress::declined`]), if known.
     fn from_end(reason: &EndReason, declined: Option<x402_payer::Error>) -> Option<Error> {
         Some(match reason {
             EndReason::Stopped | EndReason::SliceLimit | EndReason::StreamEnded { .. } => {
                 return None;
             }
-            EndReason::PaymentDeclined { message, .. } => {
-                Error::Payer(declined.unwrap_or_else(|| x402_payer::Error::Signer(message.clone())))
-            }
+            EndReason::PaymentDeclined { message, policy } => Error::Declined {
+                policy: *policy,
+                message: message.clone(),
+                source: declined,
+            },
             EndReason::PaymentRefused {
                 status,
                 code,

@@ -106,22 +106,22 @@ pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// The server's wall clock, in Unix milliseconds: the system's wall time
-/// read once, carried forward on [`now`]'s clock. Event stamps, the memory
-/// store and the endpoint all read it, so they agree with each other, and
-/// tests on paused time move it.
+/// The server's wall clock, in Unix milliseconds, on [`now`]'s clock: the
+/// system's wall time, moved by how far tokio's clock is from the real one.
+/// Without a paused clock that is the system's wall time; in a test on
+/// paused time it is the wall time when the clock was paused plus the time
+/// advanced since. Event stamps, the memory store and the endpoint read it.
 pub(crate) fn unix_ms_now() -> u64 {
-    static ANCHOR: std::sync::OnceLock<(Instant, u64)> = std::sync::OnceLock::new();
-    let (at, unix_ms) = *ANCHOR.get_or_init(|| {
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        (now(), wall)
-    });
-    let elapsed =
-        u64::try_from(now().saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX);
-    unix_ms.saturating_add(elapsed)
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (real, tokio) = (Instant::now(), now());
+    let t = if tokio >= real {
+        wall.saturating_add(tokio - real)
+    } else {
+        wall.saturating_sub(real - tokio)
+    };
+    u64::try_from(t.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl AppState {

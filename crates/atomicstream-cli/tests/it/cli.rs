@@ -197,7 +197,14 @@ async fn reaching_the_budget_exits_0_and_missing_key_exits_2() {
         "0.01",
     ])
     .env("X402_PRIVATE_KEY", KEY);
-    assert_eq!(run(c).await.status.code(), Some(3));
+    let out = run(c).await;
+    assert_eq!(out.status.code(), Some(3));
+    // The refusal is said in USDC and names the flag to change.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("0.01 USDC") && err.contains("--max-per-slice"),
+        "{err}"
+    );
     let mut c = bin();
     c.args(["stream", "demo-fast", "--base-url", &base]);
     let out = run(c).await;

@@ -213,13 +213,18 @@ async fn refusals_are_typed_errors() {
         .err()
         .unwrap();
     assert!(e.is_policy() && !e.is_retryable(), "{e}");
-    // One shape: the payer's typed refusal, naming the cap and the excess.
+    // Said in USDC for a person, and typed: the cap and the excess.
+    assert!(e.to_string().contains("0.001 USDC"), "{e}");
     assert!(
         matches!(
             &e,
-            atomicstream::Error::Payer(atomicstream::payer::Error::Policy(
-                atomicstream::PolicyError::PerPaymentCap { limit, .. }
-            )) if *limit == Amount::from_display("0.001", 6).unwrap()
+            atomicstream::Error::Declined {
+                policy: true,
+                source: Some(atomicstream::payer::Error::Policy(
+                    atomicstream::PolicyError::PerPaymentCap { limit, .. }
+                )),
+                ..
+            } if *limit == Amount::from_display("0.001", 6).unwrap()
         ),
         "{e:?}"
     );

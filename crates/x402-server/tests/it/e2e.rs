@@ -204,7 +204,15 @@ async fn expiry_sends_expired_then_closes_4402() {
     let t = start_with(Limits::default(), vec![stream("s", 2, 60)]).await;
     let q = t.schema(PathVersion::V2, "s").await;
     let (mut ws, _) = t.open(&q).await;
-    let mut saw = (false, false);
+    // Events are published all along, before and after the paid time ends.
+    let hub = t.state.streams["s"].hub.clone();
+    let publisher = tokio::spawn(async move {
+        for n in 0u64.. {
+            hub.publish(&serde_json::json!({ "n": n }));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let (mut saw, mut events) = ((false, false), 0);
     let code = loop {
         match tokio::time::timeout(Duration::from_secs(15), ws.next())
             .await
@@ -213,14 +221,17 @@ async fn expiry_sends_expired_then_closes_4402() {
             Some(Ok(Message::Text(txt))) => match ServerMessage::parse(txt.as_str()).unwrap() {
                 ServerMessage::Expiring { .. } => saw.0 = true,
                 ServerMessage::Expired { .. } => saw.1 = true,
-                ServerMessage::Event(_) => panic!("event delivered after expiry"),
+                ServerMessage::Event(_) if saw.1 => panic!("event delivered after expiry"),
+                ServerMessage::Event(_) => events += 1,
                 _ => {}
             },
             Some(Ok(Message::Close(c))) => break c.map(|f| u16::from(f.code)),
             other => panic!("{other:?}"),
         }
     };
+    publisher.abort();
     assert_eq!(saw, (true, true));
+    assert!(events > 5, "events flowed while paid: {events}");
     assert_eq!(code, Some(4402));
     // Without payment the token no longer opens a socket: 402 with fresh accepts.
     let (status, body) = error_of(
