@@ -52,7 +52,7 @@ async fn receive_bare(
     local: &Local,
     id: &str,
     frames: Arc<Vec<x402_server::Utf8Bytes>>,
-) -> (f64, f64, f64) {
+) -> Received {
     let n = frames.len() as u64;
     let http = reqwest::Client::new();
     let mut ws = paid_socket(&http, &signer_payer(), &local.base, id).await;
@@ -76,17 +76,16 @@ async fn receive_bare(
             _ => break,
         }
     }
-    let secs = t.elapsed().as_secs_f64();
-    let cpu_us = cpu_us_per(cpu, got);
+    let r = Received::since(t, cpu, got, bytes);
     let _ = pubt.await;
-    (got as f64 / secs, bytes as f64 / secs, cpu_us)
+    r
 }
 
 async fn receive_ours(
     local: &Local,
     id: &str,
     frames: Arc<Vec<x402_server::Utf8Bytes>>,
-) -> (f64, f64, f64) {
+) -> Received {
     let n = frames.len() as u64;
     let client = bench_client(local);
     let mut s = client.open(id).await.unwrap_or_else(|e| panic!("{e}"));
@@ -111,10 +110,9 @@ async fn receive_ours(
             _ => {}
         }
     }
-    let secs = t.elapsed().as_secs_f64();
-    let cpu_us = cpu_us_per(cpu, got);
+    let r = Received::since(t, cpu, got, bytes);
     let _ = pubt.await;
-    (got as f64 / secs, bytes as f64 / secs, cpu_us)
+    r
 }
 
 /// CPU time (user and system, nanoseconds) the calling thread has used, from
@@ -126,11 +124,28 @@ fn thread_cpu_ns() -> Option<u64> {
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
 }
 
-/// CPU microseconds per event since `from` ([`thread_cpu_ns`]), NaN if unknown.
-fn cpu_us_per(from: Option<u64>, events: u64) -> f64 {
-    match (from, thread_cpu_ns()) {
-        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e3 / events.max(1) as f64,
-        _ => f64::NAN,
+/// One client's round: its rates and its thread's CPU per event.
+struct Received {
+    events_per_sec: f64,
+    bytes_per_sec: f64,
+    /// Microseconds; NaN where the thread's CPU time is not known.
+    cpu_us: f64,
+}
+
+impl Received {
+    /// `events` and `bytes` received since `start`, when the thread had used
+    /// `cpu` ([`thread_cpu_ns`]).
+    fn since(start: Instant, cpu: Option<u64>, events: u64, bytes: u64) -> Received {
+        let secs = start.elapsed().as_secs_f64();
+        let cpu_us = match (cpu, thread_cpu_ns()) {
+            (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e3 / events.max(1) as f64,
+            _ => f64::NAN,
+        };
+        Received {
+            events_per_sec: events as f64 / secs,
+            bytes_per_sec: bytes as f64 / secs,
+            cpu_us,
+        }
     }
 }
 
@@ -192,29 +207,21 @@ pub(crate) async fn bench_receive(r: &mut Report, size: usize, n: u64) {
     };
     let base_name = "bare tokio-tungstenite client parsing into serde_json::Value";
     let target = if size > 100 { 1.0 } else { 0.9 };
-    let col = |v: &[(f64, f64, f64)], i: usize| -> Vec<f64> {
-        v.iter()
-            .map(|x| match i {
-                0 => x.0,
-                1 => x.1,
-                _ => x.2,
-            })
-            .collect()
-    };
+    let col = |v: &[Received], f: fn(&Received) -> f64| -> Vec<f64> { v.iter().map(f).collect() };
     r.rounds(
         &format!("2. client receive, events/s ({label})"),
-        &col(&ours, 0),
+        &col(&ours, |x| x.events_per_sec),
         "events/s",
         base_name,
-        &col(&bare, 0),
+        &col(&bare, |x| x.events_per_sec),
         target,
     );
     r.rounds(
         &format!("2. client receive, bytes/s ({label})"),
-        &col(&ours, 1),
+        &col(&ours, |x| x.bytes_per_sec),
         "B/s",
         base_name,
-        &col(&bare, 1),
+        &col(&bare, |x| x.bytes_per_sec),
         target,
     );
     // The CPU each client's thread used per event: what the throughput rows
@@ -222,10 +229,10 @@ pub(crate) async fn bench_receive(r: &mut Report, size: usize, n: u64) {
     // Target: within 5% of the bare client's (its spread between runs).
     r.cost_ratio(
         &format!("2. client CPU per event, us ({label})"),
-        percentile(&mut col(&ours, 2), 0.5),
+        percentile(&mut col(&ours, |x| x.cpu_us), 0.5),
         "us",
         &format!("{base_name}, its thread"),
-        percentile(&mut col(&bare, 2), 0.5),
+        percentile(&mut col(&bare, |x| x.cpu_us), 0.5),
         1.05,
     );
 }

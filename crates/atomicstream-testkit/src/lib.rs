@@ -270,6 +270,24 @@ pub fn x402_python() -> PathBuf {
     py
 }
 
+/// The sum of the samples in `metrics` (a `/metrics` answer, Prometheus
+/// text) whose line starts with `name` and contains `labels` (`""`: any).
+/// Comment lines start with `#`, so they never match a metric's name.
+///
+/// ```
+/// let text = "# TYPE x counter\nx_total{stream=\"a\"} 2\nx_total{stream=\"b\"} 3\n";
+/// assert_eq!(atomicstream_testkit::metric_sum(text, "x_total", ""), 5);
+/// assert_eq!(atomicstream_testkit::metric_sum(text, "x_total", "stream=\"b\""), 3);
+/// assert_eq!(atomicstream_testkit::metric_sum(text, "y_total", ""), 0);
+/// ```
+pub fn metric_sum(metrics: &str, name: &str, labels: &str) -> u128 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u128>().ok())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

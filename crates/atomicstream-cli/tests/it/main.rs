@@ -17,9 +17,8 @@ async fn credited(base: &str, stream: Option<&str>) -> u64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("atomicstream_payments_credited_total{"))
-        .filter(|l| stream.is_none_or(|s| l.contains(&format!("stream=\"{s}\""))))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    let labels = stream.map_or(String::new(), |s| format!("stream=\"{s}\""));
+    let sum =
+        atomicstream_testkit::metric_sum(&text, "atomicstream_payments_credited_total{", &labels);
+    u64::try_from(sum).expect("a count of payments")
 }

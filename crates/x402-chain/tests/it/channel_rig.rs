@@ -227,10 +227,7 @@ impl Rig {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with("atomicstream_channel_charged_atomic_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u128>().ok())
-            .sum()
+        atomicstream_testkit::metric_sum(&text, "atomicstream_channel_charged_atomic_total", "")
     }
 
     /// Moves the chain's clock `secs` ahead and mines a block.

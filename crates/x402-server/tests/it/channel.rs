@@ -73,10 +73,7 @@ async fn metric_where(t: &T, name: &str, labels: &str) -> u128 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u128>().ok())
-        .sum()
+    atomicstream_testkit::metric_sum(&text, name, labels)
 }
 
 /// Metric `name` of stream `c`.
