@@ -413,6 +413,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "facilitator_request",
     "amounts",
     "client_session",
+    "json_value",
 ];
 
 /// cargo-fuzz on the stable toolchain (RUSTC_BOOTSTRAP=1), installing it if missing.

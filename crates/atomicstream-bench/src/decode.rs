@@ -12,7 +12,7 @@ pub(crate) fn bench_decode(r: &mut Report) {
     let frame = |data: Value| {
         ServerMessage::Event(x402_types::Event {
             seq: 123_456,
-            data: serde_json::value::to_raw_value(&data).unwrap_or_else(|_| unreachable!()),
+            data: x402_types::EventData::from_value(&data).unwrap_or_else(|_| unreachable!()),
             ts: Some(1_750_000_000_000),
         })
         .to_json()

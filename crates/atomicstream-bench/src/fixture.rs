@@ -136,7 +136,7 @@ pub(crate) fn event_frame(seq: u64, data: &Value) -> String {
         .unwrap_or(0);
     ServerMessage::Event(x402_types::Event {
         seq,
-        data: serde_json::value::to_raw_value(data).unwrap_or_else(|_| unreachable!()),
+        data: x402_types::EventData::from_value(data).unwrap_or_else(|_| unreachable!()),
         ts: Some(ts),
     })
     .to_json()

@@ -234,7 +234,7 @@ pub(crate) fn event_text(seq: u64, data: Box<serde_json::value::RawValue>) -> St
     let ts = crate::state::unix_ms_now();
     ServerMessage::Event(Event {
         seq,
-        data,
+        data: data.into(),
         ts: Some(ts),
     })
     .to_json()

@@ -6,6 +6,8 @@ pub mod address;
 pub mod batch;
 pub mod code;
 pub mod error;
+mod event;
+mod json_scan;
 pub mod message;
 pub mod network;
 pub mod reason;
@@ -19,7 +21,7 @@ pub use address::{Address, B65, B256, FixedBytes, Nonce, keccak256};
 pub use code::{ErrorCode, is_retryable_status};
 pub use error::{Error, IntegerError, Result};
 pub use message::{
-    ClientMessage, CloseCode, ErrorBody, Event, Hello, MAX_FRAME_BYTES, RenewResponse,
+    ClientMessage, CloseCode, ErrorBody, Event, EventData, Hello, MAX_FRAME_BYTES, RenewResponse,
     ServerMessage,
 };
 pub use network::{KnownAsset, Network, known_asset, known_assets, usdc};

@@ -5,6 +5,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::error::{Error, json_err};
+pub use crate::event::{Event, EventData};
 use crate::version::PathVersion;
 
 /// Largest socket frame the protocol allows (1 MiB); larger frames close with 1009.
@@ -91,24 +92,6 @@ pub struct Hello {
     pub resumed: bool,
     /// Sequence number of the next event.
     pub next_seq: u64,
-}
-
-/// `event`: one live event; `data` is kept as the exact JSON received.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Event {
-    /// Strictly increasing per stream.
-    pub seq: u64,
-    /// The event's JSON, verbatim.
-    pub data: Box<RawValue>,
-    /// Optional publish time (unix milliseconds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ts: Option<u64>,
-}
-
-impl PartialEq for Event {
-    fn eq(&self, o: &Self) -> bool {
-        self.seq == o.seq && self.ts == o.ts && self.data.get() == o.data.get()
-    }
 }
 
 /// A message from server to client.
@@ -258,6 +241,16 @@ impl ServerMessage {
                 limit: MAX_FRAME_BYTES,
             });
         }
+        // Nearly every frame is an event: read it without serde_json (its
+        // data's check was most of a large event's cost).
+        match crate::event::parse_fast(text) {
+            Some(e) => Ok(ServerMessage::Event(e)),
+            None => Self::parse_general(text),
+        }
+    }
+
+    /// [`ServerMessage::parse`] through `serde_json`, whatever the frame.
+    pub(crate) fn parse_general(text: &str) -> Result<ServerMessage, Error> {
         let f: Flat<'_> = match serde_json::from_str(text) {
             Ok(f) => f,
             Err(e) => {
@@ -294,7 +287,7 @@ impl ServerMessage {
             }),
             "event" => ServerMessage::Event(Event {
                 seq: req!("event", seq),
-                data: req!("event", data),
+                data: req!("event", data).into(),
                 ts: f.ts,
             }),
             "renewed" => ServerMessage::Renewed {

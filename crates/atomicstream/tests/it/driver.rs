@@ -383,7 +383,7 @@ async fn frames_read_ahead_reach_the_application_in_order_and_are_counted() {
         for seq in 0..500u64 {
             let e = ServerMessage::Event(x402_types::Event {
                 seq,
-                data: serde_json::value::to_raw_value(&serde_json::json!({"i": seq})).unwrap(),
+                data: x402_types::EventData::from_value(&serde_json::json!({"i": seq})).unwrap(),
                 ts: None,
             });
             tx.send(Ok(WsFrame::Text(e.to_json().into())))

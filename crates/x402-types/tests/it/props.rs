@@ -129,7 +129,7 @@ proptest! {
 
     #[test]
     fn event_round_trip(seq in any::<u64>(), ts in proptest::option::of(any::<u64>()), s in ".*", n in any::<i64>()) {
-        let data = serde_json::value::RawValue::from_string(serde_json::json!({"s": s, "n": n}).to_string()).unwrap();
+        let data = x402_types::EventData::from_value(&serde_json::json!({"s": s, "n": n})).unwrap();
         let m = ServerMessage::Event(Event { seq, data, ts });
         prop_assert_eq!(ServerMessage::parse(&m.to_json()).unwrap(), m);
     }

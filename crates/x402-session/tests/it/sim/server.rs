@@ -430,7 +430,7 @@ impl Sim {
     pub(super) fn publish(&mut self) {
         let seq = self.server.seq;
         self.server.seq += 1;
-        let data = serde_json::value::RawValue::from_string(format!("{{\"px\":{seq}}}")).unwrap();
+        let data = x402_types::EventData::from_json(format!("{{\"px\":{seq}}}")).unwrap();
         let text = ServerMessage::Event(Event {
             seq,
             data,
