@@ -421,24 +421,16 @@ async fn stream(
         // Idle sockets dominate memory at scale: tungstenite's 128 KiB default
         // read buffer per socket is the largest cost. Clients send almost nothing.
         .read_buffer_size(4 * 1024)
-        // Frames published together are written together (one flush per
-        // batch); the buffer grows only while a burst is being written.
-        .write_buffer_size(WRITE_BATCH_BYTES)
+        // Frames published together are written together: one write per
+        // `write_batch_bytes` of a burst, and one at its end.
+        .write_buffer_size(s.cfg.limits.write_batch_bytes)
         // Bounded: a slow reader cannot make us buffer without limit.
-        .max_write_buffer_size(8 * 1024 * 1024)
+        .max_write_buffer_size(crate::Limits::MAX_WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             Connection::open(state, socket, quote, from, hub, guard, channel).await;
         });
     with_header(resp, v.payment_response_header(), settlement)
 }
-
-/// A burst of frames is written to the socket once this many bytes are
-/// buffered (and at its end): one write per burst of small events, one per
-/// four ~64 KiB events. With 16 KiB, every large frame was its own write,
-/// wake and TCP push: the server used 46-54 us of CPU per ~64 KiB event; with
-/// 256 KiB, 25-41 us (`cargo xtask bench`, row 2). The price: a socket that
-/// received a burst keeps up to this much write buffer.
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
 /// The browser page: the catalog, and a stream's live events for a token
 /// that has paid time. One static file; it reads `/streams` and opens the

@@ -37,6 +37,9 @@ pub struct Event {
 /// assert!(EventData::from_json("{not json").is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// Equality and hashing compare the text: `1.0` and `1`, or two spacings of
+/// one object, are different data.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct EventData(Box<str>);
 
@@ -82,10 +85,10 @@ impl EventData {
         serde_json::from_str(&self.0)
     }
 
-    /// The data as a `serde_json` `RawValue` (checked again by `serde_json`).
-    pub fn to_raw_value(&self) -> Box<RawValue> {
+    /// The data as a `serde_json` `RawValue` (checked again by `serde_json`:
+    /// data deserialized from a format other than JSON was taken as it came).
+    pub fn to_raw_value(&self) -> Result<Box<RawValue>, serde_json::Error> {
         RawValue::from_string(self.0.to_string())
-            .unwrap_or_else(|_| unreachable!("EventData holds one JSON value"))
     }
 
     /// Takes JSON already checked by [`value_end`].
@@ -120,8 +123,10 @@ impl fmt::Debug for EventData {
 }
 
 impl Serialize for EventData {
-    /// Verbatim, through `serde_json`'s `RawValue` (JSON serializers write
-    /// it as it is; others see the JSON text as a string).
+    /// Verbatim, through `serde_json`'s `RawValue`, which checks the text
+    /// again on every call (serde_json writes it as it is; other formats see
+    /// `RawValue`'s private one-field struct). The frame encoder
+    /// ([`crate::ServerMessage::to_json`]) writes the data itself, unchecked.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let raw: &RawValue = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
         raw.serialize(s)
@@ -273,7 +278,7 @@ mod tests {
         assert_eq!(d.get(), "{\"a\": 1 }");
         assert_eq!(d.to_string(), "{\"a\": 1 }");
         assert_eq!(serde_json::to_string(&d).unwrap(), "{\"a\": 1 }");
-        assert_eq!(d.to_raw_value().get(), d.get());
+        assert_eq!(d.to_raw_value().unwrap().get(), d.get());
         let err = EventData::from_json("{\"a\": 1 } 2").unwrap_err();
         assert!(err.to_string().contains("event data"), "{err}");
         assert!(EventData::from_json("").is_err());
@@ -316,8 +321,30 @@ mod tests {
                 }),
             ]
         });
+        // Nesting around 64 deep, where the containers' bit word hands over to
+        // its vector, perhaps with one closing bracket of the wrong kind.
+        let deep = (
+            proptest::collection::vec(any::<bool>(), 58..72),
+            proptest::option::of(any::<prop::sample::Index>()),
+        )
+            .prop_map(|(kinds, wrong)| {
+                let wrong = wrong.map(|w| w.index(kinds.len()));
+                let mut v: String = kinds
+                    .iter()
+                    .map(|&object| if object { "{\"k\":" } else { "[" })
+                    .collect();
+                v.push('1');
+                for (depth, &object) in kinds.iter().enumerate().rev() {
+                    v.push(if object != (wrong == Some(depth)) {
+                        '}'
+                    } else {
+                        ']'
+                    });
+                }
+                v
+            });
         (
-            value,
+            prop_oneof![9 => value, 1 => deep],
             any::<prop::sample::Index>(),
             0u8..6,
             "[\",\\]\\}{\\[:\\\\ 0.e\u{1}x]",
@@ -356,21 +383,30 @@ mod tests {
             ];
             let seq = prop_oneof![
                 8 => "(0|[1-9][0-9]{0,19})".prop_map(|n| format!(r#""seq":{n}"#)),
-                1 => "(-1|01|1\\.0|1e2|18446744073709551616|null)".prop_map(|n| format!(r#""seq":{n}"#)),
+                1 => "(-1|-0|01|1\\.0|1e2|18446744073709551616|null)".prop_map(|n| format!(r#""seq":{n}"#)),
+                1 => Just(String::new()),
             ];
             let ts = prop_oneof![
                 Just(String::new()),
-                "(null|[0-9]{1,3}|-1)".prop_map(|n| format!(r#""ts" : {n}"#)),
+                "(null|[0-9]{1,3}|-1|1\\.5|2e3|18446744073709551616)"
+                    .prop_map(|n| format!(r#""ts" : {n}"#)),
             ];
             let data = json_text().prop_map(|d| format!(r#""data":{d}"#));
             let extra = prop_oneof![
-                6 => Just(String::new()),
+                12 => Just(String::new()),
                 1 => Just(r#""seq":2"#.to_string()),
+                1 => Just(r#""type":"event""#.to_string()),
+                1 => Just(r#""data":1"#.to_string()),
+                1 => Just(r#""ts":5"#.to_string()),
+                1 => Just(r#""ts":null"#.to_string()),
                 1 => Just(r#""slices":"x""#.to_string()),
                 1 => Just(r#""other":[1]"#.to_string()),
                 1 => Just(r#""s\u0065q":3"#.to_string()),
+                1 => Just(r#""d\u0061ta":3"#.to_string()),
+                1 => Just(r#""t\u0073":3"#.to_string()),
+                1 => Just(r#""\u0074ype":"event""#.to_string()),
             ];
-            ((ty, seq, ts, data, extra), "[ \n]{0,1}", "[ \n,x]{0,1}")
+            ((ty, seq, ts, data, extra), "[ \t\r\n]{0,2}", "[ \n,x]{0,1}")
                 .prop_flat_map(|((a, b, c, d, e), w, tail)| {
                     let members: Vec<String> = [a, b, c, d, e]
                         .into_iter()

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::Deserialize;
 use x402_types::{Address, Amount, Network, usdc};
@@ -11,9 +10,11 @@ use crate::error::ConfigError;
 
 mod channel;
 mod http;
+mod limits;
 pub use channel::{ChannelManagerConfig, ChannelOffer};
 pub(crate) use http::canonical;
 pub use http::{HttpConfig, MIN_METRICS_KEY_LEN};
+pub use limits::Limits;
 
 /// Where payments are verified and settled.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -249,61 +250,6 @@ fn default_timeout() -> u64 {
     60
 }
 
-/// Limits that keep the server alive under abuse.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    /// Largest accepted client frame (1 MiB; larger closes with 1009).
-    pub max_frame_bytes: usize,
-    /// Events a connection may fall behind the live stream before it is
-    /// served from the replay buffer instead (slow-consumer policy).
-    pub send_queue: usize,
-    /// Most sessions held.
-    pub max_sessions: usize,
-    /// Most simultaneous sockets per client IP.
-    pub max_connections_per_ip: usize,
-    /// Replay buffer per stream.
-    pub replay_buffer: usize,
-    /// Seconds a socket write may block before the connection is dropped.
-    pub write_timeout_secs: u64,
-    /// Seconds allowed to send a request's headers (slowloris defence).
-    pub header_timeout_secs: u64,
-    /// Seconds a facilitator call may take.
-    pub facilitator_timeout_secs: u64,
-    /// Slices that may be paid ahead.
-    pub horizon_slices: u64,
-    /// Seconds a paid-out session stays renewable.
-    pub session_linger_secs: u64,
-    /// Seconds a paying request waits for its settlement before it is
-    /// answered 202 `payment_pending` (the settlement itself goes on).
-    pub payment_wait_secs: u64,
-    /// Milliseconds between sweeps of idle sessions and expired payment records.
-    pub sweep_interval_ms: u64,
-    /// Requests carrying a payment accepted per client address and minute (429 beyond):
-    /// every payment costs a record and a facilitator call, so a flood is bounded.
-    pub payments_per_ip_per_minute: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_frame_bytes: x402_types::MAX_FRAME_BYTES,
-            send_queue: 256,
-            max_sessions: 100_000,
-            max_connections_per_ip: 64,
-            replay_buffer: 1024,
-            write_timeout_secs: 10,
-            header_timeout_secs: 10,
-            facilitator_timeout_secs: 10,
-            horizon_slices: 2,
-            session_linger_secs: 600,
-            payment_wait_secs: 5,
-            sweep_interval_ms: 5_000,
-            payments_per_ip_per_minute: 120,
-        }
-    }
-}
-
 /// The whole configuration.
 #[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -458,6 +404,7 @@ impl Config {
     /// (`streams[1] (eth-usd).price_per_minute: ...`). Empty when it is valid.
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.http.problems();
+        out.extend(self.limits.problems());
         out.extend(self.channel_manager.problems(&self.streams));
         if self.facilitator.is_none() {
             out.push(format!("facilitator: {NO_FACILITATOR}"));
@@ -530,6 +477,7 @@ impl Config {
             return Err(ConfigError::Invalid(NO_FACILITATOR.into()));
         }
         self.http.validate()?;
+        self.limits.validate()?;
         if let Some(api) = &self.facilitator_api
             && api.key.len() < 32
         {
@@ -632,6 +580,7 @@ source = { kind = "synthetic", rate = 10, symbol = "BTC-USD" }
 # payment_wait_secs = 5
 # facilitator_timeout_secs = 10
 # session_linger_secs = 600
+# write_batch_bytes = 16384       # raise (e.g. 262144) for large events: less CPU, more memory per socket
 "#;
 
 /// Parses TOML into a [`Config`], naming the failing key's path
@@ -812,13 +761,6 @@ impl StreamConfig {
             per_minute,
             per_slice,
         })
-    }
-}
-
-impl Limits {
-    /// Write timeout.
-    pub fn write_timeout(&self) -> Duration {
-        Duration::from_secs(self.write_timeout_secs)
     }
 }
 
