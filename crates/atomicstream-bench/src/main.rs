@@ -37,9 +37,72 @@ use vouchers::bench_vouchers;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// What `--help` prints.
+const USAGE: &str = "\
+atomicstream-bench: benchmarks against baselines measured in the same run (use `cargo xtask bench`)
+
+usage:
+  atomicstream-bench [bench] [--quick] [--only a,b] [--peers] [--redis] [row options]
+  atomicstream-bench soak [seconds] [--instances N] [--redis]
+  atomicstream-bench bare-server RATE PORT     the bare broadcast server of row 4c
+  atomicstream-bench count OP N                one operation N times (for callgrind)
+
+sections for --only: sign, parse, counts, receive, receive-large, handshake, fanout,
+  fanout10k, broadcast, scale, vouchers, channels, peers (all but peers by default)
+row options: --fanout-rounds R, --fanout-rates a,b,..  --channel-sessions N, --channel-slices N
+";
+
+/// The sections `--only` names.
+const SECTIONS: &[&str] = &[
+    "sign",
+    "parse",
+    "counts",
+    "receive",
+    "receive-large",
+    "handshake",
+    "fanout",
+    "fanout10k",
+    "broadcast",
+    "scale",
+    "vouchers",
+    "channels",
+    "peers",
+];
+
+/// The flags a bench run takes; with their values where they have one.
+const FLAGS: &[(&str, bool)] = &[
+    ("--quick", false),
+    ("--peers", false),
+    ("--redis", false),
+    ("--only", true),
+    ("--fanout-rounds", true),
+    ("--fanout-rates", true),
+    ("--channel-sessions", true),
+    ("--channel-slices", true),
+];
+
+/// The first argument a bench run does not know, if any.
+fn unknown_arg(args: &[String]) -> Option<&str> {
+    let mut it = args.iter().skip_while(|a| *a == "bench");
+    while let Some(a) = it.next() {
+        match FLAGS.iter().find(|(f, _)| f == a) {
+            Some((_, true)) => {
+                it.next();
+            }
+            Some((_, false)) => {}
+            None => return Some(a),
+        }
+    }
+    None
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{USAGE}");
+        return;
+    }
     if args.first().map(String::as_str) == Some("soak") {
         let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(120);
         let instances = args
@@ -64,6 +127,10 @@ async fn main() {
         count_op(op, n);
         return;
     }
+    if let Some(a) = unknown_arg(&args) {
+        eprintln!("atomicstream-bench: unknown argument {a:?}\n\n{USAGE}");
+        std::process::exit(2);
+    }
     let quick = args.iter().any(|a| a == "--quick");
     // `--only a,b`: run only the named sections (sign, parse, counts, receive,
     // handshake, fanout, fanout10k, broadcast, scale, vouchers, channels, peers); all but
@@ -73,6 +140,10 @@ async fn main() {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .map(|s| s.split(',').map(str::to_string).collect());
+    if let Some(bad) = only.iter().flatten().find(|n| !SECTIONS.contains(&n.as_str())) {
+        eprintln!("atomicstream-bench: --only: no section {bad:?}\n\n{USAGE}");
+        std::process::exit(2);
+    }
     let run = |name: &str| match &only {
         Some(list) => list.iter().any(|n| n == name),
         None => true,
