@@ -140,7 +140,11 @@ async fn main() {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .map(|s| s.split(',').map(str::to_string).collect());
-    if let Some(bad) = only.iter().flatten().find(|n| !SECTIONS.contains(&n.as_str())) {
+    if let Some(bad) = only
+        .iter()
+        .flatten()
+        .find(|n| !SECTIONS.contains(&n.as_str()))
+    {
         eprintln!("atomicstream-bench: --only: no section {bad:?}\n\n{USAGE}");
         std::process::exit(2);
     }
