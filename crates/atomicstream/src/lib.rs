@@ -20,7 +20,9 @@ pub use x402_transport::{
     self as transport, HttpTransport, ReqwestTransport, TransportError, TransportErrorKind,
     TungsteniteConnector, WsConnector,
 };
-pub use x402_types::{self as types, Amount, Event, Hello, PathVersion, Requirement, Schema};
+pub use x402_types::{
+    self as types, Amount, Event, EventData, Hello, PathVersion, Requirement, Schema,
+};
 
 use driver::Driver;
 use x402_transport::Method;
