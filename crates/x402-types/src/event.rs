@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::error::{Error, json_err};
-use crate::json_scan::{string_end, value_end, ws};
+use crate::json_scan::{literal, string_end, value_end, ws};
 
 /// `event`: one live event; `data` is kept as the exact JSON received.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,21 +171,14 @@ pub(crate) fn parse_fast(text: &str) -> Option<Event> {
         i = ws(b, i + 1);
         match key {
             b"type" if !ty => {
-                if b.get(i) != Some(&b'"') {
-                    return None;
-                }
-                let end = string_end(b, i + 1)?;
-                if &b[i..end] != b"\"event\"" {
-                    return None;
-                }
+                i = literal(b, i, b"\"event\"")?;
                 ty = true;
-                i = end;
             }
             b"seq" if seq.is_none() => (seq, i) = u64_at(b, i).map(|(v, e)| (Some(v), e))?,
             b"ts" if ts.is_none() => {
-                (ts, i) = match b.get(i..i + 4) {
-                    Some(b"null") => (Some(None), i + 4),
-                    _ => u64_at(b, i).map(|(v, e)| (Some(Some(v)), e))?,
+                (ts, i) = match literal(b, i, b"null") {
+                    Some(end) => (Some(None), end),
+                    None => u64_at(b, i).map(|(v, e)| (Some(Some(v)), e))?,
                 }
             }
             // `"data": null` is an absent data to the general parser.

@@ -107,7 +107,8 @@ pub(crate) fn ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
+/// The end of `word` at `b[i]`, if it is there.
+pub(crate) fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
     let end = i + word.len();
     (b.get(i..end)? == word).then_some(end)
 }
