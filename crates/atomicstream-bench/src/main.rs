@@ -47,10 +47,22 @@ usage:
   atomicstream-bench bare-server RATE PORT     the bare broadcast server of row 4c
   atomicstream-bench count OP N                one operation N times (for callgrind)
 
-sections for --only: sign, parse, counts, receive, receive-large, handshake, fanout,
-  fanout10k, broadcast, scale, vouchers, channels, peers (all but peers by default)
+sections for --only (all but peers by default):
+  {sections}
 row options: --fanout-rounds R, --fanout-rates a,b,..  --channel-sessions N, --channel-slices N
 ";
+
+/// What `--help` prints, with the sections filled in, seven to a line.
+fn usage() -> String {
+    let lines: Vec<String> = SECTIONS.chunks(7).map(|c| c.join(", ")).collect();
+    USAGE.replace("{sections}", &lines.join(",\n  "))
+}
+
+/// The value after flag `name`, if given.
+fn value_of<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).map(String::as_str)
+}
 
 /// The sections `--only` names.
 const SECTIONS: &[&str] = &[
@@ -100,15 +112,12 @@ fn unknown_arg(args: &[String]) -> Option<&str> {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{USAGE}");
+        print!("{}", usage());
         return;
     }
     if args.first().map(String::as_str) == Some("soak") {
         let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(120);
-        let instances = args
-            .iter()
-            .position(|a| a == "--instances")
-            .and_then(|i| args.get(i + 1))
+        let instances = value_of(&args, "--instances")
             .and_then(|n| n.parse().ok())
             .unwrap_or(1);
         let redis = args.iter().any(|a| a == "--redis");
@@ -128,24 +137,22 @@ async fn main() {
         return;
     }
     if let Some(a) = unknown_arg(&args) {
-        eprintln!("atomicstream-bench: unknown argument {a:?}\n\n{USAGE}");
+        eprintln!("atomicstream-bench: unknown argument {a:?}\n\n{}", usage());
         std::process::exit(2);
     }
     let quick = args.iter().any(|a| a == "--quick");
-    // `--only a,b`: run only the named sections (sign, parse, counts, receive,
-    // handshake, fanout, fanout10k, broadcast, scale, vouchers, channels, peers); all but
-    // peers by default.
-    let only: Option<Vec<String>> = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .map(|s| s.split(',').map(str::to_string).collect());
+    // `--only a,b`: run only the named sections (SECTIONS); all but peers by default.
+    let only: Option<Vec<String>> =
+        value_of(&args, "--only").map(|s| s.split(',').map(str::to_string).collect());
     if let Some(bad) = only
         .iter()
         .flatten()
         .find(|n| !SECTIONS.contains(&n.as_str()))
     {
-        eprintln!("atomicstream-bench: --only: no section {bad:?}\n\n{USAGE}");
+        eprintln!(
+            "atomicstream-bench: --only: no section {bad:?}\n\n{}",
+            usage()
+        );
         std::process::exit(2);
     }
     let run = |name: &str| match &only {
@@ -193,15 +200,10 @@ async fn main() {
         };
         // `--fanout-rounds R` and `--fanout-rates a,b,..` (empty: no steps) for
         // experiments on this row alone.
-        let arg = |name: &str| {
-            args.iter()
-                .position(|a| a == name)
-                .and_then(|i| args.get(i + 1))
-        };
-        let rounds = arg("--fanout-rounds")
+        let rounds = value_of(&args, "--fanout-rounds")
             .and_then(|v| v.parse().ok())
             .unwrap_or(rounds);
-        let rates: Vec<f64> = match arg("--fanout-rates") {
+        let rates: Vec<f64> = match value_of(&args, "--fanout-rates") {
             Some(v) => match v
                 .split(',')
                 .filter(|x| !x.is_empty())
@@ -257,12 +259,7 @@ async fn main() {
     if run("channels") {
         // `--channel-sessions N` (default 10,000; 1,000 with --quick), `--channel-slices S`
         // (default 4: one deposit and three vouchers).
-        let flag = |name: &str| {
-            args.iter()
-                .position(|a| a == name)
-                .and_then(|i| args.get(i + 1))
-                .and_then(|n| n.parse::<usize>().ok())
-        };
+        let flag = |name: &str| value_of(&args, name).and_then(|n| n.parse::<usize>().ok());
         let n = flag("--channel-sessions").unwrap_or(if quick { 1_000 } else { 10_000 });
         let slices = flag("--channel-slices").unwrap_or(4) as u64;
         eprintln!("bench: {n} channel sessions beside {n} exact ones (server in its own process)");
