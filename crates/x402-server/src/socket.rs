@@ -156,8 +156,8 @@ impl Connection {
         // clock read and a timer entry per send) only when it does not.
         let mut write = std::pin::pin!(write);
         let written = match futures::poll!(write.as_mut()) {
-            std::task::Poll::Ready(r) => r.is_ok(),
-            std::task::Poll::Pending => matches!(tokio::time::timeout(t, write).await, Ok(Ok(()))),
+            Poll::Ready(r) => r.is_ok(),
+            Poll::Pending => matches!(tokio::time::timeout(t, write).await, Ok(Ok(()))),
         };
         if !written {
             return false;

@@ -131,10 +131,7 @@ impl HttpConfig {
 
     /// Checks the section: the first problem, if any.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        match self.problems().into_iter().next() {
-            Some(p) => Err(ConfigError::Invalid(p)),
-            None => Ok(()),
-        }
+        super::first_problem(self.problems())
     }
 
     /// Whether `ip` is a configured proxy.

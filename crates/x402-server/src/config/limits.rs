@@ -4,8 +4,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::error::ConfigError;
-
 /// Limits that keep the server alive under abuse.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -92,14 +90,6 @@ impl Limits {
             ));
         }
         out
-    }
-
-    /// The first problem, if any.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        match self.problems().into_iter().next() {
-            Some(p) => Err(ConfigError::Invalid(p)),
-            None => Ok(()),
-        }
     }
 }
 

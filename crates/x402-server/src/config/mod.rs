@@ -477,7 +477,7 @@ impl Config {
             return Err(ConfigError::Invalid(NO_FACILITATOR.into()));
         }
         self.http.validate()?;
-        self.limits.validate()?;
+        first_problem(self.limits.problems())?;
         if let Some(api) = &self.facilitator_api
             && api.key.len() < 32
         {
@@ -582,6 +582,14 @@ source = { kind = "synthetic", rate = 10, symbol = "BTC-USD" }
 # session_linger_secs = 600
 # write_batch_bytes = 16384       # raise (e.g. 262144) for large events: less CPU, more memory per socket
 "#;
+
+/// A section's first problem as the error, if it has any.
+fn first_problem(problems: Vec<String>) -> Result<(), ConfigError> {
+    match problems.into_iter().next() {
+        Some(p) => Err(ConfigError::Invalid(p)),
+        None => Ok(()),
+    }
+}
 
 /// Parses TOML into a [`Config`], naming the failing key's path
 /// (`streams[0].slice_secnds`) and, for an unknown key, the closest known one.
